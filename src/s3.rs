@@ -1,0 +1,393 @@
+//! S3: where a backup lives (bucket addressing and key layout) and presigned URLs for it,
+//! signed with aws-sigv4. The signing time is an argument: on wasm32 the clock is the glue's.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use aws_sigv4::http_request::{
+    sign, PercentEncodingMode, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
+    UriPathNormalizationMode,
+};
+use aws_sigv4::sign::v4::SigningParams;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use time::macros::format_description;
+use time::OffsetDateTime;
+use url::Url;
+
+use crate::config::{Secret, DEFAULT_REGION};
+use crate::http::Method;
+
+/// The longest validity SigV4 allows a presigned URL: seven days.
+pub const MAX_PRESIGN_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// SigV4's URI encoding: every byte but the unreserved `A-Z a-z 0-9 - _ . ~` is percent-encoded.
+/// Each key segment is encoded once with it, and the signer takes the path as given, so the
+/// URL GitLab receives is exactly the one that was signed.
+const SIGV4_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The key pair (and optional session token) the worker signs with.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+}
+
+/// How object URLs of a bucket are formed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Addressing {
+    /// `S3_ENDPOINT` is set: `<endpoint>/<bucket>/<key>` (R2, MinIO, s3s, …).
+    Endpoint(Url),
+    /// AWS, DNS-safe bucket name: `https://<bucket>.s3.<region>.amazonaws.com/<key>`.
+    VirtualHosted,
+    /// AWS, legacy name (dots, underscores, capitals): `https://s3.<region>.amazonaws.com/<bucket>/<key>`.
+    PathStyle,
+}
+
+/// The bucket backups go to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub name: String,
+    pub region: String,
+    pub addressing: Addressing,
+}
+
+impl Bucket {
+    /// Checks the bucket name and picks the addressing style. `endpoint` must end in `/`.
+    pub fn new(
+        name: &str,
+        region: Option<String>,
+        endpoint: Option<Url>,
+    ) -> Result<Bucket, String> {
+        let valid_chars = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !(3..=63).contains(&name.len()) || !valid_chars {
+            return Err(format!(
+                "{name:?} is not a valid S3 bucket name (3 to 63 letters, digits, '-', '_' or '.')"
+            ));
+        }
+        let addressing = match endpoint {
+            Some(endpoint) => Addressing::Endpoint(endpoint),
+            None if is_dns_safe(name) => Addressing::VirtualHosted,
+            None => Addressing::PathStyle,
+        };
+        Ok(Bucket {
+            name: name.to_owned(),
+            region: region.unwrap_or_else(|| DEFAULT_REGION.to_owned()),
+            addressing,
+        })
+    }
+
+    /// The URL of an object; `key` segments are separated by `/` and encoded once each.
+    pub fn object_url(&self, key: &str) -> Url {
+        let encoded_key = key
+            .split('/')
+            .map(|segment| utf8_percent_encode(segment, SIGV4_UNRESERVED).to_string())
+            .collect::<Vec<_>>()
+            .join("/");
+        let bucket = utf8_percent_encode(&self.name, SIGV4_UNRESERVED);
+        let url = match &self.addressing {
+            Addressing::Endpoint(endpoint) => format!("{endpoint}{bucket}/{encoded_key}"),
+            Addressing::VirtualHosted => format!(
+                "https://{bucket}.s3.{}.amazonaws.com/{encoded_key}",
+                self.region
+            ),
+            Addressing::PathStyle => format!(
+                "https://s3.{}.amazonaws.com/{bucket}/{encoded_key}",
+                self.region
+            ),
+        };
+        Url::parse(&url).expect("a checked bucket, region and encoded key form a valid URL")
+    }
+}
+
+/// Virtual-hosted style needs a name that is a valid DNS label and holds no dot (TLS).
+fn is_dns_safe(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// The key of one project's backup: `<prefix><path_with_namespace>/<run start>.tar.gz`, the
+/// run's start in UTC as `%Y-%m-%d-%H-%M-%S` so every object of a run shares it.
+pub fn object_key(prefix: &str, path_with_namespace: &str, run_started: SystemTime) -> String {
+    format!(
+        "{prefix}{path_with_namespace}/{}.tar.gz",
+        key_timestamp(run_started)
+    )
+}
+
+/// `%Y-%m-%d-%H-%M-%S` in UTC.
+pub fn key_timestamp(at: SystemTime) -> String {
+    let format = format_description!("[year]-[month]-[day]-[hour]-[minute]-[second]");
+    OffsetDateTime::from(at)
+        .format(&format)
+        .expect("a UTC time formats with a fixed numeric description")
+}
+
+/// Why a URL could not be presigned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresignError(pub String);
+
+impl fmt::Display for PresignError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "could not presign the S3 URL: {}", self.0)
+    }
+}
+
+/// Presigns `url` for `method` with SigV4 in the query string, signing only the `host` header
+/// (port included), valid for `expires_in` from `now`.
+pub fn presign(
+    method: Method,
+    url: &Url,
+    credentials: &Credentials,
+    region: &str,
+    now: SystemTime,
+    expires_in: Duration,
+) -> Result<Url, PresignError> {
+    let identity = aws_credential_types::Credentials::new(
+        credentials.access_key_id.clone(),
+        credentials.secret_access_key.expose().to_owned(),
+        credentials
+            .session_token
+            .as_ref()
+            .map(|t| t.expose().to_owned()),
+        None,
+        "gitlab-backup",
+    )
+    .into();
+    let mut settings = SigningSettings::default();
+    settings.signature_location = SignatureLocation::QueryParams;
+    settings.expires_in = Some(expires_in.min(MAX_PRESIGN_EXPIRY));
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    let params = SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("s3")
+        .time(now)
+        .settings(settings)
+        .build()
+        .map_err(|e| PresignError(e.to_string()))?
+        .into();
+    let signable = SignableRequest::new(
+        method.as_str(),
+        url.as_str(),
+        std::iter::empty(),
+        SignableBody::UnsignedPayload,
+    )
+    .map_err(|e| PresignError(e.to_string()))?;
+    let (instructions, _signature) = sign(signable, &params)
+        .map_err(|e| PresignError(e.to_string()))?
+        .into_parts();
+    let mut request = http::Request::builder()
+        .method(method.as_str())
+        .uri(url.as_str())
+        .body(())
+        .map_err(|e| PresignError(e.to_string()))?;
+    instructions.apply_to_request_http1x(&mut request);
+    Url::parse(&request.uri().to_string()).map_err(|e| PresignError(e.to_string()))
+}
+
+/// A URL fit for logs: any `X-Amz-Signature` and `X-Amz-Security-Token` value is replaced.
+pub fn redact_url(url: &Url) -> String {
+    const HIDDEN: [&str; 2] = ["X-Amz-Signature", "X-Amz-Security-Token"];
+    if !url
+        .query_pairs()
+        .any(|(name, _)| HIDDEN.contains(&name.as_ref()))
+    {
+        return url.to_string();
+    }
+    let mut redacted = url.clone();
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    redacted
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs.iter().map(|(name, value)| {
+            let value = if HIDDEN.contains(&name.as_str()) {
+                "REDACTED"
+            } else {
+                value.as_str()
+            };
+            (name.as_str(), value)
+        }));
+    redacted.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aws_example_credentials() -> Credentials {
+        Credentials {
+            access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+            secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+            session_token: None,
+        }
+    }
+
+    fn at(unix_seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds)
+    }
+
+    /// AWS's documented example: "Authenticating Requests: Using Query Parameters (AWS
+    /// Signature Version 4)", GET examplebucket/test.txt on 2013-05-24 for 86400 s.
+    #[test]
+    fn reproduces_aws_documented_presigned_url_example() {
+        let bucket = Bucket::new("examplebucket", Some("us-east-1".into()), None).unwrap();
+        let url = bucket.object_url("test.txt");
+        assert_eq!(
+            url.as_str(),
+            "https://examplebucket.s3.us-east-1.amazonaws.com/test.txt"
+        );
+        // The documented example signs the global endpoint's host.
+        let url = Url::parse("https://examplebucket.s3.amazonaws.com/test.txt").unwrap();
+        let signed = presign(
+            Method::Get,
+            &url,
+            &aws_example_credentials(),
+            "us-east-1",
+            at(1_369_353_600), // 2013-05-24T00:00:00Z
+            Duration::from_secs(86400),
+        )
+        .unwrap();
+        assert_eq!(
+            signed.as_str(),
+            "https://examplebucket.s3.amazonaws.com/test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+             &X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request\
+             &X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host\
+             &X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404"
+        );
+    }
+
+    #[test]
+    fn the_method_is_part_of_the_signature() {
+        let url = Url::parse("http://127.0.0.1:9000/bucket/a/b.tar.gz").unwrap();
+        let sign = |method| {
+            presign(
+                method,
+                &url,
+                &aws_example_credentials(),
+                "us-east-1",
+                at(1),
+                Duration::from_secs(60),
+            )
+            .unwrap()
+        };
+        let (get, put, head) = (sign(Method::Get), sign(Method::Put), sign(Method::Head));
+        assert_ne!(get, put);
+        assert_ne!(put, head);
+        assert!(put
+            .as_str()
+            .starts_with("http://127.0.0.1:9000/bucket/a/b.tar.gz?"));
+    }
+
+    #[test]
+    fn a_session_token_is_signed_into_the_url() {
+        let mut credentials = aws_example_credentials();
+        credentials.session_token = Some(Secret::new("FwoGZXIvYXdzE/token"));
+        let url = Url::parse("https://b.s3.eu-west-1.amazonaws.com/k").unwrap();
+        let signed = presign(
+            Method::Put,
+            &url,
+            &credentials,
+            "eu-west-1",
+            at(1),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(signed
+            .query_pairs()
+            .any(|(n, v)| n == "X-Amz-Security-Token" && v == "FwoGZXIvYXdzE/token"));
+    }
+
+    #[test]
+    fn expiry_is_capped_at_seven_days() {
+        let url = Url::parse("https://b.s3.eu-west-1.amazonaws.com/k").unwrap();
+        let signed = presign(
+            Method::Put,
+            &url,
+            &aws_example_credentials(),
+            "eu-west-1",
+            at(1),
+            Duration::from_secs(30 * 24 * 3600),
+        )
+        .unwrap();
+        assert!(signed
+            .query_pairs()
+            .any(|(n, v)| n == "X-Amz-Expires" && v == "604800"));
+    }
+
+    #[test]
+    fn addressing_follows_endpoint_and_bucket_name() {
+        let key = "team/app/2024-01-02-03-04-05.tar.gz";
+        let aws = Bucket::new("my-backups", Some("eu-west-1".into()), None).unwrap();
+        assert_eq!(
+            aws.object_url(key).as_str(),
+            "https://my-backups.s3.eu-west-1.amazonaws.com/team/app/2024-01-02-03-04-05.tar.gz"
+        );
+        let legacy = Bucket::new("gitlab_projects_backup", Some("eu-west-1".into()), None).unwrap();
+        assert_eq!(legacy.addressing, Addressing::PathStyle);
+        assert_eq!(
+            legacy.object_url(key).as_str(),
+            "https://s3.eu-west-1.amazonaws.com/gitlab_projects_backup/team/app/2024-01-02-03-04-05.tar.gz"
+        );
+        let dotted = Bucket::new("backups.example.com", None, None).unwrap();
+        assert_eq!(dotted.addressing, Addressing::PathStyle);
+        assert_eq!(dotted.region, "us-east-1");
+        let local = Bucket::new(
+            "backups",
+            None,
+            Some(Url::parse("http://127.0.0.1:18016/").unwrap()),
+        )
+        .unwrap();
+        assert_eq!(
+            local.object_url(key).as_str(),
+            "http://127.0.0.1:18016/backups/team/app/2024-01-02-03-04-05.tar.gz"
+        );
+    }
+
+    #[test]
+    fn key_segments_are_encoded_once_and_slashes_kept() {
+        let bucket = Bucket::new("b-1", None, Some(Url::parse("http://h:1/").unwrap())).unwrap();
+        assert_eq!(
+            bucket.object_url("my prefix+/a~b/c=d.tar.gz").as_str(),
+            "http://h:1/b-1/my%20prefix%2B/a~b/c%3Dd.tar.gz"
+        );
+    }
+
+    #[test]
+    fn invalid_bucket_names_are_refused() {
+        for name in ["bk", "a b c", "x/y", &"a".repeat(64), "ünï"] {
+            assert!(Bucket::new(name, None, None).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn keys_carry_the_run_start_in_utc() {
+        assert_eq!(
+            object_key("backups/", "team/sub/app", at(1_369_353_600 + 3661)),
+            "backups/team/sub/app/2013-05-24-01-01-01.tar.gz"
+        );
+    }
+
+    #[test]
+    fn redaction_hides_signature_and_session_token_only() {
+        let url = Url::parse(
+            "http://h/b/k?X-Amz-Credential=AK%2Fx&X-Amz-Signature=deadbeef&X-Amz-Security-Token=tok",
+        )
+        .unwrap();
+        let shown = redact_url(&url);
+        assert!(!shown.contains("deadbeef") && !shown.contains("tok"));
+        assert!(shown.contains("X-Amz-Signature=REDACTED"));
+        assert!(shown.contains("X-Amz-Credential=AK%2Fx"));
+    }
+}

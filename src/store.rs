@@ -1,0 +1,671 @@
+//! The cursor's storage: the SQLite schema and every query the engine runs, over a small
+//! synchronous [`Sql`] trait that the Durable Object's `SqlStorage` implements in the glue and
+//! rusqlite implements on the host — so tests and benchmarks run the very SQL production runs.
+//!
+//! Every query a tick runs touches only the rows it needs (indexes on state and time), so a
+//! tick's cost does not grow with the number of projects.
+
+use std::fmt;
+
+/// A value bound to, or read from, a query.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+impl From<u64> for Value {
+    /// Project ids and millisecond times stay far below 2^53, the exact range of the Durable
+    /// Object's JavaScript numbers.
+    fn from(v: u64) -> Self {
+        Value::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+impl Value {
+    fn as_u64(&self) -> Result<u64, StoreError> {
+        match self {
+            Value::Int(i) if *i >= 0 => Ok(*i as u64),
+            // JavaScript hands integers back as doubles.
+            Value::Real(f) if *f >= 0.0 && f.fract() == 0.0 => Ok(*f as u64),
+            other => Err(StoreError(format!(
+                "expected a whole number, found {other:?}"
+            ))),
+        }
+    }
+    fn as_opt_u64(&self) -> Result<Option<u64>, StoreError> {
+        match self {
+            Value::Null => Ok(None),
+            other => other.as_u64().map(Some),
+        }
+    }
+    fn as_text(&self) -> Result<String, StoreError> {
+        match self {
+            Value::Text(s) => Ok(s.clone()),
+            other => Err(StoreError(format!("expected text, found {other:?}"))),
+        }
+    }
+    fn as_opt_text(&self) -> Result<Option<String>, StoreError> {
+        match self {
+            Value::Null => Ok(None),
+            other => other.as_text().map(Some),
+        }
+    }
+}
+
+/// A row as positional values, in the order of the query's columns.
+pub type Row = Vec<Value>;
+
+/// Runs one SQL statement with positional `?` parameters and returns its rows.
+pub trait Sql {
+    fn exec(&self, query: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
+}
+
+/// A storage failure (the statement was refused, or a row did not have the expected shape).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "storage error: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+fn column(row: &Row, index: usize) -> Result<&Value, StoreError> {
+    row.get(index)
+        .ok_or_else(|| StoreError(format!("row has no column {index}")))
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS runs (
+        id INTEGER PRIMARY KEY,
+        started_ms INTEGER NOT NULL,
+        finished_ms INTEGER,
+        phase TEXT NOT NULL,
+        listed INTEGER NOT NULL DEFAULT 0,
+        exported INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0
+    )",
+    "CREATE INDEX IF NOT EXISTS runs_active ON runs (phase) WHERE phase != 'finished'",
+    // One row per configured group of a run: where its listing stands.
+    "CREATE TABLE IF NOT EXISTS listings (
+        run_id INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        group_ref TEXT NOT NULL,
+        next_url TEXT,
+        error TEXT,
+        PRIMARY KEY (run_id, position)
+    ) WITHOUT ROWID",
+    // One row per project of a run; the primary key makes a project reached through two
+    // groups one row.
+    "CREATE TABLE IF NOT EXISTS projects (
+        run_id INTEGER NOT NULL,
+        project_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        state TEXT NOT NULL,
+        error TEXT,
+        PRIMARY KEY (run_id, project_id)
+    ) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS projects_by_state ON projects (run_id, state, project_id)",
+    // Export requests of the last minute, for the rolling rate window: `at_ms` is when the
+    // answer came back (the latest the request can have reached GitLab), or, while the request
+    // is in flight, an upper bound for that.
+    "CREATE TABLE IF NOT EXISTS export_log (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS export_log_by_time ON export_log (at_ms)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+];
+
+/// Where a run stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Listing,
+    Exporting,
+    Finished,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Listing => "listing",
+            Phase::Exporting => "exporting",
+            Phase::Finished => "finished",
+        }
+    }
+    fn parse(s: &str) -> Result<Phase, StoreError> {
+        match s {
+            "listing" => Ok(Phase::Listing),
+            "exporting" => Ok(Phase::Exporting),
+            "finished" => Ok(Phase::Finished),
+            other => Err(StoreError(format!("unknown run phase {other:?}"))),
+        }
+    }
+}
+
+/// A run as stored.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RunRow {
+    pub id: u64,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub phase: Phase,
+    pub listed: u64,
+    pub exported: u64,
+    pub failed: u64,
+}
+
+impl RunRow {
+    const COLUMNS: &'static str = "id, started_ms, finished_ms, phase, listed, exported, failed";
+
+    fn read(row: &Row) -> Result<RunRow, StoreError> {
+        Ok(RunRow {
+            id: column(row, 0)?.as_u64()?,
+            started_ms: column(row, 1)?.as_u64()?,
+            finished_ms: column(row, 2)?.as_opt_u64()?,
+            phase: Phase::parse(&column(row, 3)?.as_text()?)?,
+            listed: column(row, 4)?.as_u64()?,
+            exported: column(row, 5)?.as_u64()?,
+            failed: column(row, 6)?.as_u64()?,
+        })
+    }
+}
+
+/// The next listing page of one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListingRow {
+    pub position: u64,
+    pub group: String,
+    pub next_url: String,
+}
+
+/// A project claimed for export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedProject {
+    pub project_id: u64,
+    pub path: String,
+}
+
+/// What the rate window holds right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowUse {
+    pub requests: u32,
+    /// When the oldest request in the window leaves it.
+    pub oldest_ms: Option<u64>,
+}
+
+/// Project outcomes a run records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Exported,
+    Failed,
+}
+
+/// Typed access to the cursor's tables.
+pub struct Store<S> {
+    sql: S,
+}
+
+impl<S: Sql> Store<S> {
+    /// Opens the store, creating the schema when it is missing.
+    pub fn open(sql: S) -> Result<Store<S>, StoreError> {
+        for statement in SCHEMA {
+            sql.exec(statement, &[])?;
+        }
+        Ok(Store { sql })
+    }
+
+    fn rows(&self, query: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        self.sql.exec(query, params)
+    }
+
+    fn run_where(&self, condition: &str, params: &[Value]) -> Result<Option<RunRow>, StoreError> {
+        let query = format!(
+            "SELECT {} FROM runs WHERE {condition} ORDER BY id DESC LIMIT 1",
+            RunRow::COLUMNS
+        );
+        self.rows(&query, params)?
+            .first()
+            .map(RunRow::read)
+            .transpose()
+    }
+
+    /// The run that has not finished, if any.
+    pub fn active_run(&self) -> Result<Option<RunRow>, StoreError> {
+        self.run_where("phase != 'finished'", &[])
+    }
+
+    /// The most recent run, finished or not.
+    pub fn latest_run(&self) -> Result<Option<RunRow>, StoreError> {
+        self.run_where("1", &[])
+    }
+
+    /// Starts a run that will list `groups`, each from its first page URL.
+    pub fn start_run(
+        &self,
+        now_ms: u64,
+        groups: &[(String, String)],
+    ) -> Result<RunRow, StoreError> {
+        let rows = self.rows(
+            &format!(
+                "INSERT INTO runs (started_ms, phase) VALUES (?, 'listing') RETURNING {}",
+                RunRow::COLUMNS
+            ),
+            &[now_ms.into()],
+        )?;
+        let run = rows
+            .first()
+            .map(RunRow::read)
+            .transpose()?
+            .ok_or_else(|| StoreError("INSERT … RETURNING gave no row".into()))?;
+        for (position, (group, first_page)) in groups.iter().enumerate() {
+            self.rows(
+                "INSERT INTO listings (run_id, position, group_ref, next_url) VALUES (?, ?, ?, ?)",
+                &[
+                    run.id.into(),
+                    (position as u64).into(),
+                    group.as_str().into(),
+                    first_page.as_str().into(),
+                ],
+            )?;
+        }
+        Ok(run)
+    }
+
+    pub fn set_phase(&self, run_id: u64, phase: Phase, now_ms: u64) -> Result<(), StoreError> {
+        let finished: Option<u64> = (phase == Phase::Finished).then_some(now_ms);
+        self.rows(
+            "UPDATE runs SET phase = ?, finished_ms = ? WHERE id = ?",
+            &[phase.as_str().into(), finished.into(), run_id.into()],
+        )?;
+        Ok(())
+    }
+
+    /// The first group of the run whose listing is not complete.
+    pub fn next_listing(&self, run_id: u64) -> Result<Option<ListingRow>, StoreError> {
+        let rows = self.rows(
+            "SELECT position, group_ref, next_url FROM listings
+             WHERE run_id = ? AND next_url IS NOT NULL ORDER BY position LIMIT 1",
+            &[run_id.into()],
+        )?;
+        rows.first()
+            .map(|row| {
+                Ok(ListingRow {
+                    position: column(row, 0)?.as_u64()?,
+                    group: column(row, 1)?.as_text()?,
+                    next_url: column(row, 2)?.as_text()?,
+                })
+            })
+            .transpose()
+    }
+
+    /// Records one listed page: its projects join the run (once each), and the group's listing
+    /// moves on to `next_url` (`None`: complete).
+    pub fn record_page(
+        &self,
+        run_id: u64,
+        position: u64,
+        projects: &[(u64, &str)],
+        next_url: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let mut added = 0;
+        for (project_id, path) in projects {
+            let rows = self.rows(
+                "INSERT INTO projects (run_id, project_id, path, state) VALUES (?, ?, ?, 'pending')
+                 ON CONFLICT DO NOTHING RETURNING project_id",
+                &[run_id.into(), (*project_id).into(), (*path).into()],
+            )?;
+            added += rows.len() as u64;
+        }
+        self.rows(
+            "UPDATE runs SET listed = listed + ? WHERE id = ?",
+            &[added.into(), run_id.into()],
+        )?;
+        self.rows(
+            "UPDATE listings SET next_url = ? WHERE run_id = ? AND position = ?",
+            &[next_url.into(), run_id.into(), position.into()],
+        )?;
+        Ok(added)
+    }
+
+    /// Ends a group's listing with an error that the run reports.
+    pub fn record_listing_error(
+        &self,
+        run_id: u64,
+        position: u64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.rows(
+            "UPDATE listings SET next_url = NULL, error = ? WHERE run_id = ? AND position = ?",
+            &[error.into(), run_id.into(), position.into()],
+        )?;
+        Ok(())
+    }
+
+    /// Groups of the run whose listing failed, with the reason.
+    pub fn listing_errors(&self, run_id: u64) -> Result<Vec<(String, String)>, StoreError> {
+        self.rows(
+            "SELECT group_ref, error FROM listings WHERE run_id = ? AND error IS NOT NULL ORDER BY position",
+            &[run_id.into()],
+        )?
+        .iter()
+        .map(|row| Ok((column(row, 0)?.as_text()?, column(row, 1)?.as_text()?)))
+        .collect()
+    }
+
+    /// Puts projects left `exporting` by a tick that died back in line.
+    pub fn requeue_interrupted(&self, run_id: u64) -> Result<u64, StoreError> {
+        let rows = self.rows(
+            "UPDATE projects SET state = 'pending' WHERE run_id = ? AND state = 'exporting'
+             RETURNING project_id",
+            &[run_id.into()],
+        )?;
+        Ok(rows.len() as u64)
+    }
+
+    /// Claims the next pending project (lowest id first) and logs the export request in the
+    /// rate window with `in_flight_until_ms`, in one synchronous step.
+    pub fn claim_next(
+        &self,
+        run_id: u64,
+        in_flight_until_ms: u64,
+    ) -> Result<Option<(ClaimedProject, u64)>, StoreError> {
+        let rows = self.rows(
+            "UPDATE projects SET state = 'exporting'
+             WHERE run_id = ? AND project_id = (
+                 SELECT project_id FROM projects WHERE run_id = ? AND state = 'pending'
+                 ORDER BY project_id LIMIT 1)
+             RETURNING project_id, path",
+            &[run_id.into(), run_id.into()],
+        )?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let project = ClaimedProject {
+            project_id: column(row, 0)?.as_u64()?,
+            path: column(row, 1)?.as_text()?,
+        };
+        let log = self.rows(
+            "INSERT INTO export_log (at_ms) VALUES (?) RETURNING id",
+            &[in_flight_until_ms.into()],
+        )?;
+        let log_id = log
+            .first()
+            .map(|row| column(row, 0)?.as_u64())
+            .transpose()?
+            .ok_or_else(|| StoreError("INSERT … RETURNING gave no row".into()))?;
+        Ok(Some((project, log_id)))
+    }
+
+    /// The answer to an export request came back at `answered_ms`.
+    pub fn export_answered(&self, log_id: u64, answered_ms: u64) -> Result<(), StoreError> {
+        self.rows(
+            "UPDATE export_log SET at_ms = ? WHERE id = ?",
+            &[answered_ms.into(), log_id.into()],
+        )?;
+        Ok(())
+    }
+
+    /// Records a project's outcome.
+    pub fn finish_project(
+        &self,
+        run_id: u64,
+        project_id: u64,
+        outcome: Outcome,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (state, counter) = match outcome {
+            Outcome::Exported => ("exported", "exported"),
+            Outcome::Failed => ("failed", "failed"),
+        };
+        self.rows(
+            "UPDATE projects SET state = ?, error = ? WHERE run_id = ? AND project_id = ?",
+            &[state.into(), error.into(), run_id.into(), project_id.into()],
+        )?;
+        self.rows(
+            &format!("UPDATE runs SET {counter} = {counter} + 1 WHERE id = ?"),
+            &[run_id.into()],
+        )?;
+        Ok(())
+    }
+
+    /// Puts a claimed project back in line (its export is to be tried again later).
+    pub fn release_project(&self, run_id: u64, project_id: u64) -> Result<(), StoreError> {
+        self.rows(
+            "UPDATE projects SET state = 'pending' WHERE run_id = ? AND project_id = ?",
+            &[run_id.into(), project_id.into()],
+        )?;
+        Ok(())
+    }
+
+    /// Whether any project of the run still waits for, or is in, an export.
+    pub fn has_unfinished_projects(&self, run_id: u64) -> Result<bool, StoreError> {
+        let rows = self.rows(
+            "SELECT 1 FROM projects WHERE run_id = ? AND state IN ('pending', 'exporting') LIMIT 1",
+            &[run_id.into()],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Export requests logged after `since_ms`, and the oldest of them; older entries are
+    /// dropped first, so the log never holds more than a window's worth.
+    pub fn window_use(&self, since_ms: u64) -> Result<WindowUse, StoreError> {
+        self.rows(
+            "DELETE FROM export_log WHERE at_ms <= ?",
+            &[since_ms.into()],
+        )?;
+        let rows = self.rows("SELECT COUNT(*), MIN(at_ms) FROM export_log", &[])?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError("COUNT(*) gave no row".into()))?;
+        Ok(WindowUse {
+            requests: u32::try_from(column(row, 0)?.as_u64()?).unwrap_or(u32::MAX),
+            oldest_ms: column(row, 1)?.as_opt_u64()?,
+        })
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let rows = self.rows("SELECT value FROM meta WHERE key = ?", &[key.into()])?;
+        rows.first().map(|row| column(row, 0)?.as_u64()).transpose()
+    }
+
+    pub fn set_meta(&self, key: &str, value: u64) -> Result<(), StoreError> {
+        self.rows(
+            "INSERT INTO meta (key, value) VALUES (?, ?)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[key.into(), value.into()],
+        )?;
+        Ok(())
+    }
+
+    /// Outcomes of a run's projects that failed, for reports.
+    pub fn failures(
+        &self,
+        run_id: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, String, String)>, StoreError> {
+        self.rows(
+            "SELECT project_id, path, error FROM projects WHERE run_id = ? AND state = 'failed'
+             ORDER BY project_id LIMIT ?",
+            &[run_id.into(), limit.into()],
+        )?
+        .iter()
+        .map(|row| {
+            Ok((
+                column(row, 0)?.as_u64()?,
+                column(row, 1)?.as_text()?,
+                column(row, 2)?.as_opt_text()?.unwrap_or_default(),
+            ))
+        })
+        .collect()
+    }
+}
+
+/// rusqlite behind the same trait, for host tests and benchmarks.
+#[cfg(test)]
+pub mod host {
+    use super::{Row, Sql, StoreError, Value};
+    use rusqlite::types::{ToSqlOutput, ValueRef};
+
+    pub struct HostSql(pub rusqlite::Connection);
+
+    impl HostSql {
+        pub fn in_memory() -> HostSql {
+            HostSql(rusqlite::Connection::open_in_memory().expect("an in-memory SQLite opens"))
+        }
+    }
+
+    impl rusqlite::ToSql for Value {
+        fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+            Ok(match self {
+                Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+                Value::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+                Value::Real(f) => ToSqlOutput::Borrowed(ValueRef::Real(*f)),
+                Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            })
+        }
+    }
+
+    impl Sql for &HostSql {
+        fn exec(&self, query: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+            let err = |e: rusqlite::Error| StoreError(e.to_string());
+            let mut statement = self.0.prepare_cached(query).map_err(err)?;
+            let width = statement.column_count();
+            let mut rows = statement
+                .query(rusqlite::params_from_iter(params.iter()))
+                .map_err(err)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(err)? {
+                let mut values = Vec::with_capacity(width);
+                for i in 0..width {
+                    values.push(match row.get_ref(i).map_err(err)? {
+                        ValueRef::Null => Value::Null,
+                        ValueRef::Integer(i) => Value::Int(i),
+                        ValueRef::Real(f) => Value::Real(f),
+                        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                        ValueRef::Blob(_) => {
+                            return Err(StoreError("blobs are not used by this schema".into()))
+                        }
+                    });
+                }
+                out.push(values);
+            }
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host::HostSql;
+    use super::*;
+
+    #[test]
+    fn a_project_reached_through_two_groups_is_one_row() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let run = store
+            .start_run(
+                1_000,
+                &[("a".into(), "u1".into()), ("b".into(), "u2".into())],
+            )
+            .unwrap();
+        assert_eq!(
+            store
+                .record_page(run.id, 0, &[(1, "a/x"), (2, "a/y")], None)
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            store
+                .record_page(run.id, 1, &[(2, "a/y"), (3, "b/z")], None)
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.active_run().unwrap().unwrap().listed, 3);
+        assert_eq!(store.next_listing(run.id).unwrap(), None);
+    }
+
+    #[test]
+    fn claims_go_in_id_order_and_never_repeat() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
+        store
+            .record_page(run.id, 0, &[(9, "a/9"), (3, "a/3"), (5, "a/5")], None)
+            .unwrap();
+        let claimed: Vec<u64> = std::iter::from_fn(|| store.claim_next(run.id, 10).unwrap())
+            .map(|(p, _)| p.project_id)
+            .collect();
+        assert_eq!(claimed, vec![3, 5, 9]);
+        assert_eq!(store.window_use(0).unwrap().requests, 3);
+    }
+
+    #[test]
+    fn interrupted_claims_are_requeued() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
+        store.record_page(run.id, 0, &[(1, "a/1")], None).unwrap();
+        store.claim_next(run.id, 10).unwrap().unwrap();
+        assert!(store.claim_next(run.id, 10).unwrap().is_none());
+        assert_eq!(store.requeue_interrupted(run.id).unwrap(), 1);
+        assert_eq!(
+            store.claim_next(run.id, 10).unwrap().unwrap().0.project_id,
+            1
+        );
+    }
+
+    #[test]
+    fn the_window_forgets_requests_older_than_its_start() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
+        store
+            .record_page(run.id, 0, &[(1, "a/1"), (2, "a/2")], None)
+            .unwrap();
+        let (_, first) = store.claim_next(run.id, 100_000).unwrap().unwrap();
+        store.export_answered(first, 1_000).unwrap();
+        store.claim_next(run.id, 100_000).unwrap().unwrap();
+        assert_eq!(
+            store.window_use(0).unwrap(),
+            WindowUse {
+                requests: 2,
+                oldest_ms: Some(1_000)
+            }
+        );
+        assert_eq!(
+            store.window_use(1_000).unwrap(),
+            WindowUse {
+                requests: 1,
+                oldest_ms: Some(100_000)
+            }
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! Sends the core's [`HttpRequest`]s with the runtime's `fetch`, with a timeout, and hands the
+//! answers back as [`HttpResponse`]s. Redirects are not followed, so no header (the GitLab token)
+//! is ever carried to another address.
+
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use worker::{AbortController, Delay, Fetch, Headers, Request, RequestInit, RequestRedirect};
+
+use crate::http::{HttpRequest, HttpResponse, HttpResult, Method};
+
+pub async fn send(request: &HttpRequest, timeout: Duration) -> HttpResult {
+    let describe = |e: worker::Error| {
+        format!(
+            "{} {}: {e}",
+            request.method.as_str(),
+            request.url.host_str().unwrap_or("")
+        )
+    };
+    let headers = Headers::new();
+    for (name, value) in &request.headers {
+        headers.set(name, value).map_err(describe)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(match request.method {
+        Method::Get => worker::Method::Get,
+        Method::Head => worker::Method::Head,
+        Method::Post => worker::Method::Post,
+        Method::Put => worker::Method::Put,
+    })
+    .with_headers(headers)
+    .with_redirect(RequestRedirect::Manual)
+    .with_body(request.body.as_deref().map(Into::into));
+    let outgoing = Request::new_with_init(request.url.as_str(), &init).map_err(describe)?;
+
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let fetch = Fetch::Request(outgoing);
+    let sending = Box::pin(fetch.send_with_signal(&signal));
+    let mut response = match select(sending, Delay::from(timeout)).await {
+        Either::Left((answer, _)) => answer.map_err(describe)?,
+        Either::Right(_) => {
+            controller.abort();
+            return Err(format!(
+                "{} {}: no answer within {} s",
+                request.method.as_str(),
+                request.url.host_str().unwrap_or(""),
+                timeout.as_secs()
+            ));
+        }
+    };
+    let headers = response
+        .headers()
+        .entries()
+        .map(|(name, value)| (name.to_ascii_lowercase(), value))
+        .collect();
+    let body = response.bytes().await.map_err(describe)?;
+    Ok(HttpResponse {
+        status: response.status_code(),
+        headers,
+        body,
+    })
+}

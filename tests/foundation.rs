@@ -1,0 +1,198 @@
+//! End to end through `wrangler dev`, the GitLab stand-in and s3s-fs: one cron tick requests at
+//! most six exports, GitLab's uploads land as real gzip tarballs at the right keys, the presigned
+//! URLs the worker made are really checked by S3, and the next window exports the next projects.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use xtask::stack::LocalStack;
+use xtask::standin::{ExportRecord, Options, ProjectRef, Seed};
+
+fn accepted(exports: &[ExportRecord]) -> Vec<&ExportRecord> {
+    exports.iter().filter(|e| e.status == 202).collect()
+}
+
+fn project_id(record: &ExportRecord) -> u64 {
+    match &record.project_id {
+        ProjectRef::Known(id) => *id,
+        ProjectRef::Unknown(raw) => panic!("the worker exported an unknown project {raw:?}"),
+    }
+}
+
+/// The object key inside a presigned path-style URL `http://host:port/<bucket>/<key>?…`.
+fn key_of(upload_url: &str) -> String {
+    let url = url::Url::parse(upload_url).expect("the worker sends absolute upload URLs");
+    let path = url.path().trim_start_matches('/');
+    let (_bucket, key) = path.split_once('/').expect("path-style URL");
+    key.to_owned()
+}
+
+/// `%Y-%m-%d-%H-%M-%S.tar.gz`
+fn is_run_timestamp_file(name: &str) -> bool {
+    let Some(stamp) = name.strip_suffix(".tar.gz") else {
+        return false;
+    };
+    let parts: Vec<&str> = stamp.split('-').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .zip([4, 2, 2, 2, 2, 2])
+            .all(|(p, len)| p.len() == len && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn tarball_entries(bytes: &[u8]) -> Result<Vec<String>> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut names = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.to_string_lossy().into_owned();
+        let mut content = Vec::new();
+        entry.read_to_end(&mut content)?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+async fn wait_for_exports(stack: &LocalStack, count: usize, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while accepted(&stack.standin.exports()).len() < count {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {count} exports within {timeout:?}",
+            accepted(&stack.standin.exports()).len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cron_tick_lands_at_most_six_real_exports_in_s3_then_the_next_window_exports_the_next_projects(
+) -> Result<()> {
+    let seed = Seed::demo();
+    let groups: Vec<String> = seed
+        .top_level_groups()
+        .map(|g| g.full_path.clone())
+        .collect();
+    let stack = LocalStack::start(
+        "foundation",
+        seed,
+        Options::default(), // GitLab's real limit: 6 per 60 s
+        &groups.join(","),
+        &[],
+    )
+    .await?;
+    let result = check(&stack).await;
+    if result.is_err() {
+        eprintln!("worker log: {}", stack.wrangler.log.display());
+    }
+    stack.stop().await;
+    result
+}
+
+async fn check(stack: &LocalStack) -> Result<()> {
+    stack.wrangler.fire_cron().await?;
+    let first = stack.standin.exports();
+    ensure!(
+        first.len() <= 6,
+        "one tick made {} export requests",
+        first.len()
+    );
+    ensure!(
+        accepted(&first).len() == 6,
+        "expected 6 accepted exports, got {first:?}"
+    );
+    stack.standin.wait_idle(Duration::from_secs(30)).await?;
+
+    // Each accepted export landed in S3, at <path_with_namespace>/<run start>.tar.gz, as a gzip
+    // tarball holding VERSION; all of one run share the timestamp.
+    let seed = stack.standin.seed();
+    let mut stamps = HashSet::new();
+    for record in accepted(&first) {
+        let project = seed
+            .project(project_id(record))
+            .context("unknown project")?;
+        let upload_url = record
+            .upload_url
+            .as_deref()
+            .context("export without upload URL")?;
+        let key = key_of(upload_url);
+        let file = key
+            .strip_prefix(&format!("{}/", project.path_with_namespace))
+            .with_context(|| format!("key {key} is not under {}", project.path_with_namespace))?;
+        ensure!(
+            is_run_timestamp_file(file),
+            "key {key} does not end in the run's timestamp"
+        );
+        stamps.insert(file.to_owned());
+        let bytes = std::fs::read(stack.s3.object_path(&key))
+            .with_context(|| format!("object {key} is not in s3s-fs"))?;
+        let entries =
+            tarball_entries(&bytes).with_context(|| format!("{key} is no gzip tarball"))?;
+        ensure!(
+            entries.iter().any(|e| e == "VERSION"),
+            "{key} lacks VERSION: {entries:?}"
+        );
+    }
+    ensure!(stamps.len() == 1, "one run, one timestamp: {stamps:?}");
+
+    // A presigned PUT made by the worker is accepted by s3s-fs; one changed character is refused.
+    let upload_url = accepted(&first)[0].upload_url.clone().unwrap();
+    let client = reqwest::Client::new();
+    let put = |url: String| {
+        client
+            .put(url)
+            .header("Content-Type", "application/gzip")
+            .body(std::fs::read(stack.s3.object_path(&key_of(&upload_url))).unwrap())
+            .send()
+    };
+    let good = put(upload_url.clone()).await?.status();
+    ensure!(
+        good.as_u16() == 200,
+        "the worker's presigned URL was refused: {good}"
+    );
+    let signature_at = upload_url
+        .find("X-Amz-Signature=")
+        .context("unsigned URL")?
+        + 16;
+    let mut tampered = upload_url.clone().into_bytes();
+    tampered[signature_at] = if tampered[signature_at] == b'0' {
+        b'1'
+    } else {
+        b'0'
+    };
+    let bad = put(String::from_utf8(tampered)?).await?.status();
+    ensure!(bad.as_u16() == 403, "a tampered URL was answered {bad}");
+
+    // A second tick at once exports nothing: the window is full.
+    stack.wrangler.fire_cron().await?;
+    ensure!(
+        stack.standin.exports().len() == 6,
+        "a tick inside the full window exported: {:?}",
+        stack.standin.exports()
+    );
+
+    // When the window frees, the worker's own alarm exports the next six, never the same ones.
+    wait_for_exports(stack, 12, Duration::from_secs(90)).await?;
+    let all = stack.standin.exports();
+    let ids: Vec<u64> = accepted(&all).into_iter().map(project_id).collect();
+    let distinct: HashSet<u64> = ids.iter().copied().collect();
+    ensure!(
+        distinct.len() == ids.len(),
+        "a project was exported twice: {ids:?}"
+    );
+    ensure!(
+        all.iter().all(|e| e.status != 429),
+        "GitLab answered 429: {all:?}"
+    );
+    let first_at = all[0].at;
+    let seventh_at = accepted(&all)[6].at;
+    ensure!(
+        seventh_at.duration_since(first_at)? >= Duration::from_secs(60),
+        "the 7th export came {:?} after the first",
+        seventh_at.duration_since(first_at)?
+    );
+    Ok(())
+}

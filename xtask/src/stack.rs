@@ -1,0 +1,378 @@
+//! The local stack: a real S3 (s3s-fs, checking every signature), the worker under
+//! `wrangler dev`, and helpers to fire its cron trigger and read what landed. The GitLab
+//! stand-in runs in-process ([`crate::standin`]). Every process started here is stopped when
+//! its handle is dropped, even when a test panics.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::process::{Child, Command};
+
+use crate::tools::{repo_root, Tools};
+
+/// The test bucket, its keys: s3s-fs checks requests against these.
+pub const S3_ACCESS_KEY: &str = "AKIALOCALBACKUPTEST";
+pub const S3_SECRET_KEY: &str = "local-secret-key-for-s3s-fs-only";
+pub const S3_BUCKET: &str = "gitlab-backups";
+
+/// A port that is free right now on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process in its own process group, whose whole group is ended on drop.
+struct Service {
+    name: &'static str,
+    child: Child,
+}
+
+impl Service {
+    fn spawn(name: &'static str, command: &mut Command, log: &Path) -> Result<Service> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("could not start {name}"))?;
+        Ok(Service { name, child })
+    }
+
+    fn signal_group(&self, signal: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args([signal, "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// Ends the whole group: politely, then for sure.
+    async fn stop(mut self) {
+        self.signal_group("-TERM");
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            self.signal_group("-KILL");
+            let _ = self.child.wait().await;
+        }
+    }
+
+    /// Kills the whole group at once, as a crash would.
+    async fn kill(mut self) {
+        self.signal_group("-KILL");
+        let _ = self.child.wait().await;
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early with {status}", self.name);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.signal_group("-KILL");
+    }
+}
+
+/// Waits until `url` answers at all (any status), or fails after `timeout`.
+async fn wait_until_up(
+    service: &mut Service,
+    url: &str,
+    timeout: Duration,
+    log: &Path,
+) -> Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if client.get(url).send().await.is_ok() {
+            return Ok(());
+        }
+        if let Err(e) = service.check_running() {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("{e}; its log ({}):\n{tail}", log.display());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not come up at {url} within {timeout:?}; log: {}",
+                service.name,
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// s3s-fs serving `root`, with one bucket.
+pub struct S3 {
+    service: Service,
+    pub endpoint: String,
+    pub root: PathBuf,
+}
+
+impl S3 {
+    pub async fn start(tools: &Tools, root: &Path) -> Result<S3> {
+        std::fs::create_dir_all(root.join(S3_BUCKET))?;
+        let port = free_port()?;
+        let log = root.with_extension("log");
+        let mut service = Service::spawn(
+            "s3s-fs",
+            Command::new(&tools.s3s_fs)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+                .arg(root),
+            &log,
+        )?;
+        let endpoint = format!("http://127.0.0.1:{port}/");
+        wait_until_up(&mut service, &endpoint, Duration::from_secs(30), &log).await?;
+        Ok(S3 {
+            service,
+            endpoint,
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The file holding an object of the test bucket, by key.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.root.join(S3_BUCKET).join(key)
+    }
+
+    /// Every object of the test bucket: key and size, sorted by key (s3s-fs's own metadata
+    /// files are left out).
+    pub fn objects(&self) -> Result<Vec<(String, u64)>> {
+        let bucket = self.root.join(S3_BUCKET);
+        let mut objects = Vec::new();
+        let mut folders = vec![bucket.clone()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder)? {
+                let entry = entry?;
+                let path = entry.path();
+                if entry.file_type()?.is_dir() {
+                    folders.push(path);
+                } else if path.extension().is_some_and(|e| e == "gz") {
+                    let key = path.strip_prefix(&bucket)?.to_string_lossy().into_owned();
+                    objects.push((key, entry.metadata()?.len()));
+                }
+            }
+        }
+        objects.sort();
+        Ok(objects)
+    }
+
+    pub async fn stop(self) {
+        self.service.stop().await;
+    }
+}
+
+/// The worker under `wrangler dev --local --test-scheduled`.
+pub struct Wrangler {
+    service: Service,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl Wrangler {
+    /// Starts the already built worker (`build/`) with these settings; its Durable Object state
+    /// lives under `persist_to`, so a restart on the same folder resumes the same run.
+    pub async fn start(
+        tools: &Tools,
+        vars: &[(&str, String)],
+        persist_to: &Path,
+        log: &Path,
+    ) -> Result<Wrangler> {
+        let port = free_port()?;
+        let inspector = free_port()?;
+        let config_home = persist_to.join("wrangler-config");
+        std::fs::create_dir_all(&config_home)?;
+        let mut command = Command::new(&tools.wrangler);
+        command
+            .current_dir(repo_root())
+            .args(["dev", "--local", "--test-scheduled", "--ip", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .args(["--inspector-port", &inspector.to_string()])
+            .arg("--persist-to")
+            .arg(persist_to)
+            .args(["--show-interactive-dev-session=false", "--log-level", "log"])
+            .env("GITLAB_BACKUP_SKIP_BUILD", "1")
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("WRANGLER_SEND_ERROR_REPORTS", "false")
+            .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+            .env("XDG_CONFIG_HOME", &config_home)
+            .env("CI", "true");
+        for (name, value) in vars {
+            command.arg("--var").arg(format!("{name}:{value}"));
+        }
+        let mut service = Service::spawn("wrangler dev", &mut command, log)?;
+        let url = format!("http://127.0.0.1:{port}");
+        wait_until_up(
+            &mut service,
+            &format!("{url}/"),
+            Duration::from_secs(120),
+            log,
+        )
+        .await?;
+        Ok(Wrangler {
+            service,
+            url,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Fires the cron trigger once; returns when the tick (and its Durable Object call) ended.
+    pub async fn fire_cron(&self) -> Result<()> {
+        let response = reqwest::Client::new()
+            .get(format!("{}/__scheduled?cron=*+*+*+*+*", self.url))
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .context("firing the cron trigger")?;
+        if !response.status().is_success() {
+            bail!("/__scheduled answered {}", response.status());
+        }
+        Ok(())
+    }
+
+    /// The worker's JSON log lines so far (one per event).
+    pub fn events(&self) -> Result<Vec<serde_json::Value>> {
+        let text = std::fs::read_to_string(&self.log)?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.find("{\"").map(|start| &line[start..]))
+            .filter_map(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+            .filter(|value| value.get("event").is_some())
+            .collect())
+    }
+
+    pub async fn stop(self) {
+        self.service.stop().await;
+    }
+
+    /// Kills wrangler and workerd at once, as a crash would.
+    pub async fn kill(self) {
+        self.service.kill().await;
+    }
+}
+
+/// The worker's settings for a local stack.
+pub fn local_vars(
+    gitlab_url: &str,
+    gitlab_token: &str,
+    groups: &str,
+    s3: &S3,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("GITLAB_URL", gitlab_url.to_owned()),
+        ("GITLAB_TOKEN", gitlab_token.to_owned()),
+        ("GROUPS_TO_BACKUP", groups.to_owned()),
+        ("AWS_S3_BUCKET", S3_BUCKET.to_owned()),
+        ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("S3_ENDPOINT", s3.endpoint.clone()),
+    ]
+}
+
+/// Builds the worker once per process, unless the caller already did (GITLAB_BACKUP_BUILT=1,
+/// set by `cargo xtask test`).
+pub fn ensure_built(tools: &Tools) -> Result<()> {
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !*built && std::env::var_os("GITLAB_BACKUP_BUILT").is_none() {
+        tools.build_worker()?;
+    }
+    *built = true;
+    Ok(())
+}
+
+/// A fresh folder for one stack's files (S3 objects, Durable Object state, logs), kept after the
+/// run for inspection: `target/local-stack/<name>-<unix ms>`.
+pub fn work_dir(name: &str) -> Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let dir = repo_root()
+        .join("target")
+        .join("local-stack")
+        .join(format!("{name}-{stamp}"));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The GitLab stand-in, s3s-fs and the worker, wired together.
+pub struct LocalStack {
+    pub tools: Tools,
+    pub dir: PathBuf,
+    pub standin: crate::standin::Standin,
+    pub s3: S3,
+    pub wrangler: Wrangler,
+    pub vars: Vec<(&'static str, String)>,
+}
+
+impl LocalStack {
+    /// Starts everything; `groups` is GROUPS_TO_BACKUP, `extra_vars` more worker settings.
+    pub async fn start(
+        name: &str,
+        seed: crate::standin::Seed,
+        options: crate::standin::Options,
+        groups: &str,
+        extra_vars: &[(&'static str, String)],
+    ) -> Result<LocalStack> {
+        let tools = Tools::ensure()?;
+        ensure_built(&tools)?;
+        let dir = work_dir(name)?;
+        let token = options.token.clone();
+        let standin = crate::standin::Standin::start(seed, options).await?;
+        let s3 = S3::start(&tools, &dir.join("s3")).await?;
+        let mut vars = local_vars(&standin.base_url(), &token, groups, &s3);
+        vars.extend(extra_vars.iter().cloned());
+        let wrangler =
+            Wrangler::start(&tools, &vars, &dir.join("state"), &dir.join("wrangler.log")).await?;
+        Ok(LocalStack {
+            tools,
+            dir,
+            standin,
+            s3,
+            wrangler,
+            vars,
+        })
+    }
+
+    /// Stops wrangler hard and starts it again on the same state, as after a crash.
+    pub async fn crash_and_restart_worker(self) -> Result<LocalStack> {
+        let LocalStack {
+            tools,
+            dir,
+            standin,
+            s3,
+            wrangler,
+            vars,
+        } = self;
+        wrangler.kill().await;
+        let log = dir.join(format!("wrangler-{}.log", free_port()?));
+        let wrangler = Wrangler::start(&tools, &vars, &dir.join("state"), &log).await?;
+        Ok(LocalStack {
+            tools,
+            dir,
+            standin,
+            s3,
+            wrangler,
+            vars,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.wrangler.stop().await;
+        self.s3.stop().await;
+        self.standin.stop().await;
+    }
+}

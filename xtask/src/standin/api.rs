@@ -1,0 +1,319 @@
+//! The HTTP surface: the axum router, token authentication, GitLab-shaped error answers, and the
+//! handlers of the GitLab REST v4 endpoints the backup needs plus the unauthenticated
+//! `/__standin/*` record endpoints for out-of-process scripts.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{OriginalUri, Path, Query, RawQuery, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{AppendHeaders, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use url::Url;
+
+use super::export::{self, ExportParams};
+use super::listing::ListingQuery;
+use super::repr::{ExportStatusJson, GroupJson, ProjectJson, SimpleProjectJson};
+use super::state::{ExportRecord, ProjectRef, RateLimited, Shared};
+
+/// Id of the stand-in's only user, the owner of the configured token.
+const USER_ID: u64 = 1;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/v4/user", get(current_user))
+        .route("/api/v4/groups/{id}", get(group))
+        .route("/api/v4/groups/{id}/projects", get(group_projects))
+        .route(
+            "/api/v4/projects/{id}/export",
+            get(export_status).post(schedule_export),
+        )
+        .route("/__standin/exports", get(export_records))
+        .route("/__standin/uploads", get(upload_records))
+        .fallback(no_route)
+        .with_state(shared)
+}
+
+/// An answer other than success, shaped like GitLab's.
+#[derive(Debug, Clone)]
+pub enum ApiError {
+    /// 401 `{"message":"401 Unauthorized"}`.
+    Unauthorized,
+    /// 404 `{"message":"404 Group Not Found"}`.
+    GroupNotFound,
+    /// 404 `{"message":"404 Project Not Found"}`.
+    ProjectNotFound,
+    /// 404 `{"error":"404 Not Found"}` for paths no endpoint serves.
+    NoRoute,
+    /// 400 `{"error": …}`, Grape's answer to a parameter that fails validation.
+    InvalidParameter(String),
+    /// 400 `{"message":"The project size exceeds the export limit."}`.
+    ExportTooLarge,
+    /// 429 with GitLab's nested message and, unless faulted away, `Retry-After`.
+    RateLimited(RateLimited),
+    /// 500 `{"message":"500 Internal Server Error"}`.
+    Internal,
+}
+
+impl ApiError {
+    /// Grape's message for a malformed value, e.g. `page is invalid`.
+    pub fn invalid(parameter: &str) -> Self {
+        ApiError::InvalidParameter(format!("{parameter} is invalid"))
+    }
+
+    /// Grape's message for a value outside the allowed set, e.g. `sort does not have a valid value`.
+    pub fn unsupported_value(parameter: &str) -> Self {
+        ApiError::InvalidParameter(format!("{parameter} does not have a valid value"))
+    }
+
+    /// A request GitLab could not even parse.
+    pub fn bad_request(message: String) -> Self {
+        ApiError::InvalidParameter(message)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::GroupNotFound | ApiError::ProjectNotFound | ApiError::NoRoute => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::InvalidParameter(_) | ApiError::ExportTooLarge => StatusCode::BAD_REQUEST,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            ApiError::Unauthorized => json!({ "message": "401 Unauthorized" }),
+            ApiError::GroupNotFound => json!({ "message": "404 Group Not Found" }),
+            ApiError::ProjectNotFound => json!({ "message": "404 Project Not Found" }),
+            ApiError::NoRoute => json!({ "error": "404 Not Found" }),
+            ApiError::InvalidParameter(message) => json!({ "error": message }),
+            ApiError::ExportTooLarge => {
+                json!({ "message": "The project size exceeds the export limit." })
+            }
+            ApiError::RateLimited(_) => json!({ "message": {
+                "error": "This endpoint has been requested too many times. Try again later."
+            } }),
+            ApiError::Internal => json!({ "message": "500 Internal Server Error" }),
+        };
+        let retry_after = match self {
+            ApiError::RateLimited(RateLimited { retry_after }) => retry_after,
+            _ => None,
+        };
+        let retry_after = retry_after.map(|seconds| (RETRY_AFTER, seconds.to_string()));
+        (status, AppendHeaders(retry_after), Json(body)).into_response()
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::bad_request(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::bad_request(rejection.body_text())
+    }
+}
+
+/// Accepts the configured token as `PRIVATE-TOKEN: <token>` or `Authorization: Bearer <token>`.
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    let private_token = headers
+        .get("private-token")
+        .and_then(|value| value.to_str().ok());
+    let bearer_token = headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let token = shared.options.token.as_str();
+    if private_token == Some(token) || bearer_token == Some(token) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// `GET /api/v4/user`.
+async fn current_user(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate(&shared, &headers)?;
+    Ok(Json(json!({
+        "id": USER_ID,
+        "username": "backup-bot",
+        "name": "Backup Bot",
+        "state": "active",
+        "web_url": format!("{}/backup-bot", shared.public_base),
+    }))
+    .into_response())
+}
+
+/// `GET /api/v4/groups/:id`, by numeric id or (URL-encoded) full path.
+async fn group(
+    State(shared): State<Arc<Shared>>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate(&shared, &headers)?;
+    let Path(id) = id?;
+    let group = shared.seed.find_group(&id).ok_or(ApiError::GroupNotFound)?;
+    Ok(Json(GroupJson::new(group, &shared.public_base)).into_response())
+}
+
+/// `GET /api/v4/groups/:id/projects`, paginated; see [`super::listing`].
+async fn group_projects(
+    State(shared): State<Arc<Shared>>,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<ListingQuery>, QueryRejection>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if shared.count_listing_request() {
+        return Err(ApiError::Internal);
+    }
+    authenticate(&shared, &headers)?;
+    let Query(query) = query?;
+    let listing = query.validate()?;
+    let Path(id) = id?;
+    let group = shared.seed.find_group(&id).ok_or(ApiError::GroupNotFound)?;
+
+    let projects = listing.select(&shared.seed, group.id);
+    let pagination = listing.pagination(projects.len());
+    let page = pagination.slice(&projects);
+    let (seed, base) = (&shared.seed, shared.public_base.as_str());
+    let body = if listing.simple {
+        let page: Vec<_> = page
+            .iter()
+            .filter_map(|p| SimpleProjectJson::new(p, seed, base))
+            .collect();
+        Json(page).into_response()
+    } else {
+        let page: Vec<_> = page
+            .iter()
+            .filter_map(|p| ProjectJson::new(p, seed, base))
+            .collect();
+        Json(page).into_response()
+    };
+    let request_url = Url::parse(&format!("{base}{uri}")).map_err(|_| ApiError::Internal)?;
+    Ok((AppendHeaders(pagination.headers(&request_url)), body).into_response())
+}
+
+/// `GET /api/v4/projects/:id/export`.
+async fn export_status(
+    State(shared): State<Arc<Shared>>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate(&shared, &headers)?;
+    let Path(id) = id?;
+    let project = shared
+        .seed
+        .find_project(&id)
+        .ok_or(ApiError::ProjectNotFound)?;
+    let status = shared.export_status(project.id);
+    Ok(Json(ExportStatusJson::new(project, status)).into_response())
+}
+
+/// `POST /api/v4/projects/:id/export`: answers, records the request with its answer, and on `202`
+/// starts the export job.
+async fn schedule_export(
+    State(shared): State<Arc<Shared>>,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let at = SystemTime::now();
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok());
+    let params = ExportParams::from_request(query.as_deref(), content_type, &body);
+    let raw_id = id.as_ref().map_or("", |Path(id)| id.as_str());
+    let project_id = match shared.seed.find_project(raw_id) {
+        Some(project) => ProjectRef::Known(project.id),
+        None => ProjectRef::Unknown(raw_id.to_owned()),
+    };
+
+    let answer = accept_export(&shared, &headers, &project_id, &params);
+    let (upload_url, method) = match params {
+        Ok(params) => (params.upload_url, params.upload_method),
+        Err(_) => (None, None),
+    };
+    let status = answer
+        .as_ref()
+        .map_or_else(ApiError::status, |_| StatusCode::ACCEPTED);
+    shared.record_export(ExportRecord {
+        at,
+        project_id,
+        status: status.as_u16(),
+        upload_url,
+        method,
+    });
+    match answer {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "message": "202 Accepted" })),
+        )
+            .into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Decides the answer to an export request in GitLab's order (authentication, project, parameters,
+/// rate limit, size) and starts the export when it is accepted. The `export_5xx_every` fault strikes
+/// first, before anything is checked or counted against the rate limit.
+fn accept_export(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    project_id: &ProjectRef,
+    params: &Result<ExportParams, ApiError>,
+) -> Result<(), ApiError> {
+    if shared.count_export_request() {
+        return Err(ApiError::Internal);
+    }
+    authenticate(shared, headers)?;
+    let &ProjectRef::Known(project_id) = project_id else {
+        return Err(ApiError::ProjectNotFound);
+    };
+    let upload = match params {
+        Ok(params) => params.upload()?,
+        Err(error) => return Err(error.clone()),
+    };
+    shared
+        .take_export_slot(Instant::now())
+        .map_err(ApiError::RateLimited)?;
+    if shared.with_faults(|faults| faults.too_large.contains(&project_id)) {
+        return Err(ApiError::ExportTooLarge);
+    }
+    let job_shared = Arc::clone(shared);
+    shared.start_export(project_id, |job| {
+        export::run(job_shared, project_id, job, upload)
+    });
+    Ok(())
+}
+
+/// `GET /__standin/exports`: every export request so far, oldest first.
+async fn export_records(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.exports()).into_response()
+}
+
+/// `GET /__standin/uploads`: every upload attempt so far, oldest first.
+async fn upload_records(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.uploads()).into_response()
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}

@@ -1,0 +1,202 @@
+//! A GitLab REST v4 stand-in for end-to-end tests and the local demo: an HTTP server on 127.0.0.1 that
+//! serves a fixed [`Seed`] of groups and projects the way GitLab does for the endpoints the backup
+//! uses (`/user`, `/groups/:id`, `/groups/:id/projects`, `/projects/:id/export`), including offset
+//! pagination, the per-user export rate limit, and asynchronous exports that upload a real `.tar.gz`
+//! to the presigned `upload[url]`. [`Faults`] switch on GitLab misbehaviour; every export request and
+//! upload attempt is recorded for assertions, also over HTTP at `/__standin/exports` and
+//! `/__standin/uploads`.
+//!
+//! This file owns the public handle ([`Standin`]) and its configuration ([`Options`], [`Faults`]).
+
+mod api;
+mod export;
+mod listing;
+mod repr;
+mod seed;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use repr::ExportStatus;
+pub use seed::{Group, Project, Seed};
+pub use state::{ExportRecord, ProjectRef, UploadRecord};
+
+use state::Shared;
+
+/// How long [`Standin::stop`] waits for open connections to finish before cutting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Upper bound for one archive upload.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the stand-in behaves when nothing goes wrong.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The only accepted token (`PRIVATE-TOKEN` header or `Authorization: Bearer`).
+    pub token: String,
+    /// Export requests allowed per rate-limit window (GitLab: 6).
+    pub exports_per_window: u32,
+    /// Length of the fixed rate-limit window opened by its first export request (GitLab: 60 s). The
+    /// 429's `Retry-After` is this length in whole seconds, rounded up.
+    pub window: Duration,
+    /// Pause before each step of an export job: `queued` → `started` → build and upload.
+    pub step_delay: Duration,
+    /// Base of the URLs written into answers (`Link`, `web_url`); defaults to [`Standin::base_url`].
+    pub public_base: Option<String>,
+    /// Port to bind on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            token: "glpat-standin".to_owned(),
+            exports_per_window: 6,
+            window: Duration::from_secs(60),
+            step_delay: Duration::from_millis(100),
+            public_base: None,
+            port: 0,
+        }
+    }
+}
+
+/// GitLab misbehaviour to simulate; the default is none. Replaceable at any time with
+/// [`Standin::set_faults`]; export jobs read it when they reach the step concerned.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Every Nth listing request (`GET /groups/:id/projects`, counting all) answers 500.
+    pub listing_5xx_every: Option<u32>,
+    /// 429 answers carry no `Retry-After` header.
+    pub omit_retry_after: bool,
+    /// Exports of these project ids fail to build and end `failed`; nothing is uploaded.
+    pub fail_build: HashSet<u64>,
+    /// Exports of these project ids are never uploaded (the attempt is recorded with no status), yet
+    /// end `finished`, as in GitLab when the upload target refuses the archive.
+    pub fail_upload: HashSet<u64>,
+    /// Export requests for these project ids answer 400 "The project size exceeds the export limit."
+    pub too_large: HashSet<u64>,
+    /// Every Nth export request (`POST /projects/:id/export`, counting all) answers 500.
+    pub export_5xx_every: Option<u32>,
+}
+
+/// A running stand-in. Dropping it without [`Standin::stop`] aborts the server and export jobs.
+pub struct Standin {
+    shared: Arc<Shared>,
+    base_url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Standin {
+    /// Binds 127.0.0.1:`options.port` and starts serving `seed`.
+    pub async fn start(seed: Seed, options: Options) -> anyhow::Result<Standin> {
+        let listener = TcpListener::bind(("127.0.0.1", options.port))
+            .await
+            .with_context(|| format!("binding 127.0.0.1:{}", options.port))?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let public_base = match &options.public_base {
+            Some(public_base) => {
+                url::Url::parse(public_base)
+                    .with_context(|| format!("public_base {public_base:?} is not a URL"))?;
+                public_base.trim_end_matches('/').to_owned()
+            }
+            None => base_url.clone(),
+        };
+        let client = reqwest::Client::builder()
+            .timeout(UPLOAD_TIMEOUT)
+            .build()
+            .context("building the upload HTTP client")?;
+        let shared = Arc::new(Shared::new(seed, options, public_base, client));
+
+        let (shutdown, shutdown_requested) = oneshot::channel::<()>();
+        let app = api::router(Arc::clone(&shared));
+        let server = tokio::spawn(async move {
+            let serving = axum::serve(listener, app).with_graceful_shutdown(async {
+                // A dropped sender means the same as a sent signal: stop.
+                let _ = shutdown_requested.await;
+            });
+            if let Err(error) = serving.await {
+                eprintln!("GitLab stand-in stopped with an error: {error}");
+            }
+        });
+        Ok(Standin {
+            shared,
+            base_url,
+            shutdown: Some(shutdown),
+            server: Some(server),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`, where the stand-in listens.
+    pub fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// Every `POST /projects/:id/export` so far, with its time and answer, oldest first.
+    pub fn exports(&self) -> Vec<ExportRecord> {
+        self.shared.exports()
+    }
+
+    /// Every archive upload attempt so far, oldest first.
+    pub fn uploads(&self) -> Vec<UploadRecord> {
+        self.shared.uploads()
+    }
+
+    /// How many `GET /groups/:id/projects` requests arrived, whatever their answer.
+    pub fn listing_requests(&self) -> usize {
+        self.shared.listing_requests()
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.set_faults(faults);
+    }
+
+    pub fn seed(&self) -> &Seed {
+        &self.shared.seed
+    }
+
+    /// Export status of a project, as `GET /projects/:id/export` would report it.
+    pub fn export_status(&self, project_id: u64) -> ExportStatus {
+        self.shared.export_status(project_id)
+    }
+
+    /// Waits until no export is `queued` or `started`; an error after `timeout`.
+    pub async fn wait_idle(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.shared.wait_idle(timeout).await
+    }
+
+    /// Stops accepting connections, lets open ones finish (cutting them after a grace period), aborts
+    /// running export jobs, and frees the port.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(mut server) = self.server.take() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+                let _ = server.await;
+            }
+        }
+        self.shared.abort_exports();
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        self.shared.abort_exports();
+    }
+}

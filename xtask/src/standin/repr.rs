@@ -1,0 +1,191 @@
+//! JSON representations of seed entities, shaped like GitLab's API entities (`API::Entities::Group`,
+//! `BasicProjectDetails`/`Project`, `ProjectExportStatus`). Only fields a backup client could care
+//! about are filled; URLs are built on the stand-in's public base URL.
+
+use serde::Serialize;
+
+use super::seed::{Group, Project, Seed};
+
+/// Export state of a project for the requesting user, as in GitLab's `export_status` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportStatus {
+    None,
+    Queued,
+    Started,
+    Finished,
+    Failed,
+}
+
+impl ExportStatus {
+    /// Whether an export in this state is still running.
+    pub fn is_active(self) -> bool {
+        matches!(self, ExportStatus::Queued | ExportStatus::Started)
+    }
+}
+
+/// `GET /groups/:id`.
+#[derive(Serialize)]
+pub struct GroupJson<'a> {
+    id: u64,
+    web_url: String,
+    name: &'a str,
+    path: &'a str,
+    description: &'a str,
+    visibility: &'static str,
+    full_name: &'a str,
+    full_path: &'a str,
+    parent_id: Option<u64>,
+    created_at: &'a str,
+}
+
+impl<'a> GroupJson<'a> {
+    pub fn new(group: &'a Group, base: &str) -> Self {
+        GroupJson {
+            id: group.id,
+            web_url: format!("{base}/groups/{}", group.full_path),
+            name: &group.name,
+            path: &group.path,
+            description: "",
+            visibility: "private",
+            full_name: &group.full_name,
+            full_path: &group.full_path,
+            parent_id: group.parent_id,
+            created_at: &group.created_at,
+        }
+    }
+}
+
+/// The `namespace` object embedded in project representations.
+#[derive(Serialize)]
+struct NamespaceJson<'a> {
+    id: u64,
+    name: &'a str,
+    path: &'a str,
+    kind: &'static str,
+    full_path: &'a str,
+    parent_id: Option<u64>,
+    web_url: String,
+}
+
+/// The project representation of `GET /groups/:id/projects?simple=true`.
+#[derive(Serialize)]
+pub struct SimpleProjectJson<'a> {
+    id: u64,
+    description: &'a str,
+    name: &'a str,
+    name_with_namespace: &'a str,
+    path: &'a str,
+    path_with_namespace: &'a str,
+    created_at: &'a str,
+    default_branch: &'static str,
+    topics: [&'static str; 0],
+    web_url: String,
+    star_count: u32,
+    forks_count: u32,
+    last_activity_at: &'a str,
+    namespace: NamespaceJson<'a>,
+}
+
+impl<'a> SimpleProjectJson<'a> {
+    /// `None` only if the project's owning group is missing from the seed, which seeds never allow.
+    pub fn new(project: &'a Project, seed: &'a Seed, base: &str) -> Option<Self> {
+        let group = seed.group(project.group_id)?;
+        Some(SimpleProjectJson {
+            id: project.id,
+            description: &project.description,
+            name: &project.name,
+            name_with_namespace: &project.name_with_namespace,
+            path: &project.path,
+            path_with_namespace: &project.path_with_namespace,
+            created_at: &project.created_at,
+            default_branch: "main",
+            topics: [],
+            web_url: format!("{base}/{}", project.path_with_namespace),
+            star_count: 0,
+            forks_count: 0,
+            last_activity_at: &project.created_at,
+            namespace: NamespaceJson {
+                id: group.id,
+                name: &group.name,
+                path: &group.path,
+                kind: "group",
+                full_path: &group.full_path,
+                parent_id: group.parent_id,
+                web_url: format!("{base}/groups/{}", group.full_path),
+            },
+        })
+    }
+}
+
+/// A group a project is shared with, as listed in the full project representation.
+#[derive(Serialize)]
+struct SharedWithGroupJson<'a> {
+    group_id: u64,
+    group_name: &'a str,
+    group_full_path: &'a str,
+    group_access_level: u8,
+}
+
+/// The full project representation (listing without `simple=true`; also `project.json` in exports).
+#[derive(Serialize)]
+pub struct ProjectJson<'a> {
+    #[serde(flatten)]
+    simple: SimpleProjectJson<'a>,
+    archived: bool,
+    visibility: &'static str,
+    empty_repo: bool,
+    shared_with_groups: Vec<SharedWithGroupJson<'a>>,
+}
+
+impl<'a> ProjectJson<'a> {
+    /// `None` only if the project's owning group is missing from the seed, which seeds never allow.
+    pub fn new(project: &'a Project, seed: &'a Seed, base: &str) -> Option<Self> {
+        Some(ProjectJson {
+            simple: SimpleProjectJson::new(project, seed, base)?,
+            archived: project.archived,
+            visibility: "private",
+            empty_repo: false,
+            shared_with_groups: project
+                .shared_with
+                .iter()
+                .filter_map(|&id| seed.group(id))
+                .map(|group| SharedWithGroupJson {
+                    group_id: group.id,
+                    group_name: &group.name,
+                    group_full_path: &group.full_path,
+                    // Developer.
+                    group_access_level: 30,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// `GET /projects/:id/export`.
+#[derive(Serialize)]
+pub struct ExportStatusJson<'a> {
+    id: u64,
+    description: &'a str,
+    name: &'a str,
+    name_with_namespace: &'a str,
+    path: &'a str,
+    path_with_namespace: &'a str,
+    created_at: &'a str,
+    export_status: ExportStatus,
+}
+
+impl<'a> ExportStatusJson<'a> {
+    pub fn new(project: &'a Project, export_status: ExportStatus) -> Self {
+        ExportStatusJson {
+            id: project.id,
+            description: &project.description,
+            name: &project.name,
+            name_with_namespace: &project.name_with_namespace,
+            path: &project.path,
+            path_with_namespace: &project.path_with_namespace,
+            created_at: &project.created_at,
+            export_status,
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! State shared by the request handlers, the export jobs and the [`Standin`](super::Standin) handle:
+//! the immutable seed and options, and behind one mutex the mutable parts (faults, request records,
+//! counters, the export rate-limit window and the export jobs).
+//!
+//! The stand-in has a single user (the one owning [`Options::token`]), so "per user" state such as the
+//! rate-limit window and export statuses is simply global here. The mutex is never held across an
+//! `.await`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use super::repr::ExportStatus;
+use super::seed::Seed;
+use super::{Faults, Options};
+
+/// Which project a `POST /projects/:id/export` named.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ProjectRef {
+    /// A project of the seed (named by id or by path).
+    Known(u64),
+    /// The raw, percent-decoded `:id` that matched no project.
+    Unknown(String),
+}
+
+/// One `POST /projects/:id/export` request and the stand-in's answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportRecord {
+    /// When the request arrived; serialized as milliseconds since the Unix epoch.
+    #[serde(serialize_with = "unix_millis")]
+    pub at: SystemTime,
+    pub project_id: ProjectRef,
+    /// HTTP status of the answer (202, 400, 401, 404, 429, 500).
+    pub status: u16,
+    /// `upload[url]` exactly as sent (decoded from the form/JSON/query encoding), if sent.
+    pub upload_url: Option<String>,
+    /// `upload[http_method]` as sent, if sent (GitLab's default when absent is `PUT`).
+    pub method: Option<String>,
+}
+
+/// One upload attempt of a finished export archive.
+#[derive(Clone, Debug, Serialize)]
+pub struct UploadRecord {
+    pub project_id: u64,
+    pub url: String,
+    /// HTTP status the upload target answered; `None` when no answer came (connection error, or the
+    /// `fail_upload` fault).
+    pub status: Option<u16>,
+    /// Size of the archive.
+    pub bytes: usize,
+}
+
+fn unix_millis<S: Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    let millis = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    serializer.serialize_u64(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
+/// Identifies one export job, so that a job replaced by a newer export of the same project stops
+/// touching the project's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobId(u64);
+
+/// Why an export request may not start an export now.
+#[derive(Debug, Clone)]
+pub struct RateLimited {
+    /// Seconds for the `Retry-After` header; `None` when the `omit_retry_after` fault is set.
+    pub retry_after: Option<u64>,
+}
+
+pub struct Shared {
+    pub seed: Seed,
+    pub options: Options,
+    /// Base of every URL the stand-in writes into answers, without a trailing slash.
+    pub public_base: String,
+    /// Sends export archives to their upload URLs.
+    pub client: reqwest::Client,
+    mutable: Mutex<Mutable>,
+    /// Woken whenever an export job reaches a final status.
+    export_settled: Notify,
+}
+
+#[derive(Default)]
+struct Mutable {
+    faults: Faults,
+    exports: Vec<ExportRecord>,
+    uploads: Vec<UploadRecord>,
+    listing_requests: usize,
+    export_requests: usize,
+    rate_window: Option<RateWindow>,
+    jobs: HashMap<u64, Job>,
+    last_job_id: u64,
+}
+
+/// A fixed rate-limit window, opened by the first export request after the previous one ended.
+struct RateWindow {
+    opened: Instant,
+    used: u32,
+}
+
+/// The latest export of one project.
+struct Job {
+    id: JobId,
+    status: ExportStatus,
+    task: AbortHandle,
+}
+
+impl Shared {
+    pub fn new(seed: Seed, options: Options, public_base: String, client: reqwest::Client) -> Self {
+        Shared {
+            seed,
+            options,
+            public_base,
+            client,
+            mutable: Mutex::default(),
+            export_settled: Notify::new(),
+        }
+    }
+
+    /// A panicking holder cannot leave the state inconsistent (every update is a single assignment or
+    /// push), so a poisoned lock is simply taken over.
+    fn lock(&self) -> MutexGuard<'_, Mutable> {
+        self.mutable.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.lock().faults = faults;
+    }
+
+    /// Reads the current faults without copying them.
+    pub fn with_faults<R>(&self, read: impl FnOnce(&Faults) -> R) -> R {
+        read(&self.lock().faults)
+    }
+
+    /// Counts a listing request; true when the `listing_5xx_every` fault makes this one fail.
+    pub fn count_listing_request(&self) -> bool {
+        let mut state = self.lock();
+        state.listing_requests += 1;
+        is_nth(state.listing_requests, state.faults.listing_5xx_every)
+    }
+
+    pub fn listing_requests(&self) -> usize {
+        self.lock().listing_requests
+    }
+
+    /// Counts an export request; true when the `export_5xx_every` fault makes this one fail.
+    pub fn count_export_request(&self) -> bool {
+        let mut state = self.lock();
+        state.export_requests += 1;
+        is_nth(state.export_requests, state.faults.export_5xx_every)
+    }
+
+    /// Takes one export from the current rate-limit window, opening a new window if none is open.
+    pub fn take_export_slot(&self, now: Instant) -> Result<(), RateLimited> {
+        let limit = self.options.exports_per_window;
+        let window_length = self.options.window;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let window = match &mut state.rate_window {
+            Some(window) if now.duration_since(window.opened) < window_length => window,
+            stale_or_none => stale_or_none.insert(RateWindow {
+                opened: now,
+                used: 0,
+            }),
+        };
+        if window.used < limit {
+            window.used += 1;
+            return Ok(());
+        }
+        let retry_after = (!state.faults.omit_retry_after).then(|| whole_seconds(window_length));
+        Err(RateLimited { retry_after })
+    }
+
+    pub fn record_export(&self, record: ExportRecord) {
+        self.lock().exports.push(record);
+    }
+
+    pub fn exports(&self) -> Vec<ExportRecord> {
+        self.lock().exports.clone()
+    }
+
+    pub fn record_upload(&self, record: UploadRecord) {
+        self.lock().uploads.push(record);
+    }
+
+    pub fn uploads(&self) -> Vec<UploadRecord> {
+        self.lock().uploads.clone()
+    }
+
+    /// Starts `job` as the project's export, `queued`, replacing (and aborting) any previous one.
+    pub fn start_export<F>(&self, project_id: u64, job: impl FnOnce(JobId) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut state = self.lock();
+        state.last_job_id += 1;
+        let id = JobId(state.last_job_id);
+        // Spawned under the lock, so the job cannot look at its status before it is recorded.
+        let task = tokio::spawn(job(id)).abort_handle();
+        let job = Job {
+            id,
+            status: ExportStatus::Queued,
+            task,
+        };
+        if let Some(replaced) = state.jobs.insert(project_id, job) {
+            replaced.task.abort();
+        }
+    }
+
+    /// Moves export `job` of the project to `status`; false (and nothing changed) when a newer export
+    /// of the project replaced it.
+    pub fn set_export_status(&self, project_id: u64, job: JobId, status: ExportStatus) -> bool {
+        let mut state = self.lock();
+        let Some(current) = state
+            .jobs
+            .get_mut(&project_id)
+            .filter(|current| current.id == job)
+        else {
+            return false;
+        };
+        current.status = status;
+        drop(state);
+        if !status.is_active() {
+            self.export_settled.notify_waiters();
+        }
+        true
+    }
+
+    pub fn export_status(&self, project_id: u64) -> ExportStatus {
+        self.lock()
+            .jobs
+            .get(&project_id)
+            .map_or(ExportStatus::None, |job| job.status)
+    }
+
+    /// Waits until no export is `queued` or `started`.
+    pub async fn wait_idle(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before checking, so a job settling in between still wakes this waiter.
+            let settled = self.export_settled.notified();
+            let active = self
+                .lock()
+                .jobs
+                .values()
+                .filter(|job| job.status.is_active())
+                .count();
+            if active == 0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                anyhow::bail!("{active} export(s) still queued or started after {timeout:?}");
+            }
+        }
+    }
+
+    /// Aborts every export job (on shutdown).
+    pub fn abort_exports(&self) {
+        for job in self.lock().jobs.values() {
+            job.task.abort();
+        }
+    }
+}
+
+/// Whether the `count`-th request is one the "every `every`-th request" fault hits.
+fn is_nth(count: usize, every: Option<u32>) -> bool {
+    every.is_some_and(|every| count.checked_rem(every as usize) == Some(0))
+}
+
+/// A duration in whole seconds, rounded up (60 s → 60, 1.5 s → 2).
+fn whole_seconds(duration: Duration) -> u64 {
+    duration
+        .as_millis()
+        .div_ceil(1000)
+        .try_into()
+        .unwrap_or(u64::MAX)
+}

@@ -1,0 +1,1063 @@
+//! Specification of the stand-in, exercised over HTTP on 127.0.0.1 the way the backup talks to GitLab.
+//! Uploads go to a small local receiver started per test.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use flate2::read::GzDecoder;
+use serde_json::{json, Value};
+
+use super::*;
+
+const TOKEN: &str = "glpat-standin";
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default options with quick export steps.
+fn quick() -> Options {
+    Options {
+        step_delay: Duration::from_millis(20),
+        ..Options::default()
+    }
+}
+
+async fn start(seed: Seed, options: Options) -> Standin {
+    Standin::start(seed, options)
+        .await
+        .expect("stand-in starts")
+}
+
+/// An answer, read completely.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    json: Value,
+}
+
+impl Answer {
+    async fn read(response: reqwest::Response) -> Answer {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|value| value.to_str().expect("ASCII header"))
+    }
+
+    /// `rel` → URL from the `Link` header.
+    fn links(&self) -> BTreeMap<String, String> {
+        self.header("link")
+            .unwrap_or_default()
+            .split(", ")
+            .filter(|link| !link.is_empty())
+            .map(|link| {
+                let (url, rel) = link.split_once("; rel=").expect("rel");
+                (
+                    rel.trim_matches('"').to_owned(),
+                    url.trim_matches(['<', '>']).to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.json
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|project| project["id"].as_u64().unwrap())
+            .collect()
+    }
+}
+
+/// A GET with the token, to a path on the stand-in or to an absolute URL.
+async fn get(standin: &Standin, path_or_url: &str) -> Answer {
+    let url = if path_or_url.starts_with("http") {
+        path_or_url.to_owned()
+    } else {
+        format!("{}{path_or_url}", standin.base_url())
+    };
+    let response = reqwest::Client::new()
+        .get(url)
+        .header("PRIVATE-TOKEN", TOKEN)
+        .send()
+        .await;
+    Answer::read(response.expect("request")).await
+}
+
+/// `request` with `params` as an `application/x-www-form-urlencoded` body.
+fn with_form(request: reqwest::RequestBuilder, params: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    request
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(params).expect("form"))
+}
+
+/// `POST /api/v4/projects/<id>/export` with the token, the upload URL form-encoded.
+async fn export(standin: &Standin, project: &str, upload_url: Option<&str>) -> Answer {
+    let params: Vec<(&str, &str)> = upload_url
+        .map(|url| ("upload[url]", url))
+        .into_iter()
+        .collect();
+    let request = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v4/projects/{project}/export",
+            standin.base_url()
+        ))
+        .header("PRIVATE-TOKEN", TOKEN);
+    let response = with_form(request, &params).send().await;
+    Answer::read(response.expect("request")).await
+}
+
+async fn export_status(standin: &Standin, project_id: u64) -> String {
+    let answer = get(standin, &format!("/api/v4/projects/{project_id}/export")).await;
+    answer.json["export_status"]
+        .as_str()
+        .expect("export_status")
+        .to_owned()
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+struct Received {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// An S3 stand-in: answers 200 to anything and keeps what it got.
+struct Receiver {
+    base_url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        async fn keep(
+            State(received): State<Arc<Mutex<Vec<Received>>>>,
+            method: Method,
+            OriginalUri(uri): OriginalUri,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> StatusCode {
+            let path_and_query = uri
+                .path_and_query()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            received.lock().unwrap().push(Received {
+                method,
+                path_and_query,
+                headers,
+                body,
+            });
+            StatusCode::OK
+        }
+        let received = Arc::default();
+        let app = axum::Router::new()
+            .fallback(keep)
+            .with_state(Arc::clone(&received));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { base_url, received }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// Path → contents of the files in a `.tar.gz`.
+fn untar(archive: &[u8]) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    let mut tar = tar::Archive::new(GzDecoder::new(archive));
+    for entry in tar.entries().expect("tar") {
+        let mut entry = entry.expect("entry");
+        let path = entry.path().expect("path").display().to_string();
+        let mut contents = String::new();
+        entry.read_to_string(&mut contents).expect("contents");
+        files.insert(path, contents);
+    }
+    files
+}
+
+fn project_id(seed: &Seed, path: &str) -> u64 {
+    seed.project_by_path(path).expect("project in seed").id
+}
+
+fn ids_of(projects: &[&Project]) -> HashSet<u64> {
+    projects.iter().map(|project| project.id).collect()
+}
+
+// --- Seeds ---
+
+#[test]
+fn demo_seed_has_three_top_level_groups_with_nested_subgroups_archived_and_shared_projects() {
+    let seed = Seed::demo();
+    let top: Vec<&str> = seed
+        .top_level_groups()
+        .map(|group| group.path.as_str())
+        .collect();
+    assert_eq!(top, ["acme", "globex", "initech"]);
+    for group in seed.top_level_groups() {
+        assert!(
+            seed.groups()
+                .iter()
+                .any(|sub| sub.parent_id == Some(group.id)),
+            "{} has a subgroup",
+            group.path
+        );
+    }
+    assert!(seed.group_by_path("acme/platform/infra").is_some());
+    assert!(seed.projects().len() >= 20);
+    assert!(seed.projects().iter().any(|project| project.archived));
+    let shared_elsewhere = seed
+        .projects()
+        .iter()
+        .filter(|p| p.shared_with.iter().any(|&g| g != p.group_id))
+        .count();
+    assert!(shared_elsewhere >= 2);
+    assert_eq!(seed.own_projects("acme").len(), 10);
+    assert_eq!(Seed::demo().projects(), seed.projects(), "deterministic");
+}
+
+#[test]
+fn generated_seed_builds_ten_thousand_projects_quickly() {
+    let began = Instant::now();
+    let seed = Seed::generated(100, 120);
+    assert!(began.elapsed() < Duration::from_secs(2));
+    assert_eq!(seed.projects().len(), 12_000);
+    assert_eq!(seed.top_level_groups().count(), 100);
+    let team = seed.own_projects("team-7");
+    assert_eq!(team.len(), 120);
+    assert_eq!(seed.own_projects("team-7/sub-0").len(), 60);
+    assert_eq!(team.iter().filter(|project| project.archived).count(), 12);
+}
+
+// --- Authentication and simple resources ---
+
+#[tokio::test]
+async fn requests_without_the_token_are_unauthorized() {
+    let standin = start(Seed::demo(), quick()).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v4/groups/acme/projects", standin.base_url());
+    for request in [
+        client.get(&url),
+        client.get(&url).header("PRIVATE-TOKEN", "wrong"),
+    ] {
+        let answer = Answer::read(request.send().await.unwrap()).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer.json, json!({ "message": "401 Unauthorized" }));
+    }
+    let bearer = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(bearer.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn user_is_the_active_backup_bot() {
+    let standin = start(Seed::demo(), quick()).await;
+    let answer = get(&standin, "/api/v4/user").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json["username"], "backup-bot");
+    assert_eq!(answer.json["state"], "active");
+    assert!(answer.json["id"].is_u64());
+}
+
+#[tokio::test]
+async fn group_is_found_by_id_or_by_encoded_full_path_and_unknown_is_404() {
+    let standin = start(Seed::generated(1, 2), quick()).await;
+    let sub = standin
+        .seed()
+        .group_by_path("team-0/sub-0")
+        .unwrap()
+        .clone();
+    for id in [
+        sub.id.to_string(),
+        "team-0%2Fsub-0".to_owned(),
+        "TEAM-0%2Fsub-0".to_owned(),
+    ] {
+        let answer = get(&standin, &format!("/api/v4/groups/{id}")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{id}");
+        assert_eq!(answer.json["id"], sub.id);
+        assert_eq!(answer.json["full_path"], "team-0/sub-0");
+        assert_eq!(answer.json["path"], "sub-0");
+        assert_eq!(answer.json["parent_id"], sub.parent_id.unwrap());
+        assert_eq!(
+            answer.json["web_url"],
+            format!("{}/groups/team-0/sub-0", standin.base_url())
+        );
+    }
+    for missing in ["999", "nobody", "team-0%2Fnothing"] {
+        let answer = get(&standin, &format!("/api/v4/groups/{missing}")).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert_eq!(answer.json, json!({ "message": "404 Group Not Found" }));
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404() {
+    let standin = start(Seed::demo(), quick()).await;
+    let answer = get(&standin, "/api/v4/nothing/here").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.json, json!({ "error": "404 Not Found" }));
+}
+
+// --- Listing ---
+
+#[tokio::test]
+async fn listing_pages_through_a_group_following_link_next_with_pagination_headers() {
+    let standin = start(Seed::generated(2, 45), quick()).await;
+    let first =
+        "/api/v4/groups/team-1/projects?include_subgroups=true&per_page=20&order_by=id&sort=asc";
+    let mut next = Some(format!("{}{first}", standin.base_url()));
+    let mut pages = Vec::new();
+    while let Some(url) = next {
+        let answer = get(&standin, &url).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        next = answer.links().get("next").cloned();
+        pages.push(answer);
+    }
+    assert_eq!(pages.len(), 3);
+    let headers = |page: &Answer| {
+        [
+            "x-page",
+            "x-per-page",
+            "x-next-page",
+            "x-prev-page",
+            "x-total",
+            "x-total-pages",
+        ]
+        .map(|name| page.header(name).unwrap().to_owned())
+    };
+    assert_eq!(headers(&pages[0]), ["1", "20", "2", "", "45", "3"]);
+    assert_eq!(headers(&pages[1]), ["2", "20", "3", "1", "45", "3"]);
+    assert_eq!(headers(&pages[2]), ["3", "20", "", "2", "45", "3"]);
+
+    let base = standin.base_url();
+    let link = |page: u32| {
+        format!("{base}/api/v4/groups/team-1/projects?include_subgroups=true&per_page=20&order_by=id&sort=asc&page={page}")
+    };
+    let links = pages[1].links();
+    assert_eq!(links["prev"], link(1));
+    assert_eq!(links["next"], link(3));
+    assert_eq!(links["first"], link(1));
+    assert_eq!(links["last"], link(3));
+    assert_eq!(
+        pages[0].links().keys().collect::<Vec<_>>(),
+        ["first", "last", "next"]
+    );
+    assert_eq!(
+        pages[2].links().keys().collect::<Vec<_>>(),
+        ["first", "last", "prev"]
+    );
+
+    let listed: Vec<u64> = pages.iter().flat_map(Answer::ids).collect();
+    let mut expected: Vec<u64> = standin
+        .seed()
+        .own_projects("team-1")
+        .iter()
+        .map(|project| project.id)
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected, "every project once, ascending by id");
+}
+
+#[tokio::test]
+async fn link_urls_are_built_on_the_public_base_and_replace_page_in_place() {
+    let options = Options {
+        public_base: Some("https://gitlab.example.test/".to_owned()),
+        ..quick()
+    };
+    let standin = start(Seed::generated(1, 10), options).await;
+    let answer = get(
+        &standin,
+        "/api/v4/groups/team-0%2Fsub-0/projects?page=2&per_page=2&simple=true",
+    )
+    .await;
+    assert_eq!(
+        answer.links()["next"],
+        "https://gitlab.example.test/api/v4/groups/team-0%2Fsub-0/projects?page=3&per_page=2&simple=true"
+    );
+    assert_eq!(
+        answer.header("link").unwrap(),
+        [
+            "<https://gitlab.example.test/api/v4/groups/team-0%2Fsub-0/projects?page=1&per_page=2&simple=true>; rel=\"prev\"",
+            "<https://gitlab.example.test/api/v4/groups/team-0%2Fsub-0/projects?page=3&per_page=2&simple=true>; rel=\"next\"",
+            "<https://gitlab.example.test/api/v4/groups/team-0%2Fsub-0/projects?page=1&per_page=2&simple=true>; rel=\"first\"",
+            "<https://gitlab.example.test/api/v4/groups/team-0%2Fsub-0/projects?page=3&per_page=2&simple=true>; rel=\"last\"",
+        ]
+        .join(", ")
+    );
+}
+
+#[tokio::test]
+async fn per_page_defaults_to_20_and_is_clamped_to_100() {
+    let standin = start(Seed::generated(1, 250), quick()).await;
+    let default = get(&standin, "/api/v4/groups/team-0/projects").await;
+    assert_eq!(default.header("x-per-page"), Some("20"));
+    assert_eq!(default.ids().len(), 20);
+    let clamped = get(
+        &standin,
+        "/api/v4/groups/team-0/projects?include_subgroups=true&per_page=500",
+    )
+    .await;
+    assert_eq!(clamped.header("x-per-page"), Some("100"));
+    assert_eq!(clamped.header("x-total-pages"), Some("3"));
+    assert_eq!(clamped.ids().len(), 100);
+}
+
+#[tokio::test]
+async fn subgroup_projects_are_listed_only_with_include_subgroups() {
+    let standin = start(Seed::demo(), quick()).await;
+    let seed = standin.seed();
+    let acme = seed.group_by_path("acme").unwrap().id;
+    let direct: HashSet<u64> = seed
+        .projects_owned_by(acme, false)
+        .map(|project| project.id)
+        .collect();
+    let all = ids_of(&seed.own_projects("acme"));
+    let shared = project_id(seed, "initech/intranet");
+
+    let by_default = get(&standin, "/api/v4/groups/acme/projects?with_shared=false").await;
+    assert_eq!(by_default.ids().into_iter().collect::<HashSet<_>>(), direct);
+    let without = get(
+        &standin,
+        "/api/v4/groups/acme/projects?with_shared=false&include_subgroups=false",
+    )
+    .await;
+    assert_eq!(without.ids().into_iter().collect::<HashSet<_>>(), direct);
+    let with = get(
+        &standin,
+        "/api/v4/groups/acme/projects?with_shared=false&include_subgroups=true",
+    )
+    .await;
+    assert_eq!(with.ids().into_iter().collect::<HashSet<_>>(), all);
+    assert!(!all.contains(&shared));
+}
+
+#[tokio::test]
+async fn shared_projects_are_listed_unless_with_shared_is_false() {
+    let standin = start(Seed::demo(), quick()).await;
+    let shared = project_id(standin.seed(), "initech/intranet");
+    let by_default = get(
+        &standin,
+        "/api/v4/groups/acme/projects?include_subgroups=true",
+    )
+    .await;
+    assert!(by_default.ids().contains(&shared));
+    assert_eq!(by_default.header("x-total"), Some("11"));
+    let with = get(
+        &standin,
+        "/api/v4/groups/acme/projects?include_subgroups=true&with_shared=true",
+    )
+    .await;
+    assert!(with.ids().contains(&shared));
+    let without = get(
+        &standin,
+        "/api/v4/groups/acme/projects?include_subgroups=true&with_shared=false",
+    )
+    .await;
+    assert!(!without.ids().contains(&shared));
+    assert_eq!(without.header("x-total"), Some("10"));
+}
+
+#[tokio::test]
+async fn archived_filter_selects_only_archived_or_only_active_projects() {
+    let standin = start(Seed::demo(), quick()).await;
+    let list = "/api/v4/groups/acme/projects?include_subgroups=true&with_shared=false";
+    let archived: HashSet<u64> = ["acme/legacy-portal", "acme/platform/infra/old-ansible"]
+        .map(|path| project_id(standin.seed(), path))
+        .into();
+
+    let all = get(&standin, list).await.ids();
+    assert_eq!(all.len(), 10);
+    let only_archived = get(&standin, &format!("{list}&archived=true")).await;
+    assert_eq!(
+        only_archived.ids().into_iter().collect::<HashSet<_>>(),
+        archived
+    );
+    assert!(only_archived
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|project| project["archived"] == true));
+    let only_active = get(&standin, &format!("{list}&archived=false")).await.ids();
+    assert_eq!(only_active.len(), 8);
+    assert!(only_active.iter().all(|id| !archived.contains(id)));
+}
+
+#[tokio::test]
+async fn boolean_parameters_accept_1_and_0_and_reject_other_values() {
+    let standin = start(Seed::demo(), quick()).await;
+    let list = "/api/v4/groups/acme/projects?with_shared=0";
+    let one = get(&standin, &format!("{list}&include_subgroups=1")).await;
+    let zero = get(&standin, &format!("{list}&include_subgroups=0")).await;
+    assert_eq!(one.header("x-total"), Some("10"));
+    assert_eq!(zero.header("x-total"), Some("4"));
+    let bad = get(&standin, &format!("{list}&include_subgroups=maybe")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json, json!({ "error": "include_subgroups is invalid" }));
+}
+
+#[tokio::test]
+async fn simple_listing_uses_the_simple_representation() {
+    let standin = start(Seed::demo(), quick()).await;
+    let simple = get(
+        &standin,
+        "/api/v4/groups/acme%2Fplatform/projects?simple=true",
+    )
+    .await;
+    let project = &simple.json[0];
+    for field in [
+        "id",
+        "name",
+        "path",
+        "path_with_namespace",
+        "name_with_namespace",
+        "created_at",
+        "web_url",
+    ] {
+        assert!(!project[field].is_null(), "{field}");
+    }
+    assert_eq!(project["namespace"]["full_path"], "acme/platform");
+    assert_eq!(project["namespace"]["kind"], "group");
+    assert!(project.get("archived").is_none());
+    let full = get(&standin, "/api/v4/groups/acme%2Fplatform/projects").await;
+    assert_eq!(full.json[0]["archived"], false);
+    assert_eq!(full.json[0]["visibility"], "private");
+}
+
+#[tokio::test]
+async fn listing_sorts_by_id_descending_by_default_and_ascending_on_request() {
+    let standin = start(Seed::demo(), quick()).await;
+    let descending = get(&standin, "/api/v4/groups/acme/projects").await.ids();
+    assert!(descending.windows(2).all(|pair| pair[0] > pair[1]));
+    let ascending = get(
+        &standin,
+        "/api/v4/groups/acme/projects?order_by=id&sort=asc",
+    )
+    .await
+    .ids();
+    assert!(ascending.windows(2).all(|pair| pair[0] < pair[1]));
+    let bad = get(&standin, "/api/v4/groups/acme/projects?sort=sideways").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        bad.json,
+        json!({ "error": "sort does not have a valid value" })
+    );
+}
+
+#[tokio::test]
+async fn listing_of_more_than_10000_projects_omits_totals_and_the_last_link() {
+    let standin = start(Seed::generated(1, 10_010), quick()).await;
+    let list = "/api/v4/groups/team-0/projects?include_subgroups=true&per_page=100";
+    let answer = get(&standin, list).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.ids().len(), 100);
+    assert_eq!(answer.header("x-total"), None);
+    assert_eq!(answer.header("x-total-pages"), None);
+    assert_eq!(answer.header("x-next-page"), Some("2"));
+    assert_eq!(answer.links().keys().collect::<Vec<_>>(), ["first", "next"]);
+    let last = get(&standin, &format!("{list}&page=101")).await;
+    assert_eq!(last.ids().len(), 10);
+    assert_eq!(last.header("x-next-page"), Some(""));
+
+    let counted = get(&standin, "/api/v4/groups/team-0/projects?per_page=100").await;
+    assert_eq!(counted.header("x-total"), Some("5005"));
+    assert!(counted.links().contains_key("last"));
+}
+
+#[tokio::test]
+async fn listing_5xx_fault_fails_every_nth_listing_request_and_all_are_counted() {
+    let standin = start(Seed::demo(), quick()).await;
+    standin.set_faults(Faults {
+        listing_5xx_every: Some(3),
+        ..Faults::default()
+    });
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            get(&standin, "/api/v4/groups/acme/projects")
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 500, 200, 200, 500]);
+    assert_eq!(standin.listing_requests(), 6);
+}
+
+// --- Exports ---
+
+#[tokio::test]
+async fn export_is_accepted_then_goes_queued_started_finished_and_uploads_a_gzip_tar() {
+    let receiver = Receiver::start().await;
+    let options = Options {
+        step_delay: Duration::from_millis(150),
+        ..Options::default()
+    };
+    let standin = start(Seed::demo(), options).await;
+    let id = project_id(standin.seed(), "acme/api");
+    assert_eq!(export_status(&standin, id).await, "none");
+
+    let upload_url = format!("{}/bucket/acme-api.tar.gz", receiver.base_url);
+    let answer = export(&standin, "acme%2Fapi", Some(&upload_url)).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
+    assert_eq!(answer.json, json!({ "message": "202 Accepted" }));
+
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + IDLE_TIMEOUT;
+    while seen.last().map(String::as_str) != Some("finished") && Instant::now() < deadline {
+        let status = export_status(&standin, id).await;
+        if seen.last() != Some(&status) {
+            seen.push(status);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, ["queued", "started", "finished"]);
+
+    let received = receiver.received();
+    assert_eq!(received.len(), 1);
+    let upload = &received[0];
+    assert_eq!(upload.method, Method::PUT);
+    assert_eq!(upload.path_and_query, "/bucket/acme-api.tar.gz");
+    assert_eq!(upload.headers["content-type"], "application/gzip");
+    assert_eq!(
+        upload.headers["content-length"],
+        upload.body.len().to_string().as_str()
+    );
+    let files = untar(&upload.body);
+    assert_eq!(files["VERSION"], "0.2.4");
+    let project: Value = serde_json::from_str(&files["project.json"]).unwrap();
+    assert_eq!(project["path_with_namespace"], "acme/api");
+
+    let uploads = standin.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(
+        (uploads[0].project_id, uploads[0].status, uploads[0].bytes),
+        (id, Some(200), upload.body.len())
+    );
+}
+
+#[tokio::test]
+async fn export_parameters_are_read_from_a_form_json_or_query() {
+    let receiver = Receiver::start().await;
+    let standin = start(Seed::demo(), quick()).await;
+    let client = reqwest::Client::new();
+    let export_url =
+        |project: &str| format!("{}/api/v4/projects/{project}/export", standin.base_url());
+    let upload = |name: &str| format!("{}/{name}", receiver.base_url);
+    let requests = [
+        with_form(
+            client.post(export_url("acme%2Fwebsite")),
+            &[("upload[url]", &upload("form"))],
+        ),
+        client
+            .post(export_url("acme%2Fapi"))
+            .json(&json!({ "upload": { "url": upload("nested-json"), "http_method": "PUT" } })),
+        client
+            .post(export_url("acme%2Fdocs"))
+            .json(&json!({ "upload[url]": upload("flat-json") })),
+        client.post(
+            url::Url::parse_with_params(
+                &export_url("globex%2Ffirmware"),
+                [("upload[url]", upload("query"))],
+            )
+            .unwrap(),
+        ),
+    ];
+    for request in requests {
+        let answer = request.header("PRIVATE-TOKEN", TOKEN).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    }
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    let mut paths: Vec<String> = receiver
+        .received()
+        .into_iter()
+        .map(|received| received.path_and_query)
+        .collect();
+    paths.sort();
+    assert_eq!(paths, ["/flat-json", "/form", "/nested-json", "/query"]);
+}
+
+#[tokio::test]
+async fn upload_url_reaches_the_receiver_byte_identical() {
+    let receiver = Receiver::start().await;
+    let standin = start(Seed::demo(), quick()).await;
+    let path_and_query = "/bucket/acme%2Fapi%2F2024.tar.gz?X-Amz-Credential=AKIA%2F20240101%2Fauto%2Fs3&X-Amz-Signature=ab%3D%3Dcd&list=a=b";
+    let upload_url = format!("{}{path_and_query}", receiver.base_url);
+    assert_eq!(
+        export(&standin, "acme%2Fapi", Some(&upload_url))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    assert_eq!(receiver.received()[0].path_and_query, path_and_query);
+    assert_eq!(standin.uploads()[0].url, upload_url);
+    assert_eq!(
+        standin.exports()[0].upload_url.as_deref(),
+        Some(upload_url.as_str())
+    );
+}
+
+#[tokio::test]
+async fn upload_http_method_post_is_honoured_and_others_are_rejected() {
+    let receiver = Receiver::start().await;
+    let standin = start(Seed::demo(), quick()).await;
+    let url = format!("{}/api/v4/projects/acme%2Fapi/export", standin.base_url());
+    let upload_url = format!("{}/post-me", receiver.base_url);
+    let post = |method: &str| {
+        let request = reqwest::Client::new()
+            .post(&url)
+            .header("PRIVATE-TOKEN", TOKEN);
+        with_form(
+            request,
+            &[
+                ("upload[url]", &upload_url),
+                ("upload[http_method]", method),
+            ],
+        )
+        .send()
+    };
+    let rejected = Answer::read(post("PATCH").await.unwrap()).await;
+    assert_eq!(rejected.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        rejected.json,
+        json!({ "error": "upload[http_method] does not have a valid value" })
+    );
+    assert_eq!(post("POST").await.unwrap().status(), StatusCode::ACCEPTED);
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    assert_eq!(receiver.received()[0].method, Method::POST);
+}
+
+#[tokio::test]
+async fn export_of_an_unknown_project_is_404_and_a_bad_upload_url_is_400() {
+    let standin = start(Seed::demo(), quick()).await;
+    let missing = export(&standin, "99999", None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.json, json!({ "message": "404 Project Not Found" }));
+    for bad_url in ["not a url", "/relative/path", "ftp://127.0.0.1/file"] {
+        let answer = export(&standin, "acme%2Fapi", Some(bad_url)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad_url}");
+        assert_eq!(answer.json, json!({ "error": "upload[url] is invalid" }));
+    }
+    let missing_status = get(&standin, "/api/v4/projects/99999/export").await;
+    assert_eq!(missing_status.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        export_status(&standin, project_id(standin.seed(), "acme/api")).await,
+        "none"
+    );
+}
+
+#[tokio::test]
+async fn seventh_export_in_a_window_is_rate_limited_with_retry_after_60() {
+    let standin = start(Seed::demo(), quick()).await;
+    let ids: Vec<u64> = standin
+        .seed()
+        .projects()
+        .iter()
+        .take(7)
+        .map(|project| project.id)
+        .collect();
+    for id in &ids[..6] {
+        assert_eq!(
+            export(&standin, &id.to_string(), None).await.status,
+            StatusCode::ACCEPTED
+        );
+    }
+    let limited = export(&standin, &ids[6].to_string(), None).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.header("retry-after"), Some("60"));
+    assert_eq!(
+        limited.json,
+        json!({ "message": { "error": "This endpoint has been requested too many times. Try again later." } })
+    );
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    assert_eq!(
+        export_status(&standin, ids[6]).await,
+        "none",
+        "a 429 starts no export"
+    );
+}
+
+#[tokio::test]
+async fn exports_are_allowed_again_once_the_window_has_passed() {
+    let window = Duration::from_millis(400);
+    let options = Options {
+        exports_per_window: 2,
+        window,
+        ..quick()
+    };
+    let standin = start(Seed::demo(), options).await;
+    let statuses = async || {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(export(&standin, "acme%2Fapi", None).await.status.as_u16());
+        }
+        statuses
+    };
+    assert_eq!(statuses().await, [202, 202, 429]);
+    tokio::time::sleep(window).await;
+    assert_eq!(statuses().await, [202, 202, 429]);
+}
+
+#[tokio::test]
+async fn omit_retry_after_fault_drops_the_header_from_429() {
+    let options = Options {
+        exports_per_window: 1,
+        ..quick()
+    };
+    let standin = start(Seed::demo(), options).await;
+    standin.set_faults(Faults {
+        omit_retry_after: true,
+        ..Faults::default()
+    });
+    assert_eq!(
+        export(&standin, "acme%2Fapi", None).await.status,
+        StatusCode::ACCEPTED
+    );
+    let limited = export(&standin, "acme%2Fapi", None).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.header("retry-after"), None);
+}
+
+#[tokio::test]
+async fn fail_build_fault_ends_the_export_failed_without_upload() {
+    let receiver = Receiver::start().await;
+    let standin = start(Seed::demo(), quick()).await;
+    let id = project_id(standin.seed(), "acme/api");
+    standin.set_faults(Faults {
+        fail_build: HashSet::from([id]),
+        ..Faults::default()
+    });
+    let upload_url = format!("{}/never", receiver.base_url);
+    assert_eq!(
+        export(&standin, &id.to_string(), Some(&upload_url))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    assert_eq!(export_status(&standin, id).await, "failed");
+    assert!(receiver.received().is_empty());
+    assert!(standin.uploads().is_empty());
+}
+
+#[tokio::test]
+async fn fail_upload_fault_still_finishes_but_the_receiver_never_gets_the_object() {
+    let receiver = Receiver::start().await;
+    let standin = start(Seed::demo(), quick()).await;
+    let id = project_id(standin.seed(), "acme/api");
+    standin.set_faults(Faults {
+        fail_upload: HashSet::from([id]),
+        ..Faults::default()
+    });
+    let upload_url = format!("{}/lost", receiver.base_url);
+    assert_eq!(
+        export(&standin, &id.to_string(), Some(&upload_url))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    assert_eq!(export_status(&standin, id).await, "finished");
+    assert!(receiver.received().is_empty());
+    let uploads = standin.uploads();
+    assert_eq!((uploads.len(), uploads[0].status), (1, None));
+}
+
+#[tokio::test]
+async fn refused_or_unreachable_upload_still_finishes() {
+    let standin = start(Seed::demo(), quick()).await;
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let upload_url = format!("http://127.0.0.1:{closed_port}/nobody-listens");
+    assert_eq!(
+        export(&standin, "acme%2Fapi", Some(&upload_url))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    assert_eq!(
+        export_status(&standin, project_id(standin.seed(), "acme/api")).await,
+        "finished"
+    );
+    assert_eq!(standin.uploads()[0].status, None);
+}
+
+#[tokio::test]
+async fn too_large_fault_answers_400_and_starts_nothing() {
+    let standin = start(Seed::demo(), quick()).await;
+    let id = project_id(standin.seed(), "acme/api");
+    standin.set_faults(Faults {
+        too_large: HashSet::from([id]),
+        ..Faults::default()
+    });
+    let answer = export(&standin, &id.to_string(), None).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        answer.json,
+        json!({ "message": "The project size exceeds the export limit." })
+    );
+    assert_eq!(export_status(&standin, id).await, "none");
+}
+
+#[tokio::test]
+async fn export_5xx_fault_fails_every_nth_export_request() {
+    let standin = start(Seed::demo(), quick()).await;
+    standin.set_faults(Faults {
+        export_5xx_every: Some(2),
+        ..Faults::default()
+    });
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(export(&standin, "acme%2Fapi", None).await.status.as_u16());
+    }
+    assert_eq!(statuses, [202, 500, 202, 500]);
+}
+
+#[tokio::test]
+async fn a_new_export_replaces_the_previous_status() {
+    let options = Options {
+        step_delay: Duration::from_millis(200),
+        ..Options::default()
+    };
+    let standin = start(Seed::demo(), options).await;
+    let id = project_id(standin.seed(), "acme/api");
+    standin.set_faults(Faults {
+        fail_build: HashSet::from([id]),
+        ..Faults::default()
+    });
+    export(&standin, &id.to_string(), None).await;
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    assert_eq!(standin.export_status(id), ExportStatus::Failed);
+
+    standin.set_faults(Faults::default());
+    export(&standin, &id.to_string(), None).await;
+    assert_eq!(standin.export_status(id), ExportStatus::Queued);
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    assert_eq!(standin.export_status(id), ExportStatus::Finished);
+}
+
+#[tokio::test]
+async fn every_export_request_is_recorded_with_time_project_answer_and_upload_parameters() {
+    let standin = start(
+        Seed::demo(),
+        Options {
+            exports_per_window: 1,
+            ..quick()
+        },
+    )
+    .await;
+    let before = SystemTime::now();
+    let id = project_id(standin.seed(), "acme/api");
+    export(
+        &standin,
+        "acme%2Fapi",
+        Some("https://s3.example.test/b/k?sig=1"),
+    )
+    .await;
+    export(&standin, "acme%2Fapi", None).await;
+    export(&standin, "no%2Fsuch", None).await;
+    let unauthorized = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v4/projects/{id}/export",
+            standin.base_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+
+    let records = standin.exports();
+    let summary: Vec<(ProjectRef, u16)> = records
+        .iter()
+        .map(|r| (r.project_id.clone(), r.status))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (ProjectRef::Known(id), 202),
+            (ProjectRef::Known(id), 429),
+            (ProjectRef::Unknown("no/such".to_owned()), 404),
+            (ProjectRef::Known(id), 401),
+        ]
+    );
+    assert!(records.windows(2).all(|pair| pair[0].at <= pair[1].at));
+    assert!(records[0].at >= before);
+    assert_eq!(
+        records[0].upload_url.as_deref(),
+        Some("https://s3.example.test/b/k?sig=1")
+    );
+    assert_eq!(records[0].method, None);
+
+    let over_http = reqwest::get(format!("{}/__standin/exports", standin.base_url()))
+        .await
+        .unwrap();
+    let over_http: Value = over_http.json().await.unwrap();
+    assert_eq!(over_http.as_array().unwrap().len(), 4);
+    assert_eq!(over_http[0]["project_id"], id);
+    assert_eq!(over_http[0]["status"], 202);
+    assert!(over_http[0]["at"].as_u64().unwrap() > 1_700_000_000_000);
+    assert_eq!(over_http[2]["project_id"], "no/such");
+}
+
+#[tokio::test]
+async fn uploads_are_served_as_json_without_a_token() {
+    let receiver = Receiver::start().await;
+    let standin = start(Seed::demo(), quick()).await;
+    let upload_url = format!("{}/object", receiver.base_url);
+    export(&standin, "acme%2Fapi", Some(&upload_url)).await;
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    let uploads: Value = reqwest::get(format!("{}/__standin/uploads", standin.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(uploads[0]["url"], upload_url);
+    assert_eq!(uploads[0]["status"], 200);
+    assert_eq!(
+        uploads[0]["project_id"],
+        project_id(standin.seed(), "acme/api")
+    );
+}
+
+#[tokio::test]
+async fn wait_idle_times_out_while_an_export_runs() {
+    let options = Options {
+        step_delay: Duration::from_secs(5),
+        ..Options::default()
+    };
+    let standin = start(Seed::demo(), options).await;
+    export(&standin, "acme%2Fapi", None).await;
+    assert!(standin.wait_idle(Duration::from_millis(50)).await.is_err());
+}
+
+#[tokio::test]
+async fn stop_frees_the_port() {
+    let standin = start(Seed::demo(), quick()).await;
+    let address = standin.base_url().trim_start_matches("http://").to_owned();
+    get(&standin, "/api/v4/user").await;
+    standin.stop().await;
+    let rebound = tokio::net::TcpListener::bind(&address).await;
+    assert!(rebound.is_ok(), "port of {address} is free again");
+}

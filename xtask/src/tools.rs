@@ -1,0 +1,223 @@
+//! The toolchain bootstrap: everything the build, the local stack and the tests need beyond
+//! rustup, Node/npm and Python, installed once into a cache outside the clone, keyed by version
+//! (`$GITLAB_BACKUP_CACHE`, default `~/.cache/gitlab-backup`).
+//!
+//! No installer downloads from GitHub (this project's machines reach only package registries):
+//! worker-build gets wasm-bindgen, wasm-opt and esbuild through `*_BIN` variables.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// worker-build's release that matches `worker` 0.8.x.
+pub const WORKER_BUILD_VERSION: &str = "0.8.7";
+/// The last s3s-fs release that builds with this machine's rustc.
+pub const S3S_FS_VERSION: &str = "0.14.1";
+pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+/// Paths to every installed tool.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    pub worker_build: PathBuf,
+    pub wasm_bindgen: PathBuf,
+    pub s3s_fs: PathBuf,
+    pub wrangler: PathBuf,
+    pub wasm_opt: PathBuf,
+    pub esbuild: PathBuf,
+}
+
+/// The repository's root (the workspace holding `xtask/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the repository root")
+        .to_path_buf()
+}
+
+/// Where installs are cached, outside any clone.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("GITLAB_BACKUP_CACHE") {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; set GITLAB_BACKUP_CACHE")?;
+    Ok(PathBuf::from(home).join(".cache").join("gitlab-backup"))
+}
+
+/// Runs a command to completion, failing with its name when it fails.
+pub fn run(command: &mut Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn say(message: &str) {
+    eprintln!("[setup] {message}");
+}
+
+/// `cargo install` of one crate version into its own folder of the cache, unless already there.
+fn cargo_install(
+    cache: &Path,
+    krate: &str,
+    version: &str,
+    binary: &str,
+    extra: &[&str],
+) -> Result<PathBuf> {
+    let root = cache.join("tools").join(format!("{krate}-{version}"));
+    let path = root.join("bin").join(binary);
+    if path.is_file() {
+        return Ok(path);
+    }
+    say(&format!(
+        "installing {krate} {version} (once; cached in {})",
+        root.display()
+    ));
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .args(["install", krate, "--version", version, "--root"])
+        .arg(&root)
+        .args(extra)
+        // A shared build folder lets later installs reuse common dependencies.
+        .env("CARGO_TARGET_DIR", cache.join("tools").join("build"));
+    run(&mut command)?;
+    if !path.is_file() {
+        bail!(
+            "{krate} {version} installed, but {} is missing",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The wasm-bindgen version in Cargo.lock: the CLI must match it exactly.
+fn locked_wasm_bindgen_version(root: &Path) -> Result<String> {
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--filter-platform",
+            WASM_TARGET,
+        ])
+        .current_dir(root)
+        .output()
+        .context("could not run cargo metadata")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "wasm-bindgen")
+        .and_then(|p| p["version"].as_str())
+        .map(str::to_owned)
+        .context("Cargo.lock has no wasm-bindgen package")
+}
+
+/// Installs the npm tooling from package-lock.json into the cache (keyed by the lockfile's
+/// pinned versions; reinstalled when the lockfile changes).
+fn npm_tools(cache: &Path, root: &Path) -> Result<PathBuf> {
+    let lock =
+        std::fs::read(root.join("package-lock.json")).context("reading package-lock.json")?;
+    let manifest = std::fs::read(root.join("package.json")).context("reading package.json")?;
+    let pinned: serde_json::Value = serde_json::from_slice(&manifest)?;
+    let key = pinned["devDependencies"]
+        .as_object()
+        .context("package.json has no devDependencies")?
+        .iter()
+        .map(|(name, version)| format!("{name}-{}", version.as_str().unwrap_or("?")))
+        .collect::<Vec<_>>()
+        .join("_");
+    let dir = cache.join("node").join(key);
+    let bin = dir.join("node_modules").join(".bin");
+    let installed_lock = std::fs::read(dir.join("package-lock.json")).ok();
+    if installed_lock.as_deref() == Some(&lock[..]) && bin.join("wrangler").exists() {
+        return Ok(bin);
+    }
+    say(&format!("installing npm tooling into {}", dir.display()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("package.json"), &manifest)?;
+    std::fs::write(dir.join("package-lock.json"), &lock)?;
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir))?;
+    Ok(bin)
+}
+
+impl Tools {
+    /// Installs whatever is missing and returns every tool's path.
+    pub fn ensure() -> Result<Tools> {
+        let cache = cache_dir()?;
+        let root = repo_root();
+        std::fs::create_dir_all(&cache)?;
+        run(Command::new("rustup")
+            .args(["target", "add", WASM_TARGET, "--toolchain"])
+            .arg(std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".to_owned())))
+        .or_else(|_| run(Command::new("rustup").args(["target", "add", WASM_TARGET])))?;
+        run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt"]))?;
+        let worker_build = cargo_install(
+            &cache,
+            "worker-build",
+            WORKER_BUILD_VERSION,
+            "worker-build",
+            &["--locked"],
+        )?;
+        // Without --locked: the CLI's own lockfile pins a yanked crate.
+        let bindgen_version = locked_wasm_bindgen_version(&root)?;
+        let wasm_bindgen = cargo_install(
+            &cache,
+            "wasm-bindgen-cli",
+            &bindgen_version,
+            "wasm-bindgen",
+            &[],
+        )?;
+        let s3s_fs = cargo_install(
+            &cache,
+            "s3s-fs",
+            S3S_FS_VERSION,
+            "s3s-fs",
+            &["--features", "binary", "--locked"],
+        )?;
+        let npm_bin = npm_tools(&cache, &root)?;
+        Ok(Tools {
+            worker_build,
+            wasm_bindgen,
+            s3s_fs,
+            wrangler: npm_bin.join("wrangler"),
+            wasm_opt: npm_bin.join("wasm-opt"),
+            esbuild: npm_bin.join("esbuild"),
+        })
+    }
+
+    /// Builds the worker into `build/` with worker-build (release profile, wasm-opt).
+    pub fn build_worker(&self) -> Result<()> {
+        say("building the worker (worker-build --release)");
+        run(Command::new(&self.worker_build)
+            .arg("--release")
+            .current_dir(repo_root())
+            .env("WASM_BINDGEN_BIN", &self.wasm_bindgen)
+            .env("WASM_OPT_BIN", &self.wasm_opt)
+            .env("ESBUILD_BIN", &self.esbuild))
+    }
+}
+
+/// The built wasm's size, raw and gzip-compressed (what Cloudflare's bundle limit counts).
+pub fn wasm_size() -> Result<(u64, u64)> {
+    use std::io::Write;
+    let wasm = std::fs::read(repo_root().join("build").join("index_bg.wasm"))
+        .context("build/index_bg.wasm is missing: build the worker first")?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&wasm)?;
+    Ok((wasm.len() as u64, gz.finish()?.len() as u64))
+}
