@@ -161,10 +161,8 @@ impl Tools {
         let cache = cache_dir()?;
         let root = repo_root();
         std::fs::create_dir_all(&cache)?;
-        run(Command::new("rustup")
-            .args(["target", "add", WASM_TARGET, "--toolchain"])
-            .arg(std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".to_owned())))
-        .or_else(|_| run(Command::new("rustup").args(["target", "add", WASM_TARGET])))?;
+        // For the toolchain cargo runs with (rustup passes it on in RUSTUP_TOOLCHAIN).
+        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
         run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt"]))?;
         let worker_build = cargo_install(
             &cache,
