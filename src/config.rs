@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::gitlab::GroupRef;
+use crate::gitlab::{GroupRef, ListingOptions};
 use crate::s3::{Bucket, Credentials};
 
 /// The GitLab instance the original tool used when `GITLAB_URL` is not set.
@@ -23,8 +23,9 @@ pub const DEFAULT_PRESIGN_EXPIRY_HOURS: u64 = 24;
 pub const MAX_PRESIGN_EXPIRY_HOURS: u64 = 168;
 /// A new run starts this long after the previous one started.
 pub const DEFAULT_BACKUP_INTERVAL_HOURS: u64 = 24;
-/// The region assumed for a custom S3 endpoint when `AWS_REGION` is not set.
-pub const DEFAULT_REGION: &str = "us-east-1";
+/// The region assumed for a custom S3 endpoint when `AWS_REGION` is not set (R2 and most
+/// S3-compatible servers accept it).
+pub const DEFAULT_ENDPOINT_REGION: &str = "us-east-1";
 
 /// Every setting the worker reads, with whether it is a secret (set with `wrangler secret put`).
 pub const SETTINGS: &[(&str, bool)] = &[
@@ -42,6 +43,10 @@ pub const SETTINGS: &[(&str, bool)] = &[
     ("SUBREQUESTS_PER_INVOCATION", false),
     ("PRESIGN_EXPIRY_HOURS", false),
     ("BACKUP_INTERVAL_HOURS", false),
+    ("BACKUP_START_HOUR_UTC", false),
+    ("INCLUDE_SUBGROUPS", false),
+    ("INCLUDE_ARCHIVED", false),
+    ("ADMIN_TOKEN", true),
 ];
 
 /// The checked configuration of one worker.
@@ -60,6 +65,11 @@ pub struct Config {
     pub subrequests_per_invocation: u32,
     pub presign_expiry: Duration,
     pub backup_interval: Duration,
+    /// When set, runs start only during this hour (UTC).
+    pub backup_start_hour_utc: Option<u8>,
+    pub listing: ListingOptions,
+    /// Guards `POST /run` and `GET /status`; without it they are refused.
+    pub admin_token: Option<Secret>,
 }
 
 /// A value that must never be printed: `Debug` shows only that it is set.
@@ -161,6 +171,18 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
                         range.0, range.1
                     ),
                 );
+                default
+            }
+        }
+    }
+
+    fn boolean(&mut self, setting: &'static str, default: bool) -> bool {
+        match self.optional(setting).map(|v| v.to_ascii_lowercase()) {
+            None => default,
+            Some(v) if v == "true" || v == "1" => true,
+            Some(v) if v == "false" || v == "0" => false,
+            Some(v) => {
+                self.problem(setting, format!("{v:?} is neither true nor false"));
                 default
             }
         }
@@ -272,6 +294,15 @@ impl Config {
             DEFAULT_BACKUP_INTERVAL_HOURS,
             (1, 24 * 365),
         );
+        let backup_start_hour_utc = r
+            .optional("BACKUP_START_HOUR_UTC")
+            .is_some()
+            .then(|| r.number("BACKUP_START_HOUR_UTC", 0u8, (0, 23)));
+        let listing = ListingOptions {
+            include_subgroups: r.boolean("INCLUDE_SUBGROUPS", true),
+            include_archived: r.boolean("INCLUDE_ARCHIVED", true),
+        };
+        let admin_token = r.optional("ADMIN_TOKEN").map(Secret);
 
         match (
             gitlab_url,
@@ -303,6 +334,9 @@ impl Config {
                 subrequests_per_invocation,
                 presign_expiry: Duration::from_secs(presign_hours * 3600),
                 backup_interval: Duration::from_secs(interval_hours * 3600),
+                backup_start_hour_utc,
+                listing,
+                admin_token,
             }),
             _ => Err(ConfigError {
                 problems: r.problems,
@@ -435,6 +469,36 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("glpat-x"));
         assert!(!shown.contains("\"secret\""));
+    }
+
+    #[test]
+    fn listing_switches_and_start_hour_are_read() {
+        let mut vars = minimal();
+        let config = read(&vars).unwrap();
+        assert_eq!(config.listing, ListingOptions::default());
+        assert_eq!(config.backup_start_hour_utc, None);
+        vars.insert("INCLUDE_SUBGROUPS", "false");
+        vars.insert("INCLUDE_ARCHIVED", "0");
+        vars.insert("BACKUP_START_HOUR_UTC", "2");
+        let config = read(&vars).unwrap();
+        assert!(!config.listing.include_subgroups && !config.listing.include_archived);
+        assert_eq!(config.backup_start_hour_utc, Some(2));
+        vars.insert("INCLUDE_ARCHIVED", "maybe");
+        vars.insert("BACKUP_START_HOUR_UTC", "24");
+        assert_eq!(
+            settings_named(read(&vars).unwrap_err()),
+            vec!["BACKUP_START_HOUR_UTC", "INCLUDE_ARCHIVED"]
+        );
+    }
+
+    #[test]
+    fn the_region_is_left_to_discovery_only_on_aws_without_aws_region() {
+        let mut vars = minimal();
+        assert_eq!(read(&vars).unwrap().bucket.region, None);
+        vars.insert("S3_ENDPOINT", "http://127.0.0.1:9000");
+        assert_eq!(read(&vars).unwrap().bucket.region.as_deref(), Some("us-east-1"));
+        vars.insert("AWS_REGION", "auto");
+        assert_eq!(read(&vars).unwrap().bucket.region.as_deref(), Some("auto"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use time::macros::format_description;
 use time::OffsetDateTime;
 use url::Url;
 
-use crate::config::{Secret, DEFAULT_REGION};
+use crate::config::{Secret, DEFAULT_ENDPOINT_REGION};
 use crate::http::Method;
 
 /// The longest validity SigV4 allows a presigned URL: seven days.
@@ -52,8 +52,19 @@ pub enum Addressing {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bucket {
     pub name: String,
-    pub region: String,
+    /// `None` on AWS without `AWS_REGION`: the engine asks the bucket once and keeps the answer.
+    pub region: Option<String>,
     pub addressing: Addressing,
+}
+
+/// The region S3 reports for a bucket in the `x-amz-bucket-region` header of any answer to a
+/// request about it, even a refused one.
+pub fn region_from_answer(answer: &crate::http::HttpResponse) -> Option<String> {
+    answer
+        .header("x-amz-bucket-region")
+        .map(str::trim)
+        .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .map(str::to_owned)
 }
 
 impl Bucket {
@@ -71,20 +82,29 @@ impl Bucket {
                 "{name:?} is not a valid S3 bucket name (3 to 63 letters, digits, '-', '_' or '.')"
             ));
         }
-        let addressing = match endpoint {
-            Some(endpoint) => Addressing::Endpoint(endpoint),
-            None if is_dns_safe(name) => Addressing::VirtualHosted,
-            None => Addressing::PathStyle,
+        let (addressing, region) = match endpoint {
+            Some(endpoint) => (
+                Addressing::Endpoint(endpoint),
+                Some(region.unwrap_or_else(|| DEFAULT_ENDPOINT_REGION.to_owned())),
+            ),
+            None if is_dns_safe(name) => (Addressing::VirtualHosted, region),
+            None => (Addressing::PathStyle, region),
         };
         Ok(Bucket {
             name: name.to_owned(),
-            region: region.unwrap_or_else(|| DEFAULT_REGION.to_owned()),
+            region,
             addressing,
         })
     }
 
-    /// The URL of an object; `key` segments are separated by `/` and encoded once each.
-    pub fn object_url(&self, key: &str) -> Url {
+    /// A URL to ask S3 for the bucket's region (signed for us-east-1, which every S3 region
+    /// answers with `x-amz-bucket-region`).
+    pub fn region_probe_url(&self) -> Url {
+        self.object_url("us-east-1", "")
+    }
+
+    /// The URL of an object in `region`; `key` segments are separated by `/` and encoded once each.
+    pub fn object_url(&self, region: &str, key: &str) -> Url {
         let encoded_key = key
             .split('/')
             .map(|segment| utf8_percent_encode(segment, SIGV4_UNRESERVED).to_string())
@@ -93,14 +113,10 @@ impl Bucket {
         let bucket = utf8_percent_encode(&self.name, SIGV4_UNRESERVED);
         let url = match &self.addressing {
             Addressing::Endpoint(endpoint) => format!("{endpoint}{bucket}/{encoded_key}"),
-            Addressing::VirtualHosted => format!(
-                "https://{bucket}.s3.{}.amazonaws.com/{encoded_key}",
-                self.region
-            ),
-            Addressing::PathStyle => format!(
-                "https://s3.{}.amazonaws.com/{bucket}/{encoded_key}",
-                self.region
-            ),
+            Addressing::VirtualHosted => {
+                format!("https://{bucket}.s3.{region}.amazonaws.com/{encoded_key}")
+            }
+            Addressing::PathStyle => format!("https://s3.{region}.amazonaws.com/{bucket}/{encoded_key}"),
         };
         Url::parse(&url).expect("a checked bucket, region and encoded key form a valid URL")
     }
@@ -243,7 +259,7 @@ mod tests {
     #[test]
     fn reproduces_aws_documented_presigned_url_example() {
         let bucket = Bucket::new("examplebucket", Some("us-east-1".into()), None).unwrap();
-        let url = bucket.object_url("test.txt");
+        let url = bucket.object_url("us-east-1", "test.txt");
         assert_eq!(
             url.as_str(),
             "https://examplebucket.s3.us-east-1.amazonaws.com/test.txt"
@@ -331,18 +347,22 @@ mod tests {
         let key = "team/app/2024-01-02-03-04-05.tar.gz";
         let aws = Bucket::new("my-backups", Some("eu-west-1".into()), None).unwrap();
         assert_eq!(
-            aws.object_url(key).as_str(),
+            aws.object_url("eu-west-1", key).as_str(),
             "https://my-backups.s3.eu-west-1.amazonaws.com/team/app/2024-01-02-03-04-05.tar.gz"
         );
         let legacy = Bucket::new("gitlab_projects_backup", Some("eu-west-1".into()), None).unwrap();
         assert_eq!(legacy.addressing, Addressing::PathStyle);
         assert_eq!(
-            legacy.object_url(key).as_str(),
+            legacy.object_url("eu-west-1", key).as_str(),
             "https://s3.eu-west-1.amazonaws.com/gitlab_projects_backup/team/app/2024-01-02-03-04-05.tar.gz"
         );
         let dotted = Bucket::new("backups.example.com", None, None).unwrap();
         assert_eq!(dotted.addressing, Addressing::PathStyle);
-        assert_eq!(dotted.region, "us-east-1");
+        assert_eq!(dotted.region, None);
+        assert_eq!(
+            dotted.region_probe_url().as_str(),
+            "https://s3.us-east-1.amazonaws.com/backups.example.com/"
+        );
         let local = Bucket::new(
             "backups",
             None,
@@ -350,7 +370,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            local.object_url(key).as_str(),
+            local.object_url("us-east-1", key).as_str(),
             "http://127.0.0.1:18016/backups/team/app/2024-01-02-03-04-05.tar.gz"
         );
     }
@@ -359,7 +379,7 @@ mod tests {
     fn key_segments_are_encoded_once_and_slashes_kept() {
         let bucket = Bucket::new("b-1", None, Some(Url::parse("http://h:1/").unwrap())).unwrap();
         assert_eq!(
-            bucket.object_url("my prefix+/a~b/c=d.tar.gz").as_str(),
+            bucket.object_url("us-east-1", "my prefix+/a~b/c=d.tar.gz").as_str(),
             "http://h:1/b-1/my%20prefix%2B/a~b/c%3Dd.tar.gz"
         );
     }
@@ -377,6 +397,21 @@ mod tests {
             object_key("backups/", "team/sub/app", at(1_369_353_600 + 3661)),
             "backups/team/sub/app/2013-05-24-01-01-01.tar.gz"
         );
+    }
+
+    #[test]
+    fn the_region_is_read_from_any_answer_that_names_it() {
+        let answer = |headers: &[(&str, &str)]| crate::http::HttpResponse {
+            status: 403,
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            body: Vec::new(),
+        };
+        assert_eq!(
+            region_from_answer(&answer(&[("x-amz-bucket-region", "eu-central-1")])).as_deref(),
+            Some("eu-central-1")
+        );
+        assert_eq!(region_from_answer(&answer(&[])), None);
+        assert_eq!(region_from_answer(&answer(&[("x-amz-bucket-region", "a/b")])), None);
     }
 
     #[test]

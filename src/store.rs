@@ -139,7 +139,17 @@ const SCHEMA: &[&str] = &[
         at_ms INTEGER NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS export_log_by_time ON export_log (at_ms)",
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    // Small facts that outlive a run: the rate limit's block, the backoff, the bucket's region,
+    // the last error. Values are integers or text.
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
+    // Each project's last good backup, kept when old runs are pruned.
+    "CREATE TABLE IF NOT EXISTS last_backups (
+        project_id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL,
+        key TEXT NOT NULL,
+        run_id INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL
+    )",
 ];
 
 /// Where a run stands.
@@ -473,14 +483,18 @@ impl<S: Sql> Store<S> {
         Ok(!rows.is_empty())
     }
 
-    /// Export requests logged after `since_ms`, and the oldest of them; older entries are
-    /// dropped first, so the log never holds more than a window's worth.
+    /// Forgets export requests at or before `before_ms` (they left the window).
+    pub fn prune_window(&self, before_ms: u64) -> Result<(), StoreError> {
+        self.rows("DELETE FROM export_log WHERE at_ms <= ?", &[before_ms.into()])?;
+        Ok(())
+    }
+
+    /// Export requests logged after `since_ms`, and the oldest of them.
     pub fn window_use(&self, since_ms: u64) -> Result<WindowUse, StoreError> {
-        self.rows(
-            "DELETE FROM export_log WHERE at_ms <= ?",
+        let rows = self.rows(
+            "SELECT COUNT(*), MIN(at_ms) FROM export_log WHERE at_ms > ?",
             &[since_ms.into()],
         )?;
-        let rows = self.rows("SELECT COUNT(*), MIN(at_ms) FROM export_log", &[])?;
         let row = rows
             .first()
             .ok_or_else(|| StoreError("COUNT(*) gave no row".into()))?;
@@ -490,18 +504,101 @@ impl<S: Sql> Store<S> {
         })
     }
 
-    pub fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
+    fn meta(&self, key: &str) -> Result<Option<Value>, StoreError> {
         let rows = self.rows("SELECT value FROM meta WHERE key = ?", &[key.into()])?;
-        rows.first().map(|row| column(row, 0)?.as_u64()).transpose()
+        rows.first().map(|row| column(row, 0).cloned()).transpose()
     }
 
-    pub fn set_meta(&self, key: &str, value: u64) -> Result<(), StoreError> {
+    pub fn meta_u64(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.meta(key)?.map(|v| v.as_u64()).transpose()
+    }
+
+    pub fn meta_text(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.meta(key)?.map(|v| v.as_text()).transpose()
+    }
+
+    pub fn set_meta(&self, key: &str, value: impl Into<Value>) -> Result<(), StoreError> {
         self.rows(
             "INSERT INTO meta (key, value) VALUES (?, ?)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             &[key.into(), value.into()],
         )?;
         Ok(())
+    }
+
+    pub fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.rows("DELETE FROM meta WHERE key = ?", &[key.into()])?;
+        Ok(())
+    }
+
+    /// Remembers a project's newest good backup.
+    pub fn record_backup(
+        &self,
+        project: &ClaimedProject,
+        key: &str,
+        run_id: u64,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.rows(
+            "INSERT INTO last_backups (project_id, path, key, run_id, at_ms) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (project_id) DO UPDATE SET
+                 path = excluded.path, key = excluded.key, run_id = excluded.run_id, at_ms = excluded.at_ms",
+            &[
+                project.project_id.into(),
+                project.path.as_str().into(),
+                key.into(),
+                run_id.into(),
+                at_ms.into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes, at most `batch` rows at a time, the per-project rows of all but the newest
+    /// `keep_detailed` runs, and the summaries of all but the newest `keep_runs`. Returns how
+    /// many rows went, so a caller can bound each tick's work.
+    pub fn prune(&self, keep_detailed: u64, keep_runs: u64, batch: u64) -> Result<u64, StoreError> {
+        let oldest_kept = |keep: u64| -> Result<Option<u64>, StoreError> {
+            let rows = self.rows(
+                "SELECT id FROM runs ORDER BY id DESC LIMIT 1 OFFSET ?",
+                &[keep.saturating_sub(1).into()],
+            )?;
+            rows.first().map(|row| column(row, 0)?.as_u64()).transpose()
+        };
+        let mut deleted = 0;
+        if let Some(detailed_from) = oldest_kept(keep_detailed)? {
+            deleted += self
+                .rows(
+                    "DELETE FROM projects WHERE (run_id, project_id) IN (
+                         SELECT run_id, project_id FROM projects WHERE run_id < ? LIMIT ?)
+                     RETURNING 1",
+                    &[detailed_from.into(), batch.into()],
+                )?
+                .len() as u64;
+            deleted += self
+                .rows(
+                    "DELETE FROM listings WHERE run_id < ? RETURNING 1",
+                    &[detailed_from.into()],
+                )?
+                .len() as u64;
+        }
+        if let Some(runs_from) = oldest_kept(keep_runs)? {
+            deleted += self
+                .rows("DELETE FROM runs WHERE id < ? RETURNING 1", &[runs_from.into()])?
+                .len() as u64;
+        }
+        Ok(deleted)
+    }
+
+    /// The newest runs, newest first.
+    pub fn recent_runs(&self, limit: u64) -> Result<Vec<RunRow>, StoreError> {
+        self.rows(
+            &format!("SELECT {} FROM runs ORDER BY id DESC LIMIT ?", RunRow::COLUMNS),
+            &[limit.into()],
+        )?
+        .iter()
+        .map(RunRow::read)
+        .collect()
     }
 
     /// Outcomes of a run's projects that failed, for reports.
