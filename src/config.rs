@@ -496,7 +496,10 @@ mod tests {
         let mut vars = minimal();
         assert_eq!(read(&vars).unwrap().bucket.region, None);
         vars.insert("S3_ENDPOINT", "http://127.0.0.1:9000");
-        assert_eq!(read(&vars).unwrap().bucket.region.as_deref(), Some("us-east-1"));
+        assert_eq!(
+            read(&vars).unwrap().bucket.region.as_deref(),
+            Some("us-east-1")
+        );
         vars.insert("AWS_REGION", "auto");
         assert_eq!(read(&vars).unwrap().bucket.region.as_deref(), Some("auto"));
     }

@@ -6,11 +6,13 @@
 //! the clock and the answers to its requests and returns what to do next. [`worker`] is the thin
 //! glue to the Workers runtime and only exists on `wasm32`. See ARCHITECTURE.md.
 
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod gitlab;
 pub mod http;
 pub mod s3;
+pub mod status;
 pub mod store;
 
 #[cfg(target_arch = "wasm32")]

@@ -116,7 +116,9 @@ impl Bucket {
             Addressing::VirtualHosted => {
                 format!("https://{bucket}.s3.{region}.amazonaws.com/{encoded_key}")
             }
-            Addressing::PathStyle => format!("https://s3.{region}.amazonaws.com/{bucket}/{encoded_key}"),
+            Addressing::PathStyle => {
+                format!("https://s3.{region}.amazonaws.com/{bucket}/{encoded_key}")
+            }
         };
         Url::parse(&url).expect("a checked bucket, region and encoded key form a valid URL")
     }
@@ -379,7 +381,9 @@ mod tests {
     fn key_segments_are_encoded_once_and_slashes_kept() {
         let bucket = Bucket::new("b-1", None, Some(Url::parse("http://h:1/").unwrap())).unwrap();
         assert_eq!(
-            bucket.object_url("us-east-1", "my prefix+/a~b/c=d.tar.gz").as_str(),
+            bucket
+                .object_url("us-east-1", "my prefix+/a~b/c=d.tar.gz")
+                .as_str(),
             "http://h:1/b-1/my%20prefix%2B/a~b/c%3Dd.tar.gz"
         );
     }
@@ -403,7 +407,10 @@ mod tests {
     fn the_region_is_read_from_any_answer_that_names_it() {
         let answer = |headers: &[(&str, &str)]| crate::http::HttpResponse {
             status: 403,
-            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
             body: Vec::new(),
         };
         assert_eq!(
@@ -411,7 +418,10 @@ mod tests {
             Some("eu-central-1")
         );
         assert_eq!(region_from_answer(&answer(&[])), None);
-        assert_eq!(region_from_answer(&answer(&[("x-amz-bucket-region", "a/b")])), None);
+        assert_eq!(
+            region_from_answer(&answer(&[("x-amz-bucket-region", "a/b")])),
+            None
+        );
     }
 
     #[test]

@@ -485,7 +485,10 @@ impl<S: Sql> Store<S> {
 
     /// Forgets export requests at or before `before_ms` (they left the window).
     pub fn prune_window(&self, before_ms: u64) -> Result<(), StoreError> {
-        self.rows("DELETE FROM export_log WHERE at_ms <= ?", &[before_ms.into()])?;
+        self.rows(
+            "DELETE FROM export_log WHERE at_ms <= ?",
+            &[before_ms.into()],
+        )?;
         Ok(())
     }
 
@@ -584,7 +587,10 @@ impl<S: Sql> Store<S> {
         }
         if let Some(runs_from) = oldest_kept(keep_runs)? {
             deleted += self
-                .rows("DELETE FROM runs WHERE id < ? RETURNING 1", &[runs_from.into()])?
+                .rows(
+                    "DELETE FROM runs WHERE id < ? RETURNING 1",
+                    &[runs_from.into()],
+                )?
                 .len() as u64;
         }
         Ok(deleted)
@@ -593,7 +599,10 @@ impl<S: Sql> Store<S> {
     /// The newest runs, newest first.
     pub fn recent_runs(&self, limit: u64) -> Result<Vec<RunRow>, StoreError> {
         self.rows(
-            &format!("SELECT {} FROM runs ORDER BY id DESC LIMIT ?", RunRow::COLUMNS),
+            &format!(
+                "SELECT {} FROM runs ORDER BY id DESC LIMIT ?",
+                RunRow::COLUMNS
+            ),
             &[limit.into()],
         )?
         .iter()

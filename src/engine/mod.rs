@@ -142,8 +142,7 @@ pub fn run_due(config: &Config, last_started_ms: Option<u64>, now_ms: u64) -> bo
             let hour_ms = 3_600_000;
             let in_hour = (now_ms / hour_ms) % 24 == u64::from(hour);
             let hour_start = now_ms - now_ms % hour_ms;
-            in_hour
-                && last_started_ms.is_none_or(|last| hour_start + hour_ms >= last + interval)
+            in_hour && last_started_ms.is_none_or(|last| hour_start + hour_ms >= last + interval)
         }
     }
 }
@@ -521,7 +520,8 @@ impl<'a, S: Sql> Tick<'a, S> {
             }
             ExportAnswer::Retry(e) => {
                 // The project keeps its place in line; no attempt is used up.
-                self.store.release_project(self.run.id, project.project_id)?;
+                self.store
+                    .release_project(self.run.id, project.project_id)?;
                 self.exports_stopped = true;
                 match e {
                     GitLabError::RateLimited { retry_after } => {
@@ -554,7 +554,9 @@ impl<'a, S: Sql> Tick<'a, S> {
                     Err(e) => e,
                 };
                 self.note_error(
-                    &format!("could not learn the region of bucket {bucket} ({why}); set AWS_REGION"),
+                    &format!(
+                        "could not learn the region of bucket {bucket} ({why}); set AWS_REGION"
+                    ),
                     now_ms,
                 )?;
             }

@@ -1,5 +1,5 @@
 //! The Durable Object that owns the backup: the only writer of the run's cursor and of the
-//! rate window. Cron ticks, alarms and manual calls all reach it, and it runs one tick at a
+//! rate window. Cron ticks, alarms and `POST /run` all reach it, and it runs one tick at a
 //! time: the core decides, this file carries the decisions out.
 
 use std::cell::Cell;
@@ -10,10 +10,12 @@ use worker::{
 };
 
 use super::fetch::send;
+use super::setting;
 use super::sql::DurableSql;
-use crate::config::Config;
-use crate::engine::{Tick, TickReport, REQUEST_TIMEOUT};
-use crate::store::Store;
+use crate::config::{Config, ConfigError};
+use crate::engine::{Begin, Start, Tick, TickReport, REQUEST_TIMEOUT};
+use crate::status::status;
+use crate::store::{Store, StoreError};
 
 #[durable_object]
 pub struct Coordinator {
@@ -41,6 +43,11 @@ fn log(value: serde_json::Value) {
     worker::console_log!("{value}");
 }
 
+fn storage_error(e: StoreError) -> worker::Error {
+    log(json!({"event": "storage_error", "detail": e.to_string()}));
+    worker::Error::RustError(e.to_string())
+}
+
 impl DurableObject for Coordinator {
     fn new(state: State, env: Env) -> Self {
         Coordinator {
@@ -52,69 +59,89 @@ impl DurableObject for Coordinator {
 
     async fn fetch(&self, req: Request) -> Result<Response> {
         match req.path().as_str() {
-            "/tick" => self.tick().await,
+            "/tick" => self.tick(Start::IfDue).await,
+            "/run" => self.tick(Start::Now).await,
+            "/status" => self.status(),
             _ => Response::error("Not Found", 404),
         }
     }
 
     async fn alarm(&self) -> Result<Response> {
         // An alarm must end Ok, or the runtime retries it; failures are logged by `tick`.
-        let _ = self.tick().await;
+        let _ = self.tick(Start::IfDue).await;
         Response::ok("ok")
     }
 }
 
 impl Coordinator {
-    /// A setting from `[vars]` or a secret; wrangler hands both over as strings.
-    fn setting(&self, name: &str) -> Option<String> {
-        self.env.var(name).ok().map(|v| v.to_string())
+    fn config(&self) -> std::result::Result<Config, ConfigError> {
+        Config::from_lookup(|name| setting(&self.env, name))
     }
 
-    async fn tick(&self) -> Result<Response> {
-        if self.ticking.replace(true) {
-            return Response::from_json(
-                &json!({"tick": "skipped", "reason": "a tick is already running"}),
-            );
-        }
-        let _guard = TickGuard(&self.ticking);
+    fn store(&self) -> Result<Store<DurableSql>> {
+        Store::open(DurableSql(self.state.storage().sql())).map_err(storage_error)
+    }
 
-        let config = match Config::from_lookup(|name| self.setting(name)) {
+    fn status(&self) -> Result<Response> {
+        let config = self.config();
+        let report = status(&self.store()?, config.as_ref(), now_ms()).map_err(storage_error)?;
+        Response::from_json(&report)
+    }
+
+    async fn tick(&self, start: Start) -> Result<Response> {
+        let config = match self.config() {
             Ok(config) => config,
             Err(e) => {
                 log(json!({"event": "config_error", "problems": e.problems}));
-                return Response::from_json(
-                    &json!({"tick": "config_error", "problems": e.problems}),
-                );
+                return Ok(Response::from_json(
+                    &json!({"error": e.to_string(), "problems": e.problems}),
+                )?
+                .with_status(503));
             }
         };
-        let store =
-            Store::open(DurableSql(self.state.storage().sql())).map_err(|e| e.to_string())?;
-        let Some(mut tick) = Tick::begin(&store, &config, now_ms()).map_err(|e| e.to_string())?
-        else {
-            return Response::from_json(&json!({"tick": "idle"}));
+        let store = self.store()?;
+        let busy = self.ticking.replace(true);
+        let _guard = (!busy).then(|| TickGuard(&self.ticking));
+        let mut tick = match Tick::begin(&store, &config, now_ms(), start).map_err(storage_error)? {
+            Begin::Idle => return Response::from_json(&json!({"tick": "idle"})),
+            Begin::AlreadyRunning(run) => {
+                return Ok(Response::from_json(
+                    &json!({"error": "a run is already going", "run": run}),
+                )?
+                .with_status(409))
+            }
+            Begin::Tick(tick) => tick,
         };
+        if busy {
+            // Another tick is under way: a run started here is advanced by the alarm.
+            let run = tick.run().clone();
+            let mut report = tick.finish(now_ms());
+            report.wake_at_ms = Some(now_ms());
+            self.report(&report).await?;
+            return Ok(
+                Response::from_json(&json!({"run": run, "advanced": false}))?.with_status(202),
+            );
+        }
         let result = async {
             while let Some(step) = tick.next_step(now_ms())? {
                 let answer = send(&step.request, REQUEST_TIMEOUT).await;
                 tick.handle(step, answer, now_ms())?;
             }
-            Ok::<(), crate::store::StoreError>(())
+            Ok::<(), StoreError>(())
         }
         .await;
         let run = tick.run().clone();
         let report = tick.finish(now_ms());
         self.report(&report).await?;
-        if let Err(e) = result {
-            log(json!({"event": "storage_error", "detail": e.to_string()}));
-            return Response::error(e.to_string(), 500);
-        }
-        Response::from_json(&json!({
-            "tick": "done",
+        result.map_err(storage_error)?;
+        let body = json!({
             "run": run,
             "subrequests": report.subrequests,
             "exports": report.exports,
             "wake_at_ms": report.wake_at_ms,
-        }))
+        });
+        let status = if start == Start::Now { 202 } else { 200 };
+        Ok(Response::from_json(&body)?.with_status(status))
     }
 
     /// Logs the tick's events and sets the alarm for when work can go on.

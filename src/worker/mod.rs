@@ -6,47 +6,78 @@ mod coordinator;
 mod fetch;
 mod sql;
 
+use serde_json::json;
 use worker::{
     event, Context, Env, Method, Request, Response, Result, ScheduleContext, ScheduledEvent,
 };
+
+use crate::auth::check_bearer;
+use crate::config::Secret;
 
 /// The Durable Object binding in wrangler.toml.
 const COORDINATOR_BINDING: &str = "COORDINATOR";
 /// All state lives in one object: one writer for the cursor and the rate window.
 const COORDINATOR_NAME: &str = "backup";
 
-async fn ask_coordinator(env: &Env, path: &str) -> Result<Response> {
+/// A setting from `[vars]`, `.dev.vars` or a secret: all reach the worker as strings.
+pub(crate) fn setting(env: &Env, name: &str) -> Option<String> {
+    env.var(name).ok().map(|v| v.to_string())
+}
+
+async fn ask_coordinator(env: &Env, method: Method, path: &str) -> Result<Response> {
     let stub = env
         .durable_object(COORDINATOR_BINDING)?
         .id_from_name(COORDINATOR_NAME)?
         .get_stub()?;
-    let request = Request::new(&format!("https://coordinator{path}"), Method::Post)?;
+    let request = Request::new(&format!("https://coordinator{path}"), method)?;
     stub.fetch_with_request(request).await
 }
 
 /// Each cron tick asks the coordinator to advance the run.
 #[event(scheduled)]
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
-    match ask_coordinator(&env, "/tick").await {
-        Ok(response) if response.status_code() == 200 => {}
+    match ask_coordinator(&env, Method::Post, "/tick").await {
+        Ok(response) if response.status_code() < 300 => {}
         Ok(mut response) => {
             let body = response.text().await.unwrap_or_default();
             worker::console_error!(
                 "{}",
-                serde_json::json!({"event": "tick_failed", "status": response.status_code(), "detail": body})
+                json!({"event": "tick_failed", "status": response.status_code(), "detail": body})
             );
         }
         Err(e) => worker::console_error!(
             "{}",
-            serde_json::json!({"event": "tick_failed", "detail": e.to_string()})
+            json!({"event": "tick_failed", "detail": e.to_string()})
         ),
     }
 }
 
+fn json_error(status: u16, message: &str) -> Result<Response> {
+    Ok(Response::from_json(&json!({ "error": message }))?.with_status(status))
+}
+
 #[event(fetch)]
-async fn fetch(req: Request, _env: Env, _ctx: Context) -> Result<Response> {
-    match (req.method(), req.path().as_str()) {
-        (Method::Get, "/") => Response::ok("gitlab-backup: backups run on the cron trigger\n"),
-        _ => Response::error("Not Found", 404),
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let path = req.path();
+    let guarded = match path.as_str() {
+        "/" => return Response::ok("gitlab-backup: backups run on the cron trigger\n"),
+        "/run" => Method::Post,
+        "/status" => Method::Get,
+        _ => return json_error(404, "no such route: the API is POST /run and GET /status"),
+    };
+    if req.method() != guarded {
+        let mut response = json_error(405, &format!("{path} takes {guarded}"))?;
+        response.headers_mut().set("Allow", guarded.as_ref())?;
+        return Ok(response);
     }
+    let admin_token = setting(&env, "ADMIN_TOKEN")
+        .filter(|t| !t.trim().is_empty())
+        .map(Secret::new);
+    let authorization = req.headers().get("Authorization")?;
+    if let Err(e) = check_bearer(authorization.as_deref(), admin_token.as_ref()) {
+        let mut response = json_error(401, &e.to_string())?;
+        response.headers_mut().set("WWW-Authenticate", "Bearer")?;
+        return Ok(response);
+    }
+    ask_coordinator(&env, guarded, &path).await
 }

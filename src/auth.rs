@@ -1,0 +1,98 @@
+//! The HTTP API's guard: `Authorization: Bearer <ADMIN_TOKEN>`, compared in constant time.
+//! Without an `ADMIN_TOKEN` configured, every guarded call is refused.
+
+use std::fmt;
+
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `ADMIN_TOKEN` is set: the API is closed.
+    NotConfigured,
+    /// No `Authorization: Bearer …` header.
+    Missing,
+    /// A bearer token that is not `ADMIN_TOKEN`.
+    Wrong,
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthError::NotConfigured => {
+                "the HTTP API is closed: set the ADMIN_TOKEN secret to open it"
+            }
+            AuthError::Missing => "send Authorization: Bearer <ADMIN_TOKEN>",
+            AuthError::Wrong => "wrong bearer token",
+        })
+    }
+}
+
+/// Checks an `Authorization` header value against `ADMIN_TOKEN`.
+pub fn check_bearer(
+    authorization: Option<&str>,
+    admin_token: Option<&Secret>,
+) -> Result<(), AuthError> {
+    let expected = admin_token.ok_or(AuthError::NotConfigured)?;
+    let presented = authorization
+        .and_then(|value| {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        })
+        .ok_or(AuthError::Missing)?;
+    if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
+        Ok(())
+    } else {
+        Err(AuthError::Wrong)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_admin_token_as_bearer_passes() {
+        let token = Secret::new("s3cret-admin");
+        assert_eq!(
+            check_bearer(Some("Bearer s3cret-admin"), Some(&token)),
+            Ok(())
+        );
+        assert_eq!(
+            check_bearer(Some("bearer  s3cret-admin "), Some(&token)),
+            Ok(())
+        );
+        assert_eq!(
+            check_bearer(Some("Bearer s3cret-admiN"), Some(&token)),
+            Err(AuthError::Wrong)
+        );
+        assert_eq!(
+            check_bearer(Some("Bearer s3cret"), Some(&token)),
+            Err(AuthError::Wrong)
+        );
+        assert_eq!(
+            check_bearer(Some("Bearer "), Some(&token)),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            check_bearer(Some("Basic s3cret-admin"), Some(&token)),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(check_bearer(None, Some(&token)), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn without_an_admin_token_everything_is_refused() {
+        assert_eq!(
+            check_bearer(Some("Bearer "), None),
+            Err(AuthError::NotConfigured)
+        );
+        assert_eq!(
+            check_bearer(Some("Bearer anything"), None),
+            Err(AuthError::NotConfigured)
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! What `GET /status` reports: the current or last run, the rate window, what the next tick
+//! will do, the last error and the configuration's problems. Read-only, from the store; it
+//! never holds a token, a secret or a presigned URL.
+
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::config::{Config, ConfigError, Problem};
+use crate::engine::{
+    ms, run_due, EXPORT_WINDOW, META_BACKOFF_UNTIL, META_BLOCKED_UNTIL, META_LAST_ERROR,
+    META_LAST_ERROR_AT, META_REGION,
+};
+use crate::store::{Phase, RunRow, Sql, Store, StoreError};
+
+/// Failures listed by `/status` at most (the manifest lists them all).
+pub const FAILURES_SHOWN: u64 = 100;
+
+/// RFC 3339 in UTC, e.g. `2026-11-25T19:18:15.123Z`.
+pub fn rfc3339(at_ms: u64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{at_ms} ms after 1970"))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub run: Option<RunStatus>,
+    pub rate_window: WindowStatus,
+    pub next_tick: Plan,
+    pub last_error: Option<LastError>,
+    /// `AWS_REGION`, or the region the bucket named when asked.
+    pub bucket_region: Option<String>,
+    pub config_problems: Vec<Problem>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunStatus {
+    pub id: u64,
+    pub started: String,
+    pub finished: Option<String>,
+    pub phase: Phase,
+    pub projects: Counts,
+    pub group_errors: Vec<GroupError>,
+    pub failures: Vec<Failure>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Counts {
+    pub listed: u64,
+    pub exported: u64,
+    pub failed: u64,
+    pub pending: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GroupError {
+    pub group: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    pub project_id: u64,
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WindowStatus {
+    pub limit: Option<u32>,
+    pub used: u32,
+    /// When the oldest request leaves the window.
+    pub frees_at: Option<String>,
+}
+
+/// What the next tick will do.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Plan {
+    /// Nothing until the configuration is fixed.
+    FixConfig,
+    /// No run is going; the next one starts when due.
+    StartRun {
+        due: bool,
+    },
+    ListProjects,
+    Export {
+        now: u32,
+    },
+    Wait {
+        until: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct LastError {
+    pub at: Option<String>,
+    pub message: String,
+}
+
+impl RunStatus {
+    fn new<S: Sql>(store: &Store<S>, run: RunRow) -> Result<RunStatus, StoreError> {
+        let group_errors = store
+            .listing_errors(run.id)?
+            .into_iter()
+            .map(|(group, reason)| GroupError { group, reason })
+            .collect();
+        let failures = store
+            .failures(run.id, FAILURES_SHOWN)?
+            .into_iter()
+            .map(|(project_id, path, reason)| Failure {
+                project_id,
+                path,
+                reason,
+            })
+            .collect();
+        Ok(RunStatus {
+            id: run.id,
+            started: rfc3339(run.started_ms),
+            finished: run.finished_ms.map(rfc3339),
+            phase: run.phase,
+            projects: Counts {
+                listed: run.listed,
+                exported: run.exported,
+                failed: run.failed,
+                pending: run.listed.saturating_sub(run.exported + run.failed),
+            },
+            group_errors,
+            failures,
+        })
+    }
+}
+
+/// Builds the status from the store. `config` is the configuration as read now.
+pub fn status<S: Sql>(
+    store: &Store<S>,
+    config: Result<&Config, &ConfigError>,
+    now_ms: u64,
+) -> Result<Status, StoreError> {
+    let latest = store.latest_run()?;
+    let since = now_ms.saturating_sub(ms(EXPORT_WINDOW));
+    let window = store.window_use(since)?;
+    let limit = config.ok().map(|c| c.exports_per_minute);
+    let waits = [
+        (META_BLOCKED_UNTIL, "GitLab answered 429"),
+        (META_BACKOFF_UNTIL, "GitLab was unavailable; backing off"),
+    ];
+    let mut wait = None;
+    for (key, reason) in waits {
+        if let Some(until) = store.meta_u64(key)?.filter(|&until| until > now_ms) {
+            wait = Some(Plan::Wait {
+                until: rfc3339(until),
+                reason: reason.to_owned(),
+            });
+        }
+    }
+    let next_tick = match (config, &latest) {
+        (Err(_), _) => Plan::FixConfig,
+        (Ok(config), None) => Plan::StartRun {
+            due: run_due(config, None, now_ms),
+        },
+        (Ok(config), Some(run)) if run.phase == Phase::Finished => Plan::StartRun {
+            due: run_due(config, Some(run.started_ms), now_ms),
+        },
+        (Ok(_), Some(_)) if wait.is_some() => wait.unwrap_or(Plan::ListProjects),
+        (Ok(_), Some(run)) if run.phase == Phase::Listing => Plan::ListProjects,
+        (Ok(config), Some(_)) => {
+            let free = config.exports_per_minute.saturating_sub(window.requests);
+            match (free, window.oldest_ms) {
+                (0, Some(oldest)) => Plan::Wait {
+                    until: rfc3339(oldest + ms(EXPORT_WINDOW)),
+                    reason: "the export window is full".to_owned(),
+                },
+                _ => Plan::Export { now: free },
+            }
+        }
+    };
+    let last_error = store.meta_text(META_LAST_ERROR)?.map(|message| LastError {
+        at: store
+            .meta_u64(META_LAST_ERROR_AT)
+            .ok()
+            .flatten()
+            .map(rfc3339),
+        message,
+    });
+    let bucket_region = match config.ok().and_then(|c| c.bucket.region.clone()) {
+        Some(region) => Some(region),
+        None => store.meta_text(META_REGION)?,
+    };
+    Ok(Status {
+        run: latest.map(|run| RunStatus::new(store, run)).transpose()?,
+        rate_window: WindowStatus {
+            limit,
+            used: window.requests,
+            frees_at: window.oldest_ms.map(|o| rfc3339(o + ms(EXPORT_WINDOW))),
+        },
+        next_tick,
+        last_error,
+        bucket_region,
+        config_problems: config.err().map(|e| e.problems.clone()).unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::host::HostSql;
+
+    fn config() -> Config {
+        Config::from_lookup(|name| {
+            match name {
+                "GITLAB_TOKEN" => Some("glpat-secret-token"),
+                "GROUPS_TO_BACKUP" => Some("7"),
+                "AWS_S3_BUCKET" => Some("backups"),
+                "AWS_ACCESS_KEY_ID" => Some("AKID"),
+                "AWS_SECRET_ACCESS_KEY" => Some("s3-secret-key"),
+                "AWS_REGION" => Some("eu-west-1"),
+                _ => None,
+            }
+            .map(str::to_owned)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn before_any_run_the_next_tick_starts_one() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let config = config();
+        let status = status(&store, Ok(&config), 1_000).unwrap();
+        assert!(status.run.is_none());
+        assert_eq!(status.next_tick, Plan::StartRun { due: true });
+        assert_eq!(status.rate_window.limit, Some(6));
+    }
+
+    #[test]
+    fn a_run_shows_its_counts_failures_and_group_errors() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let run = store
+            .start_run(0, &[("7".into(), "u".into()), ("gone".into(), "v".into())])
+            .unwrap();
+        store
+            .record_page(run.id, 0, &[(1, "a/1"), (2, "a/2"), (3, "a/3")], None)
+            .unwrap();
+        store
+            .record_listing_error(run.id, 1, "the group does not exist")
+            .unwrap();
+        let (one, _) = store.claim_next(run.id, 10).unwrap().unwrap();
+        store
+            .finish_project(
+                run.id,
+                one.project_id,
+                crate::store::Outcome::Failed,
+                Some("project gone"),
+            )
+            .unwrap();
+        let status = status(&store, Ok(&config()), 20).unwrap();
+        let shown = status.run.unwrap();
+        assert_eq!(shown.phase, Phase::Listing);
+        assert_eq!(
+            (
+                shown.projects.listed,
+                shown.projects.failed,
+                shown.projects.pending
+            ),
+            (3, 1, 2)
+        );
+        assert_eq!(shown.failures[0].reason, "project gone");
+        assert_eq!(shown.group_errors[0].group, "gone");
+        assert_eq!(shown.started, "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn config_problems_are_shown_by_name_and_nothing_secret_is() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let err = Config::from_lookup(|_| None).unwrap_err();
+        let shown = serde_json::to_string(&status(&store, Err(&err), 0).unwrap()).unwrap();
+        assert!(shown.contains("GITLAB_TOKEN"));
+        assert!(shown.contains("fix_config"));
+        let config = config();
+        let shown = serde_json::to_string(&status(&store, Ok(&config), 0).unwrap()).unwrap();
+        assert!(!shown.contains("glpat-secret-token") && !shown.contains("s3-secret-key"));
+    }
+
+    #[test]
+    fn a_full_window_makes_the_next_tick_wait_until_it_frees() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let run = store.start_run(0, &[("7".into(), "u".into())]).unwrap();
+        let projects: Vec<(u64, String)> = (1..=8).map(|i| (i, format!("a/{i}"))).collect();
+        let refs: Vec<(u64, &str)> = projects.iter().map(|(i, p)| (*i, p.as_str())).collect();
+        store.record_page(run.id, 0, &refs, None).unwrap();
+        store.set_phase(run.id, Phase::Exporting, 0).unwrap();
+        for _ in 0..6 {
+            let (_, log) = store.claim_next(run.id, 0).unwrap().unwrap();
+            store.export_answered(log, 1_000).unwrap();
+        }
+        let status = status(&store, Ok(&config()), 2_000).unwrap();
+        assert_eq!(status.rate_window.used, 6);
+        assert_eq!(
+            status.next_tick,
+            Plan::Wait {
+                until: rfc3339(61_000),
+                reason: "the export window is full".into()
+            }
+        );
+    }
+}
