@@ -52,6 +52,22 @@ async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     }
 }
 
+/// The status page: static HTML that asks for ADMIN_TOKEN, keeps it in the tab's
+/// sessionStorage, and reads `GET /status` with it.
+fn status_page() -> Result<Response> {
+    let mut response = Response::from_html(include_str!("status_page.html"))?;
+    let headers = response.headers_mut();
+    headers.set(
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+         connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    )?;
+    headers.set("Cache-Control", "no-store")?;
+    headers.set("X-Content-Type-Options", "nosniff")?;
+    headers.set("Referrer-Policy", "no-referrer")?;
+    Ok(response)
+}
+
 fn json_error(status: u16, message: &str) -> Result<Response> {
     Ok(Response::from_json(&json!({ "error": message }))?.with_status(status))
 }
@@ -59,16 +75,24 @@ fn json_error(status: u16, message: &str) -> Result<Response> {
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let path = req.path();
-    let guarded = match path.as_str() {
-        "/" => return Response::ok("gitlab-backup: backups run on the cron trigger\n"),
-        "/run" => Method::Post,
-        "/status" => Method::Get,
-        _ => return json_error(404, "no such route: the API is POST /run and GET /status"),
+    let (allowed, guarded) = match path.as_str() {
+        "/" => (Method::Get, false),
+        "/run" => (Method::Post, true),
+        "/status" => (Method::Get, true),
+        _ => {
+            return json_error(
+                404,
+                "no such route: the API is GET / (status page), POST /run and GET /status",
+            )
+        }
     };
-    if req.method() != guarded {
-        let mut response = json_error(405, &format!("{path} takes {guarded}"))?;
-        response.headers_mut().set("Allow", guarded.as_ref())?;
+    if req.method() != allowed {
+        let mut response = json_error(405, &format!("{path} takes {allowed}"))?;
+        response.headers_mut().set("Allow", allowed.as_ref())?;
         return Ok(response);
+    }
+    if !guarded {
+        return status_page();
     }
     let admin_token = setting(&env, "ADMIN_TOKEN")
         .filter(|t| !t.trim().is_empty())
@@ -79,5 +103,5 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         response.headers_mut().set("WWW-Authenticate", "Bearer")?;
         return Ok(response);
     }
-    ask_coordinator(&env, guarded, &path).await
+    ask_coordinator(&env, allowed, &path).await
 }
