@@ -23,6 +23,10 @@ pub const DEFAULT_PRESIGN_EXPIRY_HOURS: u64 = 24;
 pub const MAX_PRESIGN_EXPIRY_HOURS: u64 = 168;
 /// A new run starts this long after the previous one started.
 pub const DEFAULT_BACKUP_INTERVAL_HOURS: u64 = 24;
+/// How long an accepted export may take to show up in the bucket.
+pub const DEFAULT_VERIFY_TIMEOUT_MINUTES: u64 = 180;
+/// How many times a project's export is tried before it is reported failed.
+pub const DEFAULT_MAX_ATTEMPTS: u64 = 3;
 /// The region assumed for a custom S3 endpoint when `AWS_REGION` is not set (R2 and most
 /// S3-compatible servers accept it).
 pub const DEFAULT_ENDPOINT_REGION: &str = "us-east-1";
@@ -47,6 +51,8 @@ pub const SETTINGS: &[(&str, bool)] = &[
     ("INCLUDE_SUBGROUPS", false),
     ("INCLUDE_ARCHIVED", false),
     ("ADMIN_TOKEN", true),
+    ("VERIFY_TIMEOUT_MINUTES", false),
+    ("MAX_ATTEMPTS", false),
 ];
 
 /// The checked configuration of one worker.
@@ -70,6 +76,10 @@ pub struct Config {
     pub listing: ListingOptions,
     /// Guards `POST /run` and `GET /status`; without it they are refused.
     pub admin_token: Option<Secret>,
+    /// How long after GitLab accepted an export its object may take to appear.
+    pub verify_timeout: Duration,
+    /// Export attempts per project per run.
+    pub max_attempts: u64,
 }
 
 /// A value that must never be printed: `Debug` shows only that it is set.
@@ -303,6 +313,12 @@ impl Config {
             include_archived: r.boolean("INCLUDE_ARCHIVED", true),
         };
         let admin_token = r.optional("ADMIN_TOKEN").map(Secret);
+        let verify_minutes = r.number(
+            "VERIFY_TIMEOUT_MINUTES",
+            DEFAULT_VERIFY_TIMEOUT_MINUTES,
+            (1, 7 * 24 * 60),
+        );
+        let max_attempts = r.number("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, (1, 10));
 
         match (
             gitlab_url,
@@ -337,6 +353,8 @@ impl Config {
                 backup_start_hour_utc,
                 listing,
                 admin_token,
+                verify_timeout: Duration::from_secs(verify_minutes * 60),
+                max_attempts,
             }),
             _ => Err(ConfigError {
                 problems: r.problems,

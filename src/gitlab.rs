@@ -136,6 +136,20 @@ impl fmt::Display for GitLabError {
     }
 }
 
+/// Where GitLab says the caller's latest export of a project stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExportStatus {
+    /// No export by this user (GitLab also reads this briefly right after the request, and
+    /// some versions keep it when the export had an upload URL).
+    None,
+    /// Queued, started or being regenerated.
+    InProgress,
+    /// The export was built. Not proof of the upload: a failed upload still reads this.
+    Finished,
+    /// GitLab could not build the export.
+    Failed,
+}
+
 /// What became of an export request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExportAnswer {
@@ -260,6 +274,54 @@ impl GitLab {
             .append_pair("upload[http_method]", "PUT")
             .finish();
         self.request(Method::Post, url, Some(body))
+    }
+
+    /// Checks that the token is valid: `GET /user`.
+    pub fn user_request(&self) -> HttpRequest {
+        self.request(Method::Get, self.endpoint(&["user"]), None)
+    }
+
+    /// Reads the answer to `GET /user`: the user's name.
+    pub fn read_user(&self, answer: &HttpResponse) -> Result<String, GitLabError> {
+        #[derive(Deserialize)]
+        struct User {
+            username: String,
+        }
+        if answer.status != 200 {
+            return Err(self.unexpected(answer));
+        }
+        serde_json::from_slice::<User>(&answer.body)
+            .map(|u| u.username)
+            .map_err(|e| GitLabError::BadAnswer(format!("GET /user: {e}: {}", answer.body_excerpt())))
+    }
+
+    /// Asks where the caller's latest export of a project stands.
+    pub fn export_status_request(&self, project_id: u64) -> HttpRequest {
+        let url = self.endpoint(&["projects", &project_id.to_string(), "export"]);
+        self.request(Method::Get, url, None)
+    }
+
+    /// Reads `GET /projects/:id/export`. A 404 means the project is gone.
+    pub fn read_export_status(&self, answer: &HttpResponse) -> Result<ExportStatus, GitLabError> {
+        #[derive(Deserialize)]
+        struct Body {
+            export_status: String,
+        }
+        match answer.status {
+            200 => {}
+            404 => return Err(GitLabError::BadAnswer("project gone".to_owned())),
+            _ => return Err(self.unexpected(answer)),
+        }
+        let body: Body = serde_json::from_slice(&answer.body).map_err(|e| {
+            GitLabError::BadAnswer(format!("export status: {e}: {}", answer.body_excerpt()))
+        })?;
+        match body.export_status.as_str() {
+            "none" => Ok(ExportStatus::None),
+            "queued" | "started" | "regeneration_in_progress" => Ok(ExportStatus::InProgress),
+            "finished" => Ok(ExportStatus::Finished),
+            "failed" => Ok(ExportStatus::Failed),
+            other => Err(GitLabError::BadAnswer(format!("unknown export_status {other:?}"))),
+        }
     }
 
     /// Reads the answer to an export request.
@@ -537,6 +599,38 @@ mod tests {
                 ("upload[http_method]".to_owned(), "PUT".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn export_statuses_are_read_as_gitlab_documents_them() {
+        let gl = gitlab("https://gitlab.example.com/");
+        let read = |status, body: &str| gl.read_export_status(&answer(status, &[], body));
+        let body = |s: &str| format!(r#"{{"id":1,"name":"a","export_status":"{s}"}}"#);
+        assert_eq!(read(200, &body("none")), Ok(ExportStatus::None));
+        for s in ["queued", "started", "regeneration_in_progress"] {
+            assert_eq!(read(200, &body(s)), Ok(ExportStatus::InProgress));
+        }
+        assert_eq!(read(200, &body("finished")), Ok(ExportStatus::Finished));
+        assert_eq!(read(200, &body("failed")), Ok(ExportStatus::Failed));
+        assert!(matches!(read(200, &body("exploded")), Err(GitLabError::BadAnswer(_))));
+        assert!(matches!(read(200, "<html>"), Err(GitLabError::BadAnswer(_))));
+        assert_eq!(read(404, "{}"), Err(GitLabError::BadAnswer("project gone".into())));
+        assert!(matches!(read(502, ""), Err(GitLabError::Unavailable(_))));
+        assert_eq!(
+            gl.export_status_request(9).url.as_str(),
+            "https://gitlab.example.com/api/v4/projects/9/export"
+        );
+    }
+
+    #[test]
+    fn the_user_check_reads_the_username() {
+        let gl = gitlab("https://gitlab.example.com/");
+        assert_eq!(
+            gl.read_user(&answer(200, &[], r#"{"id":1,"username":"backup-bot"}"#)),
+            Ok("backup-bot".into())
+        );
+        assert_eq!(gl.read_user(&answer(401, &[], "{}")), Err(GitLabError::Unauthorized));
+        assert_eq!(gl.user_request().url.as_str(), "https://gitlab.example.com/api/v4/user");
     }
 
     #[test]

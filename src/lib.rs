@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod gitlab;
 pub mod http;
+pub mod manifest;
 pub mod s3;
 pub mod status;
 pub mod store;

@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{
-    sign, PercentEncodingMode, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
     UriPathNormalizationMode,
 };
 use aws_sigv4::sign::v4::SigningParams;
@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::config::{Secret, DEFAULT_ENDPOINT_REGION};
-use crate::http::Method;
+use crate::http::{HttpRequest, Method};
 
 /// The longest validity SigV4 allows a presigned URL: seven days.
 pub const MAX_PRESIGN_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -161,6 +161,131 @@ impl fmt::Display for PresignError {
     }
 }
 
+/// The signing key and where it signs.
+pub struct Signer<'a> {
+    pub credentials: &'a Credentials,
+    pub region: &'a str,
+    pub now: SystemTime,
+}
+
+impl Signer<'_> {
+    /// Signs `request` (method, URI and the headers already on it) and applies the signature.
+    fn sign(
+        &self,
+        request: &mut http::Request<()>,
+        body: SignableBody<'_>,
+        location: SignatureLocation,
+        expires_in: Option<Duration>,
+    ) -> Result<(), PresignError> {
+        let identity = aws_credential_types::Credentials::new(
+            self.credentials.access_key_id.clone(),
+            self.credentials.secret_access_key.expose().to_owned(),
+            self.credentials
+                .session_token
+                .as_ref()
+                .map(|t| t.expose().to_owned()),
+            None,
+            "gitlab-backup",
+        )
+        .into();
+        let mut settings = SigningSettings::default();
+        settings.signature_location = location;
+        settings.expires_in = expires_in.map(|e| e.min(MAX_PRESIGN_EXPIRY));
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        if location == SignatureLocation::Headers {
+            settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        }
+        let params = SigningParams::builder()
+            .identity(&identity)
+            .region(self.region)
+            .name("s3")
+            .time(self.now)
+            .settings(settings)
+            .build()
+            .map_err(|e| PresignError(e.to_string()))?
+            .into();
+        let uri = request.uri().to_string();
+        let headers: Vec<(&str, &str)> = request
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+            .collect();
+        let signable = SignableRequest::new(request.method().as_str(), uri, headers.into_iter(), body)
+            .map_err(|e| PresignError(e.to_string()))?;
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| PresignError(e.to_string()))?
+            .into_parts();
+        instructions.apply_to_request_http1x(request);
+        Ok(())
+    }
+
+    /// Presigns `url` for `method` with SigV4 in the query string, signing only the `host`
+    /// header (port included), valid for `expires_in`.
+    pub fn presign(&self, method: Method, url: &Url, expires_in: Duration) -> Result<Url, PresignError> {
+        let mut request = http_request(method, url)?;
+        self.sign(
+            &mut request,
+            SignableBody::UnsignedPayload,
+            SignatureLocation::QueryParams,
+            Some(expires_in),
+        )?;
+        Url::parse(&request.uri().to_string()).map_err(|e| PresignError(e.to_string()))
+    }
+
+    /// A request signed in its headers, the body's SHA-256 included: for the worker's own
+    /// S3 calls (HEAD of a backup, PUT of a manifest or probe).
+    pub fn signed_request(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<(String, &'static str)>,
+    ) -> Result<HttpRequest, PresignError> {
+        let mut request = http_request(method, url)?;
+        if let Some((_, content_type)) = &body {
+            request.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(content_type),
+            );
+        }
+        let bytes = body.as_ref().map_or(&b""[..], |(text, _)| text.as_bytes());
+        self.sign(&mut request, SignableBody::Bytes(bytes), SignatureLocation::Headers, None)?;
+        let headers = request
+            .headers()
+            .iter()
+            .filter(|(name, _)| *name != http::header::HOST)
+            .filter_map(|(name, value)| Some((header_name(name.as_str())?, value.to_str().ok()?.to_owned())))
+            .collect();
+        Ok(HttpRequest {
+            method,
+            url: url.clone(),
+            headers,
+            body: body.map(|(text, _)| text),
+        })
+    }
+}
+
+fn http_request(method: Method, url: &Url) -> Result<http::Request<()>, PresignError> {
+    http::Request::builder()
+        .method(method.as_str())
+        .uri(url.as_str())
+        .body(())
+        .map_err(|e| PresignError(e.to_string()))
+}
+
+/// The headers a signature may add, under the names the core's requests use.
+fn header_name(name: &str) -> Option<&'static str> {
+    [
+        "authorization",
+        "content-type",
+        "x-amz-content-sha256",
+        "x-amz-date",
+        "x-amz-security-token",
+    ]
+    .into_iter()
+    .find(|known| *known == name)
+}
+
 /// Presigns `url` for `method` with SigV4 in the query string, signing only the `host` header
 /// (port included), valid for `expires_in` from `now`.
 pub fn presign(
@@ -171,48 +296,12 @@ pub fn presign(
     now: SystemTime,
     expires_in: Duration,
 ) -> Result<Url, PresignError> {
-    let identity = aws_credential_types::Credentials::new(
-        credentials.access_key_id.clone(),
-        credentials.secret_access_key.expose().to_owned(),
-        credentials
-            .session_token
-            .as_ref()
-            .map(|t| t.expose().to_owned()),
-        None,
-        "gitlab-backup",
-    )
-    .into();
-    let mut settings = SigningSettings::default();
-    settings.signature_location = SignatureLocation::QueryParams;
-    settings.expires_in = Some(expires_in.min(MAX_PRESIGN_EXPIRY));
-    settings.percent_encoding_mode = PercentEncodingMode::Single;
-    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-    let params = SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("s3")
-        .time(now)
-        .settings(settings)
-        .build()
-        .map_err(|e| PresignError(e.to_string()))?
-        .into();
-    let signable = SignableRequest::new(
-        method.as_str(),
-        url.as_str(),
-        std::iter::empty(),
-        SignableBody::UnsignedPayload,
-    )
-    .map_err(|e| PresignError(e.to_string()))?;
-    let (instructions, _signature) = sign(signable, &params)
-        .map_err(|e| PresignError(e.to_string()))?
-        .into_parts();
-    let mut request = http::Request::builder()
-        .method(method.as_str())
-        .uri(url.as_str())
-        .body(())
-        .map_err(|e| PresignError(e.to_string()))?;
-    instructions.apply_to_request_http1x(&mut request);
-    Url::parse(&request.uri().to_string()).map_err(|e| PresignError(e.to_string()))
+    Signer {
+        credentials,
+        region,
+        now,
+    }
+    .presign(method, url, expires_in)
 }
 
 /// A URL fit for logs: any `X-Amz-Signature` and `X-Amz-Security-Token` value is replaced.
@@ -401,6 +490,30 @@ mod tests {
             object_key("backups/", "team/sub/app", at(1_369_353_600 + 3661)),
             "backups/team/sub/app/2013-05-24-01-01-01.tar.gz"
         );
+    }
+
+    #[test]
+    fn signed_requests_carry_the_signature_and_body_hash_in_headers() {
+        let credentials = aws_example_credentials();
+        let signer = Signer {
+            credentials: &credentials,
+            region: "us-east-1",
+            now: at(1_369_353_600),
+        };
+        let url = Url::parse("http://127.0.0.1:9000/bucket/a/b.tar.gz").unwrap();
+        let head = signer.signed_request(Method::Head, &url, None).unwrap();
+        let names: Vec<&str> = head.headers.iter().map(|(n, _)| *n).collect();
+        assert!(names.contains(&"authorization") && names.contains(&"x-amz-date"));
+        let empty_sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert!(head.headers.contains(&("x-amz-content-sha256", empty_sha256.to_owned())));
+        let put = signer
+            .signed_request(Method::Put, &url, Some(("{}".to_owned(), "application/json")))
+            .unwrap();
+        assert!(put.headers.contains(&("content-type", "application/json".to_owned())));
+        let auth = |r: &HttpRequest| r.headers.iter().find(|(n, _)| *n == "authorization").unwrap().1.clone();
+        assert!(auth(&put).contains("SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date"));
+        assert_ne!(auth(&put), auth(&head));
+        assert!(!format!("{put:?}").contains("Signature="));
     }
 
     #[test]

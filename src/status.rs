@@ -15,6 +15,8 @@ use crate::store::{Phase, RunRow, Sql, Store, StoreError};
 
 /// Failures listed by `/status` at most (the manifest lists them all).
 pub const FAILURES_SHOWN: u64 = 100;
+/// Verified backups listed by `/status` at most, newest first.
+pub const BACKUPS_SHOWN: u64 = 100;
 
 /// RFC 3339 in UTC, e.g. `2026-11-25T19:18:15.123Z`.
 pub fn rfc3339(at_ms: u64) -> String {
@@ -30,6 +32,8 @@ pub struct Status {
     pub rate_window: WindowStatus,
     pub next_tick: Plan,
     pub last_error: Option<LastError>,
+    /// The newest verified backups, newest first.
+    pub last_backups: Vec<BackupStatus>,
     /// `AWS_REGION`, or the region the bucket named when asked.
     pub bucket_region: Option<String>,
     pub config_problems: Vec<Problem>,
@@ -41,6 +45,10 @@ pub struct RunStatus {
     pub started: String,
     pub finished: Option<String>,
     pub phase: Phase,
+    /// Why the run stopped before any export, if it did.
+    pub error: Option<String>,
+    /// The key of the run's `summary.json` in the bucket, once written.
+    pub summary_key: Option<String>,
     pub projects: Counts,
     pub group_errors: Vec<GroupError>,
     pub failures: Vec<Failure>,
@@ -50,7 +58,9 @@ pub struct RunStatus {
 pub struct Counts {
     pub listed: u64,
     pub exported: u64,
+    pub verified: u64,
     pub failed: u64,
+    /// Not final yet: waiting for export or for proof.
     pub pending: u64,
 }
 
@@ -85,14 +95,27 @@ pub enum Plan {
     StartRun {
         due: bool,
     },
+    /// Checking the token and the bucket.
+    Preflight,
     ListProjects,
     Export {
         now: u32,
     },
+    /// Every export is requested; checking that each landed.
+    Verify,
     Wait {
         until: String,
         reason: String,
     },
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackupStatus {
+    pub project_id: u64,
+    pub path: String,
+    pub key: String,
+    pub size: u64,
+    pub at: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -122,11 +145,14 @@ impl RunStatus {
             started: rfc3339(run.started_ms),
             finished: run.finished_ms.map(rfc3339),
             phase: run.phase,
+            error: run.error.clone(),
+            summary_key: run.summary_key.clone(),
             projects: Counts {
                 listed: run.listed,
                 exported: run.exported,
+                verified: run.verified,
                 failed: run.failed,
-                pending: run.listed.saturating_sub(run.exported + run.failed),
+                pending: run.listed.saturating_sub(run.verified + run.failed),
             },
             group_errors,
             failures,
@@ -166,7 +192,9 @@ pub fn status<S: Sql>(
             due: run_due(config, Some(run.started_ms), now_ms),
         },
         (Ok(_), Some(_)) if wait.is_some() => wait.unwrap_or(Plan::ListProjects),
+        (Ok(_), Some(run)) if run.phase == Phase::Preflight => Plan::Preflight,
         (Ok(_), Some(run)) if run.phase == Phase::Listing => Plan::ListProjects,
+        (Ok(_), Some(run)) if run.phase == Phase::Verifying => Plan::Verify,
         (Ok(config), Some(_)) => {
             let free = config.exports_per_minute.saturating_sub(window.requests);
             match (free, window.oldest_ms) {
@@ -192,6 +220,17 @@ pub fn status<S: Sql>(
     };
     Ok(Status {
         run: latest.map(|run| RunStatus::new(store, run)).transpose()?,
+        last_backups: store
+            .recent_backups(BACKUPS_SHOWN)?
+            .into_iter()
+            .map(|b| BackupStatus {
+                project_id: b.project_id,
+                path: b.path,
+                key: b.key,
+                size: b.size,
+                at: rfc3339(b.at_ms),
+            })
+            .collect(),
         rate_window: WindowStatus {
             limit,
             used: window.requests,
@@ -249,18 +288,13 @@ mod tests {
         store
             .record_listing_error(run.id, 1, "the group does not exist")
             .unwrap();
-        let (one, _) = store.claim_next(run.id, 10).unwrap().unwrap();
+        let (one, _) = store.claim_next(run.id, 0, 10).unwrap().unwrap();
         store
-            .finish_project(
-                run.id,
-                one.project_id,
-                crate::store::Outcome::Failed,
-                Some("project gone"),
-            )
+            .record_failure(run.id, one.project_id, "project gone", None)
             .unwrap();
         let status = status(&store, Ok(&config()), 20).unwrap();
         let shown = status.run.unwrap();
-        assert_eq!(shown.phase, Phase::Listing);
+        assert_eq!(shown.phase, Phase::Preflight);
         assert_eq!(
             (
                 shown.projects.listed,
@@ -297,7 +331,7 @@ mod tests {
         store.record_page(run.id, 0, &refs, None).unwrap();
         store.set_phase(run.id, Phase::Exporting, 0).unwrap();
         for _ in 0..6 {
-            let (_, log) = store.claim_next(run.id, 0).unwrap().unwrap();
+            let (_, log) = store.claim_next(run.id, 0, 0).unwrap().unwrap();
             store.export_answered(log, 1_000).unwrap();
         }
         let status = status(&store, Ok(&config()), 2_000).unwrap();

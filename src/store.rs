@@ -108,7 +108,12 @@ const SCHEMA: &[&str] = &[
         phase TEXT NOT NULL,
         listed INTEGER NOT NULL DEFAULT 0,
         exported INTEGER NOT NULL DEFAULT 0,
-        failed INTEGER NOT NULL DEFAULT 0
+        verified INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        manifest_waiting INTEGER NOT NULL DEFAULT 0,
+        manifest_parts INTEGER NOT NULL DEFAULT 0,
+        summary_key TEXT
     )",
     "CREATE INDEX IF NOT EXISTS runs_active ON runs (phase) WHERE phase != 'finished'",
     // One row per configured group of a run: where its listing stands.
@@ -121,16 +126,26 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (run_id, position)
     ) WITHOUT ROWID",
     // One row per project of a run; the primary key makes a project reached through two
-    // groups one row.
+    // groups one row. `state`: pending → exporting → exported → verified, or failed; a failed
+    // attempt goes back to pending until MAX_ATTEMPTS. `due_ms`: a pending project's earliest
+    // export (retry backoff), an exported one's next check.
     "CREATE TABLE IF NOT EXISTS projects (
         run_id INTEGER NOT NULL,
         project_id INTEGER NOT NULL,
         path TEXT NOT NULL,
         state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due_ms INTEGER NOT NULL DEFAULT 0,
+        exported_ms INTEGER,
+        size INTEGER,
         error TEXT,
+        manifest_part INTEGER,
         PRIMARY KEY (run_id, project_id)
     ) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS projects_by_state ON projects (run_id, state, project_id)",
+    "CREATE INDEX IF NOT EXISTS projects_due ON projects (run_id, state, due_ms, project_id)",
+    // Projects with their final outcome that no manifest part lists yet.
+    "CREATE INDEX IF NOT EXISTS projects_for_manifest ON projects (run_id, project_id)
+        WHERE manifest_part IS NULL AND state IN ('verified', 'failed')",
     // Export requests of the last minute, for the rolling rate window: `at_ms` is when the
     // answer came back (the latest the request can have reached GitLab), or, while the request
     // is in flight, an upper bound for that.
@@ -148,31 +163,41 @@ const SCHEMA: &[&str] = &[
         path TEXT NOT NULL,
         key TEXT NOT NULL,
         run_id INTEGER NOT NULL,
-        at_ms INTEGER NOT NULL
+        at_ms INTEGER NOT NULL,
+        size INTEGER NOT NULL
     )",
+    "CREATE INDEX IF NOT EXISTS last_backups_by_time ON last_backups (at_ms)",
 ];
 
 /// Where a run stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Checking the token and the bucket before anything else.
+    Preflight,
     Listing,
     Exporting,
+    /// Every export is requested; proofs are awaited.
+    Verifying,
     Finished,
 }
 
 impl Phase {
     fn as_str(self) -> &'static str {
         match self {
+            Phase::Preflight => "preflight",
             Phase::Listing => "listing",
             Phase::Exporting => "exporting",
+            Phase::Verifying => "verifying",
             Phase::Finished => "finished",
         }
     }
     fn parse(s: &str) -> Result<Phase, StoreError> {
         match s {
+            "preflight" => Ok(Phase::Preflight),
             "listing" => Ok(Phase::Listing),
             "exporting" => Ok(Phase::Exporting),
+            "verifying" => Ok(Phase::Verifying),
             "finished" => Ok(Phase::Finished),
             other => Err(StoreError(format!("unknown run phase {other:?}"))),
         }
@@ -187,12 +212,22 @@ pub struct RunRow {
     pub finished_ms: Option<u64>,
     pub phase: Phase,
     pub listed: u64,
+    /// Projects GitLab accepted an export of (at least once).
     pub exported: u64,
+    pub verified: u64,
     pub failed: u64,
+    /// Why the run stopped early (preflight), if it did.
+    pub error: Option<String>,
+    /// Projects with a final outcome not yet written to a manifest part.
+    pub manifest_waiting: u64,
+    pub manifest_parts: u64,
+    /// The run's `summary.json`, once written.
+    pub summary_key: Option<String>,
 }
 
 impl RunRow {
-    const COLUMNS: &'static str = "id, started_ms, finished_ms, phase, listed, exported, failed";
+    const COLUMNS: &'static str = "id, started_ms, finished_ms, phase, listed, exported, verified, \
+         failed, error, manifest_waiting, manifest_parts, summary_key";
 
     fn read(row: &Row) -> Result<RunRow, StoreError> {
         Ok(RunRow {
@@ -202,7 +237,12 @@ impl RunRow {
             phase: Phase::parse(&column(row, 3)?.as_text()?)?,
             listed: column(row, 4)?.as_u64()?,
             exported: column(row, 5)?.as_u64()?,
-            failed: column(row, 6)?.as_u64()?,
+            verified: column(row, 6)?.as_u64()?,
+            failed: column(row, 7)?.as_u64()?,
+            error: column(row, 8)?.as_opt_text()?,
+            manifest_waiting: column(row, 9)?.as_u64()?,
+            manifest_parts: column(row, 10)?.as_u64()?,
+            summary_key: column(row, 11)?.as_opt_text()?,
         })
     }
 }
@@ -215,11 +255,50 @@ pub struct ListingRow {
     pub next_url: String,
 }
 
-/// A project claimed for export.
+/// A project claimed for export or for a check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimedProject {
     pub project_id: u64,
     pub path: String,
+    /// Export attempts GitLab accepted so far.
+    pub attempts: u64,
+    /// When GitLab accepted the latest attempt.
+    pub exported_ms: Option<u64>,
+}
+
+impl ClaimedProject {
+    const COLUMNS: &'static str = "project_id, path, attempts, exported_ms";
+
+    fn read(row: &Row) -> Result<ClaimedProject, StoreError> {
+        Ok(ClaimedProject {
+            project_id: column(row, 0)?.as_u64()?,
+            path: column(row, 1)?.as_text()?,
+            attempts: column(row, 2)?.as_u64()?,
+            exported_ms: column(row, 3)?.as_opt_u64()?,
+        })
+    }
+}
+
+/// One line of a manifest part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub project_id: u64,
+    pub path: String,
+    pub verified: bool,
+    pub attempts: u64,
+    pub size: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// A project's verified backup.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Backup {
+    pub project_id: u64,
+    pub path: String,
+    pub key: String,
+    pub run_id: u64,
+    pub at_ms: u64,
+    pub size: u64,
 }
 
 /// What the rate window holds right now.
@@ -228,13 +307,6 @@ pub struct WindowUse {
     pub requests: u32,
     /// When the oldest request in the window leaves it.
     pub oldest_ms: Option<u64>,
-}
-
-/// Project outcomes a run records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Exported,
-    Failed,
 }
 
 /// Typed access to the cursor's tables.
@@ -284,7 +356,7 @@ impl<S: Sql> Store<S> {
     ) -> Result<RunRow, StoreError> {
         let rows = self.rows(
             &format!(
-                "INSERT INTO runs (started_ms, phase) VALUES (?, 'listing') RETURNING {}",
+                "INSERT INTO runs (started_ms, phase) VALUES (?, 'preflight') RETURNING {}",
                 RunRow::COLUMNS
             ),
             &[now_ms.into()],
@@ -399,27 +471,28 @@ impl<S: Sql> Store<S> {
         Ok(rows.len() as u64)
     }
 
-    /// Claims the next pending project (lowest id first) and logs the export request in the
-    /// rate window with `in_flight_until_ms`, in one synchronous step.
+    /// Claims the next pending project that is due (new ones by id, then retries as they come
+    /// due) and logs the export request in the rate window with `in_flight_until_ms`, in one
+    /// synchronous step.
     pub fn claim_next(
         &self,
         run_id: u64,
+        now_ms: u64,
         in_flight_until_ms: u64,
     ) -> Result<Option<(ClaimedProject, u64)>, StoreError> {
         let rows = self.rows(
-            "UPDATE projects SET state = 'exporting'
-             WHERE run_id = ? AND project_id = (
-                 SELECT project_id FROM projects WHERE run_id = ? AND state = 'pending'
-                 ORDER BY project_id LIMIT 1)
-             RETURNING project_id, path",
-            &[run_id.into(), run_id.into()],
+            &format!(
+                "UPDATE projects SET state = 'exporting'
+                 WHERE run_id = ? AND project_id = (
+                     SELECT project_id FROM projects WHERE run_id = ? AND state = 'pending' AND due_ms <= ?
+                     ORDER BY due_ms, project_id LIMIT 1)
+                 RETURNING {}",
+                ClaimedProject::COLUMNS
+            ),
+            &[run_id.into(), run_id.into(), now_ms.into()],
         )?;
-        let Some(row) = rows.first() else {
+        let Some(project) = rows.first().map(ClaimedProject::read).transpose()? else {
             return Ok(None);
-        };
-        let project = ClaimedProject {
-            project_id: column(row, 0)?.as_u64()?,
-            path: column(row, 1)?.as_text()?,
         };
         let log = self.rows(
             "INSERT INTO export_log (at_ms) VALUES (?) RETURNING id",
@@ -442,22 +515,26 @@ impl<S: Sql> Store<S> {
         Ok(())
     }
 
-    /// Records a project's outcome.
-    pub fn finish_project(
+    /// GitLab accepted an export: the project awaits its proof, first checked at `check_at_ms`.
+    pub fn record_exported(
         &self,
         run_id: u64,
         project_id: u64,
-        outcome: Outcome,
-        error: Option<&str>,
+        now_ms: u64,
+        check_at_ms: u64,
     ) -> Result<(), StoreError> {
-        let (state, counter) = match outcome {
-            Outcome::Exported => ("exported", "exported"),
-            Outcome::Failed => ("failed", "failed"),
-        };
-        self.rows(
-            "UPDATE projects SET state = ?, error = ? WHERE run_id = ? AND project_id = ?",
-            &[state.into(), error.into(), run_id.into(), project_id.into()],
+        let rows = self.rows(
+            "UPDATE projects SET state = 'exported', attempts = attempts + 1, exported_ms = ?, due_ms = ?
+             WHERE run_id = ? AND project_id = ? RETURNING attempts",
+            &[now_ms.into(), check_at_ms.into(), run_id.into(), project_id.into()],
         )?;
+        if rows.first().map(|row| column(row, 0)?.as_u64()).transpose()? == Some(1) {
+            self.bump(run_id, "exported")?;
+        }
+        Ok(())
+    }
+
+    fn bump(&self, run_id: u64, counter: &'static str) -> Result<(), StoreError> {
         self.rows(
             &format!("UPDATE runs SET {counter} = {counter} + 1 WHERE id = ?"),
             &[run_id.into()],
@@ -465,7 +542,78 @@ impl<S: Sql> Store<S> {
         Ok(())
     }
 
-    /// Puts a claimed project back in line (its export is to be tried again later).
+    /// Claims the exported project whose check is most overdue, moving its next check to
+    /// `lease_until_ms` so this tick does not pick it twice (and a dead tick's check comes back).
+    pub fn claim_check(
+        &self,
+        run_id: u64,
+        now_ms: u64,
+        lease_until_ms: u64,
+    ) -> Result<Option<ClaimedProject>, StoreError> {
+        self.rows(
+            &format!(
+                "UPDATE projects SET due_ms = ?
+                 WHERE run_id = ? AND project_id = (
+                     SELECT project_id FROM projects WHERE run_id = ? AND state = 'exported' AND due_ms <= ?
+                     ORDER BY due_ms LIMIT 1)
+                 RETURNING {}",
+                ClaimedProject::COLUMNS
+            ),
+            &[lease_until_ms.into(), run_id.into(), run_id.into(), now_ms.into()],
+        )?
+        .first()
+        .map(ClaimedProject::read)
+        .transpose()
+    }
+
+    /// Sets when a project is next looked at (pending: exported; exported: checked).
+    pub fn reschedule(&self, run_id: u64, project_id: u64, due_ms: u64) -> Result<(), StoreError> {
+        self.rows(
+            "UPDATE projects SET due_ms = ? WHERE run_id = ? AND project_id = ?",
+            &[due_ms.into(), run_id.into(), project_id.into()],
+        )?;
+        Ok(())
+    }
+
+    /// The backup is proven: the object is in the bucket with `size` bytes.
+    pub fn record_verified(&self, run_id: u64, project_id: u64, size: u64) -> Result<(), StoreError> {
+        self.rows(
+            "UPDATE projects SET state = 'verified', size = ?, error = NULL WHERE run_id = ? AND project_id = ?",
+            &[size.into(), run_id.into(), project_id.into()],
+        )?;
+        self.bump(run_id, "verified")?;
+        self.bump(run_id, "manifest_waiting")
+    }
+
+    /// An attempt failed: back in line at `retry_at_ms`, or, without one, failed for good.
+    pub fn record_failure(
+        &self,
+        run_id: u64,
+        project_id: u64,
+        reason: &str,
+        retry_at_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        match retry_at_ms {
+            Some(due) => {
+                self.rows(
+                    "UPDATE projects SET state = 'pending', due_ms = ?, error = ? WHERE run_id = ? AND project_id = ?",
+                    &[due.into(), reason.into(), run_id.into(), project_id.into()],
+                )?;
+                Ok(())
+            }
+            None => {
+                self.rows(
+                    "UPDATE projects SET state = 'failed', error = ? WHERE run_id = ? AND project_id = ?",
+                    &[reason.into(), run_id.into(), project_id.into()],
+                )?;
+                self.bump(run_id, "failed")?;
+                self.bump(run_id, "manifest_waiting")
+            }
+        }
+    }
+
+    /// Puts a claimed project back in line, keeping its place (the export is to be tried again
+    /// later without counting an attempt).
     pub fn release_project(&self, run_id: u64, project_id: u64) -> Result<(), StoreError> {
         self.rows(
             "UPDATE projects SET state = 'pending' WHERE run_id = ? AND project_id = ?",
@@ -474,13 +622,78 @@ impl<S: Sql> Store<S> {
         Ok(())
     }
 
-    /// Whether any project of the run still waits for, or is in, an export.
-    pub fn has_unfinished_projects(&self, run_id: u64) -> Result<bool, StoreError> {
+    /// Whether any project of the run is in `state`.
+    pub fn has_projects_in(&self, run_id: u64, state: &str) -> Result<bool, StoreError> {
         let rows = self.rows(
-            "SELECT 1 FROM projects WHERE run_id = ? AND state IN ('pending', 'exporting') LIMIT 1",
-            &[run_id.into()],
+            "SELECT 1 FROM projects WHERE run_id = ? AND state = ? LIMIT 1",
+            &[run_id.into(), state.into()],
         )?;
         Ok(!rows.is_empty())
+    }
+
+    /// The earliest moment a project of the run is due in `state`.
+    pub fn next_due(&self, run_id: u64, state: &str) -> Result<Option<u64>, StoreError> {
+        let rows = self.rows(
+            "SELECT due_ms FROM projects WHERE run_id = ? AND state = ? ORDER BY due_ms LIMIT 1",
+            &[run_id.into(), state.into()],
+        )?;
+        rows.first().map(|row| column(row, 0)?.as_u64()).transpose()
+    }
+
+    /// Up to `limit` projects with a final outcome that no manifest part lists yet.
+    pub fn manifest_entries(&self, run_id: u64, limit: u64) -> Result<Vec<ManifestEntry>, StoreError> {
+        self.rows(
+            "SELECT project_id, path, state, attempts, size, error FROM projects
+             WHERE run_id = ? AND manifest_part IS NULL AND state IN ('verified', 'failed')
+             ORDER BY project_id LIMIT ?",
+            &[run_id.into(), limit.into()],
+        )?
+        .iter()
+        .map(|row| {
+            Ok(ManifestEntry {
+                project_id: column(row, 0)?.as_u64()?,
+                path: column(row, 1)?.as_text()?,
+                verified: column(row, 2)?.as_text()? == "verified",
+                attempts: column(row, 3)?.as_u64()?,
+                size: column(row, 4)?.as_opt_u64()?,
+                error: column(row, 5)?.as_opt_text()?,
+            })
+        })
+        .collect()
+    }
+
+    /// A manifest part listing `project_ids` was written as part number `part`.
+    pub fn record_manifest_part(&self, run_id: u64, part: u64, project_ids: &[u64]) -> Result<(), StoreError> {
+        for id in project_ids {
+            self.rows(
+                "UPDATE projects SET manifest_part = ? WHERE run_id = ? AND project_id = ?",
+                &[part.into(), run_id.into(), (*id).into()],
+            )?;
+        }
+        self.rows(
+            "UPDATE runs SET manifest_parts = manifest_parts + 1, manifest_waiting = manifest_waiting - ?
+             WHERE id = ?",
+            &[(project_ids.len() as u64).into(), run_id.into()],
+        )?;
+        Ok(())
+    }
+
+    /// The run's summary was written: the run is finished.
+    pub fn record_summary(&self, run_id: u64, key: &str, now_ms: u64) -> Result<(), StoreError> {
+        self.rows(
+            "UPDATE runs SET summary_key = ?, phase = 'finished', finished_ms = ? WHERE id = ?",
+            &[key.into(), now_ms.into(), run_id.into()],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a run early with the reason (a failed preflight).
+    pub fn stop_run(&self, run_id: u64, reason: &str, now_ms: u64) -> Result<(), StoreError> {
+        self.rows(
+            "UPDATE runs SET phase = 'finished', finished_ms = ?, error = ? WHERE id = ?",
+            &[now_ms.into(), reason.into(), run_id.into()],
+        )?;
+        Ok(())
     }
 
     /// Forgets export requests at or before `before_ms` (they left the window).
@@ -534,27 +747,42 @@ impl<S: Sql> Store<S> {
         Ok(())
     }
 
-    /// Remembers a project's newest good backup.
-    pub fn record_backup(
-        &self,
-        project: &ClaimedProject,
-        key: &str,
-        run_id: u64,
-        at_ms: u64,
-    ) -> Result<(), StoreError> {
+    /// Remembers a project's newest verified backup.
+    pub fn record_backup(&self, backup: &Backup) -> Result<(), StoreError> {
         self.rows(
-            "INSERT INTO last_backups (project_id, path, key, run_id, at_ms) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (project_id) DO UPDATE SET
-                 path = excluded.path, key = excluded.key, run_id = excluded.run_id, at_ms = excluded.at_ms",
+            "INSERT INTO last_backups (project_id, path, key, run_id, at_ms, size) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (project_id) DO UPDATE SET path = excluded.path, key = excluded.key,
+                 run_id = excluded.run_id, at_ms = excluded.at_ms, size = excluded.size",
             &[
-                project.project_id.into(),
-                project.path.as_str().into(),
-                key.into(),
-                run_id.into(),
-                at_ms.into(),
+                backup.project_id.into(),
+                backup.path.as_str().into(),
+                backup.key.as_str().into(),
+                backup.run_id.into(),
+                backup.at_ms.into(),
+                backup.size.into(),
             ],
         )?;
         Ok(())
+    }
+
+    /// The newest verified backups, newest first.
+    pub fn recent_backups(&self, limit: u64) -> Result<Vec<Backup>, StoreError> {
+        self.rows(
+            "SELECT project_id, path, key, run_id, at_ms, size FROM last_backups ORDER BY at_ms DESC LIMIT ?",
+            &[limit.into()],
+        )?
+        .iter()
+        .map(|row| {
+            Ok(Backup {
+                project_id: column(row, 0)?.as_u64()?,
+                path: column(row, 1)?.as_text()?,
+                key: column(row, 2)?.as_text()?,
+                run_id: column(row, 3)?.as_u64()?,
+                at_ms: column(row, 4)?.as_u64()?,
+                size: column(row, 5)?.as_u64()?,
+            })
+        })
+        .collect()
     }
 
     /// Deletes, at most `batch` rows at a time, the per-project rows of all but the newest
@@ -726,7 +954,7 @@ mod tests {
         store
             .record_page(run.id, 0, &[(9, "a/9"), (3, "a/3"), (5, "a/5")], None)
             .unwrap();
-        let claimed: Vec<u64> = std::iter::from_fn(|| store.claim_next(run.id, 10).unwrap())
+        let claimed: Vec<u64> = std::iter::from_fn(|| store.claim_next(run.id, 0, 10).unwrap())
             .map(|(p, _)| p.project_id)
             .collect();
         assert_eq!(claimed, vec![3, 5, 9]);
@@ -739,11 +967,11 @@ mod tests {
         let store = Store::open(&db).unwrap();
         let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
         store.record_page(run.id, 0, &[(1, "a/1")], None).unwrap();
-        store.claim_next(run.id, 10).unwrap().unwrap();
-        assert!(store.claim_next(run.id, 10).unwrap().is_none());
+        store.claim_next(run.id, 0, 10).unwrap().unwrap();
+        assert!(store.claim_next(run.id, 0, 10).unwrap().is_none());
         assert_eq!(store.requeue_interrupted(run.id).unwrap(), 1);
         assert_eq!(
-            store.claim_next(run.id, 10).unwrap().unwrap().0.project_id,
+            store.claim_next(run.id, 0, 10).unwrap().unwrap().0.project_id,
             1
         );
     }
@@ -756,9 +984,9 @@ mod tests {
         store
             .record_page(run.id, 0, &[(1, "a/1"), (2, "a/2")], None)
             .unwrap();
-        let (_, first) = store.claim_next(run.id, 100_000).unwrap().unwrap();
+        let (_, first) = store.claim_next(run.id, 0, 100_000).unwrap().unwrap();
         store.export_answered(first, 1_000).unwrap();
-        store.claim_next(run.id, 100_000).unwrap().unwrap();
+        store.claim_next(run.id, 0, 100_000).unwrap().unwrap();
         assert_eq!(
             store.window_use(0).unwrap(),
             WindowUse {

@@ -11,10 +11,11 @@ use serde::Serialize;
 use url::Url;
 
 use crate::config::Config;
-use crate::gitlab::{ExportAnswer, GitLab, GitLabError};
-use crate::http::{HttpRequest, HttpResult, Method};
-use crate::s3::{self, object_key, presign, region_from_answer};
-use crate::store::{ClaimedProject, Outcome, Phase, RunRow, Sql, Store, StoreError};
+use crate::gitlab::{ExportAnswer, ExportStatus, GitLab, GitLabError};
+use crate::http::{HttpRequest, HttpResponse, HttpResult, Method};
+use crate::manifest::{self, PART_SIZE};
+use crate::s3::{self, object_key, region_from_answer, Signer};
+use crate::store::{Backup, ClaimedProject, Phase, RunRow, Sql, Store, StoreError};
 
 /// GitLab counts export requests per user in windows of one minute.
 pub const EXPORT_WINDOW: Duration = Duration::from_secs(60);
@@ -32,6 +33,20 @@ pub const RUNS_KEPT_IN_DETAIL: u64 = 2;
 pub const RUNS_KEPT: u64 = 30;
 /// Rows of old runs deleted per tick at most, so pruning never makes one tick heavy.
 pub const PRUNE_BATCH: u64 = 500;
+/// The first look at an accepted export (GitLab needs a while to build it).
+pub const FIRST_CHECK_AFTER: Duration = Duration::from_secs(10);
+/// Later looks at an export that is not proven yet.
+pub const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// GitLab may read `none` for a while after the request; after this, look in the bucket anyway
+/// (some versions keep `none` for exports with an upload URL).
+pub const NONE_GRACE: Duration = Duration::from_secs(120);
+/// Waits before the 2nd, 3rd, 4th and later attempts of a failed export.
+pub const RETRY_BACKOFF: [Duration; 4] = [
+    Duration::from_secs(60),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(15 * 60),
+    Duration::from_secs(30 * 60),
+];
 
 pub(crate) const META_BLOCKED_UNTIL: &str = "exports_blocked_until_ms";
 pub(crate) const META_BACKOFF_UNTIL: &str = "gitlab_backoff_until_ms";
@@ -81,6 +96,34 @@ pub enum Event {
         project_id: u64,
         path: String,
     },
+    Verified {
+        run: u64,
+        project_id: u64,
+        path: String,
+        key: String,
+        size: u64,
+    },
+    RetryScheduled {
+        run: u64,
+        project_id: u64,
+        path: String,
+        attempts: u64,
+        reason: String,
+        at_ms: u64,
+    },
+    PreflightPassed {
+        run: u64,
+        user: String,
+    },
+    RunStopped {
+        run: u64,
+        reason: String,
+    },
+    ManifestWritten {
+        run: u64,
+        key: String,
+        projects: usize,
+    },
     ExportFailed {
         run: u64,
         project_id: u64,
@@ -103,7 +146,9 @@ pub enum Event {
         run: u64,
         listed: u64,
         exported: u64,
+        verified: u64,
         failed: u64,
+        summary: String,
     },
     TickEnded {
         run: u64,
@@ -156,15 +201,14 @@ pub struct Step {
 
 #[derive(Debug)]
 enum Purpose {
-    ListPage {
-        position: u64,
-        group: String,
-    },
-    Export {
-        project: ClaimedProject,
-        key: String,
-        log_id: u64,
-    },
+    CheckUser,
+    Probe,
+    ListPage { position: u64, group: String },
+    Export { project: ClaimedProject, log_id: u64 },
+    ExportStatus { project: ClaimedProject },
+    Head { project: ClaimedProject, gitlab_said: &'static str },
+    ManifestPart { key: String, project_ids: Vec<u64> },
+    Summary { key: String },
     FindRegion,
 }
 
@@ -187,10 +231,16 @@ pub struct Tick<'a, S: Sql> {
     region: Option<String>,
     subrequests_left: u32,
     exports_left: u32,
+    /// A step that must follow the one just handled (the HEAD after a finished export).
+    follow_up: Option<Step>,
     /// Set once GitLab must not be asked anything more in this tick.
     gitlab_stopped: bool,
     /// Set once exports must stop for this tick.
     exports_stopped: bool,
+    /// Set once S3 refused the worker's own PUTs in this tick.
+    s3_stopped: bool,
+    /// Whether the token was checked in this tick (preflight).
+    user_checked: bool,
     /// Whether GitLab failed in earlier ticks (the backoff counter is set).
     recovering: bool,
     report: TickReport,
@@ -249,8 +299,11 @@ impl<'a, S: Sql> Tick<'a, S> {
             region,
             subrequests_left: config.subrequests_per_invocation,
             exports_left: config.exports_per_minute,
+            follow_up: None,
             gitlab_stopped: false,
             exports_stopped: false,
+            s3_stopped: false,
+            user_checked: false,
             recovering: store.meta_u64(META_FAILURES)?.is_some(),
             report: TickReport {
                 events,
@@ -263,81 +316,33 @@ impl<'a, S: Sql> Tick<'a, S> {
         &self.run
     }
 
+    fn run_started(&self) -> SystemTime {
+        system_time(self.run.started_ms)
+    }
+
+    fn signer(&self, region: &'a str, now_ms: u64) -> Signer<'a> {
+        Signer {
+            credentials: &self.config.credentials,
+            region,
+            now: system_time(now_ms),
+        }
+    }
+
     /// The next request to send, already persisted as under way; `None` when this tick is done.
     pub fn next_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
-        if self.subrequests_left == 0 || self.gitlab_stopped || !self.gitlab_available(now_ms)? {
+        if self.subrequests_left == 0 {
             return Ok(None);
         }
-        if self.run.phase == Phase::Listing {
-            if let Some(listing) = self.store.next_listing(self.run.id)? {
-                let page = Url::parse(&listing.next_url)
-                    .map_err(|e| StoreError(format!("stored page URL: {e}")))?;
-                return Ok(Some(self.spend(Step {
-                    request: self.gitlab.projects_page_request(page),
-                    purpose: Purpose::ListPage {
-                        position: listing.position,
-                        group: listing.group,
-                    },
-                })));
-            }
-            self.set_phase(Phase::Exporting, now_ms)?;
+        if let Some(step) = self.follow_up.take() {
+            return Ok(Some(self.spend(step)));
         }
-        if self.run.phase != Phase::Exporting {
-            return Ok(None);
-        }
-        if !self.store.has_unfinished_projects(self.run.id)? {
-            self.finish_run(now_ms)?;
-            return Ok(None);
-        }
-        if self.exports_stopped || self.exports_left == 0 || !self.window_allows(now_ms)? {
-            return Ok(None);
-        }
-        let Some(region) = self.region.clone() else {
-            return Ok(Some(self.region_probe(now_ms)?));
+        let step = match self.run.phase {
+            Phase::Preflight => self.preflight_step(now_ms)?,
+            Phase::Listing => self.listing_step(now_ms)?,
+            Phase::Exporting | Phase::Verifying => self.run_step(now_ms)?,
+            Phase::Finished => None,
         };
-        let in_flight_until = now_ms + ms(REQUEST_TIMEOUT);
-        let Some((project, log_id)) = self.store.claim_next(self.run.id, in_flight_until)? else {
-            // Everything left is being exported by this tick.
-            return Ok(None);
-        };
-        let key = object_key(
-            &self.config.s3_prefix,
-            &project.path,
-            system_time(self.run.started_ms),
-        );
-        let object = self.config.bucket.object_url(&region, &key);
-        let upload = match presign(
-            Method::Put,
-            &object,
-            &self.config.credentials,
-            &region,
-            system_time(now_ms),
-            self.config.presign_expiry,
-        ) {
-            Ok(url) => url,
-            Err(e) => {
-                self.store.export_answered(log_id, 0)?;
-                self.fail_project(&project, &e.to_string(), now_ms)?;
-                return self.next_step(now_ms);
-            }
-        };
-        self.report.events.push(Event::ExportRequested {
-            run: self.run.id,
-            project_id: project.project_id,
-            path: project.path.clone(),
-            key: key.clone(),
-            upload_url: s3::redact_url(&upload),
-        });
-        self.exports_left -= 1;
-        self.report.exports += 1;
-        Ok(Some(self.spend(Step {
-            request: self.gitlab.export_request(project.project_id, &upload),
-            purpose: Purpose::Export {
-                project,
-                key,
-                log_id,
-            },
-        })))
+        Ok(step.map(|step| self.spend(step)))
     }
 
     fn spend(&mut self, step: Step) -> Step {
@@ -346,20 +351,206 @@ impl<'a, S: Sql> Tick<'a, S> {
         step
     }
 
-    /// A signed HEAD of the bucket, whose answer names its region.
-    fn region_probe(&mut self, now_ms: u64) -> Result<Step, StoreError> {
-        // One probe per tick: the answer either names the region or stops exports.
-        self.exports_stopped = true;
-        let url = presign(
+    /// Before anything else: the token is valid, the region is known, the bucket takes a PUT.
+    fn preflight_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        if !self.user_checked {
+            if !self.gitlab_available(now_ms)? {
+                return Ok(None);
+            }
+            return Ok(Some(Step {
+                request: self.gitlab.user_request(),
+                purpose: Purpose::CheckUser,
+            }));
+        }
+        let Some(region) = self.region.clone() else {
+            return self.region_probe(now_ms);
+        };
+        if self.s3_stopped {
+            return Ok(None);
+        }
+        let key = manifest::probe_key(&self.config.s3_prefix, self.run_started());
+        let body = serde_json::json!({
+            "run": self.run.id,
+            "started": crate::status::rfc3339(self.run.started_ms),
+            "purpose": "gitlab-backup checks that the bucket accepts its uploads",
+        })
+        .to_string();
+        self.s3_put(&region, &key, body, "application/json", now_ms, Purpose::Probe)
+    }
+
+    fn listing_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        if self.gitlab_stopped || !self.gitlab_available(now_ms)? {
+            return Ok(None);
+        }
+        if let Some(listing) = self.store.next_listing(self.run.id)? {
+            let page = Url::parse(&listing.next_url)
+                .map_err(|e| StoreError(format!("stored page URL: {e}")))?;
+            return Ok(Some(Step {
+                request: self.gitlab.projects_page_request(page),
+                purpose: Purpose::ListPage {
+                    position: listing.position,
+                    group: listing.group,
+                },
+            }));
+        }
+        self.set_phase(Phase::Exporting, now_ms)?;
+        self.run_step(now_ms)
+    }
+
+    /// Exports first (never delayed by checks), then checks of accepted exports, then the
+    /// manifest; the run finishes when every project has its final outcome.
+    fn run_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        let Some(region) = self.region.clone() else {
+            return self.region_probe(now_ms);
+        };
+        let gitlab_ok = !self.gitlab_stopped && self.gitlab_available(now_ms)?;
+        if gitlab_ok {
+            if let Some(step) = self.export_step(&region, now_ms)? {
+                return Ok(Some(step));
+            }
+            let lease = now_ms + ms(REQUEST_TIMEOUT) * 2;
+            if let Some(project) = self.store.claim_check(self.run.id, now_ms, lease)? {
+                return Ok(Some(Step {
+                    request: self.gitlab.export_status_request(project.project_id),
+                    purpose: Purpose::ExportStatus { project },
+                }));
+            }
+        }
+        let exporting = self.store.has_projects_in(self.run.id, "pending")?
+            || self.store.has_projects_in(self.run.id, "exporting")?;
+        let unproven = self.store.has_projects_in(self.run.id, "exported")?;
+        let phase = if exporting {
+            Phase::Exporting
+        } else {
+            Phase::Verifying
+        };
+        if phase != self.run.phase {
+            self.set_phase(phase, now_ms)?;
+        }
+        if self.s3_stopped {
+            return Ok(None);
+        }
+        let done = !exporting && !unproven;
+        if self.run.manifest_waiting >= PART_SIZE || (done && self.run.manifest_waiting > 0) {
+            return self.manifest_part_step(&region, now_ms);
+        }
+        if done {
+            let key = manifest::summary_key(&self.config.s3_prefix, self.run_started());
+            let errors = self.store.listing_errors(self.run.id)?;
+            let body = manifest::summary_body(&self.config.s3_prefix, &self.run, &errors, now_ms);
+            return self.s3_put(&region, &key.clone(), body, "application/json", now_ms, Purpose::Summary { key });
+        }
+        // Nothing to do now: wake when the next retry or check comes due.
+        for state in ["pending", "exported"] {
+            if let Some(due) = self.store.next_due(self.run.id, state)? {
+                if due > now_ms {
+                    self.wake_at(due);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn export_step(&mut self, region: &str, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        if self.exports_stopped || self.exports_left == 0 || !self.window_allows(now_ms)? {
+            return Ok(None);
+        }
+        let in_flight_until = now_ms + ms(REQUEST_TIMEOUT);
+        let Some((project, log_id)) =
+            self.store
+                .claim_next(self.run.id, now_ms, in_flight_until)?
+        else {
+            return Ok(None);
+        };
+        let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
+        let object = self.config.bucket.object_url(region, &key);
+        let upload = match self
+            .signer(region, now_ms)
+            .presign(Method::Put, &object, self.config.presign_expiry)
+        {
+            Ok(url) => url,
+            Err(e) => {
+                // Nothing was sent: the request leaves the window again.
+                self.store.export_answered(log_id, 0)?;
+                self.fail_for_good(&project, &e.to_string(), now_ms)?;
+                return self.export_step(region, now_ms);
+            }
+        };
+        self.report.events.push(Event::ExportRequested {
+            run: self.run.id,
+            project_id: project.project_id,
+            path: project.path.clone(),
+            key,
+            upload_url: s3::redact_url(&upload),
+        });
+        self.exports_left -= 1;
+        self.report.exports += 1;
+        Ok(Some(Step {
+            request: self.gitlab.export_request(project.project_id, &upload),
+            purpose: Purpose::Export { project, log_id },
+        }))
+    }
+
+    fn manifest_part_step(&mut self, region: &str, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        let entries = self.store.manifest_entries(self.run.id, PART_SIZE)?;
+        let part = self.run.manifest_parts + 1;
+        let key = manifest::part_key(&self.config.s3_prefix, self.run_started(), part);
+        let body = manifest::part_body(&self.config.s3_prefix, self.run_started(), &entries);
+        let project_ids = entries.iter().map(|e| e.project_id).collect();
+        self.s3_put(
+            region,
+            &key.clone(),
+            body,
+            "application/x-ndjson",
+            now_ms,
+            Purpose::ManifestPart { key, project_ids },
+        )
+    }
+
+    /// A PUT of the worker's own object, signed in its headers (body hash included).
+    fn s3_put(
+        &mut self,
+        region: &str,
+        key: &str,
+        body: String,
+        content_type: &'static str,
+        now_ms: u64,
+        purpose: Purpose,
+    ) -> Result<Option<Step>, StoreError> {
+        let url = self.config.bucket.object_url(region, key);
+        let signer = Signer {
+            credentials: &self.config.credentials,
+            region,
+            now: system_time(now_ms),
+        };
+        match signer.signed_request(Method::Put, &url, Some((body, content_type))) {
+            Ok(request) => Ok(Some(Step { request, purpose })),
+            Err(e) => {
+                self.s3_stopped = true;
+                self.note_error(&e.to_string(), now_ms)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A signed HEAD of the bucket, whose answer names its region (one per tick).
+    fn region_probe(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        if self.s3_stopped {
+            return Ok(None);
+        }
+        self.s3_stopped = true;
+        let url = match self.signer("us-east-1", now_ms).presign(
             Method::Head,
             &self.config.bucket.region_probe_url(),
-            &self.config.credentials,
-            "us-east-1",
-            system_time(now_ms),
             Duration::from_secs(60),
-        )
-        .map_err(|e| StoreError(e.to_string()))?;
-        Ok(self.spend(Step {
+        ) {
+            Ok(url) => url,
+            Err(e) => {
+                self.note_error(&e.to_string(), now_ms)?;
+                return Ok(None);
+            }
+        };
+        Ok(Some(Step {
             request: HttpRequest {
                 method: Method::Head,
                 url,
@@ -410,33 +601,95 @@ impl<'a, S: Sql> Tick<'a, S> {
     }
 
     /// Feeds the answer (or the failure to get one) to a step, and persists what follows.
-    pub fn handle(
-        &mut self,
-        step: Step,
-        answer: HttpResult,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
+    pub fn handle(&mut self, step: Step, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
         match step.purpose {
+            Purpose::CheckUser => self.on_user(answer, now_ms),
+            Purpose::Probe => self.on_probe(answer, now_ms),
             Purpose::ListPage { position, group } => self.on_page(position, group, answer, now_ms),
-            Purpose::Export {
-                project,
-                key,
-                log_id,
-            } => {
+            Purpose::Export { project, log_id } => {
                 self.store.export_answered(log_id, now_ms)?;
-                self.on_export(project, key, answer, now_ms)
+                self.on_export(project, answer, now_ms)
             }
+            Purpose::ExportStatus { project } => self.on_export_status(project, answer, now_ms),
+            Purpose::Head {
+                project,
+                gitlab_said,
+            } => self.on_head(project, gitlab_said, answer, now_ms),
+            Purpose::ManifestPart { key, project_ids } => {
+                self.on_manifest_part(key, project_ids, answer, now_ms)
+            }
+            Purpose::Summary { key } => self.on_summary(key, answer, now_ms),
             Purpose::FindRegion => self.on_region(answer, now_ms),
         }
     }
 
-    fn on_page(
-        &mut self,
-        position: u64,
-        group: String,
-        answer: HttpResult,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
+    fn on_user(&mut self, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+        match answer
+            .map_err(GitLabError::Unavailable)
+            .and_then(|a| self.gitlab.read_user(&a))
+        {
+            Ok(user) => {
+                self.gitlab_answered()?;
+                self.user_checked = true;
+                self.report.events.push(Event::PreflightPassed {
+                    run: self.run.id,
+                    user,
+                });
+            }
+            Err(GitLabError::Unauthorized) => {
+                self.gitlab_answered()?;
+                self.stop_run(&GitLabError::Unauthorized.to_string(), now_ms)?;
+            }
+            Err(GitLabError::RateLimited { retry_after }) => {
+                self.rate_limited(retry_after, now_ms)?;
+                self.gitlab_stopped = true;
+            }
+            Err(e) => self.gitlab_unavailable(&format!("checking the token: {e}"), now_ms)?,
+        }
+        Ok(())
+    }
+
+    fn on_probe(&mut self, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+        match answer {
+            Ok(a) if a.status == 200 => {
+                self.set_phase(Phase::Listing, now_ms)?;
+            }
+            Ok(a) if a.status >= 500 => {
+                self.s3_stopped = true;
+                self.note_error(&format!("S3 answered {} to the preflight PUT; trying again later", a.status), now_ms)?;
+            }
+            Ok(a) => {
+                let reason = format!(
+                    "the bucket {} refused a signed PUT ({}): check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and the key's s3:PutObject permission — {}",
+                    self.config.bucket.name,
+                    a.status,
+                    s3_error(&a)
+                );
+                self.stop_run(&reason, now_ms)?;
+            }
+            Err(e) => {
+                self.s3_stopped = true;
+                self.note_error(&format!("S3 did not answer the preflight PUT: {e}"), now_ms)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_run(&mut self, reason: &str, now_ms: u64) -> Result<(), StoreError> {
+        let reason = format!("stopped before any export: {reason}");
+        self.store.stop_run(self.run.id, &reason, now_ms)?;
+        self.run.phase = Phase::Finished;
+        self.run.finished_ms = Some(now_ms);
+        self.run.error = Some(reason.clone());
+        self.note_error(&reason, now_ms)?;
+        self.report.events.push(Event::RunStopped {
+            run: self.run.id,
+            reason,
+        });
+        Ok(())
+    }
+
+    fn on_page(&mut self, position: u64, group: String, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
         let page = answer
             .map_err(GitLabError::Unavailable)
             .and_then(|a| self.gitlab.read_projects_page(&a));
@@ -449,9 +702,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                     .map(|p| (p.id, p.path_with_namespace.as_str()))
                     .collect();
                 let next = page.next.as_ref().map(Url::as_str);
-                let new = self
-                    .store
-                    .record_page(self.run.id, position, &projects, next)?;
+                let new = self.store.record_page(self.run.id, position, &projects, next)?;
                 self.run.listed += new;
                 self.report.events.push(Event::PageListed {
                     run: self.run.id,
@@ -472,8 +723,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             Err(e) => {
                 self.gitlab_answered()?;
                 let reason = e.to_string();
-                self.store
-                    .record_listing_error(self.run.id, position, &reason)?;
+                self.store.record_listing_error(self.run.id, position, &reason)?;
                 self.note_error(&format!("group {group}: {reason}"), now_ms)?;
                 self.report.events.push(Event::GroupFailed {
                     run: self.run.id,
@@ -485,13 +735,7 @@ impl<'a, S: Sql> Tick<'a, S> {
         Ok(())
     }
 
-    fn on_export(
-        &mut self,
-        project: ClaimedProject,
-        key: String,
-        answer: HttpResult,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
+    fn on_export(&mut self, project: ClaimedProject, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
         let answer = match answer {
             Ok(a) => self.gitlab.read_export_answer(&a),
             Err(e) => ExportAnswer::Retry(GitLabError::Unavailable(e)),
@@ -499,15 +743,14 @@ impl<'a, S: Sql> Tick<'a, S> {
         match answer {
             ExportAnswer::Accepted => {
                 self.gitlab_answered()?;
-                self.store.finish_project(
+                self.store.record_exported(
                     self.run.id,
                     project.project_id,
-                    Outcome::Exported,
-                    None,
+                    now_ms,
+                    now_ms + ms(FIRST_CHECK_AFTER),
                 )?;
-                self.store
-                    .record_backup(&project, &key, self.run.id, now_ms)?;
-                self.run.exported += 1;
+                self.run.exported += u64::from(project.attempts == 0);
+                self.wake_at(now_ms + ms(FIRST_CHECK_AFTER));
                 self.report.events.push(Event::Exported {
                     run: self.run.id,
                     project_id: project.project_id,
@@ -516,23 +759,239 @@ impl<'a, S: Sql> Tick<'a, S> {
             }
             ExportAnswer::Refused(reason) => {
                 self.gitlab_answered()?;
-                self.fail_project(&project, &reason, now_ms)?;
+                self.fail_for_good(&project, &reason, now_ms)?;
             }
             ExportAnswer::Retry(e) => {
                 // The project keeps its place in line; no attempt is used up.
-                self.store
-                    .release_project(self.run.id, project.project_id)?;
+                self.store.release_project(self.run.id, project.project_id)?;
                 self.exports_stopped = true;
                 match e {
-                    GitLabError::RateLimited { retry_after } => {
-                        self.rate_limited(retry_after, now_ms)?
-                    }
-                    e => self
-                        .gitlab_unavailable(&format!("exporting {}: {e}", project.path), now_ms)?,
+                    GitLabError::RateLimited { retry_after } => self.rate_limited(retry_after, now_ms)?,
+                    e => self.gitlab_unavailable(&format!("exporting {}: {e}", project.path), now_ms)?,
                 }
             }
         }
         Ok(())
+    }
+
+    fn on_export_status(&mut self, project: ClaimedProject, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+        let status = answer
+            .map_err(GitLabError::Unavailable)
+            .and_then(|a| self.gitlab.read_export_status(&a));
+        let check_again = now_ms + ms(CHECK_EVERY);
+        let exported_ms = project.exported_ms.unwrap_or(now_ms);
+        match status {
+            Ok(ExportStatus::InProgress) => {
+                self.gitlab_answered()?;
+                self.store.reschedule(self.run.id, project.project_id, check_again)?;
+            }
+            Ok(ExportStatus::None) if now_ms < exported_ms + ms(NONE_GRACE) => {
+                self.gitlab_answered()?;
+                self.store.reschedule(self.run.id, project.project_id, check_again)?;
+            }
+            Ok(status @ (ExportStatus::None | ExportStatus::Finished)) => {
+                self.gitlab_answered()?;
+                let gitlab_said = if status == ExportStatus::Finished { "finished" } else { "none" };
+                self.follow_up = self.head_step(project, gitlab_said, now_ms)?;
+            }
+            Ok(ExportStatus::Failed) => {
+                self.gitlab_answered()?;
+                self.attempt_failed(&project, "GitLab could not build the export", now_ms)?;
+            }
+            Err(GitLabError::BadAnswer(why)) if why == "project gone" => {
+                self.gitlab_answered()?;
+                self.fail_for_good(&project, "project gone", now_ms)?;
+            }
+            Err(GitLabError::RateLimited { retry_after }) => {
+                self.store.reschedule(self.run.id, project.project_id, check_again)?;
+                self.rate_limited(retry_after, now_ms)?;
+                self.gitlab_stopped = true;
+            }
+            Err(e @ (GitLabError::Unauthorized | GitLabError::Unavailable(_))) => {
+                self.store.reschedule(self.run.id, project.project_id, check_again)?;
+                self.gitlab_unavailable(&format!("checking the export of {}: {e}", project.path), now_ms)?;
+            }
+            Err(e) => {
+                self.gitlab_answered()?;
+                self.not_there_yet(&project, &format!("GitLab's export status was unreadable: {e}"), now_ms)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A HEAD of the backup's object, signed in its headers.
+    fn head_step(&mut self, project: ClaimedProject, gitlab_said: &'static str, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        let Some(region) = self.region.clone() else {
+            return Ok(None);
+        };
+        let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
+        let url = self.config.bucket.object_url(&region, &key);
+        let signer = Signer {
+            credentials: &self.config.credentials,
+            region: &region,
+            now: system_time(now_ms),
+        };
+        match signer.signed_request(Method::Head, &url, None) {
+            Ok(request) => Ok(Some(Step {
+                request,
+                purpose: Purpose::Head {
+                    project,
+                    gitlab_said,
+                },
+            })),
+            Err(e) => {
+                self.not_there_yet(&project, &e.to_string(), now_ms)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn on_head(&mut self, project: ClaimedProject, gitlab_said: &str, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => return self.not_there_yet(&project, &format!("S3 did not answer the check: {e}"), now_ms),
+        };
+        match answer.status {
+            200 => {
+                let size = answer
+                    .header("content-length")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                if size == 0 {
+                    return self.attempt_failed(&project, "the object in S3 is empty", now_ms);
+                }
+                let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
+                self.store.record_verified(self.run.id, project.project_id, size)?;
+                self.store.record_backup(&Backup {
+                    project_id: project.project_id,
+                    path: project.path.clone(),
+                    key: key.clone(),
+                    run_id: self.run.id,
+                    at_ms: now_ms,
+                    size,
+                })?;
+                self.run.verified += 1;
+                self.run.manifest_waiting += 1;
+                self.report.events.push(Event::Verified {
+                    run: self.run.id,
+                    project_id: project.project_id,
+                    path: project.path,
+                    key,
+                    size,
+                });
+                Ok(())
+            }
+            // Missing: 404 when the key may list the bucket, 403 when it may not.
+            403 | 404 => {
+                let minutes = self.config.verify_timeout.as_secs() / 60;
+                self.not_there_yet(
+                    &project,
+                    &format!(
+                        "the upload never arrived within {minutes} minutes (GitLab reported the export {gitlab_said}; S3 answers {})",
+                        answer.status
+                    ),
+                    now_ms,
+                )
+            }
+            status => self.not_there_yet(
+                &project,
+                &format!("S3 refused the check ({status}): {}", s3_error(&answer)),
+                now_ms,
+            ),
+        }
+    }
+
+    /// The proof is not there yet: look again later, or, once `VERIFY_TIMEOUT_MINUTES` passed
+    /// since GitLab accepted the export, count the attempt as failed for `reason`.
+    fn not_there_yet(&mut self, project: &ClaimedProject, reason: &str, now_ms: u64) -> Result<(), StoreError> {
+        let exported_ms = project.exported_ms.unwrap_or(now_ms);
+        if now_ms >= exported_ms + ms(self.config.verify_timeout) {
+            return self.attempt_failed(project, reason, now_ms);
+        }
+        self.store.reschedule(self.run.id, project.project_id, now_ms + ms(CHECK_EVERY))
+    }
+
+    /// An attempt failed: retried with backoff and a fresh URL, up to `MAX_ATTEMPTS`.
+    fn attempt_failed(&mut self, project: &ClaimedProject, reason: &str, now_ms: u64) -> Result<(), StoreError> {
+        let attempts = project.attempts.max(1);
+        if attempts >= self.config.max_attempts {
+            let reason = format!("{reason} (after {attempts} attempts)");
+            return self.fail_for_good(project, &reason, now_ms);
+        }
+        let wait = RETRY_BACKOFF[(attempts as usize - 1).min(RETRY_BACKOFF.len() - 1)];
+        let at_ms = now_ms + ms(wait);
+        self.store.record_failure(self.run.id, project.project_id, reason, Some(at_ms))?;
+        self.note_error(&format!("{}: {reason}", project.path), now_ms)?;
+        self.report.events.push(Event::RetryScheduled {
+            run: self.run.id,
+            project_id: project.project_id,
+            path: project.path.clone(),
+            attempts,
+            reason: reason.to_owned(),
+            at_ms,
+        });
+        Ok(())
+    }
+
+    fn fail_for_good(&mut self, project: &ClaimedProject, reason: &str, now_ms: u64) -> Result<(), StoreError> {
+        self.store.record_failure(self.run.id, project.project_id, reason, None)?;
+        self.run.failed += 1;
+        self.run.manifest_waiting += 1;
+        self.note_error(&format!("{}: {reason}", project.path), now_ms)?;
+        self.report.events.push(Event::ExportFailed {
+            run: self.run.id,
+            project_id: project.project_id,
+            path: project.path.clone(),
+            reason: reason.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn on_manifest_part(&mut self, key: String, project_ids: Vec<u64>, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+        if !self.s3_put_succeeded(&key, answer, now_ms)? {
+            return Ok(());
+        }
+        let part = self.run.manifest_parts + 1;
+        self.store.record_manifest_part(self.run.id, part, &project_ids)?;
+        self.run.manifest_parts = part;
+        self.run.manifest_waiting = self.run.manifest_waiting.saturating_sub(project_ids.len() as u64);
+        self.report.events.push(Event::ManifestWritten {
+            run: self.run.id,
+            key,
+            projects: project_ids.len(),
+        });
+        Ok(())
+    }
+
+    fn on_summary(&mut self, key: String, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+        if !self.s3_put_succeeded(&key, answer, now_ms)? {
+            return Ok(());
+        }
+        self.store.record_summary(self.run.id, &key, now_ms)?;
+        self.run.phase = Phase::Finished;
+        self.run.finished_ms = Some(now_ms);
+        self.report.events.push(Event::RunFinished {
+            run: self.run.id,
+            listed: self.run.listed,
+            exported: self.run.exported,
+            verified: self.run.verified,
+            failed: self.run.failed,
+            summary: key.clone(),
+        });
+        self.run.summary_key = Some(key);
+        Ok(())
+    }
+
+    /// Whether S3 took the worker's PUT; if not, the error is noted and S3 rests this tick.
+    fn s3_put_succeeded(&mut self, key: &str, answer: HttpResult, now_ms: u64) -> Result<bool, StoreError> {
+        let why = match answer {
+            Ok(a) if a.status == 200 => return Ok(true),
+            Ok(a) => format!("S3 answered {}: {}", a.status, s3_error(&a)),
+            Err(e) => e,
+        };
+        self.s3_stopped = true;
+        self.note_error(&format!("writing {key}: {why}"), now_ms)?;
+        Ok(false)
     }
 
     fn on_region(&mut self, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
@@ -545,8 +1004,8 @@ impl<'a, S: Sql> Tick<'a, S> {
                     region: region.clone(),
                 });
                 self.region = Some(region);
-                // The probe stopped exports only until the region was known.
-                self.exports_stopped = false;
+                // The probe paused S3 work only until the region was known.
+                self.s3_stopped = false;
             }
             None => {
                 let why = match answer {
@@ -554,9 +1013,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                     Err(e) => e,
                 };
                 self.note_error(
-                    &format!(
-                        "could not learn the region of bucket {bucket} ({why}); set AWS_REGION"
-                    ),
+                    &format!("could not learn the region of bucket {bucket} ({why}); set AWS_REGION"),
                     now_ms,
                 )?;
             }
@@ -589,6 +1046,7 @@ impl<'a, S: Sql> Tick<'a, S> {
         self.store.set_meta(META_FAILURES, failures)?;
         self.store.set_meta(META_BACKOFF_UNTIL, until)?;
         self.recovering = true;
+        self.wake_at(until);
         self.report.events.push(Event::RetryLater {
             run: self.run.id,
             reason: reason.to_owned(),
@@ -612,44 +1070,9 @@ impl<'a, S: Sql> Tick<'a, S> {
         self.store.set_meta(META_LAST_ERROR_AT, now_ms)
     }
 
-    fn fail_project(
-        &mut self,
-        project: &ClaimedProject,
-        reason: &str,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.store.finish_project(
-            self.run.id,
-            project.project_id,
-            Outcome::Failed,
-            Some(reason),
-        )?;
-        self.run.failed += 1;
-        self.note_error(&format!("{}: {reason}", project.path), now_ms)?;
-        self.report.events.push(Event::ExportFailed {
-            run: self.run.id,
-            project_id: project.project_id,
-            path: project.path.clone(),
-            reason: reason.to_owned(),
-        });
-        Ok(())
-    }
-
     fn set_phase(&mut self, phase: Phase, now_ms: u64) -> Result<(), StoreError> {
         self.store.set_phase(self.run.id, phase, now_ms)?;
         self.run.phase = phase;
-        Ok(())
-    }
-
-    fn finish_run(&mut self, now_ms: u64) -> Result<(), StoreError> {
-        self.set_phase(Phase::Finished, now_ms)?;
-        self.run.finished_ms = Some(now_ms);
-        self.report.events.push(Event::RunFinished {
-            run: self.run.id,
-            listed: self.run.listed,
-            exported: self.run.exported,
-            failed: self.run.failed,
-        });
         Ok(())
     }
 
@@ -658,8 +1081,8 @@ impl<'a, S: Sql> Tick<'a, S> {
     pub fn finish(mut self, now_ms: u64) -> TickReport {
         let stopped = self.gitlab_stopped
             || match self.run.phase {
-                Phase::Listing => false,
-                Phase::Exporting => self.exports_stopped,
+                Phase::Preflight | Phase::Listing => false,
+                Phase::Exporting | Phase::Verifying => self.exports_stopped && self.s3_stopped,
                 Phase::Finished => true,
             };
         if self.subrequests_left == 0 && !stopped {
@@ -672,6 +1095,22 @@ impl<'a, S: Sql> Tick<'a, S> {
             exports: self.report.exports,
         });
         self.report
+    }
+}
+
+/// S3's error code and message from an XML error body, or the start of the body.
+fn s3_error(answer: &HttpResponse) -> String {
+    let text = answer.body_excerpt();
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let end = text[start..].find(close)? + start;
+        Some(text[start..end].to_owned())
+    };
+    match (between("<Code>", "</Code>"), between("<Message>", "</Message>")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ if text.is_empty() => "no details".to_owned(),
+        _ => text,
     }
 }
 

@@ -25,6 +25,7 @@ pub struct Tools {
     pub wrangler: PathBuf,
     pub wasm_opt: PathBuf,
     pub esbuild: PathBuf,
+    pub chromium: PathBuf,
 }
 
 /// The repository's root (the workspace holding `xtask/`).
@@ -188,7 +189,9 @@ impl Tools {
             &["--features", "binary", "--locked"],
         )?;
         let npm_bin = npm_tools(&cache, &root)?;
+        let chromium = ensure_chromium()?;
         Ok(Tools {
+            chromium,
             worker_build,
             wasm_bindgen,
             s3s_fs,
@@ -208,6 +211,26 @@ impl Tools {
             .env("WASM_OPT_BIN", &self.wasm_opt)
             .env("ESBUILD_BIN", &self.esbuild))
     }
+}
+
+/// Debian's Chromium, for the status page's browser test (installed with apt-get when missing).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Installs Chromium from Debian's packages unless it is there.
+pub fn ensure_chromium() -> Result<PathBuf> {
+    let path = PathBuf::from(CHROMIUM);
+    if path.is_file() {
+        return Ok(path);
+    }
+    say("installing chromium (Debian package, for the status page's browser test)");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends", "chromium"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if !path.is_file() {
+        bail!("apt-get installed chromium, but {CHROMIUM} is missing");
+    }
+    Ok(path)
 }
 
 /// The built wasm's size, raw and gzip-compressed (what Cloudflare's bundle limit counts).

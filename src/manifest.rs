@@ -1,0 +1,169 @@
+//! The run's record in the bucket, next to the backups: `<S3_PREFIX>_runs/<run start>/` holds
+//! the preflight probe, `part-NNNNN.jsonl` (at most [`PART_SIZE`] projects each, written as
+//! projects reach their final outcome) and, at the end, `summary.json` with the totals and the
+//! list of parts. This module builds the keys and the bodies; the engine writes them.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::s3::{key_timestamp, object_key};
+use crate::status::rfc3339;
+use crate::store::{ManifestEntry, RunRow};
+
+/// Projects per manifest part, so no tick's work grows with the run.
+pub const PART_SIZE: u64 = 1000;
+
+fn run_folder(prefix: &str, run_started: SystemTime) -> String {
+    format!("{prefix}_runs/{}/", key_timestamp(run_started))
+}
+
+/// The small object the preflight writes to prove the bucket accepts the worker's PUTs.
+pub fn probe_key(prefix: &str, run_started: SystemTime) -> String {
+    format!("{}preflight.json", run_folder(prefix, run_started))
+}
+
+pub fn part_key(prefix: &str, run_started: SystemTime, part: u64) -> String {
+    format!("{}part-{part:05}.jsonl", run_folder(prefix, run_started))
+}
+
+pub fn summary_key(prefix: &str, run_started: SystemTime) -> String {
+    format!("{}summary.json", run_folder(prefix, run_started))
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    id: u64,
+    path: &'a str,
+    key: String,
+    size: Option<u64>,
+    outcome: &'static str,
+    attempts: u64,
+    error: Option<&'a str>,
+}
+
+/// One JSON line per project.
+pub fn part_body(prefix: &str, run_started: SystemTime, entries: &[ManifestEntry]) -> String {
+    let mut body = String::new();
+    for entry in entries {
+        let line = Line {
+            id: entry.project_id,
+            path: &entry.path,
+            key: object_key(prefix, &entry.path, run_started),
+            size: entry.size,
+            outcome: if entry.verified { "verified" } else { "failed" },
+            attempts: entry.attempts,
+            error: entry.error.as_deref(),
+        };
+        body.push_str(&serde_json::to_string(&line).unwrap_or_default());
+        body.push('\n');
+    }
+    body
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    run: u64,
+    started: String,
+    finished: String,
+    listed: u64,
+    exported: u64,
+    verified: u64,
+    failed: u64,
+    group_errors: Vec<GroupError<'a>>,
+    parts: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct GroupError<'a> {
+    group: &'a str,
+    reason: &'a str,
+}
+
+/// The run's totals and the keys of its parts.
+pub fn summary_body(
+    prefix: &str,
+    run: &RunRow,
+    group_errors: &[(String, String)],
+    finished_ms: u64,
+) -> String {
+    let started = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(run.started_ms);
+    let summary = Summary {
+        run: run.id,
+        started: rfc3339(run.started_ms),
+        finished: rfc3339(finished_ms),
+        listed: run.listed,
+        exported: run.exported,
+        verified: run.verified,
+        failed: run.failed,
+        group_errors: group_errors
+            .iter()
+            .map(|(group, reason)| GroupError { group, reason })
+            .collect(),
+        parts: (1..=run.manifest_parts)
+            .map(|part| part_key(prefix, started, part))
+            .collect(),
+    };
+    serde_json::to_string_pretty(&summary).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn the_run_folder_sits_under_the_prefix() {
+        let started = at(1_369_353_600);
+        assert_eq!(
+            probe_key("backups/", started),
+            "backups/_runs/2013-05-24-00-00-00/preflight.json"
+        );
+        assert_eq!(
+            part_key("", started, 3),
+            "_runs/2013-05-24-00-00-00/part-00003.jsonl"
+        );
+        assert_eq!(
+            summary_key("", started),
+            "_runs/2013-05-24-00-00-00/summary.json"
+        );
+    }
+
+    #[test]
+    fn a_part_has_one_json_line_per_project() {
+        let entries = vec![
+            ManifestEntry {
+                project_id: 1,
+                path: "a/b".into(),
+                verified: true,
+                attempts: 1,
+                size: Some(42),
+                error: None,
+            },
+            ManifestEntry {
+                project_id: 2,
+                path: "a/c".into(),
+                verified: false,
+                attempts: 3,
+                size: None,
+                error: Some("GitLab could not build the export".into()),
+            },
+        ];
+        let body = part_body("", at(0), &entries);
+        let lines: Vec<serde_json::Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["key"], "a/b/1970-01-01-00-00-00.tar.gz");
+        assert_eq!(lines[0]["outcome"], "verified");
+        assert_eq!(lines[0]["size"], 42);
+        assert_eq!(lines[1]["outcome"], "failed");
+        assert_eq!(lines[1]["attempts"], 3);
+        assert_eq!(lines[1]["error"], "GitLab could not build the export");
+    }
+}
