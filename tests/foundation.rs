@@ -2,58 +2,15 @@
 //! most six exports, GitLab's uploads land as real gzip tarballs at the right keys, the presigned
 //! URLs the worker made are really checked by S3, and the next window exports the next projects.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::Read;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use common::{accepted, is_run_timestamp_file, key_of, project_id, tarball_entries};
 use xtask::stack::LocalStack;
-use xtask::standin::{ExportRecord, Options, ProjectRef, Seed};
-
-fn accepted(exports: &[ExportRecord]) -> Vec<&ExportRecord> {
-    exports.iter().filter(|e| e.status == 202).collect()
-}
-
-fn project_id(record: &ExportRecord) -> u64 {
-    match &record.project_id {
-        ProjectRef::Known(id) => *id,
-        ProjectRef::Unknown(raw) => panic!("the worker exported an unknown project {raw:?}"),
-    }
-}
-
-/// The object key inside a presigned path-style URL `http://host:port/<bucket>/<key>?…`.
-fn key_of(upload_url: &str) -> String {
-    let url = url::Url::parse(upload_url).expect("the worker sends absolute upload URLs");
-    let path = url.path().trim_start_matches('/');
-    let (_bucket, key) = path.split_once('/').expect("path-style URL");
-    key.to_owned()
-}
-
-/// `%Y-%m-%d-%H-%M-%S.tar.gz`
-fn is_run_timestamp_file(name: &str) -> bool {
-    let Some(stamp) = name.strip_suffix(".tar.gz") else {
-        return false;
-    };
-    let parts: Vec<&str> = stamp.split('-').collect();
-    parts.len() == 6
-        && parts
-            .iter()
-            .zip([4, 2, 2, 2, 2, 2])
-            .all(|(p, len)| p.len() == len && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
-fn tarball_entries(bytes: &[u8]) -> Result<Vec<String>> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    let mut names = Vec::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let name = entry.path()?.to_string_lossy().into_owned();
-        let mut content = Vec::new();
-        entry.read_to_end(&mut content)?;
-        names.push(name);
-    }
-    Ok(names)
-}
+use xtask::standin::{Options, Seed, DEMO_GROUPS};
 
 async fn wait_for_exports(stack: &LocalStack, count: usize, timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -71,16 +28,11 @@ async fn wait_for_exports(stack: &LocalStack, count: usize, timeout: Duration) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_cron_tick_lands_at_most_six_real_exports_in_s3_then_the_next_window_exports_the_next_projects(
 ) -> Result<()> {
-    let seed = Seed::demo();
-    let groups: Vec<String> = seed
-        .top_level_groups()
-        .map(|g| g.full_path.clone())
-        .collect();
     let stack = LocalStack::start(
         "foundation",
-        seed,
+        Seed::demo(),
         Options::default(), // GitLab's real limit: 6 per 60 s
-        &groups.join(","),
+        &DEMO_GROUPS.join(","),
         &[],
     )
     .await?;

@@ -35,6 +35,9 @@ impl Drop for TickGuard<'_> {
     }
 }
 
+/// A run started while another tick is busy is advanced this much later by the alarm.
+const BUSY_RETRY_MS: u64 = 5_000;
+
 fn now_ms() -> u64 {
     Date::now().as_millis()
 }
@@ -100,6 +103,22 @@ impl Coordinator {
             }
         };
         let store = self.store()?;
+        if self.ticking.get() {
+            // Another tick awaits a subrequest and sets the alarm when it ends. Starting a second
+            // one would requeue that tick's in-flight project, so only a manual start with no run
+            // going does anything here: it records the run for the alarm to advance.
+            if start == Start::IfDue {
+                return Response::from_json(
+                    &json!({"tick": "skipped", "reason": "a tick is running"}),
+                );
+            }
+            if let Some(run) = store.active_run().map_err(storage_error)? {
+                return Ok(Response::from_json(
+                    &json!({"error": "a run is already going", "run": run.id}),
+                )?
+                .with_status(409));
+            }
+        }
         let busy = self.ticking.replace(true);
         let _guard = (!busy).then(|| TickGuard(&self.ticking));
         let mut tick = match Tick::begin(&store, &config, now_ms(), start).map_err(storage_error)? {
@@ -113,10 +132,9 @@ impl Coordinator {
             Begin::Tick(tick) => tick,
         };
         if busy {
-            // Another tick is under way: a run started here is advanced by the alarm.
             let run = tick.run().clone();
             let mut report = tick.finish(now_ms());
-            report.wake_at_ms = Some(now_ms());
+            report.wake_at_ms = Some(now_ms() + BUSY_RETRY_MS);
             self.report(&report).await?;
             return Ok(
                 Response::from_json(&json!({"run": run, "advanced": false}))?.with_status(202),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use xtask::stack::LocalStack;
-use xtask::standin::{Options, Seed, Standin};
+use xtask::standin::{Options, Seed, Standin, DEMO_GROUPS};
 
 /// How often the demo fires the cron trigger (production: every minute; the worker's own alarm
 /// fills the gaps, so a faster clock changes nothing about the pace).
@@ -45,16 +45,14 @@ pub fn standin(port: Option<&str>) -> Result<()> {
 pub fn run() -> Result<()> {
     runtime()?.block_on(async {
         let seed = Seed::demo();
-        // One group by id, the others by full path: GROUPS_TO_BACKUP takes both.
-        let groups: Vec<String> = seed
-            .top_level_groups()
+        // acme by id, globex and initech by full path: GROUPS_TO_BACKUP takes both. The demo
+        // world's `contractors` group is not backed up, though it shares projects into these.
+        let groups: Vec<String> = DEMO_GROUPS
+            .iter()
             .enumerate()
-            .map(|(i, g)| {
-                if i == 0 {
-                    g.id.to_string()
-                } else {
-                    g.full_path.clone()
-                }
+            .map(|(i, path)| match seed.group_by_path(path) {
+                Some(group) if i == 0 => group.id.to_string(),
+                _ => (*path).to_owned(),
             })
             .collect();
         let groups = groups.join(",");

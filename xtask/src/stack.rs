@@ -17,6 +17,8 @@ use crate::tools::{repo_root, Tools};
 pub const S3_ACCESS_KEY: &str = "AKIALOCALBACKUPTEST";
 pub const S3_SECRET_KEY: &str = "local-secret-key-for-s3s-fs-only";
 pub const S3_BUCKET: &str = "gitlab-backups";
+/// The local worker's `ADMIN_TOKEN`: the bearer of `POST /run` and `GET /status`.
+pub const ADMIN_TOKEN: &str = "local-admin-token";
 
 /// A port that is free right now on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
@@ -279,6 +281,7 @@ pub fn local_vars(
         ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.to_owned()),
         ("AWS_REGION", "us-east-1".to_owned()),
         ("S3_ENDPOINT", s3.endpoint.clone()),
+        ("ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
     ]
 }
 
@@ -368,6 +371,92 @@ impl LocalStack {
             wrangler,
             vars,
         })
+    }
+
+    /// `GET /status` with the admin bearer; an error unless it answers 200 with JSON.
+    pub async fn status(&self) -> Result<serde_json::Value> {
+        let response = reqwest::Client::new()
+            .get(format!("{}/status", self.wrangler.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .context("GET /status")?;
+        let status = response.status();
+        let text = response.text().await.context("reading /status")?;
+        if !status.is_success() {
+            bail!("GET /status answered {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("/status is no JSON: {text}"))
+    }
+
+    /// `POST /run` with the admin bearer: its status code and JSON body (202 with the run, or
+    /// 409 `{"error": …, "run": id}` while a run is going). Returns once the run's first tick ended.
+    pub async fn start_run(&self) -> Result<(u16, serde_json::Value)> {
+        let response = reqwest::Client::new()
+            .post(format!("{}/run", self.wrangler.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .context("POST /run")?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .context("reading POST /run's answer")?;
+        let body = serde_json::from_str(&text)
+            .with_context(|| format!("POST /run answered {status} with no JSON: {text}"))?;
+        Ok((status, body))
+    }
+
+    /// Polls `/status` until `run.phase` is `phase`, firing the cron trigger every `cron_every`
+    /// (never with `None`: the worker's own alarms must carry the run); the status that showed
+    /// it. Fails after `timeout`, showing the last status.
+    pub async fn wait_for_phase(
+        &self,
+        phase: &str,
+        cron_every: Option<Duration>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        self.wait_for_status(&format!("phase {phase}"), cron_every, timeout, |status| {
+            status["run"]["phase"] == phase
+        })
+        .await
+    }
+
+    /// Polls `/status` until `done` holds for it, firing the cron trigger every `cron_every` (if
+    /// set); the status that satisfied `done`. Fails after `timeout` with the last status seen.
+    pub async fn wait_for_status(
+        &self,
+        what: &str,
+        cron_every: Option<Duration>,
+        timeout: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let began = Instant::now();
+        let mut last_cron: Option<Instant> = None;
+        loop {
+            if let Some(every) = cron_every {
+                if last_cron.is_none_or(|at| at.elapsed() >= every) {
+                    last_cron = Some(Instant::now());
+                    self.wrangler.fire_cron().await?;
+                }
+            }
+            let last = match self.status().await {
+                Ok(status) if done(&status) => return Ok(status),
+                Ok(status) => status,
+                Err(e) => serde_json::Value::String(format!("{e:#}")),
+            };
+            if began.elapsed() > timeout {
+                bail!(
+                    "/status did not show {what} within {timeout:?}; last status:\n{}\nworker log: {}",
+                    serde_json::to_string_pretty(&last).unwrap_or_default(),
+                    self.wrangler.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     pub async fn stop(self) {

@@ -185,7 +185,7 @@ async fn group_projects(
     }
     authenticate(&shared, &headers)?;
     let Query(query) = query?;
-    let listing = query.validate()?;
+    let listing = query.validate(shared.options.max_per_page as usize)?;
     let Path(id) = id?;
     let group = shared.seed.find_group(&id).ok_or(ApiError::GroupNotFound)?;
 
@@ -226,8 +226,9 @@ async fn export_status(
     Ok(Json(ExportStatusJson::new(project, status)).into_response())
 }
 
-/// `POST /api/v4/projects/:id/export`: answers, records the request with its answer, and on `202`
-/// starts the export job.
+/// `POST /api/v4/projects/:id/export`: decides the answer, records the request with its answer, on
+/// `202` starts the export job, and answers after `export_answer_delay` (the record, its arrival time
+/// and the rate limit all count from the request's arrival, before that delay).
 async fn schedule_export(
     State(shared): State<Arc<Shared>>,
     id: Result<Path<String>, PathRejection>,
@@ -261,6 +262,9 @@ async fn schedule_export(
         upload_url,
         method,
     });
+    if !shared.options.export_answer_delay.is_zero() {
+        tokio::time::sleep(shared.options.export_answer_delay).await;
+    }
     match answer {
         Ok(()) => (
             StatusCode::ACCEPTED,

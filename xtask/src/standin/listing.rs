@@ -11,7 +11,6 @@ use super::api::ApiError;
 use super::seed::{Project, Seed};
 
 const DEFAULT_PER_PAGE: usize = 20;
-const MAX_PER_PAGE: usize = 100;
 /// Above this many records GitLab stops counting: no `X-Total`, `X-Total-Pages` or `rel="last"`.
 const MAX_COUNTED_RECORDS: usize = 10_000;
 
@@ -54,7 +53,9 @@ enum OrderBy {
 }
 
 impl ListingQuery {
-    pub fn validate(self) -> Result<Listing, ApiError> {
+    /// Checks the parameters; `per_page` is capped at `max_per_page` (GitLab: 100), as GitLab caps
+    /// it silently.
+    pub fn validate(self, max_per_page: usize) -> Result<Listing, ApiError> {
         let order_by = match present(&self.order_by) {
             None | Some("id" | "created_at" | "updated_at" | "last_activity_at") => OrderBy::Id,
             Some("name") => OrderBy::Name,
@@ -80,8 +81,9 @@ impl ListingQuery {
             per_page: if per_page == 0 {
                 DEFAULT_PER_PAGE
             } else {
-                per_page.min(MAX_PER_PAGE)
-            },
+                per_page
+            }
+            .min(max_per_page.max(1)),
         })
     }
 }

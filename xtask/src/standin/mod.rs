@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use repr::ExportStatus;
-pub use seed::{Group, Project, Seed};
+pub use seed::{Group, Project, Seed, DEMO_GROUPS};
 pub use state::{ExportRecord, ProjectRef, UploadRecord};
 
 use state::Shared;
@@ -49,6 +49,12 @@ pub struct Options {
     pub window: Duration,
     /// Pause before each step of an export job: `queued` → `started` → build and upload.
     pub step_delay: Duration,
+    /// The largest `per_page` a listing serves; larger requests are capped to it silently (GitLab:
+    /// 100). A lower cap gives a small world several pages per group.
+    pub max_per_page: u32,
+    /// How long `POST /projects/:id/export` takes to answer. The request is recorded, counted
+    /// against the rate limit and (on `202`) starts its export on arrival; only the answer waits.
+    pub export_answer_delay: Duration,
     /// Base of the URLs written into answers (`Link`, `web_url`); defaults to [`Standin::base_url`].
     pub public_base: Option<String>,
     /// Port to bind on 127.0.0.1; 0 picks a free one.
@@ -62,6 +68,8 @@ impl Default for Options {
             exports_per_window: 6,
             window: Duration::from_secs(60),
             step_delay: Duration::from_millis(100),
+            max_per_page: 100,
+            export_answer_delay: Duration::ZERO,
             public_base: None,
             port: 0,
         }

@@ -49,6 +49,11 @@ pub struct Project {
     pub created_at: String,
 }
 
+/// The top-level groups of [`Seed::demo`] that the demo and the end-to-end tests back up; the demo
+/// world's fourth top-level group, `contractors`, is left out on purpose (its projects are shared
+/// into these groups and must not be backed up).
+pub const DEMO_GROUPS: [&str; 3] = ["acme", "globex", "initech"];
+
 /// Groups and projects, in id order.
 #[derive(Clone, Debug, Default)]
 pub struct Seed {
@@ -57,11 +62,14 @@ pub struct Seed {
 }
 
 impl Seed {
-    /// The demo/test world: three top-level groups (`acme`, `globex`, `initech`), each with a subgroup
-    /// (`acme/platform/infra` is nested two deep), 21 own projects of which 4 are archived, and 3
-    /// projects shared into groups they do not belong to:
+    /// The demo/test world: the three top-level groups the demo backs up ([`DEMO_GROUPS`]: `acme`,
+    /// `globex`, `initech`), each with a subgroup (`acme/platform/infra` is nested two deep), owning
+    /// 21 projects of which 4 are archived; and a fourth top-level group, `contractors`, that is never
+    /// backed up and owns 2 projects. 5 projects are shared into groups they do not belong to:
     /// `initech/intranet` → `acme`, `globex/research/ml-pipeline` → `initech`,
-    /// `acme/docs` → `globex/research`. Deterministic.
+    /// `acme/docs` → `globex/research`, `contractors/brand-refresh` → `acme` and
+    /// `contractors/lab-tools` → `globex/research`. `contractors` and its projects take the last
+    /// ids. Deterministic.
     pub fn demo() -> Seed {
         let mut seed = Seed::default();
         let acme = seed.add_group(None, "acme", "Acme");
@@ -71,8 +79,9 @@ impl Seed {
         let research = seed.add_group(Some(globex), "research", "Research");
         let initech = seed.add_group(None, "initech", "Initech");
         let ops = seed.add_group(Some(initech), "ops", "Ops");
+        let contractors = seed.add_group(None, "contractors", "Contractors");
 
-        let owned: [(usize, &[&str]); 7] = [
+        let owned: [(usize, &[&str]); 8] = [
             (acme, &["website", "api", "docs", "legacy-portal"]),
             (platform, &["auth-service", "billing", "gateway"]),
             (infra, &["terraform", "k8s-manifests", "old-ansible"]),
@@ -80,6 +89,7 @@ impl Seed {
             (research, &["ml-pipeline", "datasets", "notebooks"]),
             (initech, &["tps-reports", "intranet", "printer-drivers"]),
             (ops, &["monitoring", "runbooks"]),
+            (contractors, &["brand-refresh", "lab-tools"]),
         ];
         for (group, paths) in owned {
             for path in paths {
@@ -99,6 +109,8 @@ impl Seed {
             ("initech/intranet", "acme"),
             ("globex/research/ml-pipeline", "initech"),
             ("acme/docs", "globex/research"),
+            ("contractors/brand-refresh", "acme"),
+            ("contractors/lab-tools", "globex/research"),
         ] {
             seed.share(project_path, group_path);
         }

@@ -205,14 +205,15 @@ fn ids_of(projects: &[&Project]) -> HashSet<u64> {
 // --- Seeds ---
 
 #[test]
-fn demo_seed_has_three_top_level_groups_with_nested_subgroups_archived_and_shared_projects() {
+fn demo_seed_has_three_backed_up_groups_with_nested_subgroups_archived_and_shared_projects() {
     let seed = Seed::demo();
     let top: Vec<&str> = seed
         .top_level_groups()
         .map(|group| group.path.as_str())
         .collect();
-    assert_eq!(top, ["acme", "globex", "initech"]);
-    for group in seed.top_level_groups() {
+    assert_eq!(top, ["acme", "globex", "initech", "contractors"]);
+    for path in DEMO_GROUPS {
+        let group = seed.group_by_path(path).unwrap();
         assert!(
             seed.groups()
                 .iter()
@@ -231,7 +232,32 @@ fn demo_seed_has_three_top_level_groups_with_nested_subgroups_archived_and_share
         .count();
     assert!(shared_elsewhere >= 2);
     assert_eq!(seed.own_projects("acme").len(), 10);
+    let own: usize = DEMO_GROUPS
+        .iter()
+        .map(|path| seed.own_projects(path).len())
+        .sum();
+    assert_eq!(own, 21);
     assert_eq!(Seed::demo().projects(), seed.projects(), "deterministic");
+}
+
+#[test]
+fn demo_seed_has_a_contractors_group_sharing_its_two_projects_into_backed_up_groups() {
+    let seed = Seed::demo();
+    let contractors = seed.own_projects("contractors");
+    assert_eq!(contractors.len(), 2);
+    assert!(!DEMO_GROUPS.contains(&"contractors"));
+    let shared_into: Vec<Vec<&str>> = contractors
+        .iter()
+        .map(|project| {
+            project
+                .shared_with
+                .iter()
+                .map(|&g| seed.group(g).unwrap().full_path.as_str())
+                .collect()
+        })
+        .collect();
+    assert_eq!(shared_into, [vec!["acme"], vec!["globex/research"]]);
+    assert_eq!(seed.projects().len(), 23);
 }
 
 #[test]
@@ -420,6 +446,31 @@ async fn per_page_defaults_to_20_and_is_clamped_to_100() {
 }
 
 #[tokio::test]
+async fn max_per_page_caps_per_page_so_a_small_group_has_several_pages() {
+    let options = Options {
+        max_per_page: 3,
+        ..quick()
+    };
+    let standin = start(Seed::demo(), options).await;
+    let first = "/api/v4/groups/globex/projects?include_subgroups=true&with_shared=false&per_page=100&order_by=id&sort=asc";
+    let mut next = Some(format!("{}{first}", standin.base_url()));
+    let mut pages = Vec::new();
+    while let Some(url) = next {
+        let answer = get(&standin, &url).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.header("x-per-page"), Some("3"));
+        assert!(answer.ids().len() <= 3);
+        next = answer.links().get("next").cloned();
+        pages.push(answer.ids());
+    }
+    assert_eq!(pages.len(), 2);
+    let listed: HashSet<u64> = pages.into_iter().flatten().collect();
+    assert_eq!(listed, ids_of(&standin.seed().own_projects("globex")));
+    let default = get(&standin, "/api/v4/groups/globex/projects").await;
+    assert_eq!(default.header("x-per-page"), Some("3"), "the default too");
+}
+
+#[tokio::test]
 async fn subgroup_projects_are_listed_only_with_include_subgroups() {
     let standin = start(Seed::demo(), quick()).await;
     let seed = standin.seed();
@@ -458,7 +509,10 @@ async fn shared_projects_are_listed_unless_with_shared_is_false() {
     )
     .await;
     assert!(by_default.ids().contains(&shared));
-    assert_eq!(by_default.header("x-total"), Some("11"));
+    assert!(by_default
+        .ids()
+        .contains(&project_id(standin.seed(), "contractors/brand-refresh")));
+    assert_eq!(by_default.header("x-total"), Some("12"));
     let with = get(
         &standin,
         "/api/v4/groups/acme/projects?include_subgroups=true&with_shared=true",
@@ -814,6 +868,30 @@ async fn exports_are_allowed_again_once_the_window_has_passed() {
     assert_eq!(statuses().await, [202, 202, 429]);
     tokio::time::sleep(window).await;
     assert_eq!(statuses().await, [202, 202, 429]);
+}
+
+#[tokio::test]
+async fn export_answer_delay_holds_the_answer_but_records_and_counts_the_request_on_arrival() {
+    let delay = Duration::from_millis(600);
+    let options = Options {
+        export_answer_delay: delay,
+        ..quick()
+    };
+    let standin = Arc::new(start(Seed::demo(), options).await);
+    let sent_at = SystemTime::now();
+    let began = Instant::now();
+    let exporting = {
+        let standin = Arc::clone(&standin);
+        tokio::spawn(async move { export(&standin, "acme%2Fapi", None).await.status })
+    };
+    tokio::time::sleep(delay / 3).await;
+    let records = standin.exports();
+    assert_eq!(records.len(), 1, "recorded before the answer");
+    assert_eq!(records[0].status, 202);
+    assert!(records[0].at.duration_since(sent_at).unwrap() < delay / 3);
+    assert!(!exporting.is_finished(), "the answer waits");
+    assert_eq!(exporting.await.unwrap(), StatusCode::ACCEPTED);
+    assert!(began.elapsed() >= delay);
 }
 
 #[tokio::test]
