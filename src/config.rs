@@ -523,6 +523,34 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_is_in_the_readme_and_every_secret_in_dev_vars_example() {
+        let readme = include_str!("../README.md");
+        let dev_vars = include_str!("../.dev.vars.example");
+        let wrangler = include_str!("../wrangler.toml");
+        for (name, secret) in SETTINGS {
+            let row = readme
+                .lines()
+                .find(|line| line.starts_with(&format!("| `{name}` |")))
+                .unwrap_or_else(|| panic!("README's settings table lacks {name}"));
+            let kind = if *secret { "| secret |" } else { "| var |" };
+            assert!(
+                row.ends_with(kind),
+                "README says {name} is not a {kind}: {row}"
+            );
+            if *secret {
+                assert!(
+                    dev_vars.contains(&format!("{name}=")),
+                    ".dev.vars.example lacks {name}"
+                );
+                assert!(
+                    !wrangler.contains(&format!("{name} =")),
+                    "wrangler.toml [vars] holds the secret {name}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn bad_group_lists_are_named() {
         let mut vars = minimal();
         vars.insert("GROUPS_TO_BACKUP", "42,,12");

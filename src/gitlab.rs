@@ -292,7 +292,9 @@ impl GitLab {
         }
         serde_json::from_slice::<User>(&answer.body)
             .map(|u| u.username)
-            .map_err(|e| GitLabError::BadAnswer(format!("GET /user: {e}: {}", answer.body_excerpt())))
+            .map_err(|e| {
+                GitLabError::BadAnswer(format!("GET /user: {e}: {}", answer.body_excerpt()))
+            })
     }
 
     /// Asks where the caller's latest export of a project stands.
@@ -320,7 +322,9 @@ impl GitLab {
             "queued" | "started" | "regeneration_in_progress" => Ok(ExportStatus::InProgress),
             "finished" => Ok(ExportStatus::Finished),
             "failed" => Ok(ExportStatus::Failed),
-            other => Err(GitLabError::BadAnswer(format!("unknown export_status {other:?}"))),
+            other => Err(GitLabError::BadAnswer(format!(
+                "unknown export_status {other:?}"
+            ))),
         }
     }
 
@@ -612,9 +616,18 @@ mod tests {
         }
         assert_eq!(read(200, &body("finished")), Ok(ExportStatus::Finished));
         assert_eq!(read(200, &body("failed")), Ok(ExportStatus::Failed));
-        assert!(matches!(read(200, &body("exploded")), Err(GitLabError::BadAnswer(_))));
-        assert!(matches!(read(200, "<html>"), Err(GitLabError::BadAnswer(_))));
-        assert_eq!(read(404, "{}"), Err(GitLabError::BadAnswer("project gone".into())));
+        assert!(matches!(
+            read(200, &body("exploded")),
+            Err(GitLabError::BadAnswer(_))
+        ));
+        assert!(matches!(
+            read(200, "<html>"),
+            Err(GitLabError::BadAnswer(_))
+        ));
+        assert_eq!(
+            read(404, "{}"),
+            Err(GitLabError::BadAnswer("project gone".into()))
+        );
         assert!(matches!(read(502, ""), Err(GitLabError::Unavailable(_))));
         assert_eq!(
             gl.export_status_request(9).url.as_str(),
@@ -629,8 +642,14 @@ mod tests {
             gl.read_user(&answer(200, &[], r#"{"id":1,"username":"backup-bot"}"#)),
             Ok("backup-bot".into())
         );
-        assert_eq!(gl.read_user(&answer(401, &[], "{}")), Err(GitLabError::Unauthorized));
-        assert_eq!(gl.user_request().url.as_str(), "https://gitlab.example.com/api/v4/user");
+        assert_eq!(
+            gl.read_user(&answer(401, &[], "{}")),
+            Err(GitLabError::Unauthorized)
+        );
+        assert_eq!(
+            gl.user_request().url.as_str(),
+            "https://gitlab.example.com/api/v4/user"
+        );
     }
 
     #[test]

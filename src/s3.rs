@@ -5,8 +5,8 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{
-    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
-    UriPathNormalizationMode,
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
+    SignatureLocation, SigningSettings, UriPathNormalizationMode,
 };
 use aws_sigv4::sign::v4::SigningParams;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -211,8 +211,9 @@ impl Signer<'_> {
             .iter()
             .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
             .collect();
-        let signable = SignableRequest::new(request.method().as_str(), uri, headers.into_iter(), body)
-            .map_err(|e| PresignError(e.to_string()))?;
+        let signable =
+            SignableRequest::new(request.method().as_str(), uri, headers.into_iter(), body)
+                .map_err(|e| PresignError(e.to_string()))?;
         let (instructions, _signature) = sign(signable, &params)
             .map_err(|e| PresignError(e.to_string()))?
             .into_parts();
@@ -222,7 +223,12 @@ impl Signer<'_> {
 
     /// Presigns `url` for `method` with SigV4 in the query string, signing only the `host`
     /// header (port included), valid for `expires_in`.
-    pub fn presign(&self, method: Method, url: &Url, expires_in: Duration) -> Result<Url, PresignError> {
+    pub fn presign(
+        &self,
+        method: Method,
+        url: &Url,
+        expires_in: Duration,
+    ) -> Result<Url, PresignError> {
         let mut request = http_request(method, url)?;
         self.sign(
             &mut request,
@@ -249,12 +255,19 @@ impl Signer<'_> {
             );
         }
         let bytes = body.as_ref().map_or(&b""[..], |(text, _)| text.as_bytes());
-        self.sign(&mut request, SignableBody::Bytes(bytes), SignatureLocation::Headers, None)?;
+        self.sign(
+            &mut request,
+            SignableBody::Bytes(bytes),
+            SignatureLocation::Headers,
+            None,
+        )?;
         let headers = request
             .headers()
             .iter()
             .filter(|(name, _)| *name != http::header::HOST)
-            .filter_map(|(name, value)| Some((header_name(name.as_str())?, value.to_str().ok()?.to_owned())))
+            .filter_map(|(name, value)| {
+                Some((header_name(name.as_str())?, value.to_str().ok()?.to_owned()))
+            })
             .collect();
         Ok(HttpRequest {
             method,
@@ -505,13 +518,30 @@ mod tests {
         let names: Vec<&str> = head.headers.iter().map(|(n, _)| *n).collect();
         assert!(names.contains(&"authorization") && names.contains(&"x-amz-date"));
         let empty_sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        assert!(head.headers.contains(&("x-amz-content-sha256", empty_sha256.to_owned())));
+        assert!(head
+            .headers
+            .contains(&("x-amz-content-sha256", empty_sha256.to_owned())));
         let put = signer
-            .signed_request(Method::Put, &url, Some(("{}".to_owned(), "application/json")))
+            .signed_request(
+                Method::Put,
+                &url,
+                Some(("{}".to_owned(), "application/json")),
+            )
             .unwrap();
-        assert!(put.headers.contains(&("content-type", "application/json".to_owned())));
-        let auth = |r: &HttpRequest| r.headers.iter().find(|(n, _)| *n == "authorization").unwrap().1.clone();
-        assert!(auth(&put).contains("SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date"));
+        assert!(put
+            .headers
+            .contains(&("content-type", "application/json".to_owned())));
+        let auth = |r: &HttpRequest| {
+            r.headers
+                .iter()
+                .find(|(n, _)| *n == "authorization")
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert!(
+            auth(&put).contains("SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date")
+        );
         assert_ne!(auth(&put), auth(&head));
         assert!(!format!("{put:?}").contains("Signature="));
     }

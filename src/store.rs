@@ -226,7 +226,8 @@ pub struct RunRow {
 }
 
 impl RunRow {
-    const COLUMNS: &'static str = "id, started_ms, finished_ms, phase, listed, exported, verified, \
+    const COLUMNS: &'static str =
+        "id, started_ms, finished_ms, phase, listed, exported, verified, \
          failed, error, manifest_waiting, manifest_parts, summary_key";
 
     fn read(row: &Row) -> Result<RunRow, StoreError> {
@@ -528,7 +529,12 @@ impl<S: Sql> Store<S> {
              WHERE run_id = ? AND project_id = ? RETURNING attempts",
             &[now_ms.into(), check_at_ms.into(), run_id.into(), project_id.into()],
         )?;
-        if rows.first().map(|row| column(row, 0)?.as_u64()).transpose()? == Some(1) {
+        if rows
+            .first()
+            .map(|row| column(row, 0)?.as_u64())
+            .transpose()?
+            == Some(1)
+        {
             self.bump(run_id, "exported")?;
         }
         Ok(())
@@ -576,7 +582,12 @@ impl<S: Sql> Store<S> {
     }
 
     /// The backup is proven: the object is in the bucket with `size` bytes.
-    pub fn record_verified(&self, run_id: u64, project_id: u64, size: u64) -> Result<(), StoreError> {
+    pub fn record_verified(
+        &self,
+        run_id: u64,
+        project_id: u64,
+        size: u64,
+    ) -> Result<(), StoreError> {
         self.rows(
             "UPDATE projects SET state = 'verified', size = ?, error = NULL WHERE run_id = ? AND project_id = ?",
             &[size.into(), run_id.into(), project_id.into()],
@@ -641,7 +652,11 @@ impl<S: Sql> Store<S> {
     }
 
     /// Up to `limit` projects with a final outcome that no manifest part lists yet.
-    pub fn manifest_entries(&self, run_id: u64, limit: u64) -> Result<Vec<ManifestEntry>, StoreError> {
+    pub fn manifest_entries(
+        &self,
+        run_id: u64,
+        limit: u64,
+    ) -> Result<Vec<ManifestEntry>, StoreError> {
         self.rows(
             "SELECT project_id, path, state, attempts, size, error FROM projects
              WHERE run_id = ? AND manifest_part IS NULL AND state IN ('verified', 'failed')
@@ -663,7 +678,12 @@ impl<S: Sql> Store<S> {
     }
 
     /// A manifest part listing `project_ids` was written as part number `part`.
-    pub fn record_manifest_part(&self, run_id: u64, part: u64, project_ids: &[u64]) -> Result<(), StoreError> {
+    pub fn record_manifest_part(
+        &self,
+        run_id: u64,
+        part: u64,
+        project_ids: &[u64],
+    ) -> Result<(), StoreError> {
         for id in project_ids {
             self.rows(
                 "UPDATE projects SET manifest_part = ? WHERE run_id = ? AND project_id = ?",
@@ -971,7 +991,12 @@ mod tests {
         assert!(store.claim_next(run.id, 0, 10).unwrap().is_none());
         assert_eq!(store.requeue_interrupted(run.id).unwrap(), 1);
         assert_eq!(
-            store.claim_next(run.id, 0, 10).unwrap().unwrap().0.project_id,
+            store
+                .claim_next(run.id, 0, 10)
+                .unwrap()
+                .unwrap()
+                .0
+                .project_id,
             1
         );
     }

@@ -27,7 +27,10 @@ fn test_output() -> Result<std::path::PathBuf> {
 async fn failed_exports_and_lost_uploads_are_retried_then_reported_and_the_rest_verified_with_their_sizes(
 ) -> Result<()> {
     let seed = Seed::demo();
-    let own: Vec<u64> = own_projects(&seed, &DEMO_GROUPS).iter().map(|p| p.id).collect();
+    let own: Vec<u64> = own_projects(&seed, &DEMO_GROUPS)
+        .iter()
+        .map(|p| p.id)
+        .collect();
     let (broken_build, lost_upload) = (own[2], own[5]);
     let stack = LocalStack::start(
         "verification",
@@ -60,7 +63,11 @@ async fn check(stack: &LocalStack, own: &[u64], broken_build: u64, lost_upload: 
     let (code, _) = stack.start_run().await?;
     ensure!(code == 202, "POST /run answered {code}");
     let status = stack
-        .wait_for_phase("finished", Some(Duration::from_secs(5)), Duration::from_secs(8 * 60))
+        .wait_for_phase(
+            "finished",
+            Some(Duration::from_secs(5)),
+            Duration::from_secs(8 * 60),
+        )
         .await?;
 
     // Outcomes: all but the two verified; the two failed with the right reasons, after
@@ -73,7 +80,12 @@ async fn check(stack: &LocalStack, own: &[u64], broken_build: u64, lost_upload: 
         .as_array()
         .context("no failures list")?
         .iter()
-        .map(|f| (f["project_id"].as_u64().unwrap_or(0), f["reason"].as_str().unwrap_or("").to_owned()))
+        .map(|f| {
+            (
+                f["project_id"].as_u64().unwrap_or(0),
+                f["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect();
     ensure!(
         reasons[&broken_build].contains("GitLab could not build the export"),
@@ -85,7 +97,11 @@ async fn check(stack: &LocalStack, own: &[u64], broken_build: u64, lost_upload: 
     );
     let attempts = accepted_per_project(&stack.standin.exports());
     for id in own {
-        let expected = if [broken_build, lost_upload].contains(id) { MAX_ATTEMPTS as usize } else { 1 };
+        let expected = if [broken_build, lost_upload].contains(id) {
+            MAX_ATTEMPTS as usize
+        } else {
+            1
+        };
         ensure!(
             attempts.get(id) == Some(&expected),
             "project {id} was exported {:?} times, expected {expected}",
@@ -94,40 +110,67 @@ async fn check(stack: &LocalStack, own: &[u64], broken_build: u64, lost_upload: 
     }
 
     // Verified sizes are the objects' real sizes in s3s-fs.
-    let backups = status["last_backups"].as_array().context("no last_backups")?;
+    let backups = status["last_backups"]
+        .as_array()
+        .context("no last_backups")?;
     ensure!(backups.len() as u64 == good, "last_backups: {backups:?}");
     for backup in backups {
         let key = backup["key"].as_str().context("backup without key")?;
         let on_disk = std::fs::metadata(stack.s3.object_path(key))
             .with_context(|| format!("{key} is not in s3s-fs"))?
             .len();
-        ensure!(backup["size"] == on_disk, "size of {key}: /status {} vs {on_disk} in S3", backup["size"]);
+        ensure!(
+            backup["size"] == on_disk,
+            "size of {key}: /status {} vs {on_disk} in S3",
+            backup["size"]
+        );
     }
 
     // The manifest in the bucket matches /status.
-    let summary_key = status["run"]["summary_key"].as_str().context("no summary_key")?;
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(stack.s3.object_path(summary_key)).context("summary.json is not in S3")?)?;
+    let summary_key = status["run"]["summary_key"]
+        .as_str()
+        .context("no summary_key")?;
+    let summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(stack.s3.object_path(summary_key)).context("summary.json is not in S3")?,
+    )?;
     for name in ["listed", "exported", "verified", "failed"] {
-        ensure!(summary[name] == status["run"]["projects"][name], "summary {name}: {summary} vs {status}");
+        ensure!(
+            summary[name] == status["run"]["projects"][name],
+            "summary {name}: {summary} vs {status}"
+        );
     }
     let mut lines = Vec::new();
-    for part in summary["parts"].as_array().context("summary without parts")? {
+    for part in summary["parts"]
+        .as_array()
+        .context("summary without parts")?
+    {
         let key = part.as_str().context("part key")?;
-        let text = std::fs::read_to_string(stack.s3.object_path(key)).with_context(|| format!("{key} is not in S3"))?;
+        let text = std::fs::read_to_string(stack.s3.object_path(key))
+            .with_context(|| format!("{key} is not in S3"))?;
         for line in text.lines() {
             lines.push(serde_json::from_str::<serde_json::Value>(line)?);
         }
     }
-    ensure!(lines.len() == own.len(), "{} manifest lines for {} projects", lines.len(), own.len());
+    ensure!(
+        lines.len() == own.len(),
+        "{} manifest lines for {} projects",
+        lines.len(),
+        own.len()
+    );
     for line in &lines {
         let id = line["id"].as_u64().context("line without id")?;
         match reasons.get(&id) {
             Some(reason) => {
-                ensure!(line["outcome"] == "failed" && line["error"] == reason.as_str(), "{line}");
+                ensure!(
+                    line["outcome"] == "failed" && line["error"] == reason.as_str(),
+                    "{line}"
+                );
                 ensure!(line["attempts"] == MAX_ATTEMPTS, "{line}");
             }
-            None => ensure!(line["outcome"] == "verified" && line["size"].as_u64() > Some(0), "{line}"),
+            None => ensure!(
+                line["outcome"] == "verified" && line["size"].as_u64() > Some(0),
+                "{line}"
+            ),
         }
     }
 
@@ -147,11 +190,18 @@ fn ensure_no_secrets(stack: &LocalStack, status: &serde_json::Value) -> Result<(
     let log = std::fs::read_to_string(&stack.wrangler.log)?;
     let shown = [log, status.to_string()].join("\n");
     for secret in [token.as_str(), S3_SECRET_KEY, ADMIN_TOKEN] {
-        ensure!(!shown.contains(secret), "a secret appears in the worker's log or /status");
+        ensure!(
+            !shown.contains(secret),
+            "a secret appears in the worker's log or /status"
+        );
     }
     for (at, _) in shown.match_indices("X-Amz-Signature=") {
         let value = &shown[at + "X-Amz-Signature=".len()..];
-        ensure!(value.starts_with("REDACTED"), "an unredacted signature: {}", &shown[at..at + 40]);
+        ensure!(
+            value.starts_with("REDACTED"),
+            "an unredacted signature: {}",
+            &shown[at..at + 40]
+        );
     }
     Ok(())
 }
@@ -186,14 +236,26 @@ async fn status_page_in_a_browser(stack: &LocalStack, reason: &str) -> Result<()
         tab.wait_for_element("#token")?.click()?;
         tab.type_str("not-the-token")?.press_key("Enter")?;
         let refused = tab.wait_for_element("#login-error")?.get_inner_text()?;
-        ensure!(refused.contains("wrong bearer token"), "a wrong token showed: {refused:?}");
+        ensure!(
+            refused.contains("wrong bearer token"),
+            "a wrong token showed: {refused:?}"
+        );
         tab.wait_for_element("#token")?.click()?;
         tab.type_str(ADMIN_TOKEN)?.press_key("Enter")?;
         tab.wait_for_element("#failures tr")?;
         let page = tab.wait_for_element("main")?.get_inner_text()?;
-        ensure!(page.contains("finished"), "the page does not show the run's phase:\n{page}");
-        ensure!(page.contains("verified"), "the page does not show progress:\n{page}");
-        ensure!(page.contains(&reason), "the page does not show the failure reason:\n{page}");
+        ensure!(
+            page.contains("finished"),
+            "the page does not show the run's phase:\n{page}"
+        );
+        ensure!(
+            page.contains("verified"),
+            "the page does not show progress:\n{page}"
+        );
+        ensure!(
+            page.contains(&reason),
+            "the page does not show the failure reason:\n{page}"
+        );
         tab.wait_for_element(".bar")?;
         let png = tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)?;
         std::fs::write(&screenshot, png)?;

@@ -203,12 +203,28 @@ pub struct Step {
 enum Purpose {
     CheckUser,
     Probe,
-    ListPage { position: u64, group: String },
-    Export { project: ClaimedProject, log_id: u64 },
-    ExportStatus { project: ClaimedProject },
-    Head { project: ClaimedProject, gitlab_said: &'static str },
-    ManifestPart { key: String, project_ids: Vec<u64> },
-    Summary { key: String },
+    ListPage {
+        position: u64,
+        group: String,
+    },
+    Export {
+        project: ClaimedProject,
+        log_id: u64,
+    },
+    ExportStatus {
+        project: ClaimedProject,
+    },
+    Head {
+        project: ClaimedProject,
+        gitlab_said: &'static str,
+    },
+    ManifestPart {
+        key: String,
+        project_ids: Vec<u64>,
+    },
+    Summary {
+        key: String,
+    },
     FindRegion,
 }
 
@@ -375,7 +391,14 @@ impl<'a, S: Sql> Tick<'a, S> {
             "purpose": "gitlab-backup checks that the bucket accepts its uploads",
         })
         .to_string();
-        self.s3_put(&region, &key, body, "application/json", now_ms, Purpose::Probe)
+        self.s3_put(
+            &region,
+            &key,
+            body,
+            "application/json",
+            now_ms,
+            Purpose::Probe,
+        )
     }
 
     fn listing_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
@@ -438,7 +461,14 @@ impl<'a, S: Sql> Tick<'a, S> {
             let key = manifest::summary_key(&self.config.s3_prefix, self.run_started());
             let errors = self.store.listing_errors(self.run.id)?;
             let body = manifest::summary_body(&self.config.s3_prefix, &self.run, &errors, now_ms);
-            return self.s3_put(&region, &key.clone(), body, "application/json", now_ms, Purpose::Summary { key });
+            return self.s3_put(
+                &region,
+                &key.clone(),
+                body,
+                "application/json",
+                now_ms,
+                Purpose::Summary { key },
+            );
         }
         // Nothing to do now: wake when the next retry or check comes due.
         for state in ["pending", "exported"] {
@@ -464,10 +494,11 @@ impl<'a, S: Sql> Tick<'a, S> {
         };
         let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
         let object = self.config.bucket.object_url(region, &key);
-        let upload = match self
-            .signer(region, now_ms)
-            .presign(Method::Put, &object, self.config.presign_expiry)
-        {
+        let upload = match self.signer(region, now_ms).presign(
+            Method::Put,
+            &object,
+            self.config.presign_expiry,
+        ) {
             Ok(url) => url,
             Err(e) => {
                 // Nothing was sent: the request leaves the window again.
@@ -491,7 +522,11 @@ impl<'a, S: Sql> Tick<'a, S> {
         }))
     }
 
-    fn manifest_part_step(&mut self, region: &str, now_ms: u64) -> Result<Option<Step>, StoreError> {
+    fn manifest_part_step(
+        &mut self,
+        region: &str,
+        now_ms: u64,
+    ) -> Result<Option<Step>, StoreError> {
         let entries = self.store.manifest_entries(self.run.id, PART_SIZE)?;
         let part = self.run.manifest_parts + 1;
         let key = manifest::part_key(&self.config.s3_prefix, self.run_started(), part);
@@ -601,7 +636,12 @@ impl<'a, S: Sql> Tick<'a, S> {
     }
 
     /// Feeds the answer (or the failure to get one) to a step, and persists what follows.
-    pub fn handle(&mut self, step: Step, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+    pub fn handle(
+        &mut self,
+        step: Step,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         match step.purpose {
             Purpose::CheckUser => self.on_user(answer, now_ms),
             Purpose::Probe => self.on_probe(answer, now_ms),
@@ -656,7 +696,13 @@ impl<'a, S: Sql> Tick<'a, S> {
             }
             Ok(a) if a.status >= 500 => {
                 self.s3_stopped = true;
-                self.note_error(&format!("S3 answered {} to the preflight PUT; trying again later", a.status), now_ms)?;
+                self.note_error(
+                    &format!(
+                        "S3 answered {} to the preflight PUT; trying again later",
+                        a.status
+                    ),
+                    now_ms,
+                )?;
             }
             Ok(a) => {
                 let reason = format!(
@@ -689,7 +735,13 @@ impl<'a, S: Sql> Tick<'a, S> {
         Ok(())
     }
 
-    fn on_page(&mut self, position: u64, group: String, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+    fn on_page(
+        &mut self,
+        position: u64,
+        group: String,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         let page = answer
             .map_err(GitLabError::Unavailable)
             .and_then(|a| self.gitlab.read_projects_page(&a));
@@ -702,7 +754,9 @@ impl<'a, S: Sql> Tick<'a, S> {
                     .map(|p| (p.id, p.path_with_namespace.as_str()))
                     .collect();
                 let next = page.next.as_ref().map(Url::as_str);
-                let new = self.store.record_page(self.run.id, position, &projects, next)?;
+                let new = self
+                    .store
+                    .record_page(self.run.id, position, &projects, next)?;
                 self.run.listed += new;
                 self.report.events.push(Event::PageListed {
                     run: self.run.id,
@@ -723,7 +777,8 @@ impl<'a, S: Sql> Tick<'a, S> {
             Err(e) => {
                 self.gitlab_answered()?;
                 let reason = e.to_string();
-                self.store.record_listing_error(self.run.id, position, &reason)?;
+                self.store
+                    .record_listing_error(self.run.id, position, &reason)?;
                 self.note_error(&format!("group {group}: {reason}"), now_ms)?;
                 self.report.events.push(Event::GroupFailed {
                     run: self.run.id,
@@ -735,7 +790,12 @@ impl<'a, S: Sql> Tick<'a, S> {
         Ok(())
     }
 
-    fn on_export(&mut self, project: ClaimedProject, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+    fn on_export(
+        &mut self,
+        project: ClaimedProject,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         let answer = match answer {
             Ok(a) => self.gitlab.read_export_answer(&a),
             Err(e) => ExportAnswer::Retry(GitLabError::Unavailable(e)),
@@ -763,18 +823,27 @@ impl<'a, S: Sql> Tick<'a, S> {
             }
             ExportAnswer::Retry(e) => {
                 // The project keeps its place in line; no attempt is used up.
-                self.store.release_project(self.run.id, project.project_id)?;
+                self.store
+                    .release_project(self.run.id, project.project_id)?;
                 self.exports_stopped = true;
                 match e {
-                    GitLabError::RateLimited { retry_after } => self.rate_limited(retry_after, now_ms)?,
-                    e => self.gitlab_unavailable(&format!("exporting {}: {e}", project.path), now_ms)?,
+                    GitLabError::RateLimited { retry_after } => {
+                        self.rate_limited(retry_after, now_ms)?
+                    }
+                    e => self
+                        .gitlab_unavailable(&format!("exporting {}: {e}", project.path), now_ms)?,
                 }
             }
         }
         Ok(())
     }
 
-    fn on_export_status(&mut self, project: ClaimedProject, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+    fn on_export_status(
+        &mut self,
+        project: ClaimedProject,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         let status = answer
             .map_err(GitLabError::Unavailable)
             .and_then(|a| self.gitlab.read_export_status(&a));
@@ -783,15 +852,21 @@ impl<'a, S: Sql> Tick<'a, S> {
         match status {
             Ok(ExportStatus::InProgress) => {
                 self.gitlab_answered()?;
-                self.store.reschedule(self.run.id, project.project_id, check_again)?;
+                self.store
+                    .reschedule(self.run.id, project.project_id, check_again)?;
             }
             Ok(ExportStatus::None) if now_ms < exported_ms + ms(NONE_GRACE) => {
                 self.gitlab_answered()?;
-                self.store.reschedule(self.run.id, project.project_id, check_again)?;
+                self.store
+                    .reschedule(self.run.id, project.project_id, check_again)?;
             }
             Ok(status @ (ExportStatus::None | ExportStatus::Finished)) => {
                 self.gitlab_answered()?;
-                let gitlab_said = if status == ExportStatus::Finished { "finished" } else { "none" };
+                let gitlab_said = if status == ExportStatus::Finished {
+                    "finished"
+                } else {
+                    "none"
+                };
                 self.follow_up = self.head_step(project, gitlab_said, now_ms)?;
             }
             Ok(ExportStatus::Failed) => {
@@ -803,24 +878,38 @@ impl<'a, S: Sql> Tick<'a, S> {
                 self.fail_for_good(&project, "project gone", now_ms)?;
             }
             Err(GitLabError::RateLimited { retry_after }) => {
-                self.store.reschedule(self.run.id, project.project_id, check_again)?;
+                self.store
+                    .reschedule(self.run.id, project.project_id, check_again)?;
                 self.rate_limited(retry_after, now_ms)?;
                 self.gitlab_stopped = true;
             }
             Err(e @ (GitLabError::Unauthorized | GitLabError::Unavailable(_))) => {
-                self.store.reschedule(self.run.id, project.project_id, check_again)?;
-                self.gitlab_unavailable(&format!("checking the export of {}: {e}", project.path), now_ms)?;
+                self.store
+                    .reschedule(self.run.id, project.project_id, check_again)?;
+                self.gitlab_unavailable(
+                    &format!("checking the export of {}: {e}", project.path),
+                    now_ms,
+                )?;
             }
             Err(e) => {
                 self.gitlab_answered()?;
-                self.not_there_yet(&project, &format!("GitLab's export status was unreadable: {e}"), now_ms)?;
+                self.not_there_yet(
+                    &project,
+                    &format!("GitLab's export status was unreadable: {e}"),
+                    now_ms,
+                )?;
             }
         }
         Ok(())
     }
 
     /// A HEAD of the backup's object, signed in its headers.
-    fn head_step(&mut self, project: ClaimedProject, gitlab_said: &'static str, now_ms: u64) -> Result<Option<Step>, StoreError> {
+    fn head_step(
+        &mut self,
+        project: ClaimedProject,
+        gitlab_said: &'static str,
+        now_ms: u64,
+    ) -> Result<Option<Step>, StoreError> {
         let Some(region) = self.region.clone() else {
             return Ok(None);
         };
@@ -846,10 +935,22 @@ impl<'a, S: Sql> Tick<'a, S> {
         }
     }
 
-    fn on_head(&mut self, project: ClaimedProject, gitlab_said: &str, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+    fn on_head(
+        &mut self,
+        project: ClaimedProject,
+        gitlab_said: &str,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         let answer = match answer {
             Ok(answer) => answer,
-            Err(e) => return self.not_there_yet(&project, &format!("S3 did not answer the check: {e}"), now_ms),
+            Err(e) => {
+                return self.not_there_yet(
+                    &project,
+                    &format!("S3 did not answer the check: {e}"),
+                    now_ms,
+                )
+            }
         };
         match answer.status {
             200 => {
@@ -861,7 +962,8 @@ impl<'a, S: Sql> Tick<'a, S> {
                     return self.attempt_failed(&project, "the object in S3 is empty", now_ms);
                 }
                 let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
-                self.store.record_verified(self.run.id, project.project_id, size)?;
+                self.store
+                    .record_verified(self.run.id, project.project_id, size)?;
                 self.store.record_backup(&Backup {
                     project_id: project.project_id,
                     path: project.path.clone(),
@@ -903,16 +1005,27 @@ impl<'a, S: Sql> Tick<'a, S> {
 
     /// The proof is not there yet: look again later, or, once `VERIFY_TIMEOUT_MINUTES` passed
     /// since GitLab accepted the export, count the attempt as failed for `reason`.
-    fn not_there_yet(&mut self, project: &ClaimedProject, reason: &str, now_ms: u64) -> Result<(), StoreError> {
+    fn not_there_yet(
+        &mut self,
+        project: &ClaimedProject,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         let exported_ms = project.exported_ms.unwrap_or(now_ms);
         if now_ms >= exported_ms + ms(self.config.verify_timeout) {
             return self.attempt_failed(project, reason, now_ms);
         }
-        self.store.reschedule(self.run.id, project.project_id, now_ms + ms(CHECK_EVERY))
+        self.store
+            .reschedule(self.run.id, project.project_id, now_ms + ms(CHECK_EVERY))
     }
 
     /// An attempt failed: retried with backoff and a fresh URL, up to `MAX_ATTEMPTS`.
-    fn attempt_failed(&mut self, project: &ClaimedProject, reason: &str, now_ms: u64) -> Result<(), StoreError> {
+    fn attempt_failed(
+        &mut self,
+        project: &ClaimedProject,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         let attempts = project.attempts.max(1);
         if attempts >= self.config.max_attempts {
             let reason = format!("{reason} (after {attempts} attempts)");
@@ -920,7 +1033,8 @@ impl<'a, S: Sql> Tick<'a, S> {
         }
         let wait = RETRY_BACKOFF[(attempts as usize - 1).min(RETRY_BACKOFF.len() - 1)];
         let at_ms = now_ms + ms(wait);
-        self.store.record_failure(self.run.id, project.project_id, reason, Some(at_ms))?;
+        self.store
+            .record_failure(self.run.id, project.project_id, reason, Some(at_ms))?;
         self.note_error(&format!("{}: {reason}", project.path), now_ms)?;
         self.report.events.push(Event::RetryScheduled {
             run: self.run.id,
@@ -933,8 +1047,14 @@ impl<'a, S: Sql> Tick<'a, S> {
         Ok(())
     }
 
-    fn fail_for_good(&mut self, project: &ClaimedProject, reason: &str, now_ms: u64) -> Result<(), StoreError> {
-        self.store.record_failure(self.run.id, project.project_id, reason, None)?;
+    fn fail_for_good(
+        &mut self,
+        project: &ClaimedProject,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.store
+            .record_failure(self.run.id, project.project_id, reason, None)?;
         self.run.failed += 1;
         self.run.manifest_waiting += 1;
         self.note_error(&format!("{}: {reason}", project.path), now_ms)?;
@@ -947,14 +1067,24 @@ impl<'a, S: Sql> Tick<'a, S> {
         Ok(())
     }
 
-    fn on_manifest_part(&mut self, key: String, project_ids: Vec<u64>, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+    fn on_manifest_part(
+        &mut self,
+        key: String,
+        project_ids: Vec<u64>,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         if !self.s3_put_succeeded(&key, answer, now_ms)? {
             return Ok(());
         }
         let part = self.run.manifest_parts + 1;
-        self.store.record_manifest_part(self.run.id, part, &project_ids)?;
+        self.store
+            .record_manifest_part(self.run.id, part, &project_ids)?;
         self.run.manifest_parts = part;
-        self.run.manifest_waiting = self.run.manifest_waiting.saturating_sub(project_ids.len() as u64);
+        self.run.manifest_waiting = self
+            .run
+            .manifest_waiting
+            .saturating_sub(project_ids.len() as u64);
         self.report.events.push(Event::ManifestWritten {
             run: self.run.id,
             key,
@@ -963,7 +1093,12 @@ impl<'a, S: Sql> Tick<'a, S> {
         Ok(())
     }
 
-    fn on_summary(&mut self, key: String, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+    fn on_summary(
+        &mut self,
+        key: String,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         if !self.s3_put_succeeded(&key, answer, now_ms)? {
             return Ok(());
         }
@@ -983,7 +1118,12 @@ impl<'a, S: Sql> Tick<'a, S> {
     }
 
     /// Whether S3 took the worker's PUT; if not, the error is noted and S3 rests this tick.
-    fn s3_put_succeeded(&mut self, key: &str, answer: HttpResult, now_ms: u64) -> Result<bool, StoreError> {
+    fn s3_put_succeeded(
+        &mut self,
+        key: &str,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
         let why = match answer {
             Ok(a) if a.status == 200 => return Ok(true),
             Ok(a) => format!("S3 answered {}: {}", a.status, s3_error(&a)),
@@ -1013,7 +1153,9 @@ impl<'a, S: Sql> Tick<'a, S> {
                     Err(e) => e,
                 };
                 self.note_error(
-                    &format!("could not learn the region of bucket {bucket} ({why}); set AWS_REGION"),
+                    &format!(
+                        "could not learn the region of bucket {bucket} ({why}); set AWS_REGION"
+                    ),
                     now_ms,
                 )?;
             }
@@ -1106,7 +1248,10 @@ fn s3_error(answer: &HttpResponse) -> String {
         let end = text[start..].find(close)? + start;
         Some(text[start..end].to_owned())
     };
-    match (between("<Code>", "</Code>"), between("<Message>", "</Message>")) {
+    match (
+        between("<Code>", "</Code>"),
+        between("<Message>", "</Message>"),
+    ) {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code,
         _ if text.is_empty() => "no details".to_owned(),

@@ -247,7 +247,13 @@ pub fn ensure_chromium() -> Result<PathBuf> {
     say("installing chromium (Debian package, for the status page's browser test)");
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends", "chromium"])
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "chromium",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     if !path.is_file() {
         bail!("apt-get installed chromium, but {CHROMIUM} is missing");
