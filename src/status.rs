@@ -172,7 +172,10 @@ pub fn status<S: Sql>(
     let limit = config.ok().map(|c| c.exports_per_minute);
     let waits = [
         (META_BLOCKED_UNTIL, "GitLab answered 429"),
-        (META_BACKOFF_UNTIL, "GitLab was unavailable; backing off"),
+        (
+            META_BACKOFF_UNTIL,
+            "GitLab was unavailable or asked to wait",
+        ),
     ];
     let mut wait = None;
     for (key, reason) in waits {

@@ -192,6 +192,15 @@ pub fn run_due(config: &Config, last_started_ms: Option<u64>, now_ms: u64) -> bo
     }
 }
 
+/// What a 429 holds back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Limited {
+    /// The export endpoint's own limit.
+    Exports,
+    /// Any other endpoint: wait before asking GitLab anything.
+    AllOfGitLab,
+}
+
 /// A request the tick wants sent, and what it is for.
 #[derive(Debug)]
 pub struct Step {
@@ -259,6 +268,8 @@ pub struct Tick<'a, S: Sql> {
     user_checked: bool,
     /// Whether GitLab failed in earlier ticks (the backoff counter is set).
     recovering: bool,
+    /// No GitLab request before this (backoff, or a 429 outside exports).
+    gitlab_not_before: u64,
     report: TickReport,
 }
 
@@ -321,6 +332,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             s3_stopped: false,
             user_checked: false,
             recovering: store.meta_u64(META_FAILURES)?.is_some(),
+            gitlab_not_before: store.meta_u64(META_BACKOFF_UNTIL)?.unwrap_or(0),
             report: TickReport {
                 events,
                 ..TickReport::default()
@@ -598,16 +610,11 @@ impl<'a, S: Sql> Tick<'a, S> {
 
     /// False while GitLab is in backoff after failures.
     fn gitlab_available(&mut self, now_ms: u64) -> Result<bool, StoreError> {
-        if !self.recovering {
-            return Ok(true);
+        if self.gitlab_not_before > now_ms {
+            self.wake_at(self.gitlab_not_before);
+            return Ok(false);
         }
-        match self.store.meta_u64(META_BACKOFF_UNTIL)? {
-            Some(until) if until > now_ms => {
-                self.wake_at(until);
-                Ok(false)
-            }
-            _ => Ok(true),
-        }
+        Ok(true)
     }
 
     /// Whether the rolling window has room for one more export request now; if not, when it
@@ -681,8 +688,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 self.stop_run(&GitLabError::Unauthorized.to_string(), now_ms)?;
             }
             Err(GitLabError::RateLimited { retry_after }) => {
-                self.rate_limited(retry_after, now_ms)?;
-                self.gitlab_stopped = true;
+                self.rate_limited(retry_after, Limited::AllOfGitLab, now_ms)?;
             }
             Err(e) => self.gitlab_unavailable(&format!("checking the token: {e}"), now_ms)?,
         }
@@ -768,8 +774,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             }
             Err(GitLabError::RateLimited { retry_after }) => {
                 // Listing has its own, generous limit; wait as asked, exports included.
-                self.rate_limited(retry_after, now_ms)?;
-                self.gitlab_stopped = true;
+                self.rate_limited(retry_after, Limited::AllOfGitLab, now_ms)?;
             }
             Err(e @ (GitLabError::Unauthorized | GitLabError::Unavailable(_))) => {
                 self.gitlab_unavailable(&format!("listing group {group}: {e}"), now_ms)?;
@@ -828,7 +833,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 self.exports_stopped = true;
                 match e {
                     GitLabError::RateLimited { retry_after } => {
-                        self.rate_limited(retry_after, now_ms)?
+                        self.rate_limited(retry_after, Limited::Exports, now_ms)?
                     }
                     e => self
                         .gitlab_unavailable(&format!("exporting {}: {e}", project.path), now_ms)?,
@@ -880,8 +885,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             Err(GitLabError::RateLimited { retry_after }) => {
                 self.store
                     .reschedule(self.run.id, project.project_id, check_again)?;
-                self.rate_limited(retry_after, now_ms)?;
-                self.gitlab_stopped = true;
+                self.rate_limited(retry_after, Limited::AllOfGitLab, now_ms)?;
             }
             Err(e @ (GitLabError::Unauthorized | GitLabError::Unavailable(_))) => {
                 self.store
@@ -1163,9 +1167,22 @@ impl<'a, S: Sql> Tick<'a, S> {
         Ok(())
     }
 
-    fn rate_limited(&mut self, retry_after: Duration, now_ms: u64) -> Result<(), StoreError> {
+    /// GitLab answered 429: nothing of that kind (exports, or anything) before `Retry-After`
+    /// and a little slack.
+    fn rate_limited(
+        &mut self,
+        retry_after: Duration,
+        limited: Limited,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         let until = now_ms + ms(retry_after) + ms(RETRY_AFTER_SLACK);
         self.store.set_meta(META_BLOCKED_UNTIL, until)?;
+        if limited == Limited::AllOfGitLab {
+            self.gitlab_stopped = true;
+            self.gitlab_not_before = self.gitlab_not_before.max(until);
+            self.store
+                .set_meta(META_BACKOFF_UNTIL, self.gitlab_not_before)?;
+        }
         self.wake_at(until);
         self.exports_stopped = true;
         self.report.events.push(Event::RateLimited {
@@ -1188,6 +1205,7 @@ impl<'a, S: Sql> Tick<'a, S> {
         self.store.set_meta(META_FAILURES, failures)?;
         self.store.set_meta(META_BACKOFF_UNTIL, until)?;
         self.recovering = true;
+        self.gitlab_not_before = until;
         self.wake_at(until);
         self.report.events.push(Event::RetryLater {
             run: self.run.id,
@@ -1203,6 +1221,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             self.store.delete_meta(META_FAILURES)?;
             self.store.delete_meta(META_BACKOFF_UNTIL)?;
             self.recovering = false;
+            self.gitlab_not_before = 0;
         }
         Ok(())
     }
