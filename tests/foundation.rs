@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::{accepted, is_run_timestamp_file, key_of, project_id, tarball_entries};
+use common::{accepted, checked, is_run_timestamp_file, key_of, project_id, tarball_entries};
 use xtask::stack::LocalStack;
 use xtask::standin::{Options, Seed, DEMO_GROUPS};
 
@@ -36,12 +36,11 @@ async fn one_cron_tick_lands_at_most_six_real_exports_in_s3_then_the_next_window
         &[],
     )
     .await?;
-    let result = check(&stack).await;
-    if result.is_err() {
-        eprintln!("worker log: {}", stack.wrangler.log.display());
-    }
-    stack.stop().await;
-    result
+    checked(stack, |stack| async move {
+        let result = check(&stack).await;
+        (Some(stack), result)
+    })
+    .await
 }
 
 async fn check(stack: &LocalStack) -> Result<()> {

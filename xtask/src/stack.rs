@@ -373,7 +373,56 @@ impl LocalStack {
         })
     }
 
-    /// `GET /status` with the admin bearer; an error unless it answers 200 with JSON.
+    /// The values of the worker's secrets: none may ever appear in a log line or an answer.
+    pub fn secrets(&self) -> Vec<&str> {
+        self.vars
+            .iter()
+            .filter(|(name, _)| {
+                matches!(
+                    *name,
+                    "GITLAB_TOKEN" | "AWS_SECRET_ACCESS_KEY" | "AWS_SESSION_TOKEN" | "ADMIN_TOKEN"
+                )
+            })
+            .map(|(_, value)| value.as_str())
+            .collect()
+    }
+
+    /// Fails if `text` holds one of the worker's secrets or a presigned URL's signature that is
+    /// not redacted.
+    pub fn ensure_nothing_secret(&self, what: &str, text: &str) -> Result<()> {
+        for secret in self.secrets() {
+            if text.contains(secret) {
+                bail!("{what} holds a secret of the worker");
+            }
+        }
+        const SIGNATURE: &str = "X-Amz-Signature=";
+        for (at, _) in text.match_indices(SIGNATURE) {
+            if !text[at + SIGNATURE.len()..].starts_with("REDACTED") {
+                bail!(
+                    "{what} holds an unredacted signature: {}",
+                    &text[at..(at + 40).min(text.len())]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every log the worker wrote in this stack (restarts included) with
+    /// [`LocalStack::ensure_nothing_secret`].
+    pub fn ensure_logs_hold_nothing_secret(&self) -> Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with("wrangler") && name.ends_with(".log") {
+                let text = std::fs::read_to_string(&path)?;
+                self.ensure_nothing_secret(&format!("the worker log {}", path.display()), &text)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `GET /status` with the admin bearer; an error unless it answers 200 with JSON that
+    /// holds nothing secret.
     pub async fn status(&self) -> Result<serde_json::Value> {
         let response = reqwest::Client::new()
             .get(format!("{}/status", self.wrangler.url))
@@ -387,6 +436,7 @@ impl LocalStack {
         if !status.is_success() {
             bail!("GET /status answered {status}: {text}");
         }
+        self.ensure_nothing_secret("/status", &text)?;
         serde_json::from_str(&text).with_context(|| format!("/status is no JSON: {text}"))
     }
 
