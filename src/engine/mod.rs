@@ -1176,6 +1176,8 @@ impl<'a, S: Sql> Tick<'a, S> {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let until = now_ms + ms(retry_after) + ms(RETRY_AFTER_SLACK);
+        // A shorter wait asked later never shortens one still running.
+        let until = until.max(self.store.meta_u64(META_BLOCKED_UNTIL)?.unwrap_or(0));
         self.store.set_meta(META_BLOCKED_UNTIL, until)?;
         if limited == Limited::AllOfGitLab {
             self.gitlab_stopped = true;
