@@ -181,7 +181,7 @@ async fn check(stack: &LocalStack, own: &[u64], broken_build: u64, lost_upload: 
 /// Headless Chromium signs in on the status page and sees the run and a failure reason.
 async fn status_page_in_a_browser(stack: &LocalStack, reason: &str) -> Result<()> {
     let url = format!("{}/", stack.wrangler.url);
-    let chromium = stack.tools.chromium.clone();
+    let chromium = xtask::tools::ensure_chromium()?;
     let reason = reason.to_owned();
     let screenshot = test_output()?.join("status-page.png");
     tokio::task::spawn_blocking(move || -> Result<()> {

@@ -11,7 +11,7 @@ mod demo;
 use std::process::Command;
 
 use anyhow::{bail, Result};
-use xtask::tools::{self, repo_root, run, Tools, WASM_TARGET};
+use xtask::tools::{self, repo_root, run, BuildTools, Tools, WASM_TARGET};
 
 const USAGE: &str = "usage: cargo xtask <test | demo | setup | build | standin [PORT]>";
 
@@ -39,7 +39,7 @@ fn build() -> Result<()> {
     if std::env::var_os("GITLAB_BACKUP_SKIP_BUILD").is_some() {
         return Ok(());
     }
-    Tools::ensure()?.build_worker()
+    BuildTools::ensure()?.build_worker()
 }
 
 fn step(name: &str) {
@@ -49,6 +49,7 @@ fn step(name: &str) {
 fn test() -> Result<()> {
     step("installing tools (cached outside the clone)");
     let tools = Tools::ensure()?;
+    tools::ensure_chromium()?;
 
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -79,7 +80,7 @@ fn test() -> Result<()> {
     ]))?;
 
     step("building the worker");
-    tools.build_worker()?;
+    tools.build.build_worker()?;
     let (raw, gzip) = tools::wasm_size()?;
     eprintln!(
         "wasm size: {raw} bytes raw, {gzip} bytes gzip ({:.0} KB gzip of the free plan's 3 MB)",

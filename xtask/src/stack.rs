@@ -196,7 +196,7 @@ impl Wrangler {
         let inspector = free_port()?;
         let config_home = persist_to.join("wrangler-config");
         std::fs::create_dir_all(&config_home)?;
-        let mut command = Command::new(&tools.wrangler);
+        let mut command = Command::new(&tools.build.wrangler);
         command
             .current_dir(repo_root())
             .args(["dev", "--local", "--test-scheduled", "--ip", "127.0.0.1"])
@@ -291,7 +291,7 @@ pub fn ensure_built(tools: &Tools) -> Result<()> {
     static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !*built && std::env::var_os("GITLAB_BACKUP_BUILT").is_none() {
-        tools.build_worker()?;
+        tools.build.build_worker()?;
     }
     *built = true;
     Ok(())

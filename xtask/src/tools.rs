@@ -16,16 +16,21 @@ pub const WORKER_BUILD_VERSION: &str = "0.8.7";
 pub const S3S_FS_VERSION: &str = "0.14.1";
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
-/// Paths to every installed tool.
+/// What building the worker needs (also what `wrangler deploy`'s `[build]` command installs).
 #[derive(Clone, Debug)]
-pub struct Tools {
+pub struct BuildTools {
     pub worker_build: PathBuf,
     pub wasm_bindgen: PathBuf,
-    pub s3s_fs: PathBuf,
-    pub wrangler: PathBuf,
     pub wasm_opt: PathBuf,
     pub esbuild: PathBuf,
-    pub chromium: PathBuf,
+    pub wrangler: PathBuf,
+}
+
+/// Everything the local stack and the tests need: the build tools and s3s-fs.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    pub build: BuildTools,
+    pub s3s_fs: PathBuf,
 }
 
 /// The repository's root (the workspace holding `xtask/`).
@@ -156,15 +161,14 @@ fn npm_tools(cache: &Path, root: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-impl Tools {
-    /// Installs whatever is missing and returns every tool's path.
-    pub fn ensure() -> Result<Tools> {
+impl BuildTools {
+    /// Installs whatever the build lacks and returns the tools' paths.
+    pub fn ensure() -> Result<BuildTools> {
         let cache = cache_dir()?;
         let root = repo_root();
         std::fs::create_dir_all(&cache)?;
         // For the toolchain cargo runs with (rustup passes it on in RUSTUP_TOOLCHAIN).
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
-        run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt"]))?;
         let worker_build = cargo_install(
             &cache,
             "worker-build",
@@ -181,23 +185,13 @@ impl Tools {
             "wasm-bindgen",
             &[],
         )?;
-        let s3s_fs = cargo_install(
-            &cache,
-            "s3s-fs",
-            S3S_FS_VERSION,
-            "s3s-fs",
-            &["--features", "binary", "--locked"],
-        )?;
         let npm_bin = npm_tools(&cache, &root)?;
-        let chromium = ensure_chromium()?;
-        Ok(Tools {
-            chromium,
+        Ok(BuildTools {
             worker_build,
             wasm_bindgen,
-            s3s_fs,
-            wrangler: npm_bin.join("wrangler"),
             wasm_opt: npm_bin.join("wasm-opt"),
             esbuild: npm_bin.join("esbuild"),
+            wrangler: npm_bin.join("wrangler"),
         })
     }
 
@@ -232,6 +226,22 @@ impl Tools {
             ]))?;
         std::fs::rename(&stripped, &wasm)?;
         Ok(())
+    }
+}
+
+impl Tools {
+    /// Installs whatever is missing for the local stack and the tests.
+    pub fn ensure() -> Result<Tools> {
+        let build = BuildTools::ensure()?;
+        run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt"]))?;
+        let s3s_fs = cargo_install(
+            &cache_dir()?,
+            "s3s-fs",
+            S3S_FS_VERSION,
+            "s3s-fs",
+            &["--features", "binary", "--locked"],
+        )?;
+        Ok(Tools { build, s3s_fs })
     }
 }
 
