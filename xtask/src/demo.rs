@@ -146,13 +146,40 @@ fn describe(event: &serde_json::Value) -> String {
                 ""
             }
         ),
+        "preflight_passed" => format!(
+            "preflight passed: token of {} valid, bucket writable",
+            text("user")
+        ),
         "export_requested" => format!("export scheduled: {} → {}", text("path"), text("key")),
+        "exported" => format!("GitLab accepted the export of {}", text("path")),
+        "verified" => format!("verified in S3: {} ({} bytes)", text("key"), event["size"]),
+        "retry_scheduled" => format!(
+            "attempt {} of {} failed: {}; retrying",
+            event["attempts"],
+            text("path"),
+            text("reason")
+        ),
+        "manifest_written" => format!(
+            "manifest part written: {} ({} projects)",
+            text("key"),
+            event["projects"]
+        ),
+        "run_stopped" => format!("run STOPPED: {}", text("reason")),
+        "tick_ended" => format!(
+            "tick ended: {} subrequests, {} exports",
+            event["subrequests"], event["exports"]
+        ),
         "export_failed" => format!("export FAILED: {}: {}", text("path"), text("reason")),
         "group_failed" => format!("group FAILED: {}: {}", text("group"), text("reason")),
         "rate_limited" => format!("GitLab answered 429; waiting {} s", event["retry_after_s"]),
         "run_finished" => format!(
-            "run {} finished: {} listed, {} exported, {} failed",
-            event["run"], event["listed"], event["exported"], event["failed"]
+            "run {} finished: {} listed, {} exported, {} verified, {} failed; manifest {}",
+            event["run"],
+            event["listed"],
+            event["exported"],
+            event["verified"],
+            event["failed"],
+            text("summary")
         ),
         _ => event.to_string(),
     }
