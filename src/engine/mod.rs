@@ -348,7 +348,7 @@ impl<'a, S: Sql> Tick<'a, S> {
         system_time(self.run.started_ms)
     }
 
-    fn signer(&self, region: &'a str, now_ms: u64) -> Signer<'a> {
+    fn signer<'r>(&'r self, region: &'r str, now_ms: u64) -> Signer<'r> {
         Signer {
             credentials: &self.config.credentials,
             region,
@@ -565,11 +565,7 @@ impl<'a, S: Sql> Tick<'a, S> {
         purpose: Purpose,
     ) -> Result<Option<Step>, StoreError> {
         let url = self.config.bucket.object_url(region, key);
-        let signer = Signer {
-            credentials: &self.config.credentials,
-            region,
-            now: system_time(now_ms),
-        };
+        let signer = self.signer(region, now_ms);
         match signer.signed_request(Method::Put, &url, Some((body, content_type))) {
             Ok(request) => Ok(Some(Step { request, purpose })),
             Err(e) => {
@@ -919,11 +915,7 @@ impl<'a, S: Sql> Tick<'a, S> {
         };
         let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
         let url = self.config.bucket.object_url(&region, &key);
-        let signer = Signer {
-            credentials: &self.config.credentials,
-            region: &region,
-            now: system_time(now_ms),
-        };
+        let signer = self.signer(&region, now_ms);
         match signer.signed_request(Method::Head, &url, None) {
             Ok(request) => Ok(Some(Step {
                 request,
