@@ -17,6 +17,10 @@ pub const DEFAULT_EXPORTS_PER_MINUTE: u32 = 6;
 pub const DEFAULT_SUBREQUESTS_PER_INVOCATION: u32 = 50;
 /// Cloudflare's paid plan allows 10,000 subrequests per invocation.
 pub const MAX_SUBREQUESTS_PER_INVOCATION: u32 = 10_000;
+/// Cloudflare's free plan allows 10 ms of CPU time per invocation.
+pub const DEFAULT_CPU_MS_PER_INVOCATION: u32 = 10;
+/// Cloudflare's paid plan allows up to five minutes of CPU time per invocation.
+pub const MAX_CPU_MS_PER_INVOCATION: u32 = 300_000;
 /// How long a presigned upload URL stays valid unless told otherwise.
 pub const DEFAULT_PRESIGN_EXPIRY_HOURS: u64 = 24;
 /// SigV4 presigned URLs are valid for at most seven days.
@@ -45,6 +49,7 @@ pub const SETTINGS: &[(&str, bool)] = &[
     ("S3_PREFIX", false),
     ("EXPORTS_PER_MINUTE", false),
     ("SUBREQUESTS_PER_INVOCATION", false),
+    ("CPU_MS_PER_INVOCATION", false),
     ("PRESIGN_EXPIRY_HOURS", false),
     ("BACKUP_INTERVAL_HOURS", false),
     ("BACKUP_START_HOUR_UTC", false),
@@ -69,6 +74,9 @@ pub struct Config {
     pub s3_prefix: String,
     pub exports_per_minute: u32,
     pub subrequests_per_invocation: u32,
+    /// The CPU time one invocation may use (Cloudflare's plan limit), in milliseconds: it bounds
+    /// how many listing pages one tick reads.
+    pub cpu_ms_per_invocation: u32,
     pub presign_expiry: Duration,
     pub backup_interval: Duration,
     /// When set, runs start only during this hour (UTC).
@@ -187,12 +195,17 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     }
 
     fn boolean(&mut self, setting: &'static str, default: bool) -> bool {
-        match self.optional(setting).map(|v| v.to_ascii_lowercase()) {
-            None => default,
-            Some(v) if v == "true" || v == "1" => true,
-            Some(v) if v == "false" || v == "0" => false,
-            Some(v) => {
-                self.problem(setting, format!("{v:?} is neither true nor false"));
+        let Some(raw) = self.optional(setting) else {
+            return default;
+        };
+        match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                self.problem(
+                    setting,
+                    format!("{raw:?} is neither true nor false (nor 1 or 0)"),
+                );
                 default
             }
         }
@@ -205,6 +218,30 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
                     self.problem(
                         setting,
                         format!("{raw:?} must not have a query or fragment"),
+                    );
+                    return None;
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    // Logged and shown as it is: credentials have their own settings.
+                    self.problem(
+                        setting,
+                        "must not hold a user name or password (user:password@)",
+                    );
+                    return None;
+                }
+                let odd_host = match url.host() {
+                    Some(url::Host::Domain(domain)) => !domain
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')),
+                    _ => false,
+                };
+                // What the URL parser lets through but HTTP libraries (and the signer) refuse.
+                if odd_host || url.as_str().parse::<http::Uri>().is_err() {
+                    self.problem(
+                        setting,
+                        format!(
+                            "{raw:?} holds characters that are not valid in a host name or URL"
+                        ),
                     );
                     return None;
                 }
@@ -221,12 +258,34 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     }
 }
 
+/// `url` with its path ending in exactly one `/` (`https://h/gitlab//` reads as `https://h/gitlab/`).
 fn with_trailing_slash(mut url: Url) -> Url {
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
+    let path = format!("{}/", url.path().trim_end_matches('/'));
+    url.set_path(&path);
     url
+}
+
+/// Why `region` cannot be `AWS_REGION`, if it cannot. On AWS it is part of the bucket's host
+/// name (`<bucket>.s3.<region>.amazonaws.com`), so it must be an AWS region's name; with
+/// `S3_ENDPOINT` it only enters the signature's scope (R2's `auto`, MinIO's own names).
+fn check_region(region: &str, on_aws: bool) -> Result<(), String> {
+    let fits = if on_aws {
+        region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    } else {
+        region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    if fits && region.len() <= 64 && !(on_aws && crate::s3::is_idna_label(region)) {
+        return Ok(());
+    }
+    Err(if on_aws {
+        format!("{region:?} is not an AWS region's name such as eu-west-1")
+    } else {
+        format!("{region:?} is not a region name (letters, digits, '-', '_' or '.', such as us-east-1 or auto)")
+    })
 }
 
 impl Config {
@@ -241,7 +300,19 @@ impl Config {
         let gitlab_url_raw = r
             .optional("GITLAB_URL")
             .unwrap_or_else(|| DEFAULT_GITLAB_URL.to_owned());
-        let gitlab_url = r.url("GITLAB_URL", &gitlab_url_raw);
+        let gitlab_url = r.url("GITLAB_URL", &gitlab_url_raw).filter(|url| {
+            // The API's path is added to GITLAB_URL; given twice, every request would 404.
+            let api_included = url.path().to_ascii_lowercase().ends_with("/api/v4/");
+            if api_included {
+                r.problem(
+                    "GITLAB_URL",
+                    format!(
+                        "{gitlab_url_raw:?} ends in /api/v4: give the instance's address, such as https://gitlab.example.com"
+                    ),
+                );
+            }
+            !api_included
+        });
         let gitlab_token = r.required("GITLAB_TOKEN").map(Secret);
 
         let groups = match r.required("GROUPS_TO_BACKUP") {
@@ -260,8 +331,19 @@ impl Config {
         let secret_access_key = r.required("AWS_SECRET_ACCESS_KEY");
         let session_token = r.optional("AWS_SESSION_TOKEN");
         let region = r.optional("AWS_REGION");
-        let endpoint = match r.optional("S3_ENDPOINT") {
-            Some(raw) => r.url("S3_ENDPOINT", &raw),
+        let endpoint_raw = r.optional("S3_ENDPOINT");
+        let endpoint = match &endpoint_raw {
+            Some(raw) => r.url("S3_ENDPOINT", raw),
+            None => None,
+        };
+        let region = match region {
+            Some(region) => match check_region(&region, endpoint_raw.is_none()) {
+                Ok(()) => Some(region),
+                Err(message) => {
+                    r.problem("AWS_REGION", message);
+                    None
+                }
+            },
             None => None,
         };
         let bucket = match bucket_name {
@@ -276,13 +358,26 @@ impl Config {
         };
 
         let s3_prefix = match r.optional("S3_PREFIX") {
-            Some(prefix) => {
-                let prefix = prefix.trim_start_matches('/');
-                if prefix.is_empty() || prefix.ends_with('/') {
+            Some(raw) => {
+                let prefix = raw.trim_start_matches('/');
+                let prefix = if prefix.is_empty() || prefix.ends_with('/') {
                     prefix.to_owned()
                 } else {
                     format!("{prefix}/")
+                };
+                // An object URL cannot carry a `.` or `..` segment unchanged: the backups
+                // would land elsewhere, even in another bucket.
+                if prefix.split('/').any(|s| s == "." || s == "..") {
+                    r.problem(
+                        "S3_PREFIX",
+                        format!(
+                            "{raw:?} has a \".\" or \"..\" folder, which object URLs cannot carry"
+                        ),
+                    );
+                } else if prefix.chars().any(char::is_control) {
+                    r.problem("S3_PREFIX", format!("{raw:?} holds a control character"));
                 }
+                prefix
             }
             None => String::new(),
         };
@@ -293,6 +388,11 @@ impl Config {
             "SUBREQUESTS_PER_INVOCATION",
             DEFAULT_SUBREQUESTS_PER_INVOCATION,
             (2, MAX_SUBREQUESTS_PER_INVOCATION),
+        );
+        let cpu_ms_per_invocation = r.number(
+            "CPU_MS_PER_INVOCATION",
+            DEFAULT_CPU_MS_PER_INVOCATION,
+            (DEFAULT_CPU_MS_PER_INVOCATION, MAX_CPU_MS_PER_INVOCATION),
         );
         let presign_hours = r.number(
             "PRESIGN_EXPIRY_HOURS",
@@ -348,6 +448,7 @@ impl Config {
                 s3_prefix,
                 exports_per_minute,
                 subrequests_per_invocation,
+                cpu_ms_per_invocation,
                 presign_expiry: Duration::from_secs(presign_hours * 3600),
                 backup_interval: Duration::from_secs(interval_hours * 3600),
                 backup_start_hour_utc,
@@ -513,6 +614,8 @@ mod tests {
     fn the_region_is_left_to_discovery_only_on_aws_without_aws_region() {
         let mut vars = minimal();
         assert_eq!(read(&vars).unwrap().bucket.region, None);
+        // S3-compatible stores take only lowercase names.
+        vars.insert("AWS_S3_BUCKET", "gitlab-projects-backup");
         vars.insert("S3_ENDPOINT", "http://127.0.0.1:9000");
         assert_eq!(
             read(&vars).unwrap().bucket.region.as_deref(),
@@ -546,6 +649,385 @@ mod tests {
                     !wrangler.contains(&format!("{name} =")),
                     "wrangler.toml [vars] holds the secret {name}"
                 );
+            }
+        }
+    }
+
+    /// Every problem of `vars`, as (setting, message).
+    fn problems(vars: &HashMap<&'static str, &'static str>) -> Vec<(&'static str, String)> {
+        read(vars)
+            .unwrap_err()
+            .problems
+            .into_iter()
+            .map(|p| (p.setting, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn empty_values_of_required_settings_are_named_and_of_optional_ones_mean_the_default() {
+        for required in [
+            "GITLAB_TOKEN",
+            "GROUPS_TO_BACKUP",
+            "AWS_S3_BUCKET",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ] {
+            for empty in ["", " ", "\t\n"] {
+                let mut vars = minimal();
+                vars.insert(required, empty);
+                assert_eq!(
+                    settings_named(read(&vars).unwrap_err()),
+                    vec![required],
+                    "{required}={empty:?}"
+                );
+            }
+        }
+        let mut vars = minimal();
+        for (name, _) in SETTINGS {
+            vars.entry(name).or_insert("  ");
+        }
+        let config = read(&vars).unwrap();
+        assert_eq!(config.gitlab_url.as_str(), "https://gitlab.com/");
+        assert_eq!(config.exports_per_minute, DEFAULT_EXPORTS_PER_MINUTE);
+        assert_eq!(config.cpu_ms_per_invocation, DEFAULT_CPU_MS_PER_INVOCATION);
+        assert_eq!(config.backup_start_hour_utc, None);
+        assert_eq!(config.listing, ListingOptions::default());
+        assert!(config.admin_token.is_none() && config.credentials.session_token.is_none());
+        assert_eq!(config.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn group_lists_with_spaces_are_trimmed_and_duplicates_or_inner_spaces_are_named() {
+        let mut vars = minimal();
+        vars.insert("GROUPS_TO_BACKUP", "  42 ,\tteam/sub ,  /other/  ");
+        assert_eq!(
+            read(&vars).unwrap().groups,
+            vec![
+                GroupRef::Id(42),
+                GroupRef::Path("team/sub".into()),
+                GroupRef::Path("other".into())
+            ]
+        );
+        for bad in [
+            "42, 42",
+            "team/sub,team/sub/",
+            "Team/Sub, team/sub",
+            "42 12",
+            "my group",
+            "team//sub",
+            "42,..",
+            "team/../other",
+            ",",
+            " , 42",
+            "42,",
+        ] {
+            let mut vars = minimal();
+            vars.insert("GROUPS_TO_BACKUP", bad);
+            let problems = problems(&vars);
+            assert_eq!(problems.len(), 1, "{bad:?}: {problems:?}");
+            assert_eq!(problems[0].0, "GROUPS_TO_BACKUP", "{bad:?}");
+        }
+        vars.insert("GROUPS_TO_BACKUP", "42 12");
+        assert!(problems(&vars)[0].1.contains("separated by commas"));
+        vars.insert("GROUPS_TO_BACKUP", "7, 7");
+        assert!(problems(&vars)[0].1.contains("7 is listed twice"));
+    }
+
+    #[test]
+    fn more_malformed_urls_are_named() {
+        for bad in [
+            "https://",
+            "https://exa mple.com",
+            "https://host:99999/",
+            "javascript:alert(1)",
+            "mailto:a@b.c",
+            "file:///etc/passwd",
+            "//gitlab.example.com",
+            "https://gitlab.example.com/#top",
+            "https://user:pw@gitlab.example.com/",
+            "https://token@gitlab.example.com/",
+            "\u{0}",
+        ] {
+            let mut vars = minimal();
+            vars.insert("GITLAB_URL", bad);
+            vars.insert("S3_ENDPOINT", bad);
+            assert_eq!(
+                settings_named(read(&vars).unwrap_err()),
+                vec!["GITLAB_URL", "S3_ENDPOINT"],
+                "{bad:?}"
+            );
+        }
+        // Found by fuzzing (`config`): the URL parser keeps a '`' in a host name, which the
+        // signer's HTTP library refuses: every presigning failed.
+        for bad in [
+            "https://account.r2.cloudflarestor`ge.com",
+            "https://a{b}.example.com",
+            "https://a=b.example.com",
+        ] {
+            let mut vars = minimal();
+            vars.insert("GITLAB_URL", bad);
+            vars.insert("S3_ENDPOINT", bad);
+            let problems = problems(&vars);
+            assert_eq!(
+                problems.iter().map(|p| p.0).collect::<Vec<_>>(),
+                vec!["GITLAB_URL", "S3_ENDPOINT"],
+                "{bad:?}"
+            );
+        }
+        let mut vars = minimal();
+        vars.insert("GITLAB_URL", "https://user:hunter2@gitlab.example.com/");
+        let shown = read(&vars).unwrap_err().to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn a_gitlab_url_ending_in_the_api_path_is_named() {
+        for bad in [
+            "https://gitlab.example.com/api/v4",
+            "https://gitlab.example.com/gitlab/api/v4/",
+        ] {
+            let mut vars = minimal();
+            vars.insert("GITLAB_URL", bad);
+            let problems = problems(&vars);
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert_eq!(problems[0].0, "GITLAB_URL");
+            assert!(problems[0].1.contains("/api/v4"), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn a_path_prefix_reaches_every_api_url() {
+        use crate::gitlab::GitLab;
+        for raw in [
+            "https://host/gitlab",
+            "https://host/gitlab/",
+            "https://host/gitlab//",
+            " https://host/gitlab ",
+        ] {
+            let mut vars = minimal();
+            vars.insert("GITLAB_URL", raw);
+            let config = read(&vars).unwrap();
+            assert_eq!(
+                config.gitlab_url.as_str(),
+                "https://host/gitlab/",
+                "{raw:?}"
+            );
+            let gitlab = GitLab::new(&config.gitlab_url, config.gitlab_token.clone());
+            for url in [
+                gitlab.first_projects_page(&config.groups[0], config.listing),
+                gitlab.user_request().url,
+                gitlab.export_status_request(9).url,
+                gitlab
+                    .export_request(9, &Url::parse("https://b.s3.amazonaws.com/k").unwrap())
+                    .url,
+            ] {
+                assert!(
+                    url.as_str().starts_with("https://host/gitlab/api/v4/"),
+                    "{raw:?}: {url}"
+                );
+            }
+            assert_eq!(
+                gitlab.user_request().url.as_str(),
+                "https://host/gitlab/api/v4/user"
+            );
+            assert!(gitlab
+                .first_projects_page(&config.groups[0], config.listing)
+                .as_str()
+                .starts_with("https://host/gitlab/api/v4/groups/42/projects?"));
+        }
+    }
+
+    #[test]
+    fn an_s3_endpoint_keeps_its_path_prefix() {
+        let mut vars = minimal();
+        vars.insert("AWS_S3_BUCKET", "backups");
+        vars.insert("S3_ENDPOINT", "http://127.0.0.1:9000/s3");
+        let config = read(&vars).unwrap();
+        assert_eq!(
+            config.bucket.object_url("us-east-1", "a/b.tar.gz").as_str(),
+            "http://127.0.0.1:9000/s3/backups/a/b.tar.gz"
+        );
+    }
+
+    #[test]
+    fn invalid_bucket_names_are_named() {
+        let long = "a".repeat(64);
+        let long: &'static str = Box::leak(long.into_boxed_str());
+        for (bad, endpoint) in [
+            ("ab", None),
+            (long, None),
+            ("my bucket", None),
+            ("my/bucket", None),
+            ("bücket", None),
+            ("my..bucket", None),
+            ("-backups", None),
+            ("backups-", None),
+            (".backups", None),
+            ("backups.", None),
+            ("192.168.5.4", None),
+            ("10.0.0.1", Some("http://127.0.0.1:9000")),
+            ("MyBackups", Some("http://127.0.0.1:9000")),
+            (
+                "gitlab_projects_backup",
+                Some("https://x.r2.cloudflarestorage.com"),
+            ),
+        ] {
+            let mut vars = minimal();
+            vars.insert("AWS_S3_BUCKET", bad);
+            if let Some(endpoint) = endpoint {
+                vars.insert("S3_ENDPOINT", endpoint);
+            }
+            let problems = problems(&vars);
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert_eq!(problems[0].0, "AWS_S3_BUCKET", "{bad}");
+            assert!(
+                problems[0].1.contains("not a valid S3 bucket name"),
+                "{problems:?}"
+            );
+        }
+        // Legacy AWS names (capitals, underscores) stay valid on AWS, addressed path-style.
+        for legacy in ["gitlab_projects_backup", "MyBackups"] {
+            let mut vars = minimal();
+            vars.insert("AWS_S3_BUCKET", legacy);
+            let config = read(&vars).unwrap();
+            assert_eq!(config.bucket.addressing, crate::s3::Addressing::PathStyle);
+        }
+        let mut vars = minimal();
+        vars.insert("AWS_S3_BUCKET", "1.2.3.backups");
+        assert!(read(&vars).is_ok());
+    }
+
+    #[test]
+    fn a_region_that_is_no_region_name_is_named() {
+        for (bad, endpoint) in [
+            ("eu west 1", None),
+            ("EU-WEST-1", None),
+            ("eu-west-1.evil.example", None),
+            ("eu-west-1/x", None),
+            // Found by fuzzing (`object_key`): an `xn--` region made `object_url` panic.
+            ("xn--eu-cantral-1", None),
+            ("a b", Some("http://127.0.0.1:9000")),
+            ("us-east-1/s3", Some("http://127.0.0.1:9000")),
+        ] {
+            let mut vars = minimal();
+            vars.insert("AWS_S3_BUCKET", "backups");
+            vars.insert("AWS_REGION", bad);
+            if let Some(endpoint) = endpoint {
+                vars.insert("S3_ENDPOINT", endpoint);
+            }
+            assert_eq!(
+                settings_named(read(&vars).unwrap_err()),
+                vec!["AWS_REGION"],
+                "{bad}"
+            );
+        }
+        let mut vars = minimal();
+        vars.insert("S3_ENDPOINT", "http://127.0.0.1:9000");
+        vars.insert("AWS_S3_BUCKET", "backups");
+        vars.insert("AWS_REGION", "Garage_1");
+        assert!(read(&vars).is_ok());
+    }
+
+    #[test]
+    fn an_s3_prefix_with_dot_folders_is_named() {
+        for bad in ["..", "../", "a/../b", "./backups", "backups/.", "a/\u{7}/b"] {
+            let mut vars = minimal();
+            vars.insert("S3_PREFIX", bad);
+            assert_eq!(
+                settings_named(read(&vars).unwrap_err()),
+                vec!["S3_PREFIX"],
+                "{bad:?}"
+            );
+        }
+        let mut vars = minimal();
+        vars.insert("S3_PREFIX", "a.b/..c/...");
+        assert_eq!(read(&vars).unwrap().s3_prefix, "a.b/..c/.../");
+    }
+
+    #[test]
+    fn every_numeric_setting_names_itself_when_out_of_range_or_not_a_number() {
+        // (setting, lowest valid, highest valid)
+        let settings: [(&'static str, u64, u64); 8] = [
+            ("EXPORTS_PER_MINUTE", 1, 1000),
+            (
+                "SUBREQUESTS_PER_INVOCATION",
+                2,
+                u64::from(MAX_SUBREQUESTS_PER_INVOCATION),
+            ),
+            (
+                "CPU_MS_PER_INVOCATION",
+                u64::from(DEFAULT_CPU_MS_PER_INVOCATION),
+                u64::from(MAX_CPU_MS_PER_INVOCATION),
+            ),
+            ("PRESIGN_EXPIRY_HOURS", 1, MAX_PRESIGN_EXPIRY_HOURS),
+            ("BACKUP_INTERVAL_HOURS", 1, 24 * 365),
+            ("BACKUP_START_HOUR_UTC", 0, 23),
+            ("VERIFY_TIMEOUT_MINUTES", 1, 7 * 24 * 60),
+            ("MAX_ATTEMPTS", 1, 10),
+        ];
+        for (setting, low, high) in settings {
+            let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+            let mut bad = vec![
+                leak((high + 1).to_string()),
+                "-1",
+                "1.5",
+                "1e3",
+                "0x10",
+                "ten",
+                "5 5",
+                "٣",
+                "99999999999999999999999999",
+                "NaN",
+            ];
+            if low > 0 {
+                bad.push(leak((low - 1).to_string()));
+            }
+            for value in bad {
+                let mut vars = minimal();
+                vars.insert(setting, value);
+                let problems = problems(&vars);
+                assert_eq!(problems.len(), 1, "{setting}={value:?}: {problems:?}");
+                assert_eq!(problems[0].0, setting, "{setting}={value:?}");
+                assert!(
+                    problems[0].1.contains(&format!("from {low} to {high}")),
+                    "{setting}={value:?}: {problems:?}"
+                );
+            }
+            for good in [low, high] {
+                let mut vars = minimal();
+                let value = leak(format!(" {good} "));
+                vars.insert(setting, value);
+                assert!(read(&vars).is_ok(), "{setting}={value:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_booleans_are_named_with_the_value_as_given() {
+        for setting in ["INCLUDE_SUBGROUPS", "INCLUDE_ARCHIVED"] {
+            for bad in ["yes", "no", "on", "2", "-1", "tru", "Maybe", "true false"] {
+                let mut vars = minimal();
+                vars.insert(setting, bad);
+                let problems = problems(&vars);
+                assert_eq!(problems.len(), 1, "{setting}={bad:?}");
+                assert_eq!(problems[0].0, setting);
+                assert!(problems[0].1.contains(&format!("{bad:?}")), "{problems:?}");
+            }
+            for (good, value) in [
+                ("TRUE", true),
+                (" False ", false),
+                ("1", true),
+                ("0", false),
+            ] {
+                let mut vars = minimal();
+                vars.insert(setting, good);
+                let listing = read(&vars).unwrap().listing;
+                let read_value = if setting == "INCLUDE_SUBGROUPS" {
+                    listing.include_subgroups
+                } else {
+                    listing.include_archived
+                };
+                assert_eq!(read_value, value, "{setting}={good:?}");
             }
         }
     }

@@ -11,8 +11,9 @@ use crate::s3::{key_timestamp, object_key};
 use crate::status::rfc3339;
 use crate::store::{ManifestEntry, RunRow};
 
-/// Projects per manifest part, so no tick's work grows with the run.
-pub const PART_SIZE: u64 = 1000;
+/// Projects per manifest part: as many as a listing page, so no tick handles more project rows
+/// than a page brings, however large the run.
+pub const PART_SIZE: u64 = 100;
 
 fn run_folder(prefix: &str, run_started: SystemTime) -> String {
     format!("{prefix}_runs/{}/", key_timestamp(run_started))

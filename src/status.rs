@@ -286,7 +286,7 @@ mod tests {
             .start_run(0, &[("7".into(), "u".into()), ("gone".into(), "v".into())])
             .unwrap();
         store
-            .record_page(run.id, 0, &[(1, "a/1"), (2, "a/2"), (3, "a/3")], None)
+            .record_only_page(run.id, 0, &[(1, "a/1"), (2, "a/2"), (3, "a/3")])
             .unwrap();
         store
             .record_listing_error(run.id, 1, "the group does not exist")
@@ -331,7 +331,7 @@ mod tests {
         let run = store.start_run(0, &[("7".into(), "u".into())]).unwrap();
         let projects: Vec<(u64, String)> = (1..=8).map(|i| (i, format!("a/{i}"))).collect();
         let refs: Vec<(u64, &str)> = projects.iter().map(|(i, p)| (*i, p.as_str())).collect();
-        store.record_page(run.id, 0, &refs, None).unwrap();
+        store.record_only_page(run.id, 0, &refs).unwrap();
         store.set_phase(run.id, Phase::Exporting, 0).unwrap();
         for _ in 0..6 {
             let (_, log) = store.claim_next(run.id, 0, 0).unwrap().unwrap();

@@ -116,12 +116,16 @@ const SCHEMA: &[&str] = &[
         summary_key TEXT
     )",
     "CREATE INDEX IF NOT EXISTS runs_active ON runs (phase) WHERE phase != 'finished'",
-    // One row per configured group of a run: where its listing stands.
+    // One row per configured group of a run: where its listing stands. `next_url` is the next
+    // page to read (NULL: done), `page` its number, `pages_total` the page count GitLab gave
+    // (NULL above 10,000 projects, where it stops counting).
     "CREATE TABLE IF NOT EXISTS listings (
         run_id INTEGER NOT NULL,
         position INTEGER NOT NULL,
         group_ref TEXT NOT NULL,
         next_url TEXT,
+        page INTEGER NOT NULL DEFAULT 1,
+        pages_total INTEGER,
         error TEXT,
         PRIMARY KEY (run_id, position)
     ) WITHOUT ROWID",
@@ -248,12 +252,25 @@ impl RunRow {
     }
 }
 
-/// The next listing page of one group.
+/// Where the listing of one group stands: its next page, and how many it has if known.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListingRow {
     pub position: u64,
     pub group: String,
     pub next_url: String,
+    pub page: u64,
+    pub pages_total: Option<u64>,
+}
+
+/// One listed page, as the engine records it.
+pub struct ListedPage<'a> {
+    pub position: u64,
+    /// The page's number: the group's cursor moves only if it stands on this page.
+    pub page: u64,
+    pub projects: &'a [(u64, &'a str)],
+    /// The next page and its number; `None`: the listing is complete.
+    pub next: Option<(&'a str, u64)>,
+    pub pages_total: Option<u64>,
 }
 
 /// A project claimed for export or for a check.
@@ -324,6 +341,12 @@ impl<S: Sql> Store<S> {
         Ok(Store { sql })
     }
 
+    /// A store whose schema this process already created (a live Durable Object opens its
+    /// store once, then reuses the schema on each request).
+    pub fn opened(sql: S) -> Store<S> {
+        Store { sql }
+    }
+
     fn rows(&self, query: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         self.sql.exec(query, params)
     }
@@ -390,51 +413,85 @@ impl<S: Sql> Store<S> {
         Ok(())
     }
 
-    /// The first group of the run whose listing is not complete.
-    pub fn next_listing(&self, run_id: u64) -> Result<Option<ListingRow>, StoreError> {
-        let rows = self.rows(
-            "SELECT position, group_ref, next_url FROM listings
-             WHERE run_id = ? AND next_url IS NOT NULL ORDER BY position LIMIT 1",
-            &[run_id.into()],
-        )?;
-        rows.first()
-            .map(|row| {
-                Ok(ListingRow {
-                    position: column(row, 0)?.as_u64()?,
-                    group: column(row, 1)?.as_text()?,
-                    next_url: column(row, 2)?.as_text()?,
-                })
+    /// Up to `limit` groups of the run whose listing is not complete, in configured order.
+    pub fn open_listings(&self, run_id: u64, limit: u64) -> Result<Vec<ListingRow>, StoreError> {
+        self.rows(
+            "SELECT position, group_ref, next_url, page, pages_total FROM listings
+             WHERE run_id = ? AND next_url IS NOT NULL ORDER BY position LIMIT ?",
+            &[run_id.into(), limit.into()],
+        )?
+        .iter()
+        .map(|row| {
+            Ok(ListingRow {
+                position: column(row, 0)?.as_u64()?,
+                group: column(row, 1)?.as_text()?,
+                next_url: column(row, 2)?.as_text()?,
+                page: column(row, 3)?.as_u64()?,
+                pages_total: column(row, 4)?.as_opt_u64()?,
             })
-            .transpose()
+        })
+        .collect()
     }
 
-    /// Records one listed page: its projects join the run (once each), and the group's listing
-    /// moves on to `next_url` (`None`: complete).
-    pub fn record_page(
+    /// Records one listed page: its projects join the run (once each, so a page read twice
+    /// changes nothing), and the group's cursor moves past it if it stood on it (pages read
+    /// ahead, in parallel, move it only once the pages before them are in). Returns how many
+    /// projects were new.
+    pub fn record_page(&self, run_id: u64, listed: &ListedPage<'_>) -> Result<u64, StoreError> {
+        // One statement for the page: its projects go in as one JSON array of [id, path].
+        let page = serde_json::to_string(listed.projects)
+            .map_err(|e| StoreError(format!("encoding a page of projects: {e}")))?;
+        let added = self
+            .rows(
+                "INSERT INTO projects (run_id, project_id, path, state)
+                 SELECT ?, value ->> 0, value ->> 1, 'pending' FROM json_each(?) WHERE true
+                 ON CONFLICT DO NOTHING RETURNING project_id",
+                &[run_id.into(), page.into()],
+            )?
+            .len() as u64;
+        if added > 0 {
+            self.rows(
+                "UPDATE runs SET listed = listed + ? WHERE id = ?",
+                &[added.into(), run_id.into()],
+            )?;
+        }
+        let (next_url, next_page) = match listed.next {
+            Some((url, page)) => (Some(url), page),
+            None => (None, listed.page + 1),
+        };
+        self.rows(
+            "UPDATE listings SET next_url = ?, page = ?, pages_total = COALESCE(?, pages_total)
+             WHERE run_id = ? AND position = ? AND page = ? AND next_url IS NOT NULL",
+            &[
+                next_url.into(),
+                next_page.into(),
+                listed.pages_total.into(),
+                run_id.into(),
+                listed.position.into(),
+                listed.page.into(),
+            ],
+        )?;
+        Ok(added)
+    }
+
+    /// Records a group's one and only page (tests).
+    #[cfg(test)]
+    pub fn record_only_page(
         &self,
         run_id: u64,
         position: u64,
         projects: &[(u64, &str)],
-        next_url: Option<&str>,
     ) -> Result<u64, StoreError> {
-        let mut added = 0;
-        for (project_id, path) in projects {
-            let rows = self.rows(
-                "INSERT INTO projects (run_id, project_id, path, state) VALUES (?, ?, ?, 'pending')
-                 ON CONFLICT DO NOTHING RETURNING project_id",
-                &[run_id.into(), (*project_id).into(), (*path).into()],
-            )?;
-            added += rows.len() as u64;
-        }
-        self.rows(
-            "UPDATE runs SET listed = listed + ? WHERE id = ?",
-            &[added.into(), run_id.into()],
-        )?;
-        self.rows(
-            "UPDATE listings SET next_url = ? WHERE run_id = ? AND position = ?",
-            &[next_url.into(), run_id.into(), position.into()],
-        )?;
-        Ok(added)
+        self.record_page(
+            run_id,
+            &ListedPage {
+                position,
+                page: 1,
+                projects,
+                next: None,
+                pages_total: Some(1),
+            },
+        )
     }
 
     /// Ends a group's listing with an error that the run reports.
@@ -465,9 +522,12 @@ impl<S: Sql> Store<S> {
     /// Puts projects left `exporting` by a tick that died back in line.
     pub fn requeue_interrupted(&self, run_id: u64) -> Result<u64, StoreError> {
         let rows = self.rows(
-            "UPDATE projects SET state = 'pending' WHERE run_id = ? AND state = 'exporting'
+            // Through the index: an UPDATE of `state` filtered on `state` itself makes SQLite
+            // walk the run's primary key instead (a scan of the run, seen with `cargo xtask bench`).
+            "UPDATE projects SET state = 'pending' WHERE run_id = ? AND project_id IN (
+                 SELECT project_id FROM projects WHERE run_id = ? AND state = 'exporting')
              RETURNING project_id",
-            &[run_id.into()],
+            &[run_id.into(), run_id.into()],
         )?;
         Ok(rows.len() as u64)
     }
@@ -541,10 +601,14 @@ impl<S: Sql> Store<S> {
     }
 
     fn bump(&self, run_id: u64, counter: &'static str) -> Result<(), StoreError> {
-        self.rows(
-            &format!("UPDATE runs SET {counter} = {counter} + 1 WHERE id = ?"),
-            &[run_id.into()],
-        )?;
+        // A final outcome also waits for its manifest part: both counters in one write.
+        let query = match counter {
+            "verified" => "UPDATE runs SET verified = verified + 1, manifest_waiting = manifest_waiting + 1 WHERE id = ?",
+            "failed" => "UPDATE runs SET failed = failed + 1, manifest_waiting = manifest_waiting + 1 WHERE id = ?",
+            "exported" => "UPDATE runs SET exported = exported + 1 WHERE id = ?",
+            _ => return Err(StoreError(format!("no run counter {counter}"))),
+        };
+        self.rows(query, &[run_id.into()])?;
         Ok(())
     }
 
@@ -592,8 +656,7 @@ impl<S: Sql> Store<S> {
             "UPDATE projects SET state = 'verified', size = ?, error = NULL WHERE run_id = ? AND project_id = ?",
             &[size.into(), run_id.into(), project_id.into()],
         )?;
-        self.bump(run_id, "verified")?;
-        self.bump(run_id, "manifest_waiting")
+        self.bump(run_id, "verified")
     }
 
     /// An attempt failed: back in line at `retry_at_ms`, or, without one, failed for good.
@@ -617,8 +680,7 @@ impl<S: Sql> Store<S> {
                     "UPDATE projects SET state = 'failed', error = ? WHERE run_id = ? AND project_id = ?",
                     &[reason.into(), run_id.into(), project_id.into()],
                 )?;
-                self.bump(run_id, "failed")?;
-                self.bump(run_id, "manifest_waiting")
+                self.bump(run_id, "failed")
             }
         }
     }
@@ -658,7 +720,9 @@ impl<S: Sql> Store<S> {
         limit: u64,
     ) -> Result<Vec<ManifestEntry>, StoreError> {
         self.rows(
-            "SELECT project_id, path, state, attempts, size, error FROM projects
+            // SQLite would rather walk the run's primary key (same order) than the partial index.
+            "SELECT project_id, path, state, attempts, size, error
+             FROM projects INDEXED BY projects_for_manifest
              WHERE run_id = ? AND manifest_part IS NULL AND state IN ('verified', 'failed')
              ORDER BY project_id LIMIT ?",
             &[run_id.into(), limit.into()],
@@ -684,12 +748,13 @@ impl<S: Sql> Store<S> {
         part: u64,
         project_ids: &[u64],
     ) -> Result<(), StoreError> {
-        for id in project_ids {
-            self.rows(
-                "UPDATE projects SET manifest_part = ? WHERE run_id = ? AND project_id = ?",
-                &[part.into(), run_id.into(), (*id).into()],
-            )?;
-        }
+        let ids = serde_json::to_string(project_ids)
+            .map_err(|e| StoreError(format!("encoding project ids: {e}")))?;
+        self.rows(
+            "UPDATE projects SET manifest_part = ?
+             WHERE run_id = ? AND project_id IN (SELECT value FROM json_each(?))",
+            &[part.into(), run_id.into(), ids.into()],
+        )?;
         self.rows(
             "UPDATE runs SET manifest_parts = manifest_parts + 1, manifest_waiting = manifest_waiting - ?
              WHERE id = ?",
@@ -809,12 +874,16 @@ impl<S: Sql> Store<S> {
     /// `keep_detailed` runs, and the summaries of all but the newest `keep_runs`. Returns how
     /// many rows went, so a caller can bound each tick's work.
     pub fn prune(&self, keep_detailed: u64, keep_runs: u64, batch: u64) -> Result<u64, StoreError> {
+        // Run ids are consecutive (rows are only ever deleted from the oldest end), so the
+        // oldest run kept is found from the newest without walking the table.
+        let newest = self
+            .rows("SELECT MAX(id) FROM runs", &[])?
+            .first()
+            .map(|row| column(row, 0)?.as_opt_u64())
+            .transpose()?
+            .flatten();
         let oldest_kept = |keep: u64| -> Result<Option<u64>, StoreError> {
-            let rows = self.rows(
-                "SELECT id FROM runs ORDER BY id DESC LIMIT 1 OFFSET ?",
-                &[keep.saturating_sub(1).into()],
-            )?;
-            rows.first().map(|row| column(row, 0)?.as_u64()).transpose()
+            Ok(newest.and_then(|newest| newest.checked_sub(keep.saturating_sub(1))))
         };
         let mut deleted = 0;
         if let Some(detailed_from) = oldest_kept(keep_detailed)? {
@@ -882,16 +951,22 @@ impl<S: Sql> Store<S> {
 }
 
 /// rusqlite behind the same trait, for host tests and benchmarks.
-#[cfg(test)]
+#[cfg(any(test, feature = "host-sql"))]
 pub mod host {
     use super::{Row, Sql, StoreError, Value};
     use rusqlite::types::{ToSqlOutput, ValueRef};
 
-    pub struct HostSql(pub rusqlite::Connection);
+    /// A rusqlite connection; `.1` counts the steps statements spent walking a whole table or
+    /// index without a search (SQLite's `FULLSCAN_STEP`), for benchmarks.
+    pub struct HostSql(pub rusqlite::Connection, pub std::cell::Cell<u64>);
 
     impl HostSql {
         pub fn in_memory() -> HostSql {
-            HostSql(rusqlite::Connection::open_in_memory().expect("an in-memory SQLite opens"))
+            let connection =
+                rusqlite::Connection::open_in_memory().expect("an in-memory SQLite opens");
+            // Room for every statement of the store, so none is compiled twice.
+            connection.set_prepared_statement_cache_capacity(64);
+            HostSql(connection, std::cell::Cell::new(0))
         }
     }
 
@@ -930,6 +1005,10 @@ pub mod host {
                 }
                 out.push(values);
             }
+            drop(rows);
+            let scanned = statement.get_status(rusqlite::StatementStatus::FullscanStep);
+            statement.reset_status(rusqlite::StatementStatus::FullscanStep);
+            self.1.set(self.1.get() + scanned as u64);
             Ok(out)
         }
     }
@@ -952,18 +1031,18 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .record_page(run.id, 0, &[(1, "a/x"), (2, "a/y")], None)
+                .record_only_page(run.id, 0, &[(1, "a/x"), (2, "a/y")])
                 .unwrap(),
             2
         );
         assert_eq!(
             store
-                .record_page(run.id, 1, &[(2, "a/y"), (3, "b/z")], None)
+                .record_only_page(run.id, 1, &[(2, "a/y"), (3, "b/z")])
                 .unwrap(),
             1
         );
         assert_eq!(store.active_run().unwrap().unwrap().listed, 3);
-        assert_eq!(store.next_listing(run.id).unwrap(), None);
+        assert_eq!(store.open_listings(run.id, 10).unwrap(), vec![]);
     }
 
     #[test]
@@ -972,7 +1051,7 @@ mod tests {
         let store = Store::open(&db).unwrap();
         let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
         store
-            .record_page(run.id, 0, &[(9, "a/9"), (3, "a/3"), (5, "a/5")], None)
+            .record_only_page(run.id, 0, &[(9, "a/9"), (3, "a/3"), (5, "a/5")])
             .unwrap();
         let claimed: Vec<u64> = std::iter::from_fn(|| store.claim_next(run.id, 0, 10).unwrap())
             .map(|(p, _)| p.project_id)
@@ -986,7 +1065,7 @@ mod tests {
         let db = HostSql::in_memory();
         let store = Store::open(&db).unwrap();
         let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
-        store.record_page(run.id, 0, &[(1, "a/1")], None).unwrap();
+        store.record_only_page(run.id, 0, &[(1, "a/1")]).unwrap();
         store.claim_next(run.id, 0, 10).unwrap().unwrap();
         assert!(store.claim_next(run.id, 0, 10).unwrap().is_none());
         assert_eq!(store.requeue_interrupted(run.id).unwrap(), 1);
@@ -1007,7 +1086,7 @@ mod tests {
         let store = Store::open(&db).unwrap();
         let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
         store
-            .record_page(run.id, 0, &[(1, "a/1"), (2, "a/2")], None)
+            .record_only_page(run.id, 0, &[(1, "a/1"), (2, "a/2")])
             .unwrap();
         let (_, first) = store.claim_next(run.id, 0, 100_000).unwrap().unwrap();
         store.export_answered(first, 1_000).unwrap();

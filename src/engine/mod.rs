@@ -15,7 +15,7 @@ use crate::gitlab::{ExportAnswer, ExportStatus, GitLab, GitLabError};
 use crate::http::{HttpRequest, HttpResponse, HttpResult, Method};
 use crate::manifest::{self, PART_SIZE};
 use crate::s3::{self, object_key, region_from_answer, Signer};
-use crate::store::{Backup, ClaimedProject, Phase, RunRow, Sql, Store, StoreError};
+use crate::store::{Backup, ClaimedProject, ListedPage, Phase, RunRow, Sql, Store, StoreError};
 
 /// GitLab counts export requests per user in windows of one minute.
 pub const EXPORT_WINDOW: Duration = Duration::from_secs(60);
@@ -31,8 +31,17 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(8 * 60);
 pub const RUNS_KEPT_IN_DETAIL: u64 = 2;
 /// Runs whose summaries are kept.
 pub const RUNS_KEPT: u64 = 30;
-/// Rows of old runs deleted per tick at most, so pruning never makes one tick heavy.
-pub const PRUNE_BATCH: u64 = 500;
+/// Rows of old runs deleted per tick at most, so pruning never makes one tick heavy. A run of
+/// N projects takes at least N / 6 ticks (GitLab's export limit), so pruning the run it
+/// replaces keeps up.
+pub const PRUNE_BATCH: u64 = 20;
+/// Listing pages read at once: Cloudflare keeps at most six subrequests waiting for their
+/// answer per invocation, and queues the rest.
+pub const LISTING_CONCURRENCY: u32 = 6;
+/// CPU time budgeted for one listing page of 100 projects (parsing it and recording its
+/// rows): the free plan's 10 ms reads one page per invocation. `cargo xtask bench` measures
+/// the real cost on the host.
+pub const LISTING_PAGE_CPU_MS: u32 = 10;
 /// The first look at an accepted export (GitLab needs a while to build it).
 pub const FIRST_CHECK_AFTER: Duration = Duration::from_secs(10);
 /// Later looks at an export that is not proven yet.
@@ -214,6 +223,7 @@ enum Purpose {
     Probe,
     ListPage {
         position: u64,
+        page: u64,
         group: String,
     },
     Export {
@@ -247,6 +257,11 @@ pub struct TickReport {
     pub exports: u32,
 }
 
+/// Listing pages one invocation reads at most, by its CPU budget.
+fn pages_budget(config: &Config) -> u32 {
+    (config.cpu_ms_per_invocation / LISTING_PAGE_CPU_MS).max(1)
+}
+
 /// One invocation's work on the current run.
 pub struct Tick<'a, S: Sql> {
     store: &'a Store<S>,
@@ -256,6 +271,12 @@ pub struct Tick<'a, S: Sql> {
     region: Option<String>,
     subrequests_left: u32,
     exports_left: u32,
+    /// Listing pages this invocation's CPU budget still allows.
+    pages_left: u32,
+    /// Export requests the rolling window still takes, as counted in this tick.
+    window_room: Option<u32>,
+    /// Set when the page budget cut the listing short: the alarm goes on at once.
+    listing_cut: bool,
     /// A step that must follow the one just handled (the HEAD after a finished export).
     follow_up: Option<Step>,
     /// Set once GitLab must not be asked anything more in this tick.
@@ -326,6 +347,9 @@ impl<'a, S: Sql> Tick<'a, S> {
             region,
             subrequests_left: config.subrequests_per_invocation,
             exports_left: config.exports_per_minute,
+            pages_left: pages_budget(config),
+            listing_cut: false,
+            window_room: None,
             follow_up: None,
             gitlab_stopped: false,
             exports_stopped: false,
@@ -356,21 +380,23 @@ impl<'a, S: Sql> Tick<'a, S> {
         }
     }
 
-    /// The next request to send, already persisted as under way; `None` when this tick is done.
-    pub fn next_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
+    /// The next requests to send, already persisted as under way; empty when this tick is
+    /// done. The caller sends them together (they are independent: listing pages), then hands
+    /// each answer to [`Tick::handle`] in the order of the steps.
+    pub fn next_steps(&mut self, now_ms: u64) -> Result<Vec<Step>, StoreError> {
         if self.subrequests_left == 0 {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         if let Some(step) = self.follow_up.take() {
-            return Ok(Some(self.spend(step)));
+            return Ok(vec![self.spend(step)]);
         }
-        let step = match self.run.phase {
-            Phase::Preflight => self.preflight_step(now_ms)?,
-            Phase::Listing => self.listing_step(now_ms)?,
-            Phase::Exporting | Phase::Verifying => self.run_step(now_ms)?,
-            Phase::Finished => None,
+        let steps = match self.run.phase {
+            Phase::Preflight => self.preflight_step(now_ms)?.into_iter().collect(),
+            Phase::Listing => self.listing_steps(now_ms)?,
+            Phase::Exporting | Phase::Verifying => self.run_step(now_ms)?.into_iter().collect(),
+            Phase::Finished => Vec::new(),
         };
-        Ok(step.map(|step| self.spend(step)))
+        Ok(steps.into_iter().map(|step| self.spend(step)).collect())
     }
 
     fn spend(&mut self, step: Step) -> Step {
@@ -413,23 +439,57 @@ impl<'a, S: Sql> Tick<'a, S> {
         )
     }
 
-    fn listing_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
+    /// The next listing pages: each unfinished group's next page, then pages further on where
+    /// GitLab gave the page count, at most [`LISTING_CONCURRENCY`] at once and within the
+    /// tick's page and subrequest budgets.
+    fn listing_steps(&mut self, now_ms: u64) -> Result<Vec<Step>, StoreError> {
         if self.gitlab_stopped || !self.gitlab_available(now_ms)? {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        if let Some(listing) = self.store.next_listing(self.run.id)? {
-            let page = Url::parse(&listing.next_url)
+        let room = LISTING_CONCURRENCY
+            .min(self.pages_left)
+            .min(self.subrequests_left) as usize;
+        let listings = self.store.open_listings(self.run.id, room.max(1) as u64)?;
+        if listings.is_empty() {
+            self.set_phase(Phase::Exporting, now_ms)?;
+            return Ok(self.run_step(now_ms)?.into_iter().collect());
+        }
+        if room == 0 {
+            self.listing_cut = true;
+            return Ok(Vec::new());
+        }
+        let mut pages = Vec::new();
+        for listing in &listings {
+            let url = Url::parse(&listing.next_url)
                 .map_err(|e| StoreError(format!("stored page URL: {e}")))?;
-            return Ok(Some(Step {
-                request: self.gitlab.projects_page_request(page),
+            pages.push((listing, listing.page, url));
+        }
+        for listing in &listings {
+            let Some(total) = listing.pages_total else {
+                continue;
+            };
+            let cursor = Url::parse(&listing.next_url)
+                .map_err(|e| StoreError(format!("stored page URL: {e}")))?;
+            for page in listing.page + 1..=total {
+                if pages.len() >= room {
+                    break;
+                }
+                pages.push((listing, page, crate::gitlab::with_page(&cursor, page)));
+            }
+        }
+        pages.truncate(room);
+        self.pages_left -= pages.len() as u32;
+        Ok(pages
+            .into_iter()
+            .map(|(listing, page, url)| Step {
+                request: self.gitlab.projects_page_request(url),
                 purpose: Purpose::ListPage {
                     position: listing.position,
-                    group: listing.group,
+                    page,
+                    group: listing.group.clone(),
                 },
-            }));
-        }
-        self.set_phase(Phase::Exporting, now_ms)?;
-        self.run_step(now_ms)
+            })
+            .collect())
     }
 
     /// Exports first (never delayed by checks), then checks of accepted exports, then the
@@ -504,6 +564,9 @@ impl<'a, S: Sql> Tick<'a, S> {
         else {
             return Ok(None);
         };
+        if let Some(room) = &mut self.window_room {
+            *room -= 1;
+        }
         let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
         let object = self.config.bucket.object_url(region, &key);
         let upload = match self.signer(region, now_ms).presign(
@@ -515,6 +578,9 @@ impl<'a, S: Sql> Tick<'a, S> {
             Err(e) => {
                 // Nothing was sent: the request leaves the window again.
                 self.store.export_answered(log_id, 0)?;
+                if let Some(room) = &mut self.window_room {
+                    *room += 1;
+                }
                 self.fail_for_good(&project, &e.to_string(), now_ms)?;
                 return self.export_step(region, now_ms);
             }
@@ -616,6 +682,12 @@ impl<'a, S: Sql> Tick<'a, S> {
     /// Whether the rolling window has room for one more export request now; if not, when it
     /// will (for the caller's alarm).
     fn window_allows(&mut self, now_ms: u64) -> Result<bool, StoreError> {
+        // Room counted earlier in this tick, less the exports claimed since (entries that left
+        // the window meanwhile are only counted again once the room is used up).
+        if self.window_room.is_some_and(|room| room > 0) {
+            return Ok(true);
+        }
+        self.window_room = None;
         if let Some(until) = self.store.meta_u64(META_BLOCKED_UNTIL)? {
             if until > now_ms {
                 self.wake_at(until);
@@ -626,6 +698,7 @@ impl<'a, S: Sql> Tick<'a, S> {
         self.store.prune_window(since)?;
         let window = self.store.window_use(since)?;
         if window.requests < self.config.exports_per_minute {
+            self.window_room = Some(self.config.exports_per_minute - window.requests);
             return Ok(true);
         }
         if let Some(oldest) = window.oldest_ms {
@@ -648,7 +721,11 @@ impl<'a, S: Sql> Tick<'a, S> {
         match step.purpose {
             Purpose::CheckUser => self.on_user(answer, now_ms),
             Purpose::Probe => self.on_probe(answer, now_ms),
-            Purpose::ListPage { position, group } => self.on_page(position, group, answer, now_ms),
+            Purpose::ListPage {
+                position,
+                page,
+                group,
+            } => self.on_page(position, page, group, answer, now_ms),
             Purpose::Export { project, log_id } => {
                 self.store.export_answered(log_id, now_ms)?;
                 self.on_export(project, answer, now_ms)
@@ -740,6 +817,7 @@ impl<'a, S: Sql> Tick<'a, S> {
     fn on_page(
         &mut self,
         position: u64,
+        page_number: u64,
         group: String,
         answer: HttpResult,
         now_ms: u64,
@@ -755,10 +833,20 @@ impl<'a, S: Sql> Tick<'a, S> {
                     .iter()
                     .map(|p| (p.id, p.path_with_namespace.as_str()))
                     .collect();
-                let next = page.next.as_ref().map(Url::as_str);
-                let new = self
-                    .store
-                    .record_page(self.run.id, position, &projects, next)?;
+                let next = page.next.as_ref().map(|url| {
+                    let number = crate::gitlab::page_number(url).unwrap_or(page_number + 1);
+                    (url.as_str(), number)
+                });
+                let new = self.store.record_page(
+                    self.run.id,
+                    &ListedPage {
+                        position,
+                        page: page_number,
+                        projects: &projects,
+                        next,
+                        pages_total: page.total_pages,
+                    },
+                )?;
                 self.run.listed += new;
                 self.report.events.push(Event::PageListed {
                     run: self.run.id,
@@ -852,9 +940,14 @@ impl<'a, S: Sql> Tick<'a, S> {
         let exported_ms = project.exported_ms.unwrap_or(now_ms);
         match status {
             Ok(ExportStatus::InProgress) => {
+                // An export stuck in GitLab's queue must not hold the run (and the next ones)
+                // forever: it counts against VERIFY_TIMEOUT_MINUTES like a missing upload.
                 self.gitlab_answered()?;
-                self.store
-                    .reschedule(self.run.id, project.project_id, check_again)?;
+                let reason = format!(
+                    "GitLab's export stayed queued or started for more than {} minutes",
+                    self.config.verify_timeout.as_secs() / 60
+                );
+                self.not_there_yet(&project, &reason, now_ms)?;
             }
             Ok(ExportStatus::None) if now_ms < exported_ms + ms(NONE_GRACE) => {
                 self.gitlab_answered()?;
@@ -1240,7 +1333,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 Phase::Exporting | Phase::Verifying => self.exports_stopped && self.s3_stopped,
                 Phase::Finished => true,
             };
-        if self.subrequests_left == 0 && !stopped {
+        if (self.subrequests_left == 0 || self.listing_cut) && !stopped {
             self.wake_at(now_ms);
         }
         self.report.events.push(Event::TickEnded {

@@ -529,6 +529,9 @@ impl SimGitLab {
                 if total <= 10_000 {
                     links.push(link(pages, "last"));
                     answer.headers.push(("x-total".into(), total.to_string()));
+                    answer
+                        .headers
+                        .push(("x-total-pages".into(), pages.to_string()));
                 }
                 answer.headers.push(("link".into(), links.join(", ")));
                 answer.headers.push(("x-page".into(), page.to_string()));
@@ -1084,8 +1087,8 @@ impl TickLog {
 
 type CrashPlan = dyn FnMut(&HttpRequest) -> Option<Crash>;
 
-/// Runs one tick like `worker::coordinator`: `while let Some(step) = tick.next_step(now)? {
-/// let answer = send(&step.request).await; tick.handle(step, answer, now)?; }` then `finish`.
+/// Runs one tick like `worker::coordinator`: `next_steps`, send them together, `handle` each
+/// answer in step order, until no step comes; then `finish`.
 fn drive_tick(
     db: &HostSql,
     config: &Config,
@@ -1113,29 +1116,40 @@ fn drive_tick(
             return log;
         }
     };
-    while let Some(step) = tick.next_step(world.now).expect("next_step") {
-        log.subrequests += 1;
-        if is_export(&step.request) {
-            log.exports += 1;
+    loop {
+        let steps = tick.next_steps(world.now).expect("next_steps");
+        if steps.is_empty() {
+            break;
         }
-        let crash = crash(&step.request);
-        match crash {
-            Some(Crash::BeforeSend) => {
+        // The steps of one call go out together; their answers are handled in step order.
+        let mut answered = Vec::new();
+        for step in steps {
+            log.subrequests += 1;
+            if is_export(&step.request) {
+                log.exports += 1;
+            }
+            let crash = crash(&step.request);
+            match crash {
+                Some(Crash::BeforeSend) => {
+                    log.crashed = crash;
+                    return log;
+                }
+                Some(Crash::InFlight) => {
+                    world.send_then_die(&step.request);
+                    log.crashed = crash;
+                    return log;
+                }
+                _ => {}
+            }
+            let answer = world.send(&step.request);
+            answered.push((step, answer, crash));
+        }
+        for (step, answer, crash) in answered {
+            tick.handle(step, answer, world.now).expect("handle");
+            if crash == Some(Crash::AfterHandle) {
                 log.crashed = crash;
                 return log;
             }
-            Some(Crash::InFlight) => {
-                world.send_then_die(&step.request);
-                log.crashed = crash;
-                return log;
-            }
-            _ => {}
-        }
-        let answer = world.send(&step.request);
-        tick.handle(step, answer, world.now).expect("handle");
-        if crash == Some(Crash::AfterHandle) {
-            log.crashed = crash;
-            return log;
         }
     }
     log.report = Some(tick.finish(world.now));
@@ -1812,6 +1826,8 @@ fn a_429_on_a_listing_page_delays_the_listing_until_retry_after_and_slack() {
     let (mut gitlab, _) = one_group(250, 6);
     gitlab.listing_faults = FaultPlan::scripted(&[None, Some(Fault::TooMany(Some(120)))]);
     let mut h = Harness::new(config(&[]), World::new(gitlab));
+    // One page per tick on the free plan: the second page comes with the alarm.
+    h.fire_next();
     h.fire_next();
     let limited = h.world.sent.len() - 1;
     assert_eq!(h.world.sent[limited].answer, Ok(429));
@@ -2041,8 +2057,8 @@ fn a_group_answering_404_is_reported_and_other_groups_still_back_up() {
     assert_eq!(group_failed, 2);
 }
 
-#[test]
-fn listing_ten_thousand_projects_with_a_budget_of_50_spreads_over_several_ticks() {
+/// Four groups of 2,500 projects (100 pages), listed under `overrides`, until exports began.
+fn list_ten_thousand(overrides: &[(&str, &str)]) -> Harness {
     let mut gitlab = SimGitLab::new(6);
     let mut groups = Vec::new();
     for name in ["acme", "beta", "gamma", "delta"] {
@@ -2050,13 +2066,10 @@ fn listing_ten_thousand_projects_with_a_budget_of_50_spreads_over_several_ticks(
         gitlab.add_projects(group, 2_500);
         groups.push(name);
     }
-    let mut h = Harness::new(
-        config(&[
-            ("GROUPS_TO_BACKUP", &groups.join(",")),
-            ("SUBREQUESTS_PER_INVOCATION", "50"),
-        ]),
-        World::new(gitlab),
-    );
+    let groups = groups.join(",");
+    let mut vars = vec![("GROUPS_TO_BACKUP", groups.as_str())];
+    vars.extend_from_slice(overrides);
+    let mut h = Harness::new(config(&vars), World::new(gitlab));
     h.run_until(T0 + HOUR, |h| h.world.gitlab.exports.len() >= 12);
     let run = h.latest_run().unwrap();
     assert_eq!(run.listed, 10_000);
@@ -2064,30 +2077,107 @@ fn listing_ten_thousand_projects_with_a_budget_of_50_spreads_over_several_ticks(
     assert_eq!(
         h.world.gitlab.listings.len(),
         100,
-        "25 pages of 100 per group"
+        "25 pages of 100 per group, each read once"
     );
-    assert_ticks_within_budget(&h.ticks, 50, 6);
-    let listing_ticks: Vec<&TickLog> = h
-        .ticks
+    assert_gitlab_window_respected(&h.world.gitlab.exports, 6);
+    h
+}
+
+fn listing_ticks(h: &Harness) -> Vec<&TickLog> {
+    h.ticks
         .iter()
         .filter(|t| {
             t.events()
                 .iter()
                 .any(|e| matches!(e, Event::PageListed { .. }))
         })
-        .collect();
-    assert!(
-        listing_ticks.len() >= 2,
-        "{} listing ticks",
-        listing_ticks.len()
-    );
-    // A tick cut short by its budget alone asks to be woken at once.
-    for t in &listing_ticks[..listing_ticks.len() - 1] {
-        assert_eq!(t.subrequests, 50);
+        .collect()
+}
+
+fn pages_listed(t: &TickLog) -> usize {
+    t.events()
+        .iter()
+        .filter(|e| matches!(e, Event::PageListed { .. }))
+        .count()
+}
+
+#[test]
+fn on_the_free_plan_each_tick_lists_one_page_and_the_alarm_goes_on_at_once() {
+    // Defaults: 50 subrequests and 10 ms of CPU per invocation.
+    let h = list_ten_thousand(&[]);
+    assert_ticks_within_budget(&h.ticks, 50, 6);
+    let ticks = listing_ticks(&h);
+    assert_eq!(ticks.len(), 100);
+    assert!(ticks.iter().all(|t| pages_listed(t) == 1));
+    // A tick cut short by its page budget asks to be woken at once.
+    for t in &ticks[..ticks.len() - 1] {
         let report = t.report.as_ref().unwrap();
         assert!(report.wake_at_ms.is_some_and(|w| w <= h.world.now));
     }
-    assert_gitlab_window_respected(&h.world.gitlab.exports, 6);
+}
+
+#[test]
+fn with_cpu_to_spare_pages_are_read_ahead_up_to_the_subrequest_budget() {
+    let h = list_ten_thousand(&[
+        ("CPU_MS_PER_INVOCATION", "30000"),
+        ("SUBREQUESTS_PER_INVOCATION", "50"),
+    ]);
+    assert_ticks_within_budget(&h.ticks, 50, 6);
+    let ticks = listing_ticks(&h);
+    // 2 preflight requests and 100 pages: 48 + 50 + 2 (then exports in the same tick).
+    assert_eq!(
+        ticks.iter().map(|t| pages_listed(t)).collect::<Vec<_>>(),
+        vec![48, 50, 2]
+    );
+    // Pages of one group are read ahead of the cursor once GitLab gave the page count.
+    let acme: Vec<u64> = h
+        .world
+        .gitlab
+        .listings
+        .iter()
+        .filter(|l| l.group == "acme")
+        .map(|l| l.page)
+        .collect();
+    assert_eq!(acme, (1..=25).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_page_that_fails_among_pages_read_ahead_is_read_again_and_nothing_is_lost() {
+    let (mut gitlab, ids) = one_group(1_000, 6);
+    // Page 1 alone (the count is not known yet), then pages 2..=7 together: page 3 fails.
+    gitlab.listing_faults =
+        FaultPlan::scripted(&[None, None, Some(Fault::Status(502)), None, None]);
+    let mut h = Harness::new(
+        config(&[("CPU_MS_PER_INVOCATION", "30000")]),
+        World::new(gitlab),
+    );
+    let run = h.run_until_finished(T0 + 4 * HOUR);
+    assert_eq!((run.listed, run.verified), (1_000, 1_000));
+    let pages: Vec<(u64, u16)> = h
+        .world
+        .gitlab
+        .listings
+        .iter()
+        .map(|l| (l.page, l.status))
+        .collect();
+    assert_eq!(
+        &pages[..7],
+        &[
+            (1, 200),
+            (2, 200),
+            (3, 502),
+            (4, 200),
+            (5, 200),
+            (6, 200),
+            (7, 200)
+        ]
+    );
+    // After the backoff the cursor is still on page 3: pages 3 to 10 are read, 4 to 7 again.
+    let again: Vec<u64> = pages[7..].iter().map(|(page, _)| *page).collect();
+    assert_eq!(again, (3..=10).collect::<Vec<_>>());
+    let accepted = h.world.gitlab.accepted();
+    assert_eq!(accepted.keys().copied().collect::<Vec<_>>(), ids);
+    assert!(accepted.values().all(|n| *n == 1));
 }
 
 #[test]
@@ -2365,6 +2455,27 @@ fn an_export_gitlab_cannot_build_fails_after_max_attempts_with_the_reason() {
     let retried = BTreeMap::from([(ids[1], (ms(FIRST_CHECK_AFTER), 3))]);
     assert_no_export_after_a_heard_outcome_but_retries(&h.world.gitlab.exports, &retried);
     assert_landed_and_proven(&h, &run);
+}
+
+#[test]
+fn an_export_stuck_in_gitlabs_queue_fails_after_verify_timeout_and_the_run_ends() {
+    let (mut gitlab, ids) = one_group(2, 6);
+    // Every build takes three hours: longer than VERIFY_TIMEOUT_MINUTES.
+    gitlab.build_ms = (3 * HOUR, 3 * HOUR);
+    let mut h = Harness::new(
+        config(&[("VERIFY_TIMEOUT_MINUTES", "10"), ("MAX_ATTEMPTS", "2")]),
+        World::new(gitlab),
+    );
+    let run = h.run_until_finished(T0 + 2 * HOUR);
+    assert_eq!((run.exported, run.verified, run.failed), (2, 0, 2));
+    for (id, path, reason) in h.store().failures(run.id, 10).unwrap() {
+        assert!(ids.contains(&id), "{path}");
+        assert_eq!(
+            reason,
+            "GitLab's export stayed queued or started for more than 10 minutes (after 2 attempts)"
+        );
+    }
+    assert!(ids.iter().all(|id| h.world.gitlab.accepted()[id] == 2));
 }
 
 #[test]

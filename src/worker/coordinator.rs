@@ -4,6 +4,8 @@
 
 use std::cell::Cell;
 
+use futures_util::future::join_all;
+
 use serde_json::json;
 use worker::{
     durable_object, wasm_bindgen, Date, DurableObject, Env, Request, Response, Result, State,
@@ -24,6 +26,8 @@ pub struct Coordinator {
     /// Set while a tick runs: the runtime delivers other events to this object while a tick
     /// awaits a subrequest, and those must not start a second tick.
     ticking: Cell<bool>,
+    /// Set once this instance created the schema: later requests skip the CREATE statements.
+    schema_ready: Cell<bool>,
 }
 
 /// Clears the tick flag however the tick ends.
@@ -57,6 +61,7 @@ impl DurableObject for Coordinator {
             state,
             env,
             ticking: Cell::new(false),
+            schema_ready: Cell::new(false),
         }
     }
 
@@ -82,7 +87,13 @@ impl Coordinator {
     }
 
     fn store(&self) -> Result<Store<DurableSql>> {
-        Store::open(DurableSql(self.state.storage().sql())).map_err(storage_error)
+        let sql = DurableSql(self.state.storage().sql());
+        if self.schema_ready.get() {
+            return Ok(Store::opened(sql));
+        }
+        let store = Store::open(sql).map_err(storage_error)?;
+        self.schema_ready.set(true);
+        Ok(store)
     }
 
     fn status(&self) -> Result<Response> {
@@ -141,9 +152,20 @@ impl Coordinator {
             );
         }
         let result = async {
-            while let Some(step) = tick.next_step(now_ms())? {
-                let answer = send(&step.request, REQUEST_TIMEOUT).await;
-                tick.handle(step, answer, now_ms())?;
+            loop {
+                let steps = tick.next_steps(now_ms())?;
+                if steps.is_empty() {
+                    break;
+                }
+                let answers = join_all(
+                    steps
+                        .iter()
+                        .map(|step| send(&step.request, REQUEST_TIMEOUT)),
+                )
+                .await;
+                for (step, answer) in steps.into_iter().zip(answers) {
+                    tick.handle(step, answer, now_ms())?;
+                }
             }
             Ok::<(), StoreError>(())
         }

@@ -4,8 +4,10 @@
 //! - `demo`: installs what is missing, then runs a whole backup locally and shows it.
 //! - `setup`: only installs the tools.
 //! - `build`: builds the worker (the `[build]` command of wrangler.toml).
+//! - `bench`: prints the performance figures (bundle, per-tick cost, an end-to-end run).
 //! - `standin`: serves the GitLab stand-in alone.
 
+mod bench;
 mod demo;
 
 use std::process::Command;
@@ -13,13 +15,14 @@ use std::process::Command;
 use anyhow::{bail, Result};
 use xtask::tools::{self, repo_root, run, BuildTools, Tools, WASM_TARGET};
 
-const USAGE: &str = "usage: cargo xtask <test | demo | setup | build | standin [PORT]>";
+const USAGE: &str = "usage: cargo xtask <test | demo | bench [size | ticks | e2e] | setup | build | standin [PORT]>";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo::run(),
+        Some("bench") => bench::run_all(cargo, args.get(1).map(String::as_str)),
         Some("setup") => Tools::ensure().map(|tools| eprintln!("[setup] ready: {tools:#?}")),
         Some("build") => build(),
         Some("standin") => demo::standin(args.get(1).map(String::as_str)),
@@ -59,6 +62,7 @@ fn test() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--locked",
         "--",
         "-D",

@@ -1,0 +1,772 @@
+//! The engine's cost per tick, on the host, over the Durable Object's own SQL (rusqlite).
+//!
+//! Runs whole backups of 100, 10,000 and 100,000 projects against an instant, well-behaved
+//! GitLab and S3 on a simulated clock, firing ticks as production does (cron every minute, and
+//! the object's alarm when the tick asks for one), and measures each tick: host CPU time of the
+//! engine (thread CPU clock, around the engine's calls only), SQL statements, rows returned,
+//! rows written and database pages touched, and subrequests against the budget. The store
+//! starts with two earlier runs of the same size, so old runs are pruned while the run goes, as
+//! they are from the third day on.
+//!
+//! Every run is repeated and each tick's figures are the minimum over the repeats (the
+//! simulation is deterministic, so tick `i` does the same work each time): the noise of a busy
+//! machine goes, the work stays.
+//!
+//! `cargo bench --bench ticks --features host-sql` (part of `cargo xtask bench`). Set
+//! `BENCH_SIZES=100,10000` to pick sizes.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use gitlab_backup::config::Config;
+use gitlab_backup::engine::{Begin, Event, Start, Tick};
+use gitlab_backup::http::{HttpRequest, HttpResponse, HttpResult, Method};
+use gitlab_backup::store::host::HostSql;
+use gitlab_backup::store::{Phase, Row, Sql, Store, StoreError, Value};
+use serde_json::json;
+
+const SECOND: u64 = 1_000;
+const MINUTE: u64 = 60 * SECOND;
+const HOUR: u64 = 60 * MINUTE;
+/// 2024-01-01T00:00:00Z.
+const T0: u64 = 1_704_067_200_000;
+/// Simulated time each subrequest takes (there and back).
+const LATENCY_MS: u64 = 150;
+/// Projects per subgroup of the simulated group.
+const PER_SUBGROUP: u64 = 250;
+/// GitLab's page size.
+const PER_PAGE: u64 = 100;
+/// GitLab stops counting (no `X-Total`, `X-Total-Pages`) above this many results.
+const TOTALS_UP_TO: u64 = 10_000;
+
+/// Free plan: 50 subrequests and 10 ms of CPU per invocation.
+const FREE: Plan = Plan {
+    subrequests: 50,
+    cpu_ms: 10,
+};
+/// Paid plan: 10,000 subrequests and 30 s of CPU per invocation.
+const PAID: Plan = Plan {
+    subrequests: 10_000,
+    cpu_ms: 30_000,
+};
+
+#[derive(Clone, Copy)]
+struct Plan {
+    subrequests: u32,
+    cpu_ms: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metering: the Durable Object's SQL through rusqlite, counted.
+
+#[derive(Clone, Copy, Default, Debug)]
+struct Usage {
+    cpu_ns: u64,
+    statements: u64,
+    rows_returned: u64,
+    /// Rows inserted, updated or deleted in tables (SQLite's `changes()`).
+    rows_written: u64,
+    /// The same, each counted once more per index of its table (an upper bound of what
+    /// Cloudflare bills: an index entry is only written when an indexed column changes).
+    rows_written_with_indexes: u64,
+    pages_touched: u64,
+    /// Steps of full table or index scans (0: every statement searched an index).
+    scan_steps: u64,
+    subrequests: u64,
+}
+
+impl Usage {
+    fn min(self, other: Usage) -> Usage {
+        Usage {
+            cpu_ns: self.cpu_ns.min(other.cpu_ns),
+            statements: self.statements.min(other.statements),
+            rows_returned: self.rows_returned.min(other.rows_returned),
+            rows_written: self.rows_written.min(other.rows_written),
+            rows_written_with_indexes: self
+                .rows_written_with_indexes
+                .min(other.rows_written_with_indexes),
+            pages_touched: self.pages_touched.min(other.pages_touched),
+            scan_steps: self.scan_steps.min(other.scan_steps),
+            subrequests: self.subrequests.min(other.subrequests),
+        }
+    }
+}
+
+/// Executions, pages touched and CPU ns of one statement, summed.
+type StatementCost = (u64, u64, u64);
+
+struct Metered {
+    db: HostSql,
+    usage: RefCell<Usage>,
+    /// With `BENCH_PROFILE=1`: per statement text, (executions, pages touched, CPU ns).
+    profile: Option<RefCell<HashMap<String, StatementCost>>>,
+    /// Indexes per table, from the schema.
+    indexes: HashMap<String, u64>,
+}
+
+impl Metered {
+    fn new() -> Metered {
+        Metered {
+            db: HostSql::in_memory(),
+            usage: RefCell::new(Usage::default()),
+            profile: std::env::var_os("BENCH_PROFILE").map(|_| RefCell::default()),
+            indexes: HashMap::new(),
+        }
+    }
+
+    /// Reads the schema's indexes once the store created them.
+    fn learn_indexes(&mut self) {
+        let mut statement = self
+            .db
+            .0
+            .prepare("SELECT tbl_name, COUNT(*) FROM sqlite_master WHERE type = 'index' GROUP BY tbl_name")
+            .expect("sqlite_master");
+        self.indexes = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+            })
+            .expect("indexes")
+            .map(|r| r.expect("index row"))
+            .collect();
+    }
+
+    /// Database pages fetched since the last call (cache hits and misses).
+    fn take_pages(&self) -> u64 {
+        let mut total = 0;
+        for op in [
+            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_HIT,
+            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_MISS,
+        ] {
+            let (mut current, mut highwater) = (0, 0);
+            // SAFETY: the handle is the open connection's; the call only reads counters.
+            unsafe {
+                rusqlite::ffi::sqlite3_db_status(
+                    self.db.0.handle(),
+                    op,
+                    &mut current,
+                    &mut highwater,
+                    1,
+                );
+            }
+            total += current.max(0) as u64;
+        }
+        total
+    }
+
+    fn take(&self) -> Usage {
+        let mut usage = std::mem::take(&mut *self.usage.borrow_mut());
+        usage.pages_touched += self.take_pages();
+        usage.scan_steps = self.db.1.replace(0);
+        usage
+    }
+
+    fn print_profile(&self) {
+        let Some(profile) = &self.profile else {
+            return;
+        };
+        let mut rows: Vec<(String, StatementCost)> = profile.borrow().clone().into_iter().collect();
+        rows.sort_by_key(|(_, (_, _, cpu))| std::cmp::Reverse(*cpu));
+        println!("\nstatements by CPU (executions, pages touched, CPU ms):");
+        for (query, (n, pages, cpu)) in rows.iter().take(12) {
+            let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
+            println!(
+                "{n:>8} {pages:>10} {:>10.1}  {}",
+                *cpu as f64 / 1e6,
+                &query[..query.len().min(140)]
+            );
+        }
+    }
+}
+
+/// The table a write statement changes.
+fn written_table(query: &str) -> Option<&str> {
+    let mut words = query.split_whitespace();
+    let verb = words.next()?.to_ascii_uppercase();
+    let table = match verb.as_str() {
+        "INSERT" | "DELETE" => words.nth(1)?,
+        "UPDATE" => words.next()?,
+        _ => return None,
+    };
+    Some(table.trim_end_matches('('))
+}
+
+impl Sql for &Metered {
+    fn exec(&self, query: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let profiled = self.profile.as_ref().map(|_| {
+            self.usage.borrow_mut().pages_touched += self.take_pages();
+            thread_cpu_ns()
+        });
+        let rows = (&self.db).exec(query, params)?;
+        if let (Some(profile), Some(started)) = (&self.profile, profiled) {
+            let cpu = thread_cpu_ns() - started;
+            let pages = self.take_pages();
+            self.usage.borrow_mut().pages_touched += pages;
+            let mut profile = profile.borrow_mut();
+            let entry = profile.entry(query.to_owned()).or_default();
+            entry.0 += 1;
+            entry.1 += pages;
+            entry.2 += cpu;
+        }
+        let mut usage = self.usage.borrow_mut();
+        usage.statements += 1;
+        usage.rows_returned += rows.len() as u64;
+        if let Some(table) = written_table(query) {
+            let changed = self.db.0.changes();
+            usage.rows_written += changed;
+            let indexes = self.indexes.get(table).copied().unwrap_or(0);
+            usage.rows_written_with_indexes += changed * (1 + indexes);
+        }
+        Ok(rows)
+    }
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// An instant GitLab and S3 that accept everything.
+
+struct World {
+    projects: u64,
+    /// Project id → when its export was accepted.
+    exports: HashMap<u64, u64>,
+}
+
+fn json_answer(
+    status: u16,
+    body: serde_json::Value,
+    headers: Vec<(String, String)>,
+) -> HttpResponse {
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_string().into_bytes(),
+    }
+}
+
+/// A project as GitLab's `simple=true` representation shows it.
+fn simple_project(id: u64) -> serde_json::Value {
+    let subgroup = (id - 1) / PER_SUBGROUP + 1;
+    let path = format!("project-{id}");
+    let full = format!("bench/team-{subgroup}/{path}");
+    json!({
+        "id": id,
+        "description": "A project of the benchmark's group, as GitLab lists it.",
+        "name": path,
+        "name_with_namespace": format!("bench / team-{subgroup} / {path}"),
+        "path": path,
+        "path_with_namespace": full,
+        "created_at": "2023-05-24T10:11:12.345Z",
+        "default_branch": "main",
+        "tag_list": [],
+        "topics": ["backup", "bench"],
+        "ssh_url_to_repo": format!("git@gitlab.example.com:{full}.git"),
+        "http_url_to_repo": format!("https://gitlab.example.com/{full}.git"),
+        "web_url": format!("https://gitlab.example.com/{full}"),
+        "readme_url": format!("https://gitlab.example.com/{full}/-/blob/main/README.md"),
+        "forks_count": 0,
+        "avatar_url": null,
+        "star_count": 3,
+        "last_activity_at": "2024-01-01T00:00:00.000Z",
+        "namespace": {
+            "id": 1000 + subgroup,
+            "name": format!("team-{subgroup}"),
+            "path": format!("team-{subgroup}"),
+            "kind": "group",
+            "full_path": format!("bench/team-{subgroup}"),
+            "parent_id": 1,
+            "avatar_url": null,
+            "web_url": format!("https://gitlab.example.com/groups/bench/team-{subgroup}")
+        }
+    })
+}
+
+impl World {
+    fn answer(&mut self, request: &HttpRequest, now_ms: u64) -> HttpResult {
+        let url = &request.url;
+        let host = url.host_str().unwrap_or_default();
+        if host != "gitlab.example.com" {
+            // S3: the worker's own PUTs and the HEADs of backups (every accepted export lands).
+            return Ok(match request.method {
+                Method::Head => HttpResponse {
+                    status: 200,
+                    headers: vec![("content-length".into(), "524288".into())],
+                    body: Vec::new(),
+                },
+                _ => HttpResponse {
+                    status: 200,
+                    ..HttpResponse::default()
+                },
+            });
+        }
+        let segments: Vec<&str> = url.path_segments().map(|s| s.collect()).unwrap_or_default();
+        match (request.method, segments.as_slice()) {
+            (Method::Get, ["api", "v4", "user"]) => Ok(json_answer(
+                200,
+                json!({"id": 1, "username": "backup-bot"}),
+                Vec::new(),
+            )),
+            (Method::Get, ["api", "v4", "groups", _, "projects"]) => Ok(self.page(url)),
+            (Method::Post, ["api", "v4", "projects", id, "export"]) => {
+                let id: u64 = id.parse().expect("project id");
+                self.exports.insert(id, now_ms);
+                Ok(json_answer(
+                    202,
+                    json!({"message": "202 Accepted"}),
+                    Vec::new(),
+                ))
+            }
+            (Method::Get, ["api", "v4", "projects", id, "export"]) => {
+                let id: u64 = id.parse().expect("project id");
+                let status = match self.exports.get(&id) {
+                    Some(_) => "finished",
+                    None => "none",
+                };
+                Ok(json_answer(
+                    200,
+                    json!({"id": id, "export_status": status}),
+                    Vec::new(),
+                ))
+            }
+            _ => panic!("the benchmark's GitLab was not asked for {request:?}"),
+        }
+    }
+
+    fn page(&self, url: &url::Url) -> HttpResponse {
+        let page: u64 = url
+            .query_pairs()
+            .find(|(k, _)| k == "page")
+            .map(|(_, v)| v.parse().expect("page number"))
+            .unwrap_or(1);
+        let pages = self.projects.div_ceil(PER_PAGE).max(1);
+        let first = (page - 1) * PER_PAGE + 1;
+        let last = (page * PER_PAGE).min(self.projects);
+        let body: Vec<serde_json::Value> = (first..=last).map(simple_project).collect();
+        let link_to = |n: u64| {
+            let mut link = url.clone();
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, _)| k != "page")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            link.query_pairs_mut()
+                .clear()
+                .extend_pairs(pairs)
+                .append_pair("page", &n.to_string());
+            link
+        };
+        let mut links = vec![format!("<{}>; rel=\"first\"", link_to(1))];
+        let mut headers = vec![
+            ("x-page".to_owned(), page.to_string()),
+            ("x-per-page".to_owned(), PER_PAGE.to_string()),
+        ];
+        if page < pages {
+            links.push(format!("<{}>; rel=\"next\"", link_to(page + 1)));
+            headers.push(("x-next-page".to_owned(), (page + 1).to_string()));
+        }
+        if self.projects <= TOTALS_UP_TO {
+            links.push(format!("<{}>; rel=\"last\"", link_to(pages)));
+            headers.push(("x-total".to_owned(), self.projects.to_string()));
+            headers.push(("x-total-pages".to_owned(), pages.to_string()));
+        }
+        headers.push(("link".to_owned(), links.join(", ")));
+        json_answer(200, serde_json::Value::Array(body), headers)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole runs.
+
+fn config(plan: Plan) -> Config {
+    let vars: HashMap<&str, String> = [
+        ("GITLAB_URL", "https://gitlab.example.com".to_owned()),
+        ("GITLAB_TOKEN", "glpat-benchmark".to_owned()),
+        ("GROUPS_TO_BACKUP", "bench".to_owned()),
+        ("AWS_S3_BUCKET", "backups".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "AKIDBENCHMARK".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "benchmark-secret".to_owned()),
+        ("AWS_REGION", "eu-west-1".to_owned()),
+        ("SUBREQUESTS_PER_INVOCATION", plan.subrequests.to_string()),
+        ("CPU_MS_PER_INVOCATION", plan.cpu_ms.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    Config::from_lookup(|name| vars.get(name).cloned()).expect("the benchmark's configuration")
+}
+
+/// Two finished runs of `projects` projects each, as the store holds them from the third day.
+fn prefill(db: &HostSql, projects: u64) {
+    let conn = &db.0;
+    conn.execute_batch("BEGIN").expect("begin");
+    for (run, days_ago) in [(1u64, 2u64), (2, 1)] {
+        let started = T0 - days_ago * 24 * HOUR;
+        conn.execute(
+            "INSERT INTO runs (id, started_ms, finished_ms, phase, listed, exported, verified,
+                 manifest_parts, summary_key)
+             VALUES (?1, ?2, ?3, 'finished', ?4, ?4, ?4, ?5, 'summary.json')",
+            rusqlite::params![
+                run as i64,
+                started as i64,
+                (started + HOUR) as i64,
+                projects as i64,
+                projects.div_ceil(100) as i64
+            ],
+        )
+        .expect("old run");
+        let mut insert = conn
+            .prepare(
+                "INSERT INTO projects (run_id, project_id, path, state, attempts, exported_ms,
+                     size, manifest_part)
+                 VALUES (?1, ?2, ?3, 'verified', 1, ?4, 524288, 1)",
+            )
+            .expect("prepare");
+        for id in 1..=projects {
+            let path = format!("bench/team-{}/project-{id}", (id - 1) / PER_SUBGROUP + 1);
+            insert
+                .execute(rusqlite::params![
+                    run as i64,
+                    id as i64,
+                    path,
+                    started as i64
+                ])
+                .expect("old project");
+        }
+    }
+    conn.execute_batch("COMMIT").expect("commit");
+}
+
+#[derive(Default)]
+struct RunFigures {
+    /// One entry per tick, in order: (phase when the tick began, usage).
+    ticks: Vec<(Phase, Usage)>,
+    /// Listing pages read by each tick.
+    pages_listed: Vec<usize>,
+    minutes: u64,
+}
+
+/// One whole run: ticks fired by cron each minute and by the alarm, until the run is finished.
+fn whole_run(projects: u64, plan: Plan, listing_only: bool, cold: bool) -> RunFigures {
+    let config = config(plan);
+    let mut metered = Metered::new();
+    Store::open(&metered).expect("schema");
+    metered.learn_indexes();
+    prefill(&metered.db, projects);
+    let mut world = World {
+        projects,
+        exports: HashMap::new(),
+    };
+    let mut figures = RunFigures::default();
+    let mut now = T0;
+    let mut next_cron = T0;
+    let mut alarm: Option<u64> = None;
+    metered.take();
+    loop {
+        let from_alarm = alarm.is_some_and(|a| a < next_cron);
+        if from_alarm {
+            now = now.max(alarm.take().expect("alarm"));
+        } else {
+            now = now.max(next_cron);
+            next_cron += MINUTE;
+        }
+        let mut cpu = 0;
+        let mut subrequests = 0;
+        // A Durable Object evicted between two ticks creates its schema again (CREATE … IF NOT
+        // EXISTS) and compiles its statements again: each tick starts cold.
+        if cold {
+            metered.db.0.flush_prepared_statement_cache();
+        }
+        let started = thread_cpu_ns();
+        let store = if cold {
+            Store::open(&metered).expect("store")
+        } else {
+            Store::opened(&metered)
+        };
+        let begin = Tick::begin(&store, &config, now, Start::IfDue).expect("begin");
+        cpu += thread_cpu_ns() - started;
+        let mut tick = match begin {
+            Begin::Tick(tick) => tick,
+            Begin::Idle => break,
+            Begin::AlreadyRunning(_) => unreachable!("IfDue resumes"),
+        };
+        let phase = tick.run().phase;
+        if phase == Phase::Finished {
+            break;
+        }
+        loop {
+            let started = thread_cpu_ns();
+            let steps = tick.next_steps(now).expect("next_steps");
+            cpu += thread_cpu_ns() - started;
+            if steps.is_empty() {
+                break;
+            }
+            subrequests += steps.len() as u64;
+            let answers: Vec<HttpResult> = steps
+                .iter()
+                .map(|step| world.answer(&step.request, now))
+                .collect();
+            now += LATENCY_MS;
+            let started = thread_cpu_ns();
+            for (step, answer) in steps.into_iter().zip(answers) {
+                tick.handle(step, answer, now).expect("handle");
+            }
+            cpu += thread_cpu_ns() - started;
+        }
+        let started = thread_cpu_ns();
+        let report = tick.finish(now);
+        cpu += thread_cpu_ns() - started;
+        if let Some(at) = report.wake_at_ms {
+            alarm = Some(at);
+        }
+        let mut usage = metered.take();
+        usage.cpu_ns = cpu;
+        usage.subrequests = subrequests;
+        let pages = report
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::PageListed { .. }))
+            .count();
+        figures.ticks.push((phase, usage));
+        figures.pages_listed.push(pages);
+        let run = store.latest_run().expect("run").expect("a run");
+        if listing_only && run.phase != Phase::Listing && run.phase != Phase::Preflight {
+            break;
+        }
+        if run.phase == Phase::Finished && run.started_ms >= T0 {
+            figures.minutes = (now - T0).div_ceil(MINUTE);
+            break;
+        }
+    }
+    metered.print_profile();
+    figures
+}
+
+struct Summary {
+    projects: u64,
+    ticks: usize,
+    heaviest_cpu: (u64, Phase),
+    mean_cpu_ns: u64,
+    max: Usage,
+    total: Usage,
+    minutes: u64,
+}
+
+fn summarise(projects: u64, plan: Plan, repeats: usize, cold: bool) -> Summary {
+    let mut best: Option<RunFigures> = None;
+    for _ in 0..repeats {
+        let run = whole_run(projects, plan, false, cold);
+        best = Some(match best {
+            None => run,
+            Some(mut best) => {
+                assert_eq!(
+                    best.ticks.len(),
+                    run.ticks.len(),
+                    "the simulation is deterministic"
+                );
+                for (kept, (_, usage)) in best.ticks.iter_mut().zip(run.ticks) {
+                    kept.1 = kept.1.min(usage);
+                }
+                best
+            }
+        });
+    }
+    let run = best.expect("at least one repeat");
+    if std::env::var_os("BENCH_PROFILE").is_some() {
+        let mut ticks: Vec<(usize, &(Phase, Usage))> = run.ticks.iter().enumerate().collect();
+        ticks.sort_by_key(|(_, (_, u))| std::cmp::Reverse(u.cpu_ns));
+        for (i, (phase, u)) in ticks.iter().take(8) {
+            println!("tick {i} {phase:?}: {u:?}");
+        }
+    }
+    let mut max = Usage::default();
+    let mut total = Usage::default();
+    let mut heaviest_cpu = (0, Phase::Preflight);
+    for (phase, u) in &run.ticks {
+        if u.cpu_ns > heaviest_cpu.0 {
+            heaviest_cpu = (u.cpu_ns, *phase);
+        }
+        max.cpu_ns = max.cpu_ns.max(u.cpu_ns);
+        max.statements = max.statements.max(u.statements);
+        max.rows_returned = max.rows_returned.max(u.rows_returned);
+        max.rows_written = max.rows_written.max(u.rows_written);
+        max.rows_written_with_indexes = max
+            .rows_written_with_indexes
+            .max(u.rows_written_with_indexes);
+        max.pages_touched = max.pages_touched.max(u.pages_touched);
+        max.scan_steps = max.scan_steps.max(u.scan_steps);
+        max.subrequests = max.subrequests.max(u.subrequests);
+        total.cpu_ns += u.cpu_ns;
+        total.rows_written += u.rows_written;
+        total.rows_written_with_indexes += u.rows_written_with_indexes;
+        total.rows_returned += u.rows_returned;
+    }
+    Summary {
+        projects,
+        ticks: run.ticks.len(),
+        heaviest_cpu,
+        mean_cpu_ns: total.cpu_ns / run.ticks.len().max(1) as u64,
+        max,
+        total,
+        minutes: run.minutes,
+    }
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok {
+        "✓"
+    } else {
+        "✗"
+    }
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.3}", ns as f64 / 1e6)
+}
+
+/// With `BENCH_PLAN="<query>"`: SQLite's plan for it on a store of 3 × 10,000 projects.
+fn print_plan(query: &str) {
+    let metered = Metered::new();
+    Store::open(&metered).expect("schema");
+    prefill(&metered.db, 10_000);
+    let n = query.matches('?').count();
+    let mut statement = metered
+        .db
+        .0
+        .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+        .expect("plan");
+    let rows = statement
+        .query_map(
+            rusqlite::params_from_iter(std::iter::repeat_n(1, n)),
+            |row| row.get::<_, String>(3),
+        )
+        .expect("plan rows");
+    println!("SQLite {}", rusqlite::version());
+    for row in rows {
+        println!("  {}", row.expect("plan row"));
+    }
+}
+
+fn main() {
+    if let Ok(query) = std::env::var("BENCH_PLAN") {
+        print_plan(&query);
+        return;
+    }
+    let sizes: Vec<u64> = std::env::var("BENCH_SIZES")
+        .ok()
+        .map(|s| {
+            s.split(',')
+                .map(|n| n.trim().parse().expect("BENCH_SIZES: numbers"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![100, 10_000, 100_000]);
+    for cold in [false, true] {
+        free_plan_table(&sizes, cold);
+    }
+    println!("\nListing on the paid plan (10,000 subrequests, 30 s CPU per invocation):");
+    for &projects in sizes.iter().filter(|&&n| n >= 10_000) {
+        let run = whole_run(projects, PAID, true, false);
+        let listing: Vec<(usize, &Usage)> = run
+            .pages_listed
+            .iter()
+            .zip(&run.ticks)
+            .filter(|(pages, _)| **pages > 0)
+            .map(|(pages, (_, usage))| (*pages, usage))
+            .collect();
+        let pages: usize = listing.iter().map(|(pages, _)| pages).sum();
+        let heaviest = listing.iter().map(|(_, u)| u.cpu_ns).max().unwrap_or(0);
+        println!(
+            "- {projects} projects: {pages} pages listed in {} ticks (free plan: {pages}); heaviest listing tick {} ms host CPU",
+            listing.len(),
+            ms(heaviest)
+        );
+    }
+}
+
+/// The free plan's table, for an object that stays in memory between ticks (`cold == false`:
+/// schema and compiled statements kept) or one evicted before each tick.
+fn free_plan_table(sizes: &[u64], cold: bool) {
+    println!(
+        "\nPer-tick cost of whole runs on the free plan (50 subrequests, 10 ms CPU per invocation), {}:",
+        if cold {
+            "object evicted before every tick (schema created and statements compiled each time)"
+        } else {
+            "object kept in memory between ticks"
+        }
+    );
+    println!(
+        "| projects | ticks | heaviest tick CPU ms (phase) | mean tick CPU ms | max statements | max rows returned | max rows written | max full-scan steps | max B-tree pages touched | max subrequests / budget | rows written / project (with indexes) | DO requests / project |"
+    );
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut summaries = Vec::new();
+    for &projects in sizes {
+        let repeats = if projects >= 100_000 { 2 } else { 5 };
+        let s = summarise(projects, FREE, repeats, cold);
+        println!(
+            "| {} | {} | {} ({:?}) | {} | {} | {} | {} | {} | {} | {} / {} {} | {:.1} ({:.1}) | {:.2} |",
+            s.projects,
+            s.ticks,
+            ms(s.heaviest_cpu.0),
+            s.heaviest_cpu.1,
+            ms(s.mean_cpu_ns),
+            s.max.statements,
+            s.max.rows_returned,
+            s.max.rows_written,
+            s.max.scan_steps,
+            s.max.pages_touched,
+            s.max.subrequests,
+            FREE.subrequests,
+            mark(s.max.subrequests <= u64::from(FREE.subrequests)),
+            s.total.rows_written as f64 / s.projects as f64,
+            s.total.rows_written_with_indexes as f64 / s.projects as f64,
+            s.ticks as f64 / s.projects as f64,
+        );
+        summaries.push(s);
+    }
+    let (Some(small), Some(large)) = (summaries.first(), summaries.last()) else {
+        return;
+    };
+    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+    let cpu = ratio(large.max.cpu_ns, small.max.cpu_ns);
+    let pages = ratio(large.max.pages_touched, small.max.pages_touched);
+    let read = ratio(large.max.rows_returned, small.max.rows_returned);
+    let written = ratio(large.max.rows_written, small.max.rows_written);
+    let scans = summaries
+        .iter()
+        .map(|s| s.max.scan_steps)
+        .max()
+        .unwrap_or(0);
+    println!(
+        "heaviest tick at {} ÷ at {} projects: CPU {cpu:.2} {}, rows returned {read:.2} {}, rows written {written:.2} {} (target ≤ 1.5); full-scan steps {scans} {} (target 0); B-tree pages touched {pages:.2} (grows with the tree's depth, log N)",
+        large.projects,
+        small.projects,
+        mark(cpu <= 1.5),
+        mark(read <= 1.5),
+        mark(written <= 1.5),
+        mark(scans == 0),
+    );
+    let heaviest = summaries.iter().map(|s| s.max.cpu_ns).max().unwrap_or(0);
+    println!(
+        "heaviest tick of all: {} ms host CPU {} (target ≤ 2 ms; production free plan: 10 ms)",
+        ms(heaviest),
+        mark(heaviest <= 2_000_000)
+    );
+    println!(
+        "simulated minutes to finish (instant GitLab, 6 exports/min): {}",
+        summaries
+            .iter()
+            .map(|s| format!(
+                "{} projects {} min (ideal {})",
+                s.projects,
+                s.minutes,
+                s.projects.div_ceil(6)
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
