@@ -61,6 +61,8 @@ pub(crate) const META_BLOCKED_UNTIL: &str = "exports_blocked_until_ms";
 pub(crate) const META_BACKOFF_UNTIL: &str = "gitlab_backoff_until_ms";
 const META_FAILURES: &str = "gitlab_consecutive_failures";
 pub(crate) const META_REGION: &str = "bucket_region";
+/// The export limit learned from GitLab's 429s during the current run.
+pub(crate) const META_LEARNED_LIMIT: &str = "learned_exports_per_minute";
 pub(crate) const META_LAST_ERROR: &str = "last_error";
 pub(crate) const META_LAST_ERROR_AT: &str = "last_error_at_ms";
 
@@ -141,6 +143,12 @@ pub enum Event {
     },
     RateLimited {
         retry_after_s: u64,
+    },
+    /// GitLab refused an export with 429 while fewer than EXPORTS_PER_MINUTE were in the last
+    /// minute: its real limit is lower, and the rest of the run keeps to it.
+    LimitLearned {
+        run: u64,
+        exports_per_minute: u32,
     },
     RetryLater {
         run: u64,
@@ -275,6 +283,9 @@ pub struct Tick<'a, S: Sql> {
     pages_left: u32,
     /// Export requests the rolling window still takes, as counted in this tick.
     window_room: Option<u32>,
+    /// Export requests allowed per rolling minute: EXPORTS_PER_MINUTE, or less if GitLab's
+    /// 429s showed a lower limit in this run.
+    export_limit: u32,
     /// Set when the page budget cut the listing short: the alarm goes on at once.
     listing_cut: bool,
     /// A step that must follow the one just handled (the HEAD after a finished export).
@@ -327,6 +338,8 @@ impl<'a, S: Sql> Tick<'a, S> {
                     })
                     .collect();
                 let run = store.start_run(now_ms, &groups)?;
+                // Each run tries the configured limit again.
+                store.delete_meta(META_LEARNED_LIMIT)?;
                 events.push(Event::RunStarted {
                     run: run.id,
                     groups: groups.into_iter().map(|(g, _)| g).collect(),
@@ -334,6 +347,10 @@ impl<'a, S: Sql> Tick<'a, S> {
                 });
                 run
             }
+        };
+        let export_limit = match store.meta_u64(META_LEARNED_LIMIT)? {
+            Some(learned) => config.exports_per_minute.min(learned as u32).max(1),
+            None => config.exports_per_minute,
         };
         let region = match &config.bucket.region {
             Some(region) => Some(region.clone()),
@@ -346,7 +363,8 @@ impl<'a, S: Sql> Tick<'a, S> {
             run,
             region,
             subrequests_left: config.subrequests_per_invocation,
-            exports_left: config.exports_per_minute,
+            exports_left: export_limit,
+            export_limit,
             pages_left: pages_budget(config),
             listing_cut: false,
             window_room: None,
@@ -697,8 +715,8 @@ impl<'a, S: Sql> Tick<'a, S> {
         let since = now_ms.saturating_sub(ms(EXPORT_WINDOW));
         self.store.prune_window(since)?;
         let window = self.store.window_use(since)?;
-        if window.requests < self.config.exports_per_minute {
-            self.window_room = Some(self.config.exports_per_minute - window.requests);
+        if window.requests < self.export_limit {
+            self.window_room = Some(self.export_limit - window.requests);
             return Ok(true);
         }
         if let Some(oldest) = window.oldest_ms {
@@ -917,6 +935,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 self.exports_stopped = true;
                 match e {
                     GitLabError::RateLimited { retry_after } => {
+                        self.learn_limit(now_ms)?;
                         self.rate_limited(retry_after, Limited::Exports, now_ms)?
                     }
                     e => self
@@ -1279,6 +1298,26 @@ impl<'a, S: Sql> Tick<'a, S> {
             &format!("GitLab answered 429; waiting {} s", retry_after.as_secs()),
             now_ms,
         )
+    }
+
+    /// An export was refused with 429: if fewer requests than the limit were in the last
+    /// minute, GitLab's own limit is lower (a self-managed setting, or someone else's exports
+    /// with the same user), and the rest of the run keeps to what got through.
+    fn learn_limit(&mut self, now_ms: u64) -> Result<(), StoreError> {
+        let since = now_ms.saturating_sub(ms(EXPORT_WINDOW));
+        // The refused request is in the window too (its answer just came).
+        let got_through = self.store.window_use(since)?.requests.saturating_sub(1);
+        let learned = got_through.max(1);
+        if learned < self.export_limit {
+            self.export_limit = learned;
+            self.store
+                .set_meta(META_LEARNED_LIMIT, u64::from(learned))?;
+            self.report.events.push(Event::LimitLearned {
+                run: self.run.id,
+                exports_per_minute: learned,
+            });
+        }
+        Ok(())
     }
 
     /// GitLab failed in a way worth retrying: nothing more from it this tick, and back off.
