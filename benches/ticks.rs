@@ -552,6 +552,7 @@ struct Summary {
     ticks: usize,
     heaviest_cpu: (u64, Phase),
     mean_cpu_ns: u64,
+    p99_cpu_ns: u64,
     max: Usage,
     total: Usage,
     minutes: u64,
@@ -611,6 +612,11 @@ fn summarise(projects: u64, plan: Plan, repeats: usize, cold: bool) -> Summary {
         ticks: run.ticks.len(),
         heaviest_cpu,
         mean_cpu_ns: total.cpu_ns / run.ticks.len().max(1) as u64,
+        p99_cpu_ns: {
+            let mut cpu: Vec<u64> = run.ticks.iter().map(|(_, u)| u.cpu_ns).collect();
+            cpu.sort_unstable();
+            cpu[(cpu.len() * 99 / 100).min(cpu.len() - 1)]
+        },
         max,
         total,
         minutes: run.minutes,
@@ -700,19 +706,20 @@ fn free_plan_table(sizes: &[u64], cold: bool) {
         }
     );
     println!(
-        "| projects | ticks | heaviest tick CPU ms (phase) | mean tick CPU ms | max statements | max rows returned | max rows written | max full-scan steps | max B-tree pages touched | max subrequests / budget | rows written / project (with indexes) | DO requests / project |"
+        "| projects | ticks | heaviest tick CPU ms (phase) | p99 tick CPU ms | mean tick CPU ms | max statements | max rows returned | max rows written | max full-scan steps | max B-tree pages touched | max subrequests / budget | rows written / project (with indexes) | DO requests / project |"
     );
-    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut summaries = Vec::new();
     for &projects in sizes {
-        let repeats = if projects >= 100_000 { 2 } else { 5 };
+        let repeats = if projects >= 100_000 { 3 } else { 5 };
         let s = summarise(projects, FREE, repeats, cold);
         println!(
-            "| {} | {} | {} ({:?}) | {} | {} | {} | {} | {} | {} | {} / {} {} | {:.1} ({:.1}) | {:.2} |",
+            "| {} | {} | {} ({:?}) | {} | {} | {} | {} | {} | {} | {} | {} / {} {} | {:.1} ({:.1}) | {:.2} |",
             s.projects,
             s.ticks,
             ms(s.heaviest_cpu.0),
             s.heaviest_cpu.1,
+            ms(s.p99_cpu_ns),
             ms(s.mean_cpu_ns),
             s.max.statements,
             s.max.rows_returned,
@@ -733,6 +740,8 @@ fn free_plan_table(sizes: &[u64], cold: bool) {
     };
     let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     let cpu = ratio(large.max.cpu_ns, small.max.cpu_ns);
+    let p99 = ratio(large.p99_cpu_ns, small.p99_cpu_ns);
+    let mean = ratio(large.mean_cpu_ns, small.mean_cpu_ns);
     let pages = ratio(large.max.pages_touched, small.max.pages_touched);
     let read = ratio(large.max.rows_returned, small.max.rows_returned);
     let written = ratio(large.max.rows_written, small.max.rows_written);
@@ -742,7 +751,7 @@ fn free_plan_table(sizes: &[u64], cold: bool) {
         .max()
         .unwrap_or(0);
     println!(
-        "heaviest tick at {} ÷ at {} projects: CPU {cpu:.2} {}, rows returned {read:.2} {}, rows written {written:.2} {} (target ≤ 1.5); full-scan steps {scans} {} (target 0); B-tree pages touched {pages:.2} (grows with the tree's depth, log N)",
+        "heaviest tick at {} ÷ at {} projects: CPU {cpu:.2} {} (p99 {p99:.2}, mean {mean:.2}), rows returned {read:.2} {}, rows written {written:.2} {} (target ≤ 1.5); full-scan steps {scans} {} (target 0); B-tree pages touched {pages:.2} (grows with the tree's depth, log N)",
         large.projects,
         small.projects,
         mark(cpu <= 1.5),

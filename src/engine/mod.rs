@@ -470,6 +470,12 @@ impl<'a, S: Sql> Tick<'a, S> {
         let listings = self.store.open_listings(self.run.id, room.max(1) as u64)?;
         if listings.is_empty() {
             self.set_phase(Phase::Exporting, now_ms)?;
+            if self.pages_left < pages_budget(self.config) {
+                // This tick read pages: the exports start in the next one, at once, so no tick
+                // carries both a page of rows and a minute's exports.
+                self.listing_cut = true;
+                return Ok(Vec::new());
+            }
             return Ok(self.run_step(now_ms)?.into_iter().collect());
         }
         if room == 0 {

@@ -1781,6 +1781,8 @@ fn a_429_stops_the_ticks_exports_and_nothing_is_sent_before_retry_after_and_slac
             FaultPlan::scripted(&[None, None, Some(Fault::TooMany(retry_after))]);
         let mut h = Harness::new(config(&[]), World::new(gitlab));
         h.fire_next();
+        // Preflight and the listing, then (the alarm, at once) the exports.
+        h.fire_next();
         let tick = h.ticks.last().unwrap();
         assert_eq!(tick.exports, 3, "exports stop at the 429");
         let limited = h.world.sent.len() - 1;
@@ -1879,6 +1881,8 @@ fn a_short_429_on_a_status_check_does_not_shorten_the_wait_of_an_export_429() {
     gitlab.status_faults = FaultPlan::scripted(&[None, Some(Fault::TooMany(Some(5)))]);
     let mut h = Harness::new(config(&[]), World::new(gitlab));
     h.fire_next();
+    // Preflight and the listing, then (the alarm, at once) the exports.
+    h.fire_next();
     let limited = h.world.sent.len() - 1;
     assert!(h.world.sent[limited].export && h.world.sent[limited].answer == Ok(429));
     let until = h.world.sent[limited].done_ms + 90 * SECOND + ms(RETRY_AFTER_SLACK);
@@ -1911,6 +1915,8 @@ fn a_5xx_or_network_failure_keeps_the_project_pending_and_backs_off() {
         gitlab.export_faults = FaultPlan::scripted(&[None, f, f, None, None, f]);
         let mut h = Harness::new(config(&[]), World::new(gitlab));
         h.cron_jitter_ms = 3 * SECOND;
+        h.fire_next();
+        // Preflight and the listing, then (the alarm, at once) the exports.
         h.fire_next();
         let first = h.ticks.last().unwrap();
         assert_eq!(first.exports, 2, "{fault:?}: the tick stops at the failure");
@@ -2188,13 +2194,15 @@ fn without_aws_region_the_first_export_tick_learns_the_region_and_signs_for_it()
     let mut h = Harness::new(config(&[("AWS_REGION", "")]), world);
     assert_eq!(h.config.bucket.region, None);
     h.fire_next();
-    let tick = h.ticks.last().unwrap();
     assert_eq!(h.world.s3.probes.len(), 1);
-    assert!(tick.events().contains(&Event::RegionFound {
+    assert!(h.ticks[0].events().contains(&Event::RegionFound {
         bucket: BUCKET.into(),
         region: "eu-west-3".into()
     }));
-    assert_eq!(tick.exports, 6, "exports go on in the same tick");
+    // The listing ends the first tick; the alarm's tick exports, signed for the learned region.
+    h.fire_next();
+    let tick = h.ticks.last().unwrap();
+    assert_eq!(tick.exports, 6, "exports go on at once");
     assert_eq!(
         h.store().meta_text(META_REGION).unwrap().as_deref(),
         Some("eu-west-3")
@@ -2264,7 +2272,8 @@ fn a_worker_that_dies_before_sending_an_export_loses_no_project_and_sends_each_o
         (is_export(request) && exports == 2).then_some(Crash::BeforeSend)
     });
     let run = h.run_until_finished(T0 + HOUR);
-    assert_eq!(h.ticks[0].crashed, Some(Crash::BeforeSend));
+    // Tick 0 lists; tick 1 (the alarm) exports and dies.
+    assert_eq!(h.ticks[1].crashed, Some(Crash::BeforeSend));
     assert_eq!((run.exported, run.verified, run.failed), (9, 9, 0));
     let accepted = h.world.gitlab.accepted();
     assert_eq!(accepted.keys().copied().collect::<Vec<_>>(), ids);
