@@ -92,8 +92,8 @@ impl Usage {
     }
 }
 
-/// Executions, pages touched and CPU ns of one statement, summed.
-type StatementCost = (u64, u64, u64);
+/// Executions, pages touched, CPU ns and full-scan steps of one statement, summed.
+type StatementCost = (u64, u64, u64, u64);
 
 struct Metered {
     db: HostSql,
@@ -165,12 +165,12 @@ impl Metered {
             return;
         };
         let mut rows: Vec<(String, StatementCost)> = profile.borrow().clone().into_iter().collect();
-        rows.sort_by_key(|(_, (_, _, cpu))| std::cmp::Reverse(*cpu));
-        println!("\nstatements by CPU (executions, pages touched, CPU ms):");
-        for (query, (n, pages, cpu)) in rows.iter().take(12) {
+        rows.sort_by_key(|(_, (_, _, cpu, scans))| std::cmp::Reverse((*scans > 0, *cpu)));
+        println!("\nstatements by CPU (executions, pages touched, CPU ms, full-scan steps):");
+        for (query, (n, pages, cpu, scans)) in rows.iter().take(12) {
             let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
             println!(
-                "{n:>8} {pages:>10} {:>10.1}  {}",
+                "{n:>8} {pages:>10} {:>10.1} {scans:>6}  {}",
                 *cpu as f64 / 1e6,
                 &query[..query.len().min(140)]
             );
@@ -196,6 +196,7 @@ impl Sql for &Metered {
             self.usage.borrow_mut().pages_touched += self.take_pages();
             thread_cpu_ns()
         });
+        let scans_before = self.db.1.get();
         let rows = (&self.db).exec(query, params)?;
         if let (Some(profile), Some(started)) = (&self.profile, profiled) {
             let cpu = thread_cpu_ns() - started;
@@ -206,6 +207,7 @@ impl Sql for &Metered {
             entry.0 += 1;
             entry.1 += pages;
             entry.2 += cpu;
+            entry.3 += self.db.1.get() - scans_before;
         }
         let mut usage = self.usage.borrow_mut();
         usage.statements += 1;

@@ -115,7 +115,6 @@ const SCHEMA: &[&str] = &[
         manifest_parts INTEGER NOT NULL DEFAULT 0,
         summary_key TEXT
     )",
-    "CREATE INDEX IF NOT EXISTS runs_active ON runs (phase) WHERE phase != 'finished'",
     // One row per configured group of a run: where its listing stands. `next_url` is the next
     // page to read (NULL: done), `page` its number, `pages_total` the page count GitLab gave
     // (NULL above 10,000 projects, where it stops counting).
@@ -364,12 +363,16 @@ impl<S: Sql> Store<S> {
 
     /// The run that has not finished, if any.
     pub fn active_run(&self) -> Result<Option<RunRow>, StoreError> {
-        self.run_where("phase != 'finished'", &[])
+        // Runs never overlap: only the newest can be going.
+        self.run_where(
+            "id = (SELECT MAX(id) FROM runs) AND phase != 'finished'",
+            &[],
+        )
     }
 
     /// The most recent run, finished or not.
     pub fn latest_run(&self) -> Result<Option<RunRow>, StoreError> {
-        self.run_where("1", &[])
+        self.run_where("id = (SELECT MAX(id) FROM runs)", &[])
     }
 
     /// Starts a run that will list `groups`, each from its first page URL.

@@ -286,8 +286,11 @@ pub struct Tick<'a, S: Sql> {
     /// Export requests allowed per rolling minute: EXPORTS_PER_MINUTE, or less if GitLab's
     /// 429s showed a lower limit in this run.
     export_limit: u32,
-    /// Set when the page budget cut the listing short: the alarm goes on at once.
-    listing_cut: bool,
+    /// Set when the tick left work for the next one to keep its own cost bounded (the page
+    /// budget, a listing tick's exports, a second manifest part): the alarm goes on at once.
+    cut_short: bool,
+    /// Manifest parts written in this tick (one at most).
+    parts_written: u32,
     /// A step that must follow the one just handled (the HEAD after a finished export).
     follow_up: Option<Step>,
     /// Set once GitLab must not be asked anything more in this tick.
@@ -366,7 +369,8 @@ impl<'a, S: Sql> Tick<'a, S> {
             exports_left: export_limit,
             export_limit,
             pages_left: pages_budget(config),
-            listing_cut: false,
+            cut_short: false,
+            parts_written: 0,
             window_room: None,
             follow_up: None,
             gitlab_stopped: false,
@@ -473,13 +477,13 @@ impl<'a, S: Sql> Tick<'a, S> {
             if self.pages_left < pages_budget(self.config) {
                 // This tick read pages: the exports start in the next one, at once, so no tick
                 // carries both a page of rows and a minute's exports.
-                self.listing_cut = true;
+                self.cut_short = true;
                 return Ok(Vec::new());
             }
             return Ok(self.run_step(now_ms)?.into_iter().collect());
         }
         if room == 0 {
-            self.listing_cut = true;
+            self.cut_short = true;
             return Ok(Vec::new());
         }
         let mut pages = Vec::new();
@@ -551,6 +555,11 @@ impl<'a, S: Sql> Tick<'a, S> {
         }
         let done = !exporting && !unproven;
         if self.run.manifest_waiting >= PART_SIZE || (done && self.run.manifest_waiting > 0) {
+            if self.parts_written > 0 || (self.report.exports > 0 && !done) {
+                // One part per tick, and not in a tick that exported: the next tick writes it.
+                self.cut_short = true;
+                return Ok(None);
+            }
             return self.manifest_part_step(&region, now_ms);
         }
         if done {
@@ -578,6 +587,11 @@ impl<'a, S: Sql> Tick<'a, S> {
     }
 
     fn export_step(&mut self, region: &str, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        if self.parts_written > 0 {
+            // A tick that wrote a manifest part leaves further exports to the next one.
+            self.cut_short = true;
+            return Ok(None);
+        }
         if self.exports_stopped || self.exports_left == 0 || !self.window_allows(now_ms)? {
             return Ok(None);
         }
@@ -1192,6 +1206,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             return Ok(());
         }
         let part = self.run.manifest_parts + 1;
+        self.parts_written += 1;
         self.store
             .record_manifest_part(self.run.id, part, &project_ids)?;
         self.run.manifest_parts = part;
@@ -1378,7 +1393,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 Phase::Exporting | Phase::Verifying => self.exports_stopped && self.s3_stopped,
                 Phase::Finished => true,
             };
-        if (self.subrequests_left == 0 || self.listing_cut) && !stopped {
+        if (self.subrequests_left == 0 || self.cut_short) && !stopped {
             self.wake_at(now_ms);
         }
         self.report.events.push(Event::TickEnded {
