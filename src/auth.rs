@@ -85,6 +85,81 @@ mod tests {
     }
 
     #[test]
+    fn malformed_authorization_headers_are_refused_as_missing() {
+        let token = Secret::new("s3cret-admin");
+        for header in [
+            "",
+            "   ",
+            "Bearer",
+            "bearer",
+            "Bearer    ",
+            "s3cret-admin",
+            "Bearers3cret-admin",
+            "Bearer\ts3cret-admin",
+            "Basic czNjcmV0LWFkbWlu",
+            "Basic s3cret-admin",
+            "Token s3cret-admin",
+            "Digest s3cret-admin",
+            "Bearer: s3cret-admin",
+            "s3cret-admin Bearer",
+            "Bearer\u{a0}s3cret-admin",
+        ] {
+            assert_eq!(
+                check_bearer(Some(header), Some(&token)),
+                Err(AuthError::Missing),
+                "{header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_spaces_around_the_token_do_not_matter() {
+        let token = Secret::new("s3cret-admin");
+        for header in [
+            "Bearer s3cret-admin",
+            "bearer s3cret-admin",
+            "BEARER s3cret-admin",
+            "bEaReR s3cret-admin",
+            "  Bearer   s3cret-admin  ",
+            "Bearer s3cret-admin\t",
+        ] {
+            assert_eq!(
+                check_bearer(Some(header), Some(&token)),
+                Ok(()),
+                "{header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_tokens_are_wrong_whatever_their_length_or_case() {
+        let token = Secret::new("s3cret-admin");
+        for header in [
+            "Bearer S3CRET-ADMIN",
+            "Bearer s3cret-admin2",
+            "Bearer s3cret-admi",
+            "Bearer x",
+            "Bearer s3cret-admin s3cret-admin",
+            "Bearer s3cret admin",
+            "Bearer Bearer s3cret-admin",
+            "Bearer \"s3cret-admin\"",
+            "Bearer s3cret-admin\u{0}",
+            "Bearer ŝ3cret-admin",
+        ] {
+            assert_eq!(
+                check_bearer(Some(header), Some(&token)),
+                Err(AuthError::Wrong),
+                "{header:?}"
+            );
+        }
+        let long = format!("Bearer {}", "s".repeat(1 << 20));
+        assert_eq!(
+            check_bearer(Some(&long), Some(&token)),
+            Err(AuthError::Wrong)
+        );
+    }
+
+    #[test]
     fn without_an_admin_token_everything_is_refused() {
         assert_eq!(
             check_bearer(Some("Bearer "), None),

@@ -62,17 +62,91 @@ impl HttpResponse {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The start of the body as text, for error messages.
+    /// The start of the body as text, for error messages (at most [`EXCERPT_CHARS`]
+    /// characters, however large the body).
     pub fn body_excerpt(&self) -> String {
-        const MAX: usize = 200;
-        let text = String::from_utf8_lossy(&self.body);
-        let text = text.trim();
-        match text.char_indices().nth(MAX) {
-            Some((end, _)) => format!("{}…", &text[..end]),
-            None => text.to_owned(),
+        // Only the start is decoded: a 5 MB error page costs no more than a short one. Leading
+        // white space is skipped first so that it does not use up the excerpt.
+        let start = self
+            .body
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(self.body.len());
+        let body = &self.body[start..];
+        let window = &body[..body.len().min(EXCERPT_CHARS * 4 + 4)];
+        let text = String::from_utf8_lossy(window);
+        let cut = excerpt(&text);
+        if window.len() < body.len() && !cut.ends_with('…') {
+            // The window ended inside the text (only possible with wide characters).
+            format!("{}…", cut.trim_end_matches('\u{FFFD}'))
+        } else {
+            cut
         }
+    }
+}
+
+/// How many characters of a peer's text an error message quotes.
+pub const EXCERPT_CHARS: usize = 200;
+
+/// `text` quoted and escaped like `{:?}`, cut to [`EXCERPT_CHARS`] characters before and
+/// after escaping (control characters could otherwise make it ten times longer).
+pub fn quoted(text: &str) -> String {
+    excerpt(&format!("{:?}", excerpt(text)))
+}
+
+/// `text` trimmed and cut to [`EXCERPT_CHARS`] characters (with `…` when cut), so that an
+/// error message never carries a whole answer.
+pub fn excerpt(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
     }
 }
 
 /// What came back for a request: an answer, or a failure to get one (network, timeout).
 pub type HttpResult = Result<HttpResponse, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(bytes: Vec<u8>) -> HttpResponse {
+        HttpResponse {
+            status: 502,
+            headers: Vec::new(),
+            body: bytes,
+        }
+    }
+
+    #[test]
+    fn body_excerpts_are_short_whatever_the_body() {
+        let cases: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"  short  ".to_vec(),
+            vec![b'a'; 5 << 20],
+            "é".repeat(5000).into_bytes(),
+            "😀".repeat(5000).into_bytes(),
+            [vec![b' '; 10_000], b"late".to_vec()].concat(),
+            [vec![b'\n'; 10], vec![0xff; 1000]].concat(),
+            [b"x".to_vec(), vec![b' '; 5000], b"y".to_vec()].concat(),
+        ];
+        for bytes in cases {
+            let shown = body(bytes.clone()).body_excerpt();
+            assert!(shown.chars().count() <= EXCERPT_CHARS + 1, "{shown}");
+            let full = String::from_utf8_lossy(&bytes).trim().to_owned();
+            if full.chars().count() <= EXCERPT_CHARS {
+                assert_eq!(shown, full);
+            } else {
+                assert!(shown.ends_with('…'), "{shown}");
+                let kept = shown.trim_end_matches('…');
+                assert!(full.starts_with(kept), "{shown}");
+            }
+        }
+        assert_eq!(body(b"\n  <html>  \n".to_vec()).body_excerpt(), "<html>");
+        assert_eq!(
+            body([vec![b' '; 10_000], b"late".to_vec()].concat()).body_excerpt(),
+            "late"
+        );
+    }
+}

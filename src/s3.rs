@@ -64,11 +64,19 @@ pub fn region_from_answer(answer: &crate::http::HttpResponse) -> Option<String> 
         .header("x-amz-bucket-region")
         .map(str::trim)
         .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        // It becomes a label of the bucket's host name; `xn--` would make it an IDNA label
+        // that may not decode.
+        .filter(|r| !is_idna_label(r))
         .map(str::to_owned)
 }
 
 impl Bucket {
     /// Checks the bucket name and picks the addressing style. `endpoint` must end in `/`.
+    ///
+    /// A name has 3 to 63 characters, starts and ends with a letter or digit, has no `..` and
+    /// is not an IP address. On AWS (no endpoint) it may be a legacy name with capitals or
+    /// underscores (addressed path-style, like the original tool's `gitlab_projects_backup`);
+    /// S3-compatible stores (R2, MinIO, …) take only lowercase letters, digits, `-` and `.`.
     pub fn new(
         name: &str,
         region: Option<String>,
@@ -79,7 +87,43 @@ impl Bucket {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !(3..=63).contains(&name.len()) || !valid_chars {
             return Err(format!(
-                "{name:?} is not a valid S3 bucket name (3 to 63 letters, digits, '-', '_' or '.')"
+                "{:?} is not a valid S3 bucket name (3 to 63 letters, digits, '-', '_' or '.')",
+                crate::http::excerpt(name)
+            ));
+        }
+        let bytes = name.as_bytes();
+        if !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
+            return Err(format!(
+                "{name:?} is not a valid S3 bucket name: it must start and end with a letter or digit"
+            ));
+        }
+        if name.contains("..") {
+            return Err(format!(
+                "{name:?} is not a valid S3 bucket name: it must not have two dots in a row"
+            ));
+        }
+        let parts: Vec<&str> = name.split('.').collect();
+        let ip_like = parts.len() == 4
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if ip_like {
+            return Err(format!(
+                "{name:?} is not a valid S3 bucket name: it must not look like an IP address"
+            ));
+        }
+        // AWS reserves these; `xn--` would also make the host name an IDNA label that may not
+        // decode.
+        if is_idna_label(name) || name.ends_with("-s3alias") || name.ends_with("--ol-s3") {
+            return Err(format!(
+                "{name:?} is not a valid S3 bucket name: it must not start with xn-- or end in -s3alias or --ol-s3"
+            ));
+        }
+        let legacy = name.bytes().any(|b| b.is_ascii_uppercase() || b == b'_');
+        if legacy && endpoint.is_some() {
+            return Err(format!(
+                "{name:?} is not a valid S3 bucket name: capitals and '_' are only in legacy AWS names; \
+                 with S3_ENDPOINT use lowercase letters, digits, '-' and '.'"
             ));
         }
         let (addressing, region) = match endpoint {
@@ -122,6 +166,13 @@ impl Bucket {
         };
         Url::parse(&url).expect("a checked bucket, region and encoded key form a valid URL")
     }
+}
+
+/// Whether a host name label starts with the IDNA prefix `xn--` (in any case).
+pub fn is_idna_label(label: &str) -> bool {
+    label
+        .get(..4)
+        .is_some_and(|start| start.eq_ignore_ascii_case("xn--"))
 }
 
 /// Virtual-hosted style needs a name that is a valid DNS label and holds no dot (TLS).
@@ -494,6 +545,76 @@ mod tests {
     fn invalid_bucket_names_are_refused() {
         for name in ["bk", "a b c", "x/y", &"a".repeat(64), "ünï"] {
             assert!(Bucket::new(name, None, None).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn bucket_names_follow_the_s3_rules_and_legacy_names_stay_on_aws() {
+        let endpoint = || Some(Url::parse("http://127.0.0.1:9000/").unwrap());
+        for name in [
+            "-backups",
+            "backups-",
+            ".backups",
+            "backups.",
+            "back..ups",
+            "192.168.5.4",
+            "1.2.3.4",
+            "_backups",
+        ] {
+            let err = Bucket::new(name, None, None).unwrap_err();
+            assert!(err.contains(name), "{err}");
+            assert!(Bucket::new(name, None, endpoint()).is_err(), "{name}");
+        }
+        for legacy in ["Backups", "gitlab_projects_backup", "a_B.c"] {
+            assert_eq!(
+                Bucket::new(legacy, None, None).unwrap().addressing,
+                Addressing::PathStyle
+            );
+            assert!(Bucket::new(legacy, None, endpoint()).is_err(), "{legacy}");
+        }
+        for good in [
+            "abc",
+            "my-backups",
+            "backups.example.com",
+            "1.2.3.4.5",
+            "123",
+        ] {
+            assert!(Bucket::new(good, None, endpoint()).is_ok(), "{good}");
+            assert!(Bucket::new(good, None, None).is_ok(), "{good}");
+        }
+        let long = "x".repeat(5 << 20);
+        assert!(Bucket::new(&long, None, None).unwrap_err().len() < 500);
+    }
+
+    /// Found by fuzzing (`object_key`): a region or bucket name starting with `xn--` made
+    /// `object_url` panic (the host name was an IDNA label that does not decode).
+    #[test]
+    fn names_that_would_be_idna_labels_are_refused_and_never_reach_a_host() {
+        let answer = |region: &str| crate::http::HttpResponse {
+            status: 301,
+            headers: vec![("x-amz-bucket-region".into(), region.into())],
+            body: Vec::new(),
+        };
+        for region in ["xn--eu-cantral-1", "XN--abc", "xn--"] {
+            assert_eq!(region_from_answer(&answer(region)), None, "{region}");
+        }
+        assert_eq!(
+            region_from_answer(&answer("xnx-1")).as_deref(),
+            Some("xnx-1")
+        );
+        for name in [
+            "xn--abc",
+            "XN--abc",
+            "xn--eu-cantral-1",
+            "my-s3alias",
+            "a--ol-s3",
+        ] {
+            assert!(Bucket::new(name, None, None).is_err(), "{name}");
+        }
+        // What is accepted makes a URL (a name with dots goes into the path, not the host).
+        for name in ["xn-abc", "axn--b", "a.xn--b"] {
+            let bucket = Bucket::new(name, None, None).unwrap();
+            assert!(bucket.object_url("eu-west-1", "k").as_str().contains(name));
         }
     }
 
