@@ -6,6 +6,7 @@
 //! the clock and the answers to its requests and returns what to do next. [`worker`] is the thin
 //! glue to the Workers runtime and only exists on `wasm32`. See ARCHITECTURE.md.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;

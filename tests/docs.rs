@@ -351,22 +351,11 @@ fn xtask_commands() -> BTreeSet<String> {
         .collect()
 }
 
-/// The worker's HTTP routes: `"/path" => (Method::Get, …)` in its fetch handler.
+/// The worker's HTTP routes, as `api::Route` lists them.
 fn worker_routes() -> BTreeSet<(String, String)> {
-    read("src/worker/mod.rs")
-        .lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            let rest = line.strip_prefix('"')?;
-            let (path, rest) = rest.split_once('"')?;
-            let method = rest.split("Method::").nth(1)?;
-            let method: String = method
-                .chars()
-                .take_while(char::is_ascii_alphabetic)
-                .collect();
-            path.starts_with('/')
-                .then(|| (method.to_ascii_uppercase(), path.to_owned()))
-        })
+    gitlab_backup::api::Route::ALL
+        .iter()
+        .map(|r| (r.method().to_owned(), r.path().to_owned()))
         .collect()
 }
 
@@ -784,7 +773,7 @@ fn the_http_api_section_documents_exactly_the_worker_routes() {
         .collect();
     assert_eq!(
         documented, routes,
-        "the HTTP API section and src/worker/mod.rs disagree"
+        "the HTTP API section and src/api.rs disagree"
     );
 }
 

@@ -1,6 +1,7 @@
-//! End to end through `wrangler dev`, the GitLab stand-in and s3s-fs: one cron tick requests at
-//! most six exports, GitLab's uploads land as real gzip tarballs at the right keys, the presigned
-//! URLs the worker made are really checked by S3, and the next window exports the next projects.
+//! End to end through `wrangler dev`, the GitLab stand-in and s3s-fs: one cron tick (and the alarm
+//! it sets for at once) requests at most six exports, GitLab's uploads land as real gzip tarballs
+//! at the right keys, the presigned URLs the worker made are really checked by S3, the next window
+//! exports the next projects, and the HTTP API refuses what it must with the right status codes.
 
 mod common;
 
@@ -44,7 +45,11 @@ async fn one_cron_tick_lands_at_most_six_real_exports_in_s3_then_the_next_window
 }
 
 async fn check(stack: &LocalStack) -> Result<()> {
+    // The cron tick checks the token and the bucket and lists; the tick that follows at once
+    // on the alarm sends the first window's exports.
     stack.wrangler.fire_cron().await?;
+    wait_for_exports(stack, 6, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let first = stack.standin.exports();
     ensure!(
         first.len() <= 6,
@@ -145,5 +150,69 @@ async fn check(stack: &LocalStack) -> Result<()> {
         "the 7th export came {:?} after the first",
         seventh_at.duration_since(first_at)?
     );
+    http_api_refusals(stack).await
+}
+
+/// Unknown routes, wrong methods, bodies, missing or wrong tokens: refused with the right status
+/// and header through the real worker, and no answer holds a secret.
+async fn http_api_refusals(stack: &LocalStack) -> Result<()> {
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", stack.wrangler.url);
+    let admin = format!("Bearer {}", xtask::stack::ADMIN_TOKEN);
+    let cases = [
+        (client.get(url("/nope")), 404, None),
+        (client.get(url("/.env")), 404, None),
+        (client.delete(url("/status")), 405, Some(("allow", "GET"))),
+        (client.get(url("/run")), 405, Some(("allow", "POST"))),
+        (client.post(url("/")), 405, Some(("allow", "GET"))),
+        (
+            client
+                .post(url("/run"))
+                .header("Authorization", &admin)
+                .body(vec![b'x'; 4096]),
+            413,
+            None,
+        ),
+        (
+            client.get(url("/status")),
+            401,
+            Some(("www-authenticate", "Bearer")),
+        ),
+        (
+            client
+                .get(url("/status"))
+                .header("Authorization", "Bearer wrong-token"),
+            401,
+            Some(("www-authenticate", "Bearer")),
+        ),
+        (
+            client
+                .post(url("/run"))
+                .header("Authorization", "Basic YWRtaW46YWRtaW4="),
+            401,
+            None,
+        ),
+    ];
+    for (request, status, header) in cases {
+        let request = request.build()?;
+        let what = format!("{} {}", request.method(), request.url().path());
+        let response = client.execute(request).await?;
+        ensure!(
+            response.status().as_u16() == status,
+            "{what} answered {}, not {status}",
+            response.status()
+        );
+        if let Some((name, value)) = header {
+            ensure!(
+                response.headers().get(name).and_then(|v| v.to_str().ok()) == Some(value),
+                "{what}: no {name}: {value}"
+            );
+        }
+        let body = response.text().await?;
+        let error: serde_json::Value =
+            serde_json::from_str(&body).with_context(|| format!("{what}: no JSON: {body}"))?;
+        ensure!(error["error"].is_string(), "{what}: {body}");
+        stack.ensure_nothing_secret(&what, &body)?;
+    }
     Ok(())
 }

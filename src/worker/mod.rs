@@ -11,7 +11,7 @@ use worker::{
     event, Context, Env, Method, Request, Response, Result, ScheduleContext, ScheduledEvent,
 };
 
-use crate::auth::check_bearer;
+use crate::api::{route, Route};
 use crate::config::Secret;
 
 /// The Durable Object binding in wrangler.toml.
@@ -74,34 +74,27 @@ fn json_error(status: u16, message: &str) -> Result<Response> {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    let path = req.path();
-    let (allowed, guarded) = match path.as_str() {
-        "/" => (Method::Get, false),
-        "/run" => (Method::Post, true),
-        "/status" => (Method::Get, true),
-        _ => {
-            return json_error(
-                404,
-                "no such route: the API is GET / (status page), POST /run and GET /status",
-            )
-        }
-    };
-    if req.method() != allowed {
-        let mut response = json_error(405, &format!("{path} takes {allowed}"))?;
-        response.headers_mut().set("Allow", allowed.as_ref())?;
-        return Ok(response);
-    }
-    if !guarded {
-        return status_page();
-    }
     let admin_token = setting(&env, "ADMIN_TOKEN")
         .filter(|t| !t.trim().is_empty())
         .map(Secret::new);
-    let authorization = req.headers().get("Authorization")?;
-    if let Err(e) = check_bearer(authorization.as_deref(), admin_token.as_ref()) {
-        let mut response = json_error(401, &e.to_string())?;
-        response.headers_mut().set("WWW-Authenticate", "Bearer")?;
-        return Ok(response);
+    let headers = req.headers();
+    let decision = route(
+        req.method().as_ref(),
+        &req.path(),
+        headers.get("Content-Length")?.as_deref(),
+        headers.get("Authorization")?.as_deref(),
+        admin_token.as_ref(),
+    );
+    match decision {
+        Ok(Route::StatusPage) => status_page(),
+        Ok(route @ Route::Run) => ask_coordinator(&env, Method::Post, route.path()).await,
+        Ok(route @ Route::Status) => ask_coordinator(&env, Method::Get, route.path()).await,
+        Err(refusal) => {
+            let mut response = json_error(refusal.status, &refusal.message)?;
+            if let Some((name, value)) = refusal.header {
+                response.headers_mut().set(name, value)?;
+            }
+            Ok(response)
+        }
     }
-    ask_coordinator(&env, allowed, &path).await
 }
