@@ -526,6 +526,18 @@ impl<'a, S: Sql> Tick<'a, S> {
         let Some(region) = self.region.clone() else {
             return self.region_probe(now_ms);
         };
+        // A manifest part is a tick's whole work (a page of rows, like a listing tick): first
+        // thing in a tick, and the tick ends after it; the alarm goes on at once.
+        if self.parts_written > 0 {
+            self.cut_short = true;
+            return Ok(None);
+        }
+        if self.report.subrequests == 0
+            && !self.s3_stopped
+            && self.run.manifest_waiting >= PART_SIZE
+        {
+            return self.manifest_part_step(&region, now_ms);
+        }
         let gitlab_ok = !self.gitlab_stopped && self.gitlab_available(now_ms)?;
         if gitlab_ok {
             if let Some(step) = self.export_step(&region, now_ms)? {
@@ -555,8 +567,8 @@ impl<'a, S: Sql> Tick<'a, S> {
         }
         let done = !exporting && !unproven;
         if self.run.manifest_waiting >= PART_SIZE || (done && self.run.manifest_waiting > 0) {
-            if self.parts_written > 0 || (self.report.exports > 0 && !done) {
-                // One part per tick, and not in a tick that exported: the next tick writes it.
+            if self.report.subrequests > 0 {
+                // This tick did other work: the next one, at once, starts with the part.
                 self.cut_short = true;
                 return Ok(None);
             }
@@ -587,11 +599,6 @@ impl<'a, S: Sql> Tick<'a, S> {
     }
 
     fn export_step(&mut self, region: &str, now_ms: u64) -> Result<Option<Step>, StoreError> {
-        if self.parts_written > 0 {
-            // A tick that wrote a manifest part leaves further exports to the next one.
-            self.cut_short = true;
-            return Ok(None);
-        }
         if self.exports_stopped || self.exports_left == 0 || !self.window_allows(now_ms)? {
             return Ok(None);
         }
