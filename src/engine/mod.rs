@@ -316,12 +316,17 @@ impl<'a, S: Sql> Tick<'a, S> {
         now_ms: u64,
         start: Start,
     ) -> Result<Begin<'a, S>, StoreError> {
-        store.prune(RUNS_KEPT_IN_DETAIL, RUNS_KEPT, PRUNE_BATCH)?;
+        // Old runs are pruned a batch at a time in ticks that read no pages: idle ticks and the
+        // exporting ones.
+        let prune = || store.prune(RUNS_KEPT_IN_DETAIL, RUNS_KEPT, PRUNE_BATCH);
         let gitlab = GitLab::new(&config.gitlab_url, config.gitlab_token.clone());
         let mut events = Vec::new();
         let run = match (store.active_run()?, start) {
             (Some(run), Start::Now) => return Ok(Begin::AlreadyRunning(run.id)),
             (Some(run), Start::IfDue) => {
+                if matches!(run.phase, Phase::Exporting | Phase::Verifying) {
+                    prune()?;
+                }
                 // Only one tick runs at a time, so an `exporting` project belongs to a tick that
                 // died before it recorded the answer.
                 store.requeue_interrupted(run.id)?;
@@ -330,6 +335,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             (None, _) => {
                 let last = store.latest_run()?.map(|r| r.started_ms);
                 if start == Start::IfDue && !run_due(config, last, now_ms) {
+                    prune()?;
                     return Ok(Begin::Idle);
                 }
                 let groups: Vec<(String, String)> = config
