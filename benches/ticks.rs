@@ -713,7 +713,7 @@ fn free_plan_table(sizes: &[u64], cold: bool) {
     println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut summaries = Vec::new();
     for &projects in sizes {
-        let repeats = if projects >= 100_000 { 3 } else { 5 };
+        let repeats = 5;
         let s = summarise(projects, FREE, repeats, cold);
         println!(
             "| {} | {} | {} ({:?}) | {} | {} | {} | {} | {} | {} | {} | {} / {} {} | {:.1} ({:.1}) | {:.2} |",
