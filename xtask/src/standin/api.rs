@@ -19,7 +19,8 @@ use url::Url;
 use super::export::{self, ExportParams};
 use super::listing::ListingQuery;
 use super::repr::{ExportStatusJson, GroupJson, ProjectJson, SimpleProjectJson};
-use super::state::{ExportRecord, ProjectRef, RateLimited, Shared};
+use super::state::{ExportRecord, HeldRecord, ProjectRef, RateLimited, Shared};
+use super::HoldStage;
 
 /// Id of the stand-in's only user, the owner of the configured token.
 const USER_ID: u64 = 1;
@@ -127,8 +128,12 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// Accepts the configured token as `PRIVATE-TOKEN: <token>` or `Authorization: Bearer <token>`.
+/// Accepts the configured token as `PRIVATE-TOKEN: <token>` or `Authorization: Bearer <token>`,
+/// unless it was revoked.
 fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    if shared.token_revoked() {
+        return Err(ApiError::Unauthorized);
+    }
     let private_token = headers
         .get("private-token")
         .and_then(|value| value.to_str().ok());
@@ -189,7 +194,7 @@ async fn group_projects(
     let Path(id) = id?;
     let group = shared.seed.find_group(&id).ok_or(ApiError::GroupNotFound)?;
 
-    let projects = listing.select(&shared.seed, group.id);
+    let projects = shared.current_projects(listing.select(&shared.seed, group.id));
     let pagination = listing.pagination(projects.len());
     let page = pagination.slice(&projects);
     let (seed, base) = (&shared.seed, shared.public_base.as_str());
@@ -218,17 +223,15 @@ async fn export_status(
 ) -> Result<Response, ApiError> {
     authenticate(&shared, &headers)?;
     let Path(id) = id?;
-    let project = shared
-        .seed
-        .find_project(&id)
-        .ok_or(ApiError::ProjectNotFound)?;
+    let project = shared.find_project(&id).ok_or(ApiError::ProjectNotFound)?;
     let status = shared.export_status(project.id);
-    Ok(Json(ExportStatusJson::new(project, status)).into_response())
+    Ok(Json(ExportStatusJson::new(&project, status)).into_response())
 }
 
 /// `POST /api/v4/projects/:id/export`: decides the answer, records the request with its answer, on
 /// `202` starts the export job, and answers after `export_answer_delay` (the record, its arrival time
-/// and the rate limit all count from the request's arrival, before that delay).
+/// and the rate limit all count from the request's arrival, before that delay). A request chosen by
+/// `Faults::hold_export` waits before all that (and is then dropped) or before its answer.
 async fn schedule_export(
     State(shared): State<Arc<Shared>>,
     id: Result<Path<String>, PathRejection>,
@@ -237,17 +240,29 @@ async fn schedule_export(
     body: Bytes,
 ) -> Response {
     let at = SystemTime::now();
+    let arrival = shared.arrive();
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok());
     let params = ExportParams::from_request(query.as_deref(), content_type, &body);
     let raw_id = id.as_ref().map_or("", |Path(id)| id.as_str());
-    let project_id = match shared.seed.find_project(raw_id) {
+    let project_id = match shared.find_project(raw_id) {
         Some(project) => ProjectRef::Known(project.id),
         None => ProjectRef::Unknown(raw_id.to_owned()),
     };
+    let held = |stage| HeldRecord {
+        at,
+        project_id: project_id.clone(),
+        request: arrival.request,
+        stage,
+    };
+    if arrival.hold == Some(HoldStage::BeforeArrival) {
+        shared.hold(held(HoldStage::BeforeArrival)).await;
+        let dropped = json!({ "message": "dropped by the GitLab stand-in" });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(dropped)).into_response();
+    }
 
-    let answer = accept_export(&shared, &headers, &project_id, &params);
+    let answer = accept_export(&shared, &headers, &project_id, &params, arrival.request);
     let (upload_url, method) = match params {
         Ok(params) => (params.upload_url, params.upload_method),
         Err(_) => (None, None),
@@ -255,6 +270,7 @@ async fn schedule_export(
     let status = answer
         .as_ref()
         .map_or_else(ApiError::status, |_| StatusCode::ACCEPTED);
+    let held = held(HoldStage::BeforeAnswer);
     shared.record_export(ExportRecord {
         at,
         project_id,
@@ -262,8 +278,14 @@ async fn schedule_export(
         upload_url,
         method,
     });
-    if !shared.options.export_answer_delay.is_zero() {
-        tokio::time::sleep(shared.options.export_answer_delay).await;
+    if arrival.hold == Some(HoldStage::BeforeAnswer) {
+        shared.hold(held).await;
+    }
+    let delay = arrival
+        .answer_delay
+        .unwrap_or(shared.options.export_answer_delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     match answer {
         Ok(()) => (
@@ -277,12 +299,14 @@ async fn schedule_export(
 
 /// Decides the answer to an export request in GitLab's order (authentication, project, parameters,
 /// rate limit, size) and starts the export when it is accepted. The `export_5xx_every` fault strikes
-/// first, before anything is checked or counted against the rate limit.
+/// first, before anything is checked or counted against the rate limit; a 429 burst
+/// (`export_429_burst`) where the rate limit would.
 fn accept_export(
     shared: &Arc<Shared>,
     headers: &HeaderMap,
     project_id: &ProjectRef,
     params: &Result<ExportParams, ApiError>,
+    request: usize,
 ) -> Result<(), ApiError> {
     if shared.count_export_request() {
         return Err(ApiError::Internal);
@@ -295,6 +319,9 @@ fn accept_export(
         Ok(params) => params.upload()?,
         Err(error) => return Err(error.clone()),
     };
+    if let Some(limited) = shared.burst_429(request, Instant::now()) {
+        return Err(ApiError::RateLimited(limited));
+    }
     shared
         .take_export_slot(Instant::now())
         .map_err(ApiError::RateLimited)?;

@@ -138,10 +138,10 @@ pub async fn run(shared: Arc<Shared>, project_id: u64, job: JobId, upload: Optio
 /// gzip-compressed tar.
 fn build_archive(shared: &Shared, project_id: u64) -> io::Result<Vec<u8>> {
     let project = shared
-        .seed
         .project(project_id)
-        .and_then(|project| ProjectJson::new(project, &shared.seed, &shared.public_base))
-        .ok_or_else(|| io::Error::other(format!("project {project_id} is not in the seed")))?;
+        .ok_or_else(|| io::Error::other(format!("project {project_id} is gone")))?;
+    let project = ProjectJson::new(&project, &shared.seed, &shared.public_base)
+        .ok_or_else(|| io::Error::other(format!("project {project_id} has no group")))?;
     let project_json = serde_json::to_vec_pretty(&project)?;
 
     let mut tar = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));

@@ -4,7 +4,10 @@
 //! pagination, the per-user export rate limit, and asynchronous exports that upload a real `.tar.gz`
 //! to the presigned `upload[url]`. [`Faults`] switch on GitLab misbehaviour; every export request and
 //! upload attempt is recorded for assertions, also over HTTP at `/__standin/exports` and
-//! `/__standin/uploads`.
+//! `/__standin/uploads`. The world can change under a running backup ([`ProjectChange`]: a project
+//! deleted or renamed; [`Standin::set_token_revoked`]: the token revoked), GitLab can become unreachable and come back ([`Standin::pause`],
+//! [`Standin::resume`]), and an export request can be held at a chosen point ([`HoldExport`]) so
+//! that a test can kill the worker exactly there.
 //!
 //! This file owns the public handle ([`Standin`]) and its configuration ([`Options`], [`Faults`]).
 
@@ -17,7 +20,8 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +32,7 @@ use tokio::task::JoinHandle;
 
 pub use repr::ExportStatus;
 pub use seed::{Group, Project, Seed, DEMO_GROUPS};
-pub use state::{ExportRecord, ProjectRef, UploadRecord};
+pub use state::{ExportRecord, HeldRecord, ProjectRef, UploadRecord};
 
 use state::Shared;
 
@@ -93,14 +97,89 @@ pub struct Faults {
     pub too_large: HashSet<u64>,
     /// Every Nth export request (`POST /projects/:id/export`, counting all) answers 500.
     pub export_5xx_every: Option<u32>,
+    /// A burst of 429s on the export endpoint, as when another client of the same user spends its
+    /// limit: see [`Burst429`].
+    pub export_429_burst: Option<Burst429>,
+    /// How long the Nth export request to arrive (counting all arrivals since the start, from 1)
+    /// takes to answer, instead of [`Options::export_answer_delay`]. As there, the request is
+    /// recorded, counted and its export started on arrival; only the answer waits.
+    pub export_answer_delays: HashMap<usize, Duration>,
+    /// Holds one export request at a chosen point until [`Standin::release_held`]: see
+    /// [`HoldExport`].
+    pub hold_export: Option<HoldExport>,
+    /// Changes of the world applied once, when the first export request arrives and before it is
+    /// answered: the backup has listed every group by then, so these happen "between listing and
+    /// export".
+    pub on_first_export: Vec<ProjectChange>,
 }
+
+/// From the `from_request`-th export request to arrive (counting all, from 1), every export
+/// request answers 429 for `lasting`, whatever the rate window says, and takes no slot of it. The
+/// 429s carry `Retry-After: retry_after` (whole seconds, rounded up) unless `omit_retry_after` is
+/// set.
+#[derive(Clone, Debug)]
+pub struct Burst429 {
+    pub from_request: usize,
+    pub lasting: Duration,
+    pub retry_after: Duration,
+}
+
+/// Holds the `request`-th export request to arrive (counting all, from 1) until
+/// [`Standin::release_held`] (or for at most [`HOLD_LIMIT`]); [`Standin::wait_held`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldExport {
+    pub request: usize,
+    pub stage: HoldStage,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldStage {
+    /// Before GitLab looks at it: not recorded in [`Standin::exports`], not counted, no export
+    /// started; once released it is dropped (answered 503) as if it had never been sent. A worker
+    /// killed meanwhile looks, from GitLab's side, like one that died before sending it.
+    BeforeArrival,
+    /// After GitLab accepted it (recorded, counted, its export started), before its answer: a
+    /// worker killed meanwhile never learns that GitLab accepted the export.
+    BeforeAnswer,
+}
+
+/// A change of the world under a running backup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectChange {
+    /// The project is gone: 404 for its export and export status, absent from listings.
+    Delete(u64),
+    /// The project keeps its id and group and gets this path (its last segment): found by id or
+    /// by the new path only, and listed and described with it.
+    Rename { id: u64, path: String },
+}
+
+/// How long a held export request waits for [`Standin::release_held`] at most.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(120);
 
 /// A running stand-in. Dropping it without [`Standin::stop`] aborts the server and export jobs.
 pub struct Standin {
     shared: Arc<Shared>,
     base_url: String,
+    address: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
+}
+
+/// Serves the API on `listener` until `shutdown` fires (or its sender is dropped).
+fn serve(listener: TcpListener, shared: &Arc<Shared>) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (shutdown, shutdown_requested) = oneshot::channel::<()>();
+    let app = api::router(Arc::clone(shared));
+    let server = tokio::spawn(async move {
+        let serving = axum::serve(listener, app).with_graceful_shutdown(async {
+            // A dropped sender means the same as a sent signal: stop.
+            let _ = shutdown_requested.await;
+        });
+        if let Err(error) = serving.await {
+            eprintln!("GitLab stand-in stopped with an error: {error}");
+        }
+    });
+    (shutdown, server)
 }
 
 impl Standin {
@@ -109,7 +188,8 @@ impl Standin {
         let listener = TcpListener::bind(("127.0.0.1", options.port))
             .await
             .with_context(|| format!("binding 127.0.0.1:{}", options.port))?;
-        let base_url = format!("http://{}", listener.local_addr()?);
+        let address = listener.local_addr()?;
+        let base_url = format!("http://{address}");
         let public_base = match &options.public_base {
             Some(public_base) => {
                 url::Url::parse(public_base)
@@ -123,21 +203,11 @@ impl Standin {
             .build()
             .context("building the upload HTTP client")?;
         let shared = Arc::new(Shared::new(seed, options, public_base, client));
-
-        let (shutdown, shutdown_requested) = oneshot::channel::<()>();
-        let app = api::router(Arc::clone(&shared));
-        let server = tokio::spawn(async move {
-            let serving = axum::serve(listener, app).with_graceful_shutdown(async {
-                // A dropped sender means the same as a sent signal: stop.
-                let _ = shutdown_requested.await;
-            });
-            if let Err(error) = serving.await {
-                eprintln!("GitLab stand-in stopped with an error: {error}");
-            }
-        });
+        let (shutdown, server) = serve(listener, &shared);
         Ok(Standin {
             shared,
             base_url,
+            address,
             shutdown: Some(shutdown),
             server: Some(server),
         })
@@ -181,9 +251,31 @@ impl Standin {
         self.shared.wait_idle(timeout).await
     }
 
-    /// Stops accepting connections, lets open ones finish (cutting them after a grace period), aborts
-    /// running export jobs, and frees the port.
-    pub async fn stop(mut self) {
+    /// Applies a change of the world now.
+    pub fn apply(&self, change: ProjectChange) {
+        self.shared.apply(change);
+    }
+
+    /// Revokes the token (every authenticated endpoint answers 401 from now on), or restores it.
+    pub fn set_token_revoked(&self, revoked: bool) {
+        self.shared.set_token_revoked(revoked);
+    }
+
+    /// Waits until the export request chosen by [`Faults::hold_export`] is held; an error after
+    /// `timeout`.
+    pub async fn wait_held(&self, timeout: Duration) -> anyhow::Result<HeldRecord> {
+        self.shared.wait_held(timeout).await
+    }
+
+    /// Lets a held export request go on (dropped or answered, by its [`HoldStage`]).
+    pub fn release_held(&self) {
+        self.shared.release_held();
+    }
+
+    /// GitLab becomes unreachable: stops accepting connections (they are refused), lets open ones
+    /// finish (cutting them after a grace period), and keeps everything else: the records, the
+    /// rate window, the export jobs (which go on building and uploading). No-op when paused.
+    pub async fn pause(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -196,6 +288,27 @@ impl Standin {
                 let _ = server.await;
             }
         }
+    }
+
+    /// GitLab is reachable again, at the same address. No-op unless paused.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        if self.server.is_some() {
+            return Ok(());
+        }
+        let listener = TcpListener::bind(self.address)
+            .await
+            .with_context(|| format!("binding {} again", self.address))?;
+        let (shutdown, server) = serve(listener, &self.shared);
+        self.shutdown = Some(shutdown);
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Stops accepting connections, lets open ones finish (cutting them after a grace period), aborts
+    /// running export jobs, and frees the port.
+    pub async fn stop(mut self) {
+        self.shared.release_held();
+        self.pause().await;
         self.shared.abort_exports();
     }
 }
@@ -205,6 +318,7 @@ impl Drop for Standin {
         if let Some(server) = self.server.take() {
             server.abort();
         }
+        self.shared.release_held();
         self.shared.abort_exports();
     }
 }

@@ -6,7 +6,8 @@
 //! rate-limit window and export statuses is simply global here. The mutex is never held across an
 //! `.await`.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,8 +17,8 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use super::repr::ExportStatus;
-use super::seed::Seed;
-use super::{Faults, Options};
+use super::seed::{Project, Seed};
+use super::{Faults, HoldStage, Options, ProjectChange, HOLD_LIMIT};
 
 /// Which project a `POST /projects/:id/export` named.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -56,6 +57,29 @@ pub struct UploadRecord {
     pub bytes: usize,
 }
 
+/// An export request held by [`Faults::hold_export`].
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldRecord {
+    /// When the request arrived; serialized as milliseconds since the Unix epoch.
+    #[serde(serialize_with = "unix_millis")]
+    pub at: SystemTime,
+    pub project_id: ProjectRef,
+    /// Its place among the export requests that arrived (from 1).
+    pub request: usize,
+    pub stage: HoldStage,
+}
+
+/// What an export request meets on arrival, besides the usual checks.
+#[derive(Debug, Default)]
+pub struct Arrival {
+    /// Its place among the export requests that arrived (from 1).
+    pub request: usize,
+    /// Held at this stage ([`Faults::hold_export`]).
+    pub hold: Option<HoldStage>,
+    /// Answered after this delay ([`Faults::export_answer_delays`]).
+    pub answer_delay: Option<Duration>,
+}
+
 fn unix_millis<S: Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
     let millis = at
         .duration_since(UNIX_EPOCH)
@@ -85,6 +109,8 @@ pub struct Shared {
     mutable: Mutex<Mutable>,
     /// Woken whenever an export job reaches a final status.
     export_settled: Notify,
+    /// Woken when an export request is held, and when held ones are released.
+    held_changed: Notify,
 }
 
 #[derive(Default)]
@@ -97,6 +123,18 @@ struct Mutable {
     rate_window: Option<RateWindow>,
     jobs: HashMap<u64, Job>,
     last_job_id: u64,
+    /// Export requests that arrived, held and dropped ones included.
+    export_arrivals: usize,
+    /// When the [`Faults::export_429_burst`] began.
+    burst_began: Option<Instant>,
+    held: Vec<HeldRecord>,
+    /// Set by [`Shared::release_held`]: held requests go on, and later ones are not held.
+    held_released: bool,
+    deleted: HashSet<u64>,
+    /// Renamed projects, as they are now.
+    renamed: HashMap<u64, Project>,
+    /// Set by [`Shared::set_token_revoked`]: the token no longer works.
+    token_revoked: bool,
 }
 
 /// A fixed rate-limit window, opened by the first export request after the previous one ended.
@@ -121,6 +159,7 @@ impl Shared {
             client,
             mutable: Mutex::default(),
             export_settled: Notify::new(),
+            held_changed: Notify::new(),
         }
     }
 
@@ -155,6 +194,130 @@ impl Shared {
         let mut state = self.lock();
         state.export_requests += 1;
         is_nth(state.export_requests, state.faults.export_5xx_every)
+    }
+
+    /// Counts an export request's arrival (before anything else), applies
+    /// [`Faults::on_first_export`] on the first, and says whether it is held or answered late.
+    pub fn arrive(&self) -> Arrival {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.export_arrivals += 1;
+        let request = state.export_arrivals;
+        if request == 1 {
+            for change in state.faults.on_first_export.clone() {
+                state.apply(&self.seed, change);
+            }
+        }
+        let hold = state
+            .faults
+            .hold_export
+            .filter(|hold| hold.request == request && !state.held_released)
+            .map(|hold| hold.stage);
+        Arrival {
+            request,
+            hold,
+            answer_delay: state.faults.export_answer_delays.get(&request).copied(),
+        }
+    }
+
+    /// The 429 of [`Faults::export_429_burst`], if the `request`-th export request falls in it.
+    pub fn burst_429(&self, request: usize, now: Instant) -> Option<RateLimited> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let burst = state.faults.export_429_burst.clone()?;
+        if state.burst_began.is_none() && request >= burst.from_request {
+            state.burst_began = Some(now);
+        }
+        let began = state.burst_began?;
+        (now.duration_since(began) < burst.lasting).then(|| RateLimited {
+            retry_after: (!state.faults.omit_retry_after).then(|| whole_seconds(burst.retry_after)),
+        })
+    }
+
+    /// Records a held request and waits until [`Shared::release_held`], or [`HOLD_LIMIT`].
+    pub async fn hold(&self, record: HeldRecord) {
+        let deadline = tokio::time::Instant::now() + HOLD_LIMIT;
+        self.lock().held.push(record);
+        self.held_changed.notify_waiters();
+        loop {
+            // Registered before checking, so a release in between still wakes this waiter.
+            let changed = self.held_changed.notified();
+            if self.lock().held_released {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub fn release_held(&self) {
+        self.lock().held_released = true;
+        self.held_changed.notify_waiters();
+    }
+
+    /// Waits until a request is held; the first one held.
+    pub async fn wait_held(&self, timeout: Duration) -> anyhow::Result<HeldRecord> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.held_changed.notified();
+            if let Some(held) = self.lock().held.first() {
+                return Ok(held.clone());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                anyhow::bail!("no export request was held within {timeout:?}");
+            }
+        }
+    }
+
+    pub fn apply(&self, change: ProjectChange) {
+        self.lock().apply(&self.seed, change);
+    }
+
+    pub fn set_token_revoked(&self, revoked: bool) {
+        self.lock().token_revoked = revoked;
+    }
+
+    pub fn token_revoked(&self) -> bool {
+        self.lock().token_revoked
+    }
+
+    /// The project a GitLab `:id` path parameter names now: by id, or by its current path (a
+    /// renamed project's old path no longer resolves); none once deleted.
+    pub fn find_project(&self, id_or_path: &str) -> Option<Project> {
+        let state = self.lock();
+        let found =
+            match id_or_path.parse::<u64>() {
+                Ok(id) => self.seed.project(id),
+                Err(_) => {
+                    if let Some(renamed) = state.renamed.values().find(|project| {
+                        project.path_with_namespace.eq_ignore_ascii_case(id_or_path)
+                    }) {
+                        return (!state.deleted.contains(&renamed.id)).then(|| renamed.clone());
+                    }
+                    self.seed
+                        .project_by_path(id_or_path)
+                        .filter(|project| !state.renamed.contains_key(&project.id))
+                }
+            }?;
+        state.current(found).map(Cow::into_owned)
+    }
+
+    /// The project with this id as it is now; none once deleted.
+    pub fn project(&self, id: u64) -> Option<Project> {
+        self.find_project(&id.to_string())
+    }
+
+    /// Seed projects as they are now: deleted ones left out, renamed ones with their new path.
+    pub fn current_projects<'s>(&self, projects: Vec<&'s Project>) -> Vec<Cow<'s, Project>> {
+        let state = self.lock();
+        if state.deleted.is_empty() && state.renamed.is_empty() {
+            return projects.into_iter().map(Cow::Borrowed).collect();
+        }
+        projects
+            .into_iter()
+            .filter_map(|project| state.current(project))
+            .collect()
     }
 
     /// Takes one export from the current rate-limit window, opening a new window if none is open.
@@ -266,6 +429,45 @@ impl Shared {
         for job in self.lock().jobs.values() {
             job.task.abort();
         }
+    }
+}
+
+impl Mutable {
+    fn apply(&mut self, seed: &Seed, change: ProjectChange) {
+        match change {
+            ProjectChange::Delete(id) => {
+                self.deleted.insert(id);
+            }
+            ProjectChange::Rename { id, path } => {
+                let Some(project) = self.renamed.get(&id).or(seed.project(id)) else {
+                    return;
+                };
+                let group = seed.group(project.group_id);
+                let mut renamed = project.clone();
+                renamed.path_with_namespace = match group {
+                    Some(group) => format!("{}/{path}", group.full_path),
+                    None => path.clone(),
+                };
+                renamed.name_with_namespace = match group {
+                    Some(group) => format!("{} / {path}", group.full_name),
+                    None => path.clone(),
+                };
+                renamed.name.clone_from(&path);
+                renamed.path = path;
+                self.renamed.insert(id, renamed);
+            }
+        }
+    }
+
+    /// A seed project as it is now.
+    fn current<'s>(&self, project: &'s Project) -> Option<Cow<'s, Project>> {
+        if self.deleted.contains(&project.id) {
+            return None;
+        }
+        Some(match self.renamed.get(&project.id) {
+            Some(renamed) => Cow::Owned(renamed.clone()),
+            None => Cow::Borrowed(project),
+        })
     }
 }
 

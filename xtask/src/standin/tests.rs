@@ -1139,3 +1139,269 @@ async fn stop_frees_the_port() {
     let rebound = tokio::net::TcpListener::bind(&address).await;
     assert!(rebound.is_ok(), "port of {address} is free again");
 }
+
+// --- Faults of the fault matrix: 429 bursts, late answers, held requests, outages, a changing world ---
+
+#[tokio::test]
+async fn a_429_burst_refuses_every_export_for_its_length_with_its_retry_after_and_takes_no_slot() {
+    let lasting = Duration::from_millis(400);
+    let standin = start(
+        Seed::demo(),
+        Options {
+            exports_per_window: 3,
+            ..quick()
+        },
+    )
+    .await;
+    standin.set_faults(Faults {
+        export_429_burst: Some(Burst429 {
+            from_request: 2,
+            lasting,
+            retry_after: Duration::from_millis(4_500),
+        }),
+        ..Faults::default()
+    });
+    let first = export(&standin, "acme%2Fapi", None).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    for _ in 0..2 {
+        let limited = export(&standin, "acme%2Fapi", None).await;
+        assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.header("retry-after"), Some("5"));
+    }
+    tokio::time::sleep(lasting).await;
+    let mut after: Vec<u16> = Vec::new();
+    for _ in 0..3 {
+        after.push(export(&standin, "acme%2Fapi", None).await.status.as_u16());
+    }
+    // The burst's 429s took no slot: 2 more fit the window of 3, then GitLab's own 429.
+    assert_eq!(after, [202, 202, 429]);
+    let statuses: Vec<u16> = standin.exports().iter().map(|e| e.status).collect();
+    assert_eq!(statuses, [202, 429, 429, 202, 202, 429]);
+
+    // Without Retry-After (the burst's start is kept per stand-in: a fresh one for a fresh burst).
+    let fresh = start(Seed::demo(), quick()).await;
+    fresh.set_faults(Faults {
+        omit_retry_after: true,
+        export_429_burst: Some(Burst429 {
+            from_request: 1,
+            lasting: Duration::from_secs(60),
+            retry_after: Duration::from_secs(60),
+        }),
+        ..Faults::default()
+    });
+    let limited = export(&fresh, "acme%2Fapi", None).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.header("retry-after"), None);
+}
+
+#[tokio::test]
+async fn export_answer_delays_hold_the_answer_of_the_chosen_requests_only() {
+    let delay = Duration::from_millis(500);
+    let standin = start(Seed::demo(), quick()).await;
+    standin.set_faults(Faults {
+        export_answer_delays: [(2, delay)].into(),
+        ..Faults::default()
+    });
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let began = Instant::now();
+        assert_eq!(
+            export(&standin, "acme%2Fapi", None).await.status,
+            StatusCode::ACCEPTED
+        );
+        took.push(began.elapsed());
+    }
+    assert!(took[0] < delay / 2 && took[2] < delay / 2, "{took:?}");
+    assert!(took[1] >= delay, "{took:?}");
+}
+
+#[tokio::test]
+async fn a_request_held_before_arrival_is_dropped_unrecorded_and_starts_no_export() {
+    let standin = Arc::new(start(Seed::demo(), quick()).await);
+    let id = project_id(standin.seed(), "acme/api");
+    standin.set_faults(Faults {
+        hold_export: Some(HoldExport {
+            request: 2,
+            stage: HoldStage::BeforeArrival,
+        }),
+        ..Faults::default()
+    });
+    export(&standin, "acme%2Fwebsite", None).await;
+    let exporting = {
+        let standin = Arc::clone(&standin);
+        tokio::spawn(async move { export(&standin, &id.to_string(), None).await.status })
+    };
+    let held = standin.wait_held(IDLE_TIMEOUT).await.unwrap();
+    assert_eq!(
+        (held.project_id, held.request, held.stage),
+        (ProjectRef::Known(id), 2, HoldStage::BeforeArrival)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!exporting.is_finished(), "held");
+    assert_eq!(standin.exports().len(), 1, "not recorded");
+    assert_eq!(standin.export_status(id), ExportStatus::None);
+    standin.release_held();
+    assert_eq!(exporting.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(standin.exports().len(), 1, "dropped");
+    assert_eq!(standin.export_status(id), ExportStatus::None);
+    // Once released, nothing more is held.
+    assert_eq!(
+        export(&standin, &id.to_string(), None).await.status,
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test]
+async fn a_request_held_before_its_answer_is_recorded_and_its_export_runs_meanwhile() {
+    let standin = Arc::new(start(Seed::demo(), quick()).await);
+    let id = project_id(standin.seed(), "acme/api");
+    standin.set_faults(Faults {
+        hold_export: Some(HoldExport {
+            request: 1,
+            stage: HoldStage::BeforeAnswer,
+        }),
+        ..Faults::default()
+    });
+    let exporting = {
+        let standin = Arc::clone(&standin);
+        tokio::spawn(async move { export(&standin, &id.to_string(), None).await.status })
+    };
+    let held = standin.wait_held(IDLE_TIMEOUT).await.unwrap();
+    assert_eq!(held.stage, HoldStage::BeforeAnswer);
+    assert_eq!(standin.exports()[0].status, 202, "recorded as accepted");
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    assert_eq!(standin.export_status(id), ExportStatus::Finished);
+    assert!(!exporting.is_finished(), "the answer is held");
+    standin.release_held();
+    assert_eq!(exporting.await.unwrap(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn a_paused_stand_in_refuses_connections_keeps_its_state_and_resumes_on_the_same_address() {
+    let receiver = Receiver::start().await;
+    let options = Options {
+        step_delay: Duration::from_millis(300),
+        ..Options::default()
+    };
+    let mut standin = start(Seed::demo(), options).await;
+    let upload_url = format!("{}/during-outage", receiver.base_url);
+    assert_eq!(
+        export(&standin, "acme%2Fapi", Some(&upload_url))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    standin.pause().await;
+    let refused = reqwest::Client::new()
+        .get(format!("{}/api/v4/user", standin.base_url()))
+        .send()
+        .await;
+    assert!(refused.is_err_and(|e| e.is_connect()), "connection refused");
+    // GitLab's own jobs go on during the outage.
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    assert_eq!(receiver.received().len(), 1);
+    standin.resume().await.unwrap();
+    assert_eq!(get(&standin, "/api/v4/user").await.status, StatusCode::OK);
+    assert_eq!(standin.exports().len(), 1);
+    assert_eq!(
+        export_status(&standin, project_id(standin.seed(), "acme/api")).await,
+        "finished"
+    );
+}
+
+#[tokio::test]
+async fn changes_at_the_first_export_delete_and_rename_projects_everywhere() {
+    let receiver = Receiver::start().await;
+    let standin = start(Seed::demo(), quick()).await;
+    let gone = project_id(standin.seed(), "acme/api");
+    let renamed = project_id(standin.seed(), "acme/website");
+    standin.set_faults(Faults {
+        on_first_export: vec![
+            ProjectChange::Delete(gone),
+            ProjectChange::Rename {
+                id: renamed,
+                path: "site".to_owned(),
+            },
+        ],
+        ..Faults::default()
+    });
+    let listed = |answer: &Answer| -> Vec<String> {
+        answer
+            .json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["path_with_namespace"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = get(&standin, "/api/v4/groups/acme/projects").await;
+    assert!(listed(&before).contains(&"acme/api".to_owned()));
+    assert!(listed(&before).contains(&"acme/website".to_owned()));
+
+    // The first export request (of the project about to be deleted) meets the changed world.
+    assert_eq!(
+        export(&standin, &gone.to_string(), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let after = get(&standin, "/api/v4/groups/acme/projects").await;
+    assert_eq!(
+        after.header("x-total"),
+        Some(&*(before.ids().len() - 1).to_string())
+    );
+    assert!(!listed(&after).contains(&"acme/api".to_owned()));
+    assert!(listed(&after).contains(&"acme/site".to_owned()));
+    assert!(!listed(&after).contains(&"acme/website".to_owned()));
+    let status = get(&standin, &format!("/api/v4/projects/{gone}/export")).await;
+    assert_eq!(status.status, StatusCode::NOT_FOUND);
+
+    let by_old_path = get(&standin, "/api/v4/projects/acme%2Fwebsite/export").await;
+    assert_eq!(by_old_path.status, StatusCode::NOT_FOUND);
+    let by_new_path = get(&standin, "/api/v4/projects/acme%2Fsite/export").await;
+    assert_eq!(by_new_path.json["id"], renamed);
+    let upload_url = format!("{}/renamed", receiver.base_url);
+    assert_eq!(
+        export(&standin, &renamed.to_string(), Some(&upload_url))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    let files = untar(&receiver.received()[0].body);
+    let project: Value = serde_json::from_str(&files["project.json"]).unwrap();
+    assert_eq!(project["path_with_namespace"], "acme/site");
+    let records: Vec<(ProjectRef, u16)> = standin
+        .exports()
+        .iter()
+        .map(|r| (r.project_id.clone(), r.status))
+        .collect();
+    assert_eq!(
+        records,
+        [
+            (ProjectRef::Unknown(gone.to_string()), 404),
+            (ProjectRef::Known(renamed), 202)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_everywhere_until_restored() {
+    let standin = start(Seed::demo(), quick()).await;
+    assert_eq!(get(&standin, "/api/v4/user").await.status, StatusCode::OK);
+    standin.set_token_revoked(true);
+    for path in [
+        "/api/v4/user",
+        "/api/v4/groups/acme/projects",
+        "/api/v4/projects/acme%2Fapi/export",
+    ] {
+        let answer = get(&standin, path).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(answer.json, json!({ "message": "401 Unauthorized" }));
+    }
+    assert_eq!(
+        export(&standin, "acme%2Fapi", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(standin.exports()[0].status, 401);
+    standin.set_token_revoked(false);
+    assert_eq!(get(&standin, "/api/v4/user").await.status, StatusCode::OK);
+}

@@ -1,0 +1,1077 @@
+//! The fault matrix (issue 6), end to end through `wrangler dev`, the GitLab stand-in and s3s-fs.
+//! Each case is a test, and each ends with every project `verified` or `failed` with the right
+//! reason, none lost, none exported twice without cause (a lost answer), and no rolling 60 s with
+//! more export requests than the limit:
+//!
+//! - 429 bursts with and without `Retry-After`;
+//! - 5 % of listing calls answered 500;
+//! - GitLab unreachable (the stand-in stops listening) for several ticks, then back;
+//! - export answers slower than the worker's 30 s timeout;
+//! - GitLab's real export limit (5 a minute) below `EXPORTS_PER_MINUTE` (6);
+//! - the worker killed mid-tick: while an export request it sent has not reached GitLab yet (its
+//!   state then is the one of a kill between presigning and sending), and after GitLab accepted
+//!   one but before the answer was persisted; restarted on the same local state;
+//! - S3 refusing the worker's key;
+//! - a project deleted and one renamed between listing and export;
+//! - groups that do not exist or are not visible.
+//!
+//! Where the rate limit is not the subject, the stand-in allows far more than the worker sends, so
+//! that each case takes one to four minutes; the cases run in parallel (cargo's test threads).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{ensure, Context, Result};
+use common::*;
+use serde_json::Value;
+use xtask::stack::LocalStack;
+use xtask::standin::{
+    Burst429, ExportRecord, Faults, HoldExport, HoldStage, Options, Project, ProjectChange, Seed,
+    DEMO_GROUPS,
+};
+
+const MINUTE: Duration = Duration::from_secs(60);
+/// The worker's own request timeout (`engine::REQUEST_TIMEOUT`).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the tests fire the cron trigger (production: every minute).
+const CRON_EVERY: Duration = Duration::from_secs(5);
+/// A stand-in limit far above what any case sends: the limit is not what those cases test.
+const UNLIMITED: u32 = 1_000;
+
+fn took(test: &str, began: Instant) {
+    eprintln!("{test}: {:.1} s", began.elapsed().as_secs_f64());
+}
+
+/// The `event` lines of a worker log with this name.
+fn events_named(events: &[Value], name: &str) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == name)
+        .cloned()
+        .collect()
+}
+
+fn options(exports_per_window: u32) -> Options {
+    Options {
+        exports_per_window,
+        window: MINUTE,
+        ..Options::default()
+    }
+}
+
+fn exports_per_minute(limit: usize) -> (&'static str, String) {
+    ("EXPORTS_PER_MINUTE", limit.to_string())
+}
+
+/// `POST /run`, then the cron every [`CRON_EVERY`] until the run is finished; the final status.
+async fn run_to_the_end(stack: &LocalStack, timeout: Duration) -> Result<Value> {
+    let (code, body) = stack.start_run().await?;
+    ensure!(code == 202, "POST /run answered {code}: {body}");
+    finish(stack, timeout).await
+}
+
+async fn finish(stack: &LocalStack, timeout: Duration) -> Result<Value> {
+    stack
+        .wait_for_phase("finished", Some(CRON_EVERY), timeout)
+        .await
+}
+
+/// The export requests that arrived strictly after `at`.
+fn after(exports: &[ExportRecord], at: SystemTime) -> Vec<ExportRecord> {
+    exports.iter().filter(|e| e.at > at).cloned().collect()
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// What a case expects at the end of its run.
+struct Outcome<'s> {
+    /// Every project the run lists.
+    projects: Vec<&'s Project>,
+    /// Projects that end `failed`, with a piece of their reason.
+    failed: BTreeMap<u64, &'static str>,
+    /// Exports GitLab accepted per project where that is not 1 (a lost answer: 2; a project gone
+    /// before its export: 0).
+    accepted: BTreeMap<u64, usize>,
+    /// No rolling 60 s holds more export requests than this (`EXPORTS_PER_MINUTE`).
+    limit: usize,
+}
+
+/// Every project ended with its outcome, none lost, none exported twice without cause, the limit
+/// held, the objects are in the bucket, and the manifest agrees with `/status`.
+fn ensure_outcome(stack: &LocalStack, status: &Value, outcome: &Outcome) -> Result<()> {
+    let run = &status["run"];
+    ensure!(
+        run["phase"] == "finished" && run["error"].is_null(),
+        "the run did not finish normally: {status:#}"
+    );
+    let n = outcome.projects.len() as u64;
+    let failed = outcome.failed.len() as u64;
+    let counts = (
+        count(status, "listed")?,
+        count(status, "verified")?,
+        count(status, "failed")?,
+        count(status, "pending")?,
+    );
+    ensure!(
+        counts == (n, n - failed, failed, 0),
+        "listed, verified, failed, pending: {counts:?}, expected {:?}: {status:#}",
+        (n, n - failed, failed, 0)
+    );
+    let reasons: BTreeMap<u64, String> = run["failures"]
+        .as_array()
+        .context("no failures list")?
+        .iter()
+        .map(|f| {
+            (
+                f["project_id"].as_u64().unwrap_or(0),
+                f["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    ensure!(
+        reasons.keys().eq(outcome.failed.keys()),
+        "failed projects {reasons:?}, expected {:?}",
+        outcome.failed
+    );
+    for (id, piece) in &outcome.failed {
+        ensure!(
+            reasons[id].contains(piece),
+            "project {id} failed for {:?}, expected {piece:?}",
+            reasons[id]
+        );
+    }
+
+    let exports = stack.standin.exports();
+    let per_project = accepted_per_project(&exports);
+    let ids: BTreeSet<u64> = outcome.projects.iter().map(|p| p.id).collect();
+    let foreign: Vec<&u64> = per_project.keys().filter(|id| !ids.contains(id)).collect();
+    ensure!(foreign.is_empty(), "exported other projects: {foreign:?}");
+    let mut wrong = Vec::new();
+    for project in &outcome.projects {
+        let expected = outcome.accepted.get(&project.id).copied().unwrap_or(
+            if outcome.failed.contains_key(&project.id) {
+                0
+            } else {
+                1
+            },
+        );
+        let got = per_project.get(&project.id).copied().unwrap_or(0);
+        if got != expected {
+            wrong.push(format!(
+                "{} ({}): {got} accepted exports, expected {expected}",
+                project.path_with_namespace, project.id
+            ));
+        }
+    }
+    ensure!(
+        wrong.is_empty(),
+        "lost or exported without cause: {wrong:#?}"
+    );
+    ensure_at_most_per_span(&exports, outcome.limit, MINUTE)?;
+
+    // The backups are where the listing put them, and the manifest says what /status says.
+    let verified: Vec<&Project> = outcome
+        .projects
+        .iter()
+        .filter(|p| !outcome.failed.contains_key(&p.id))
+        .copied()
+        .collect();
+    ensure_objects_landed(stack, &verified, &run_object_name(status)?)?;
+    let summary_key = run["summary_key"].as_str().context("no summary_key")?;
+    let summary: Value = serde_json::from_slice(
+        &std::fs::read(stack.s3.object_path(summary_key)).context("summary.json is not in S3")?,
+    )?;
+    for name in ["listed", "exported", "verified", "failed"] {
+        ensure!(
+            summary[name] == run["projects"][name],
+            "summary {name}: {summary} vs {status}"
+        );
+    }
+    let mut lines = 0;
+    for part in summary["parts"].as_array().context("no parts")? {
+        let key = part.as_str().context("part key")?;
+        lines += std::fs::read_to_string(stack.s3.object_path(key))
+            .with_context(|| format!("{key} is not in S3"))?
+            .lines()
+            .count();
+    }
+    ensure!(lines as u64 == n, "{lines} manifest lines for {n} projects");
+    Ok(())
+}
+
+// --- 429 bursts ---
+
+/// A burst of 429s (another client of the backup user spends its limit) from the 7th export
+/// request on, for 10 s; the worker sends nothing before `Retry-After` (or its default of 60 s
+/// without one), keeps to what got through, and backs everything up once.
+async fn burst_case(name: &str, retry_after: Option<Duration>) -> Result<()> {
+    let seed = Seed::generated(1, 12);
+    let limit = 20;
+    let stack = LocalStack::start(
+        name,
+        seed,
+        options(UNLIMITED),
+        "team-0",
+        &[exports_per_minute(limit)],
+    )
+    .await?;
+    stack.standin.set_faults(Faults {
+        export_429_burst: Some(Burst429 {
+            from_request: 7,
+            lasting: Duration::from_secs(10),
+            retry_after: retry_after.unwrap_or(MINUTE),
+        }),
+        omit_retry_after: retry_after.is_none(),
+        ..Faults::default()
+    });
+    checked(stack, |stack| async move {
+        let result = burst_check(&stack, retry_after, limit).await;
+        (Some(stack), result)
+    })
+    .await
+}
+
+async fn burst_check(
+    stack: &LocalStack,
+    retry_after: Option<Duration>,
+    limit: usize,
+) -> Result<()> {
+    let status = run_to_the_end(stack, Duration::from_secs(5 * 60)).await?;
+    let exports = stack.standin.exports();
+    let limited: Vec<&ExportRecord> = exports.iter().filter(|e| e.status == 429).collect();
+    // The burst is over long before the worker asks again: one 429, not one per attempt.
+    ensure!(
+        limited.len() == 1,
+        "{} answers 429: {exports:#?}",
+        limited.len()
+    );
+    let refused_at = limited[0].at;
+    let next = after(&exports, refused_at);
+    let first_after = next.first().context("nothing exported after the 429")?;
+    let waited = first_after.at.duration_since(refused_at)?;
+    // `Retry-After`, or the worker's default of 60 s without one; and not much longer.
+    let asked = retry_after.unwrap_or(MINUTE);
+    ensure!(
+        waited >= asked && waited <= asked + Duration::from_secs(20),
+        "the first export after the 429 came {:.1} s later; asked to wait {} s",
+        seconds(waited),
+        asked.as_secs()
+    );
+    let events = stack.wrangler.events()?;
+    let rate_limited = events_named(&events, "rate_limited");
+    ensure!(
+        rate_limited.len() == 1 && rate_limited[0]["retry_after_s"] == asked.as_secs(),
+        "rate_limited events: {rate_limited:?}"
+    );
+    // Six got through before the burst: the rest of the run keeps to six a minute.
+    let learned = events_named(&events, "limit_learned");
+    ensure!(
+        learned.len() == 1 && learned[0]["exports_per_minute"] == 6,
+        "limit_learned events: {learned:?}"
+    );
+    ensure_at_most_per_span(&next, 6, MINUTE)?;
+
+    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
+    ensure_outcome(
+        stack,
+        &status,
+        &Outcome {
+            projects,
+            failed: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+            limit,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_burst_with_retry_after_is_waited_out_as_asked_and_every_project_is_verified_once(
+) -> Result<()> {
+    let began = Instant::now();
+    // Longer than the rolling window, so that only Retry-After explains the wait.
+    let result = burst_case("faults-burst-retry-after", Some(Duration::from_secs(75))).await;
+    took("429 burst with Retry-After", began);
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_burst_without_retry_after_is_waited_out_a_minute_and_every_project_is_verified_once(
+) -> Result<()> {
+    let began = Instant::now();
+    let result = burst_case("faults-burst-no-retry-after", None).await;
+    took("429 burst without Retry-After", began);
+    result
+}
+
+// --- Listing answered 500 ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_percent_of_listing_calls_answered_500_are_retried_after_a_backoff_and_nothing_is_lost(
+) -> Result<()> {
+    let began = Instant::now();
+    // 40 projects, one a page: 40 listing calls, of which every 20th answers 500.
+    let seed = Seed::generated(2, 20);
+    let limit = 60;
+    let stack = LocalStack::start(
+        "faults-listing-500",
+        seed,
+        Options {
+            max_per_page: 1,
+            ..options(UNLIMITED)
+        },
+        "team-0,team-1",
+        &[exports_per_minute(limit)],
+    )
+    .await?;
+    stack.standin.set_faults(Faults {
+        listing_5xx_every: Some(20),
+        ..Faults::default()
+    });
+    let result = checked(stack, |stack| async move {
+        let result = listing_500_check(&stack, limit).await;
+        (Some(stack), result)
+    })
+    .await;
+    took("listing 500", began);
+    result
+}
+
+async fn listing_500_check(stack: &LocalStack, limit: usize) -> Result<()> {
+    let status = run_to_the_end(stack, Duration::from_secs(6 * 60)).await?;
+    // Requests 20 and 40 failed, each page was asked again: 40 pages in 42 calls.
+    let calls = stack.standin.listing_requests();
+    ensure!(calls == 42, "{calls} listing calls for 40 pages");
+    let events = stack.wrangler.events()?;
+    let retries: Vec<Value> = events_named(&events, "retry_later")
+        .into_iter()
+        .filter(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("listing group"))
+        })
+        .collect();
+    ensure!(
+        retries.len() == 2
+            && retries
+                .iter()
+                .all(|e| e["reason"].as_str().is_some_and(|r| r.contains("500"))),
+        "retry_later events for the listing: {retries:?}"
+    );
+    let pages = events_named(&events, "page_listed");
+    ensure!(pages.len() == 40, "{} pages listed", pages.len());
+    ensure!(
+        status["run"]["group_errors"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "a 500 made a group fail: {status:#}"
+    );
+    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
+    ensure_outcome(
+        stack,
+        &status,
+        &Outcome {
+            projects,
+            failed: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+            limit,
+        },
+    )
+}
+
+// --- GitLab unreachable ---
+
+/// How long GitLab stays unreachable: the worker's backoff of 1, then 2 minutes sees it down
+/// twice, and the third try finds it back.
+const OUTAGE: Duration = Duration::from_secs(150);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_unreachable_for_several_ticks_while_exporting_then_back_loses_and_repeats_nothing(
+) -> Result<()> {
+    let began = Instant::now();
+    // 24 projects, each export answered in 0.3 s: the exporting tick lasts ~7 s.
+    let seed = Seed::generated(2, 12);
+    let limit = 60;
+    let stack = LocalStack::start(
+        "faults-unreachable",
+        seed,
+        Options {
+            export_answer_delay: Duration::from_millis(300),
+            ..options(UNLIMITED)
+        },
+        "team-0,team-1",
+        &[exports_per_minute(limit)],
+    )
+    .await?;
+    let result = checked(stack, |mut stack| async move {
+        let result = unreachable_check(&mut stack, limit).await;
+        (Some(stack), result)
+    })
+    .await;
+    took("GitLab unreachable", began);
+    result
+}
+
+async fn unreachable_check(stack: &mut LocalStack, limit: usize) -> Result<()> {
+    let (code, body) = stack.start_run().await?;
+    ensure!(code == 202, "POST /run answered {code}: {body}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while stack.standin.exports().len() < 8 {
+        ensure!(
+            Instant::now() < deadline,
+            "only {} exports within 90 s",
+            stack.standin.exports().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = stack.status().await?;
+    ensure!(
+        status["run"]["phase"] == "exporting",
+        "the outage should begin while exporting: {status:#}"
+    );
+    let run = status["run"]["id"].clone();
+
+    stack.standin.pause().await;
+    let paused_at = SystemTime::now();
+    let before_outage = stack.standin.exports();
+    let ticks_before = events_named(&stack.wrangler.events()?, "tick_ended").len();
+    eprintln!(
+        "GitLab unreachable after {} export requests, for {} s",
+        before_outage.len(),
+        OUTAGE.as_secs()
+    );
+    let outage_ends = Instant::now() + OUTAGE;
+    while Instant::now() < outage_ends {
+        stack.wrangler.fire_cron().await?;
+        tokio::time::sleep(CRON_EVERY).await;
+    }
+    let events = stack.wrangler.events()?;
+    let ticks_during = events_named(&events, "tick_ended").len() - ticks_before;
+    stack.standin.resume().await?;
+    let resumed_at = SystemTime::now();
+
+    let status = finish(stack, Duration::from_secs(5 * 60)).await?;
+    ensure!(status["run"]["id"] == run, "another run: {status:#}");
+    let exports = stack.standin.exports();
+    ensure!(
+        exports.len() >= before_outage.len()
+            && exports[..before_outage.len()]
+                .iter()
+                .all(|e| e.at <= paused_at),
+        "GitLab got export requests while unreachable"
+    );
+    let back = after(&exports, resumed_at);
+    let first_back = back.first().context("nothing exported after the outage")?;
+    let late = first_back.at.duration_since(resumed_at)?;
+    ensure!(
+        late <= Duration::from_secs(150),
+        "the worker came back {:.0} s after GitLab did",
+        seconds(late)
+    );
+    ensure!(
+        ticks_during >= 3,
+        "only {ticks_during} ticks while GitLab was unreachable"
+    );
+    let events = stack.wrangler.events()?;
+    let unavailable = events_named(&events, "retry_later")
+        .into_iter()
+        .filter(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("GitLab is unavailable"))
+        })
+        .count();
+    ensure!(
+        (2..=3).contains(&unavailable),
+        "{unavailable} retry_later events for the outage (expected tries at 0, 1 and maybe 3 minutes)"
+    );
+    ensure!(
+        events_named(&events, "run_started").len() == 1,
+        "a second run started"
+    );
+    eprintln!(
+        "{ticks_during} ticks while unreachable, {unavailable} tries refused, back {:.1} s after GitLab",
+        seconds(late)
+    );
+
+    // An answer can only be lost for the request in flight when the listener stopped; the
+    // stand-in lets it finish, so none is expected.
+    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
+    ensure_outcome(
+        stack,
+        &status,
+        &Outcome {
+            projects,
+            failed: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+            limit,
+        },
+    )
+}
+
+// --- Slow answers ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_answer_slower_than_the_timeout_is_given_up_and_asked_again_after_a_backoff(
+) -> Result<()> {
+    let began = Instant::now();
+    let seed = Seed::generated(1, 10);
+    let limit = 30;
+    let stack = LocalStack::start(
+        "faults-slow",
+        seed,
+        options(UNLIMITED),
+        "team-0",
+        &[exports_per_minute(limit)],
+    )
+    .await?;
+    // GitLab accepts the third export request at once but answers it only after 35 s.
+    stack.standin.set_faults(Faults {
+        export_answer_delays: [(3, REQUEST_TIMEOUT + Duration::from_secs(5))].into(),
+        ..Faults::default()
+    });
+    let result = checked(stack, |stack| async move {
+        let result = slow_check(&stack, limit).await;
+        (Some(stack), result)
+    })
+    .await;
+    took("slow answers", began);
+    result
+}
+
+async fn slow_check(stack: &LocalStack, limit: usize) -> Result<()> {
+    let status = run_to_the_end(stack, Duration::from_secs(5 * 60)).await?;
+    let exports = stack.standin.exports();
+    let slow = exports.get(2).context("fewer than 3 export requests")?;
+    let slow_id = project_id(slow);
+    let again: Vec<&ExportRecord> = exports[3..]
+        .iter()
+        .filter(|e| project_id(e) == slow_id)
+        .collect();
+    ensure!(
+        again.len() == 1,
+        "project {slow_id}, whose answer timed out, was asked {} more times",
+        again.len()
+    );
+    // Given up after 30 s, then GitLab rests 1 minute; the project keeps its place in line.
+    let gap = again[0].at.duration_since(slow.at)?;
+    ensure!(
+        gap >= REQUEST_TIMEOUT + MINUTE - Duration::from_secs(2)
+            && gap <= REQUEST_TIMEOUT + MINUTE + Duration::from_secs(20),
+        "asked again {:.1} s after the slow request",
+        seconds(gap)
+    );
+    ensure!(
+        exports[3].at == again[0].at,
+        "the project whose answer was lost did not keep its place in line"
+    );
+    let events = stack.wrangler.events()?;
+    let timed_out: Vec<Value> = events_named(&events, "retry_later")
+        .into_iter()
+        .filter(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no answer within 30 s"))
+        })
+        .collect();
+    ensure!(
+        timed_out.len() == 1,
+        "retry_later for the timeout: {timed_out:?}"
+    );
+    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
+    ensure_outcome(
+        stack,
+        &status,
+        &Outcome {
+            projects,
+            failed: BTreeMap::new(),
+            // Its first answer was lost: exported twice, with cause.
+            accepted: BTreeMap::from([(slow_id, 2)]),
+            limit,
+        },
+    )
+}
+
+// --- GitLab's real limit below the setting ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_at_five_exports_a_minute_with_six_configured_is_learned_from_one_429_and_used_fully(
+) -> Result<()> {
+    let began = Instant::now();
+    // 15 projects: three windows of five.
+    let seed = Seed::generated(1, 15);
+    let stack = LocalStack::start(
+        "faults-lower-limit",
+        seed,
+        options(5),
+        "team-0",
+        &[exports_per_minute(6)],
+    )
+    .await?;
+    let result = checked(stack, |stack| async move {
+        let result = lower_limit_check(&stack).await;
+        (Some(stack), result)
+    })
+    .await;
+    took("lower real limit", began);
+    result
+}
+
+async fn lower_limit_check(stack: &LocalStack) -> Result<()> {
+    let status = run_to_the_end(stack, Duration::from_secs(6 * 60)).await?;
+    let exports = stack.standin.exports();
+    let refused = answered(&exports, 429);
+    ensure!(
+        (1..=2).contains(&refused),
+        "{refused} answers 429 in the whole run (at most 2, not one per window): {exports:#?}"
+    );
+    let events = stack.wrangler.events()?;
+    let learned = events_named(&events, "limit_learned");
+    ensure!(
+        learned
+            .first()
+            .is_some_and(|e| e["exports_per_minute"] == 5)
+            && learned.iter().all(|e| e["exports_per_minute"] == 5),
+        "limit_learned events: {learned:?}"
+    );
+    // After the first 429, GitLab's real limit holds in every rolling minute…
+    let first_429 = exports
+        .iter()
+        .find(|e| e.status == 429)
+        .context("no 429")?
+        .at;
+    ensure_at_most_per_span(&after(&exports, first_429), 5, MINUTE)?;
+    // …and is used fully: every 5 accepted exports lie within a window and a little.
+    let accepted: Vec<&ExportRecord> = accepted(&exports);
+    for (earlier, later) in accepted.iter().zip(accepted.iter().skip(5)) {
+        let gap = later.at.duration_since(earlier.at)?;
+        ensure!(
+            gap >= MINUTE && gap <= MINUTE + Duration::from_secs(15),
+            "accepted exports 5 apart came {:.1} s apart (at 5 a minute: 60 to 75 s)",
+            seconds(gap)
+        );
+    }
+    let span = accepted
+        .last()
+        .context("none accepted")?
+        .at
+        .duration_since(accepted[0].at)?;
+    eprintln!(
+        "{refused} answer(s) 429; 15 exports over {:.1} s at GitLab's 5 a minute",
+        seconds(span)
+    );
+    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
+    ensure_outcome(
+        stack,
+        &status,
+        &Outcome {
+            projects,
+            failed: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+            limit: 6,
+        },
+    )
+}
+
+// --- The worker killed mid-tick ---
+
+/// The worker is killed while its 5th export request is held by the stand-in at `stage`, then
+/// restarted on the same state. GitLab and the worker allow 8 exports a minute, so that the
+/// restarted worker must count the request that was in flight to stay within GitLab's limit.
+async fn kill_case(name: &str, stage: HoldStage) -> Result<()> {
+    let seed = Seed::generated(1, 12);
+    let limit = 8;
+    let stack = LocalStack::start(
+        name,
+        seed,
+        options(limit as u32),
+        "team-0",
+        &[exports_per_minute(limit)],
+    )
+    .await?;
+    stack.standin.set_faults(Faults {
+        hold_export: Some(HoldExport { request: 5, stage }),
+        ..Faults::default()
+    });
+    checked(stack, |stack| kill_check(stack, stage, limit)).await
+}
+
+async fn kill_check(
+    stack: LocalStack,
+    stage: HoldStage,
+    limit: usize,
+) -> (Option<LocalStack>, Result<()>) {
+    let before_kill = async {
+        let (code, body) = stack.start_run().await?;
+        ensure!(code == 202, "POST /run answered {code}: {body}");
+        let held = stack.standin.wait_held(Duration::from_secs(90)).await?;
+        let status = stack.status().await?;
+        ensure!(
+            status["run"]["phase"] == "exporting",
+            "the tick should be exporting: {status:#}"
+        );
+        let run = status["run"]["id"].clone();
+        Ok((held, run))
+    }
+    .await;
+    let (held, run) = match before_kill {
+        Ok(found) => found,
+        Err(e) => return (Some(stack), Err(e)),
+    };
+    let killed_at = SystemTime::now();
+    let old_log = stack.wrangler.log.clone();
+    let stack = match stack.crash_and_restart_worker().await {
+        Ok(stack) => stack,
+        Err(e) => return (None, Err(e.context("restarting the worker"))),
+    };
+    // The held request goes on to a dead connection: dropped unseen, or answered to nobody.
+    stack.standin.release_held();
+    let result = after_kill(&stack, stage, limit, &held, &run, killed_at, &old_log).await;
+    (Some(stack), result)
+}
+
+async fn after_kill(
+    stack: &LocalStack,
+    stage: HoldStage,
+    limit: usize,
+    held: &xtask::standin::HeldRecord,
+    run: &Value,
+    killed_at: SystemTime,
+    old_log: &std::path::Path,
+) -> Result<()> {
+    let held_id = match held.project_id {
+        xtask::standin::ProjectRef::Known(id) => id,
+        ref other => anyhow::bail!("held an export of an unknown project {other:?}"),
+    };
+    let at_kill = stack
+        .standin
+        .exports()
+        .into_iter()
+        .filter(|e| e.at <= killed_at)
+        .collect::<Vec<_>>();
+    let expected_at_kill = match stage {
+        HoldStage::BeforeArrival => 4,
+        HoldStage::BeforeAnswer => 5,
+    };
+    ensure!(
+        at_kill.len() == expected_at_kill,
+        "GitLab saw {} export requests before the kill, expected {expected_at_kill}",
+        at_kill.len()
+    );
+    eprintln!(
+        "killed while the export of project {held_id} was held {stage:?}; GitLab had seen {} requests",
+        at_kill.len()
+    );
+
+    let status = finish(stack, Duration::from_secs(4 * 60)).await?;
+    ensure!(
+        status["run"]["id"] == *run,
+        "the restarted worker did not finish run {run}: {status:#}"
+    );
+    let restarted = stack.wrangler.events()?;
+    ensure!(
+        events_named(&restarted, "run_started").is_empty(),
+        "the restarted worker started a new run (logs {} and {})",
+        old_log.display(),
+        stack.wrangler.log.display()
+    );
+    let exports = stack.standin.exports();
+    // The project in flight is the first asked again, within the limit that counted it.
+    let first_after = after(&exports, killed_at);
+    ensure!(
+        first_after.first().map(project_id) == Some(held_id),
+        "the first export after the restart was not the one in flight ({held_id}): {first_after:#?}"
+    );
+    ensure!(
+        answered(&exports, 429) == 0,
+        "GitLab answered 429: the in-flight request was not counted: {exports:#?}"
+    );
+    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
+    let accepted = match stage {
+        // GitLab never saw the first request: exported once.
+        HoldStage::BeforeArrival => BTreeMap::new(),
+        // GitLab accepted it but the worker never learned: exported again, with cause.
+        HoldStage::BeforeAnswer => BTreeMap::from([(held_id, 2)]),
+    };
+    ensure_outcome(
+        stack,
+        &status,
+        &Outcome {
+            projects,
+            failed: BTreeMap::new(),
+            accepted,
+            limit,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_claiming_and_presigning_before_gitlab_saw_the_export_resumes_and_exports_it_once(
+) -> Result<()> {
+    let began = Instant::now();
+    let result = kill_case("faults-kill-before-call", HoldStage::BeforeArrival).await;
+    took("killed before the export call", began);
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_gitlab_accepted_before_the_answer_was_persisted_exports_it_again_within_the_limit(
+) -> Result<()> {
+    let began = Instant::now();
+    let result = kill_case("faults-kill-before-persist", HoldStage::BeforeAnswer).await;
+    took("killed before persisting the answer", began);
+    result
+}
+
+// --- S3 refusing the worker's key ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_refusing_the_configured_key_stops_the_run_in_preflight_naming_the_key_and_exports_nothing(
+) -> Result<()> {
+    let began = Instant::now();
+    let stack = LocalStack::start(
+        "faults-s3-refused",
+        Seed::demo(),
+        options(UNLIMITED),
+        &DEMO_GROUPS.join(","),
+        // Overrides the right secret (the later `--var` wins).
+        &[(
+            "AWS_SECRET_ACCESS_KEY",
+            "not-the-secret-of-this-key".to_owned(),
+        )],
+    )
+    .await?;
+    let result = checked(stack, |stack| async move {
+        let result = s3_refused_check(&stack).await;
+        (Some(stack), result)
+    })
+    .await;
+    took("S3 refused", began);
+    result
+}
+
+async fn s3_refused_check(stack: &LocalStack) -> Result<()> {
+    let status = run_to_the_end(stack, Duration::from_secs(60)).await?;
+    let error = status["run"]["error"]
+        .as_str()
+        .with_context(|| format!("a finished run without its error: {status:#}"))?;
+    for piece in [
+        "stopped before any export",
+        "refused a signed PUT (403)",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "SignatureDoesNotMatch",
+    ] {
+        ensure!(error.contains(piece), "run.error lacks {piece:?}: {error}");
+    }
+    ensure!(
+        status["last_error"]["message"] == error,
+        "last_error: {status:#}"
+    );
+    // More ticks change nothing: no retry, no new run, nothing asked of GitLab but the token check.
+    for _ in 0..3 {
+        stack.wrangler.fire_cron().await?;
+    }
+    let again = stack.status().await?;
+    ensure!(
+        again["run"]["id"] == status["run"]["id"] && again["run"]["phase"] == "finished",
+        "the run went on: {again:#}"
+    );
+    ensure!(
+        stack.standin.exports().is_empty(),
+        "exports were requested: {:?}",
+        stack.standin.exports()
+    );
+    ensure!(stack.standin.listing_requests() == 0, "groups were listed");
+    let events = stack.wrangler.events()?;
+    let stopped = events_named(&events, "run_stopped");
+    ensure!(
+        stopped.len() == 1 && stopped[0]["reason"] == error,
+        "run_stopped events: {stopped:?}"
+    );
+    // The token passed (`preflight_passed` names GitLab's user), the bucket did not.
+    ensure!(
+        events_named(&events, "preflight_passed").len() == 1,
+        "the token check"
+    );
+    for name in ["export_requested", "page_listed"] {
+        ensure!(
+            events_named(&events, name).is_empty(),
+            "{name} after the bucket refused the key"
+        );
+    }
+    ensure!(
+        events_named(&events, "run_started").len() == 1,
+        "a second run started"
+    );
+    let objects = stack.s3.objects()?;
+    ensure!(objects.is_empty(), "objects in the bucket: {objects:?}");
+    Ok(())
+}
+
+// --- The world changes between listing and export ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_deleted_and_one_renamed_between_listing_and_export_end_failed_gone_and_verified(
+) -> Result<()> {
+    let began = Instant::now();
+    let seed = Seed::demo();
+    let gone = seed.project_by_path("acme/api").context("acme/api")?.id;
+    let renamed = seed
+        .project_by_path("globex/firmware")
+        .context("globex/firmware")?
+        .id;
+    let limit = 100;
+    let stack = LocalStack::start(
+        "faults-deleted-renamed",
+        seed,
+        options(UNLIMITED),
+        &DEMO_GROUPS.join(","),
+        &[exports_per_minute(limit)],
+    )
+    .await?;
+    stack.standin.set_faults(Faults {
+        on_first_export: vec![
+            ProjectChange::Delete(gone),
+            ProjectChange::Rename {
+                id: renamed,
+                path: "firmware-ng".to_owned(),
+            },
+        ],
+        ..Faults::default()
+    });
+    let result = checked(stack, |stack| async move {
+        let result = changed_world_check(&stack, gone, renamed, limit).await;
+        (Some(stack), result)
+    })
+    .await;
+    took("deleted and renamed", began);
+    result
+}
+
+async fn changed_world_check(
+    stack: &LocalStack,
+    gone: u64,
+    renamed: u64,
+    limit: usize,
+) -> Result<()> {
+    let status = run_to_the_end(stack, Duration::from_secs(3 * 60)).await?;
+    let exports = stack.standin.exports();
+    let asked_gone = exports
+        .iter()
+        .filter(|e| e.project_id == xtask::standin::ProjectRef::Unknown(gone.to_string()))
+        .map(|e| e.status)
+        .collect::<Vec<_>>();
+    ensure!(
+        asked_gone == [404],
+        "the deleted project's export was asked and answered {asked_gone:?}, expected once 404"
+    );
+    // The renamed project is backed up under the path it was listed with.
+    let backups = status["last_backups"].as_array().context("last_backups")?;
+    let backup = backups
+        .iter()
+        .find(|b| b["project_id"] == renamed)
+        .context("the renamed project has no backup")?;
+    ensure!(
+        backup["path"] == "globex/firmware"
+            && backup["key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("globex/firmware/")),
+        "the renamed project's backup: {backup}"
+    );
+    let seed = stack.standin.seed();
+    let projects = own_projects(seed, &DEMO_GROUPS);
+    ensure_outcome(
+        stack,
+        &status,
+        &Outcome {
+            projects,
+            failed: BTreeMap::from([(gone, "project gone")]),
+            accepted: BTreeMap::new(),
+            limit,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_that_do_not_exist_or_are_not_visible_are_reported_and_the_other_groups_back_up_fully(
+) -> Result<()> {
+    let began = Instant::now();
+    let limit = 100;
+    // A misspelt path and an id no group has: GitLab answers 404 to both (as to a group the
+    // token cannot see).
+    let groups = "acme,no-such-group,globex,999,initech";
+    let stack = LocalStack::start(
+        "faults-unknown-groups",
+        Seed::demo(),
+        options(UNLIMITED),
+        groups,
+        &[exports_per_minute(limit)],
+    )
+    .await?;
+    let result = checked(stack, |stack| async move {
+        let result = unknown_groups_check(&stack, limit).await;
+        (Some(stack), result)
+    })
+    .await;
+    took("unknown groups", began);
+    result
+}
+
+async fn unknown_groups_check(stack: &LocalStack, limit: usize) -> Result<()> {
+    let status = run_to_the_end(stack, Duration::from_secs(3 * 60)).await?;
+    let group_errors: BTreeMap<String, String> = status["run"]["group_errors"]
+        .as_array()
+        .context("no group_errors")?
+        .iter()
+        .map(|g| {
+            (
+                g["group"].as_str().unwrap_or("").to_owned(),
+                g["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    ensure!(
+        group_errors
+            .keys()
+            .map(String::as_str)
+            .eq(["999", "no-such-group"]),
+        "group_errors: {group_errors:?}"
+    );
+    for reason in group_errors.values() {
+        ensure!(
+            reason.contains("does not exist or GITLAB_TOKEN cannot see it (404)"),
+            "reason: {reason}"
+        );
+    }
+    let events = stack.wrangler.events()?;
+    ensure!(
+        events_named(&events, "group_failed").len() == 2,
+        "group_failed events"
+    );
+    let summary: Value = serde_json::from_slice(&std::fs::read(
+        stack.s3.object_path(
+            status["run"]["summary_key"]
+                .as_str()
+                .context("no summary")?,
+        ),
+    )?)?;
+    ensure!(
+        summary["group_errors"].as_array().map(Vec::len) == Some(2),
+        "summary.json: {summary}"
+    );
+    let projects = own_projects(stack.standin.seed(), &DEMO_GROUPS);
+    ensure_outcome(
+        stack,
+        &status,
+        &Outcome {
+            projects,
+            failed: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+            limit,
+        },
+    )
+}
