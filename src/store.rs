@@ -143,6 +143,7 @@ const SCHEMA: &[&str] = &[
         size INTEGER,
         error TEXT,
         manifest_part INTEGER,
+        unanswered INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (run_id, project_id)
     ) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS projects_due ON projects (run_id, state, due_ms, project_id)",
@@ -587,19 +588,18 @@ impl<S: Sql> Store<S> {
         now_ms: u64,
         check_at_ms: u64,
     ) -> Result<(), StoreError> {
-        let rows = self.rows(
-            "UPDATE projects SET state = 'exported', attempts = attempts + 1, exported_ms = ?, due_ms = ?
-             WHERE run_id = ? AND project_id = ? RETURNING attempts",
+        // The run counts a project as exported once, at its first accepted export.
+        self.rows(
+            "UPDATE runs SET exported = exported + 1 WHERE id = ? AND EXISTS (
+                 SELECT 1 FROM projects WHERE run_id = ? AND project_id = ? AND exported_ms IS NULL)",
+            &[run_id.into(), run_id.into(), project_id.into()],
+        )?;
+        self.rows(
+            "UPDATE projects SET state = 'exported', attempts = attempts + 1, exported_ms = ?, due_ms = ?,
+                 unanswered = 0
+             WHERE run_id = ? AND project_id = ?",
             &[now_ms.into(), check_at_ms.into(), run_id.into(), project_id.into()],
         )?;
-        if rows
-            .first()
-            .map(|row| column(row, 0)?.as_u64())
-            .transpose()?
-            == Some(1)
-        {
-            self.bump(run_id, "exported")?;
-        }
         Ok(())
     }
 
@@ -686,6 +686,33 @@ impl<S: Sql> Store<S> {
                 self.bump(run_id, "failed")
             }
         }
+    }
+
+    /// An export request got no usable answer (5xx, timeout, network): the project goes back in
+    /// line behind the others until `due_ms`, and every `per_attempt`-th time in a row this
+    /// also uses one of its attempts. Returns (no-answers in a row, attempts used).
+    pub fn export_unanswered(
+        &self,
+        run_id: u64,
+        project_id: u64,
+        due_ms: u64,
+        per_attempt: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let rows = self.rows(
+            "UPDATE projects SET state = 'pending', due_ms = ?, unanswered = unanswered + 1,
+                 attempts = attempts + ((unanswered + 1) % ? = 0)
+             WHERE run_id = ? AND project_id = ? RETURNING unanswered, attempts",
+            &[
+                due_ms.into(),
+                per_attempt.into(),
+                run_id.into(),
+                project_id.into(),
+            ],
+        )?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError(format!("project {project_id} is not in run {run_id}")))?;
+        Ok((column(row, 0)?.as_u64()?, column(row, 1)?.as_u64()?))
     }
 
     /// Puts a claimed project back in line, keeping its place (the export is to be tried again

@@ -556,17 +556,18 @@ async fn slow_check(stack: &LocalStack, limit: usize) -> Result<()> {
         "project {slow_id}, whose answer timed out, was asked {} more times",
         again.len()
     );
-    // Given up after 30 s, then GitLab rests 1 minute; the project keeps its place in line.
+    // Given up after 30 s, then GitLab rests 1 minute; the project goes behind the others (so
+    // one project that never answers cannot hold the run), and is asked again later.
     let gap = again[0].at.duration_since(slow.at)?;
     ensure!(
         gap >= REQUEST_TIMEOUT + MINUTE - Duration::from_secs(2)
-            && gap <= REQUEST_TIMEOUT + MINUTE + Duration::from_secs(20),
+            && gap <= REQUEST_TIMEOUT + 4 * MINUTE,
         "asked again {:.1} s after the slow request",
         seconds(gap)
     );
     ensure!(
-        exports[3].at == again[0].at,
-        "the project whose answer was lost did not keep its place in line"
+        project_id(&exports[3]) != slow_id,
+        "the project whose answer was lost was asked again before the others"
     );
     let events = stack.wrangler.events()?;
     let timed_out: Vec<Value> = events_named(&events, "retry_later")

@@ -38,6 +38,9 @@ pub const PRUNE_BATCH: u64 = 20;
 /// Listing pages read at once: Cloudflare keeps at most six subrequests waiting for their
 /// answer per invocation, and queues the rest.
 pub const LISTING_CONCURRENCY: u32 = 6;
+/// Export requests of one project left without a usable answer (5xx, timeout) in a row that
+/// count as one failed attempt.
+pub const UNANSWERED_PER_ATTEMPT: u64 = 3;
 /// CPU time budgeted for one listing page of 100 projects (parsing it and recording its
 /// rows): the free plan's 10 ms reads one page per invocation. `cargo xtask bench` measures
 /// the real cost on the host.
@@ -962,17 +965,17 @@ impl<'a, S: Sql> Tick<'a, S> {
                 self.fail_for_good(&project, &reason, now_ms)?;
             }
             ExportAnswer::Retry(e) => {
-                // The project keeps its place in line; no attempt is used up.
-                self.store
-                    .release_project(self.run.id, project.project_id)?;
+                // A 429 keeps the project's place in line and uses no attempt; a missing answer
+                // sends it behind the others (see `export_unanswered`).
                 self.exports_stopped = true;
                 match e {
                     GitLabError::RateLimited { retry_after } => {
+                        self.store
+                            .release_project(self.run.id, project.project_id)?;
                         self.learn_limit(now_ms)?;
                         self.rate_limited(retry_after, Limited::Exports, now_ms)?
                     }
-                    e => self
-                        .gitlab_unavailable(&format!("exporting {}: {e}", project.path), now_ms)?,
+                    e => self.export_unanswered(&project, &e, now_ms)?,
                 }
             }
         }
@@ -1334,6 +1337,38 @@ impl<'a, S: Sql> Tick<'a, S> {
         )
     }
 
+    /// An export request got no usable answer. GitLab backs off as a whole; the project goes
+    /// behind the others (so one project that always fails cannot hold the run), and every
+    /// [`UNANSWERED_PER_ATTEMPT`]-th time in a row it uses an attempt, so it ends `failed` with
+    /// the reason after MAX_ATTEMPTS instead of being asked forever.
+    fn export_unanswered(
+        &mut self,
+        project: &ClaimedProject,
+        error: &GitLabError,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let reason = format!("exporting {}: {error}", project.path);
+        let behind = now_ms + ms(BACKOFF_STEP);
+        let (in_a_row, attempts) = self.store.export_unanswered(
+            self.run.id,
+            project.project_id,
+            behind,
+            UNANSWERED_PER_ATTEMPT,
+        )?;
+        self.gitlab_unavailable(&reason, now_ms)?;
+        if in_a_row % UNANSWERED_PER_ATTEMPT == 0 {
+            let why = format!(
+                "GitLab gave no usable answer to {in_a_row} export requests in a row (last: {error})"
+            );
+            let project = ClaimedProject {
+                attempts,
+                ..project.clone()
+            };
+            self.attempt_failed(&project, &why, now_ms)?;
+        }
+        Ok(())
+    }
+
     /// An export was refused with 429: if fewer requests than the limit were in the last
     /// minute, GitLab's own limit is lower (a self-managed setting, or someone else's exports
     /// with the same user), and the rest of the run keeps to what got through.
@@ -1341,8 +1376,9 @@ impl<'a, S: Sql> Tick<'a, S> {
         let since = now_ms.saturating_sub(ms(EXPORT_WINDOW));
         // The refused request is in the window too (its answer just came).
         let got_through = self.store.window_use(since)?.requests.saturating_sub(1);
-        let learned = got_through.max(1);
-        if learned < self.export_limit {
+        // With none of ours in the minute, the quota went to someone else: nothing to learn.
+        let learned = got_through;
+        if learned > 0 && learned < self.export_limit {
             self.export_limit = learned;
             self.store
                 .set_meta(META_LEARNED_LIMIT, u64::from(learned))?;
