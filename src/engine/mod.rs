@@ -292,8 +292,8 @@ pub struct Tick<'a, S: Sql> {
     /// Set when the tick left work for the next one to keep its own cost bounded (the page
     /// budget, a listing tick's exports, a second manifest part): the alarm goes on at once.
     cut_short: bool,
-    /// Manifest parts written in this tick (one at most).
-    parts_written: u32,
+    /// Whether this tick wrote a manifest part (its whole work).
+    part_written: bool,
     /// A step that must follow the one just handled (the HEAD after a finished export).
     follow_up: Option<Step>,
     /// Set once GitLab must not be asked anything more in this tick.
@@ -379,7 +379,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             export_limit,
             pages_left: pages_budget(config),
             cut_short: false,
-            parts_written: 0,
+            part_written: false,
             window_room: None,
             follow_up: None,
             gitlab_stopped: false,
@@ -495,23 +495,27 @@ impl<'a, S: Sql> Tick<'a, S> {
             self.cut_short = true;
             return Ok(Vec::new());
         }
-        let mut pages = Vec::new();
-        for listing in &listings {
-            let url = Url::parse(&listing.next_url)
-                .map_err(|e| StoreError(format!("stored page URL: {e}")))?;
-            pages.push((listing, listing.page, url));
-        }
-        for listing in &listings {
+        let cursors = listings
+            .iter()
+            .map(|listing| {
+                Url::parse(&listing.next_url)
+                    .map(|url| (listing, url))
+                    .map_err(|e| StoreError(format!("stored page URL: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut pages: Vec<_> = cursors
+            .iter()
+            .map(|(listing, url)| (*listing, listing.page, url.clone()))
+            .collect();
+        for (listing, cursor) in &cursors {
             let Some(total) = listing.pages_total else {
                 continue;
             };
-            let cursor = Url::parse(&listing.next_url)
-                .map_err(|e| StoreError(format!("stored page URL: {e}")))?;
             for page in listing.page + 1..=total {
                 if pages.len() >= room {
                     break;
                 }
-                pages.push((listing, page, crate::gitlab::with_page(&cursor, page)));
+                pages.push((listing, page, crate::gitlab::with_page(cursor, page)));
             }
         }
         pages.truncate(room);
@@ -537,7 +541,7 @@ impl<'a, S: Sql> Tick<'a, S> {
         };
         // A manifest part is a tick's whole work (a page of rows, like a listing tick): first
         // thing in a tick, and the tick ends after it; the alarm goes on at once.
-        if self.parts_written > 0 {
+        if self.part_written {
             self.cut_short = true;
             return Ok(None);
         }
@@ -1222,7 +1226,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             return Ok(());
         }
         let part = self.run.manifest_parts + 1;
-        self.parts_written += 1;
+        self.part_written = true;
         self.store
             .record_manifest_part(self.run.id, part, &project_ids)?;
         self.run.manifest_parts = part;
