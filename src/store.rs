@@ -603,13 +603,12 @@ impl<S: Sql> Store<S> {
         Ok(())
     }
 
-    fn bump(&self, run_id: u64, counter: &'static str) -> Result<(), StoreError> {
-        // A final outcome also waits for its manifest part: both counters in one write.
-        let query = match counter {
-            "verified" => "UPDATE runs SET verified = verified + 1, manifest_waiting = manifest_waiting + 1 WHERE id = ?",
-            "failed" => "UPDATE runs SET failed = failed + 1, manifest_waiting = manifest_waiting + 1 WHERE id = ?",
-            "exported" => "UPDATE runs SET exported = exported + 1 WHERE id = ?",
-            _ => return Err(StoreError(format!("no run counter {counter}"))),
+    /// Counts a project's final outcome; it also waits for its manifest part (one write).
+    fn count_outcome(&self, run_id: u64, verified: bool) -> Result<(), StoreError> {
+        let query = if verified {
+            "UPDATE runs SET verified = verified + 1, manifest_waiting = manifest_waiting + 1 WHERE id = ?"
+        } else {
+            "UPDATE runs SET failed = failed + 1, manifest_waiting = manifest_waiting + 1 WHERE id = ?"
         };
         self.rows(query, &[run_id.into()])?;
         Ok(())
@@ -659,7 +658,7 @@ impl<S: Sql> Store<S> {
             "UPDATE projects SET state = 'verified', size = ?, error = NULL WHERE run_id = ? AND project_id = ?",
             &[size.into(), run_id.into(), project_id.into()],
         )?;
-        self.bump(run_id, "verified")
+        self.count_outcome(run_id, true)
     }
 
     /// An attempt failed: back in line at `retry_at_ms`, or, without one, failed for good.
@@ -683,7 +682,7 @@ impl<S: Sql> Store<S> {
                     "UPDATE projects SET state = 'failed', error = ? WHERE run_id = ? AND project_id = ?",
                     &[reason.into(), run_id.into(), project_id.into()],
                 )?;
-                self.bump(run_id, "failed")
+                self.count_outcome(run_id, false)
             }
         }
     }

@@ -956,7 +956,8 @@ impl<'a, S: Sql> Tick<'a, S> {
                     now_ms,
                     now_ms + ms(FIRST_CHECK_AFTER),
                 )?;
-                self.run.exported += u64::from(project.attempts == 0);
+                // As the store counts it: at the project's first accepted export.
+                self.run.exported += u64::from(project.exported_ms.is_none());
                 self.wake_at(now_ms + ms(FIRST_CHECK_AFTER));
                 self.report.events.push(Event::Exported {
                     run: self.run.id,
