@@ -64,7 +64,7 @@ struct Usage {
     cpu_ns: u64,
     statements: u64,
     rows_returned: u64,
-    /// Rows inserted, updated or deleted in tables (SQLite's `changes()`).
+    /// Rows inserted, updated or deleted in tables, by the statement and by its triggers.
     rows_written: u64,
     /// The same, each counted once more per index of its table (an upper bound of what
     /// Cloudflare bills: an index entry is only written when an indexed column changes).
@@ -167,7 +167,12 @@ impl Metered {
         let mut rows: Vec<(String, StatementCost)> = profile.borrow().clone().into_iter().collect();
         rows.sort_by_key(|(_, (_, _, cpu, scans))| std::cmp::Reverse((*scans > 0, *cpu)));
         println!("\nstatements by CPU (executions, pages touched, CPU ms, full-scan steps):");
-        for (query, (n, pages, cpu, scans)) in rows.iter().take(12) {
+        // `BENCH_PROFILE=all` lists every statement, otherwise the costliest dozen.
+        let shown = match std::env::var("BENCH_PROFILE").as_deref() {
+            Ok("all") => rows.len(),
+            _ => 12,
+        };
+        for (query, (n, pages, cpu, scans)) in rows.iter().take(shown) {
             let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
             println!(
                 "{n:>8} {pages:>10} {:>10.1} {scans:>6}  {}",
@@ -197,6 +202,7 @@ impl Sql for &Metered {
             thread_cpu_ns()
         });
         let scans_before = self.db.1.get();
+        let changes_before = self.db.0.total_changes();
         let rows = (&self.db).exec(query, params)?;
         if let (Some(profile), Some(started)) = (&self.profile, profiled) {
             let cpu = thread_cpu_ns() - started;
@@ -213,10 +219,13 @@ impl Sql for &Metered {
         usage.statements += 1;
         usage.rows_returned += rows.len() as u64;
         if let Some(table) = written_table(query) {
+            // `changes()` counts the statement's own rows; the rest of the total are the rows
+            // its triggers wrote (the run's counters: `runs` has no index of its own).
             let changed = self.db.0.changes();
-            usage.rows_written += changed;
+            let by_triggers = (self.db.0.total_changes() - changes_before).saturating_sub(changed);
+            usage.rows_written += changed + by_triggers;
             let indexes = self.indexes.get(table).copied().unwrap_or(0);
-            usage.rows_written_with_indexes += changed * (1 + indexes);
+            usage.rows_written_with_indexes += changed * (1 + indexes) + by_triggers;
         }
         Ok(rows)
     }

@@ -167,6 +167,7 @@ pub fn status<S: Sql>(
     now_ms: u64,
 ) -> Result<Status, StoreError> {
     let latest = store.latest_run()?;
+    let meta = store.meta()?;
     let since = now_ms.saturating_sub(ms(EXPORT_WINDOW));
     let window = store.window_use(since)?;
     let limit = config.ok().map(|c| c.exports_per_minute);
@@ -179,7 +180,7 @@ pub fn status<S: Sql>(
     ];
     let mut wait = None;
     for (key, reason) in waits {
-        if let Some(until) = store.meta_u64(key)?.filter(|&until| until > now_ms) {
+        if let Some(until) = meta.u64(key)?.filter(|&until| until > now_ms) {
             wait = Some(Plan::Wait {
                 until: rfc3339(until),
                 reason: reason.to_owned(),
@@ -209,17 +210,13 @@ pub fn status<S: Sql>(
             }
         }
     };
-    let last_error = store.meta_text(META_LAST_ERROR)?.map(|message| LastError {
-        at: store
-            .meta_u64(META_LAST_ERROR_AT)
-            .ok()
-            .flatten()
-            .map(rfc3339),
+    let last_error = meta.text(META_LAST_ERROR)?.map(|message| LastError {
+        at: meta.u64(META_LAST_ERROR_AT).ok().flatten().map(rfc3339),
         message,
     });
     let bucket_region = match config.ok().and_then(|c| c.bucket.region.clone()) {
         Some(region) => Some(region),
-        None => store.meta_text(META_REGION)?,
+        None => meta.text(META_REGION)?,
     };
     Ok(Status {
         run: latest.map(|run| RunStatus::new(store, run)).transpose()?,

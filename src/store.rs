@@ -171,7 +171,33 @@ const SCHEMA: &[&str] = &[
         size INTEGER NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS last_backups_by_time ON last_backups (at_ms)",
+    // The run's counters follow its projects' states by construction, in the statement that
+    // changes the project: a project counts as exported at its first accepted export, and once
+    // when it reaches its final outcome (which also waits for its manifest part).
+    "CREATE TRIGGER IF NOT EXISTS count_exported AFTER UPDATE OF exported_ms ON projects
+        WHEN OLD.exported_ms IS NULL AND NEW.exported_ms IS NOT NULL
+        BEGIN
+            UPDATE runs SET exported = exported + 1 WHERE id = NEW.run_id;
+        END",
+    "CREATE TRIGGER IF NOT EXISTS count_outcome AFTER UPDATE OF state ON projects
+        WHEN NEW.state IN ('verified', 'failed') AND OLD.state NOT IN ('verified', 'failed')
+        BEGIN
+            UPDATE runs SET verified = verified + (NEW.state = 'verified'),
+                failed = failed + (NEW.state = 'failed'),
+                manifest_waiting = manifest_waiting + 1
+            WHERE id = NEW.run_id;
+        END",
 ];
+
+/// The `meta` key of the schema's version: a digest of [`SCHEMA`], so any change to it makes an
+/// existing store run the statements again (each adds only what is missing).
+const META_SCHEMA: &str = "schema_version";
+
+fn schema_version() -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(SCHEMA.concat().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
 
 /// Where a run stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -327,18 +353,58 @@ pub struct WindowUse {
     pub oldest_ms: Option<u64>,
 }
 
+/// What a run's projects still wait for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remaining {
+    /// When the first pending project comes due for its export, if any is pending.
+    pub pending_due: Option<u64>,
+    /// Whether a project is claimed for an export whose answer is not recorded.
+    pub exporting: bool,
+    /// When the first exported project comes due for a check, if any awaits its proof.
+    pub exported_due: Option<u64>,
+}
+
+/// The `meta` table's facts (a handful of rows), read whole in one statement.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Meta(std::collections::BTreeMap<String, Value>);
+
+impl Meta {
+    pub fn u64(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.0.get(key).map(Value::as_u64).transpose()
+    }
+
+    pub fn text(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.0.get(key).map(Value::as_text).transpose()
+    }
+}
+
 /// Typed access to the cursor's tables.
 pub struct Store<S> {
     sql: S,
 }
 
 impl<S: Sql> Store<S> {
-    /// Opens the store, creating the schema when it is missing.
+    /// Opens the store, creating the schema unless it is there in this version: one statement
+    /// when it is (an evicted Durable Object opens its store on every request).
     pub fn open(sql: S) -> Result<Store<S>, StoreError> {
-        for statement in SCHEMA {
-            sql.exec(statement, &[])?;
+        let version = schema_version();
+        // Before the first open there is no `meta` table, and the read fails.
+        let current = sql.exec(
+            "SELECT value FROM meta WHERE key = ?",
+            &[META_SCHEMA.into()],
+        );
+        let up_to_date = matches!(
+            current.as_deref(),
+            Ok([row]) if row.first() == Some(&Value::Text(version.clone()))
+        );
+        let store = Store { sql };
+        if !up_to_date {
+            for statement in SCHEMA {
+                store.sql.exec(statement, &[])?;
+            }
+            store.set_meta(META_SCHEMA, version)?;
         }
-        Ok(Store { sql })
+        Ok(store)
     }
 
     /// A store whose schema this process already created (a live Durable Object opens its
@@ -588,29 +654,13 @@ impl<S: Sql> Store<S> {
         now_ms: u64,
         check_at_ms: u64,
     ) -> Result<(), StoreError> {
-        // The run counts a project as exported once, at its first accepted export.
-        self.rows(
-            "UPDATE runs SET exported = exported + 1 WHERE id = ? AND EXISTS (
-                 SELECT 1 FROM projects WHERE run_id = ? AND project_id = ? AND exported_ms IS NULL)",
-            &[run_id.into(), run_id.into(), project_id.into()],
-        )?;
+        // The run counts it (trigger `count_exported`) at its first accepted export.
         self.rows(
             "UPDATE projects SET state = 'exported', attempts = attempts + 1, exported_ms = ?, due_ms = ?,
                  unanswered = 0
              WHERE run_id = ? AND project_id = ?",
             &[now_ms.into(), check_at_ms.into(), run_id.into(), project_id.into()],
         )?;
-        Ok(())
-    }
-
-    /// Counts a project's final outcome; it also waits for its manifest part (one write).
-    fn count_outcome(&self, run_id: u64, verified: bool) -> Result<(), StoreError> {
-        let query = if verified {
-            "UPDATE runs SET verified = verified + 1, manifest_waiting = manifest_waiting + 1 WHERE id = ?"
-        } else {
-            "UPDATE runs SET failed = failed + 1, manifest_waiting = manifest_waiting + 1 WHERE id = ?"
-        };
-        self.rows(query, &[run_id.into()])?;
         Ok(())
     }
 
@@ -647,7 +697,8 @@ impl<S: Sql> Store<S> {
         Ok(())
     }
 
-    /// The backup is proven: the object is in the bucket with `size` bytes.
+    /// The backup is proven: the object is in the bucket with `size` bytes (the run counts it:
+    /// trigger `count_outcome`).
     pub fn record_verified(
         &self,
         run_id: u64,
@@ -658,7 +709,7 @@ impl<S: Sql> Store<S> {
             "UPDATE projects SET state = 'verified', size = ?, error = NULL WHERE run_id = ? AND project_id = ?",
             &[size.into(), run_id.into(), project_id.into()],
         )?;
-        self.count_outcome(run_id, true)
+        Ok(())
     }
 
     /// An attempt failed: back in line at `retry_at_ms`, or, without one, failed for good.
@@ -678,11 +729,12 @@ impl<S: Sql> Store<S> {
                 Ok(())
             }
             None => {
+                // The run counts it: trigger `count_outcome`.
                 self.rows(
                     "UPDATE projects SET state = 'failed', error = ? WHERE run_id = ? AND project_id = ?",
                     &[reason.into(), run_id.into(), project_id.into()],
                 )?;
-                self.count_outcome(run_id, false)
+                Ok(())
             }
         }
     }
@@ -724,22 +776,26 @@ impl<S: Sql> Store<S> {
         Ok(())
     }
 
-    /// Whether any project of the run is in `state`.
-    pub fn has_projects_in(&self, run_id: u64, state: &str) -> Result<bool, StoreError> {
+    /// What the run's projects still wait for, in one statement (each part a search of the
+    /// `projects_due` index).
+    pub fn remaining(&self, run_id: u64) -> Result<Remaining, StoreError> {
         let rows = self.rows(
-            "SELECT 1 FROM projects WHERE run_id = ? AND state = ? LIMIT 1",
-            &[run_id.into(), state.into()],
+            "SELECT
+                 (SELECT due_ms FROM projects WHERE run_id = ? AND state = 'pending'
+                  ORDER BY due_ms LIMIT 1),
+                 EXISTS (SELECT 1 FROM projects WHERE run_id = ? AND state = 'exporting'),
+                 (SELECT due_ms FROM projects WHERE run_id = ? AND state = 'exported'
+                  ORDER BY due_ms LIMIT 1)",
+            &[run_id.into(), run_id.into(), run_id.into()],
         )?;
-        Ok(!rows.is_empty())
-    }
-
-    /// The earliest moment a project of the run is due in `state`.
-    pub fn next_due(&self, run_id: u64, state: &str) -> Result<Option<u64>, StoreError> {
-        let rows = self.rows(
-            "SELECT due_ms FROM projects WHERE run_id = ? AND state = ? ORDER BY due_ms LIMIT 1",
-            &[run_id.into(), state.into()],
-        )?;
-        rows.first().map(|row| column(row, 0)?.as_u64()).transpose()
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError("SELECT of subqueries gave no row".into()))?;
+        Ok(Remaining {
+            pending_due: column(row, 0)?.as_opt_u64()?,
+            exporting: column(row, 1)?.as_u64()? != 0,
+            exported_due: column(row, 2)?.as_opt_u64()?,
+        })
     }
 
     /// Up to `limit` projects with a final outcome that no manifest part lists yet.
@@ -819,6 +875,17 @@ impl<S: Sql> Store<S> {
         Ok(())
     }
 
+    /// Export requests logged after `since_ms`: `(id, at_ms)`, oldest first.
+    pub fn window_requests(&self, since_ms: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.rows(
+            "SELECT id, at_ms FROM export_log WHERE at_ms > ? ORDER BY at_ms",
+            &[since_ms.into()],
+        )?
+        .iter()
+        .map(|row| Ok((column(row, 0)?.as_u64()?, column(row, 1)?.as_u64()?)))
+        .collect()
+    }
+
     /// Export requests logged after `since_ms`, and the oldest of them.
     pub fn window_use(&self, since_ms: u64) -> Result<WindowUse, StoreError> {
         let rows = self.rows(
@@ -834,17 +901,18 @@ impl<S: Sql> Store<S> {
         })
     }
 
-    fn meta(&self, key: &str) -> Result<Option<Value>, StoreError> {
-        let rows = self.rows("SELECT value FROM meta WHERE key = ?", &[key.into()])?;
-        rows.first().map(|row| column(row, 0).cloned()).transpose()
-    }
-
-    pub fn meta_u64(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        self.meta(key)?.map(|v| v.as_u64()).transpose()
-    }
-
-    pub fn meta_text(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.meta(key)?.map(|v| v.as_text()).transpose()
+    pub fn meta(&self) -> Result<Meta, StoreError> {
+        self.rows("SELECT key, value FROM meta", &[])?
+            .into_iter()
+            .map(|row| {
+                let mut values = row.into_iter();
+                match (values.next(), values.next()) {
+                    (Some(Value::Text(key)), Some(value)) => Ok((key, value)),
+                    other => Err(StoreError(format!("unexpected meta row {other:?}"))),
+                }
+            })
+            .collect::<Result<_, _>>()
+            .map(Meta)
     }
 
     pub fn set_meta(&self, key: &str, value: impl Into<Value>) -> Result<(), StoreError> {
@@ -1134,5 +1202,126 @@ mod tests {
                 oldest_ms: Some(100_000)
             }
         );
+    }
+
+    /// Counts the statements run through it.
+    struct Counting<'a>(&'a HostSql, std::cell::Cell<u64>);
+
+    impl Sql for &Counting<'_> {
+        fn exec(&self, query: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+            self.1.set(self.1.get() + 1);
+            self.0.exec(query, params)
+        }
+    }
+
+    #[test]
+    fn an_opened_store_checks_its_schema_in_one_statement_and_restores_what_is_missing() {
+        let db = HostSql::in_memory();
+        let counting = Counting(&db, std::cell::Cell::new(0));
+        let opened = |expected: u64, why: &str| {
+            counting.1.set(0);
+            let store = Store::open(&counting).unwrap();
+            assert_eq!(counting.1.get(), expected, "{why}");
+            store
+        };
+        let created = 2 + SCHEMA.len() as u64;
+        opened(created, "a new store: checked, created, version noted");
+        opened(1, "a store in this version: checked only");
+        // A store of an older version (here: without a trigger) gets what it lacks.
+        db.0.execute_batch("DROP TRIGGER count_outcome").unwrap();
+        opened(1, "the version is what is checked");
+        db.0.execute_batch("UPDATE meta SET value = 'older' WHERE key = 'schema_version'")
+            .unwrap();
+        let store = opened(created, "another version: created again");
+        let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
+        store.record_only_page(run.id, 0, &[(1, "a/1")]).unwrap();
+        store.record_failure(run.id, 1, "gone", None).unwrap();
+        assert_eq!(store.active_run().unwrap().unwrap().failed, 1);
+    }
+
+    #[test]
+    fn run_counters_follow_project_states_once_each() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
+        store
+            .record_only_page(run.id, 0, &[(1, "a/1"), (2, "a/2"), (3, "a/3")])
+            .unwrap();
+        let counts = || {
+            let run = store.active_run().unwrap().unwrap();
+            (run.exported, run.verified, run.failed, run.manifest_waiting)
+        };
+        // Project 1: exported, checked, a second export (a retry), verified twice over.
+        store.record_exported(run.id, 1, 10, 20).unwrap();
+        assert_eq!(counts(), (1, 0, 0, 0));
+        store
+            .record_failure(run.id, 1, "not there", Some(30))
+            .unwrap();
+        store.record_exported(run.id, 1, 40, 50).unwrap();
+        assert_eq!(counts(), (1, 0, 0, 0), "exported once, at the first export");
+        store.record_verified(run.id, 1, 100).unwrap();
+        store.record_verified(run.id, 1, 100).unwrap();
+        assert_eq!(counts(), (1, 1, 0, 1), "verified once");
+        // Project 2: failed for good without an export; project 3 untouched.
+        store.record_failure(run.id, 2, "refused", None).unwrap();
+        store.record_failure(run.id, 2, "refused", None).unwrap();
+        assert_eq!(counts(), (1, 1, 1, 2));
+        // Moving a project between waiting states counts nothing.
+        store.claim_next(run.id, 100, 200).unwrap().unwrap();
+        store.requeue_interrupted(run.id).unwrap();
+        assert_eq!(counts(), (1, 1, 1, 2));
+    }
+
+    #[test]
+    fn remaining_says_what_the_run_still_waits_for() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
+        let nothing = Remaining {
+            pending_due: None,
+            exporting: false,
+            exported_due: None,
+        };
+        assert_eq!(store.remaining(run.id).unwrap(), nothing);
+        store
+            .record_only_page(run.id, 0, &[(1, "a/1"), (2, "a/2")])
+            .unwrap();
+        store.claim_next(run.id, 0, 10).unwrap().unwrap();
+        assert_eq!(
+            store.remaining(run.id).unwrap(),
+            Remaining {
+                pending_due: Some(0),
+                exporting: true,
+                exported_due: None,
+            }
+        );
+        store.record_exported(run.id, 1, 5, 65).unwrap();
+        store.reschedule(run.id, 2, 900).unwrap();
+        assert_eq!(
+            store.remaining(run.id).unwrap(),
+            Remaining {
+                pending_due: Some(900),
+                exporting: false,
+                exported_due: Some(65),
+            }
+        );
+        store.record_verified(run.id, 1, 1).unwrap();
+        store.record_failure(run.id, 2, "refused", None).unwrap();
+        assert_eq!(store.remaining(run.id).unwrap(), nothing);
+    }
+
+    #[test]
+    fn meta_is_read_whole_and_typed() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        assert_eq!(store.meta().unwrap().u64("n").unwrap(), None);
+        store.set_meta("n", 42u64).unwrap();
+        store.set_meta("s", "text").unwrap();
+        let meta = store.meta().unwrap();
+        assert_eq!(meta.u64("n").unwrap(), Some(42));
+        assert_eq!(meta.text("s").unwrap().as_deref(), Some("text"));
+        assert_eq!(meta.u64("missing").unwrap(), None);
+        assert!(meta.u64("s").is_err(), "text is not read as a number");
+        assert!(meta.text("n").is_err(), "a number is not read as text");
     }
 }

@@ -16,6 +16,7 @@ use crate::http::{HttpRequest, HttpResponse, HttpResult, Method};
 use crate::manifest::{self, PART_SIZE};
 use crate::s3::{self, object_key, region_from_answer, Signer};
 use crate::store::{Backup, ClaimedProject, ListedPage, Phase, RunRow, Sql, Store, StoreError};
+use window::Window;
 
 /// GitLab counts export requests per user in windows of one minute.
 pub const EXPORT_WINDOW: Duration = Duration::from_secs(60);
@@ -284,8 +285,8 @@ pub struct Tick<'a, S: Sql> {
     exports_left: u32,
     /// Listing pages this invocation's CPU budget still allows.
     pages_left: u32,
-    /// Export requests the rolling window still takes, as counted in this tick.
-    window_room: Option<u32>,
+    /// The rolling window, read at the tick's first export.
+    window: Option<Window>,
     /// Export requests allowed per rolling minute: EXPORTS_PER_MINUTE, or less if GitLab's
     /// 429s showed a lower limit in this run.
     export_limit: u32,
@@ -304,10 +305,12 @@ pub struct Tick<'a, S: Sql> {
     s3_stopped: bool,
     /// Whether the token was checked in this tick (preflight).
     user_checked: bool,
-    /// Whether GitLab failed in earlier ticks (the backoff counter is set).
-    recovering: bool,
+    /// GitLab's failures in a row, over ticks (the backoff grows with them).
+    gitlab_failures: u64,
     /// No GitLab request before this (backoff, or a 429 outside exports).
     gitlab_not_before: u64,
+    /// No export request before this (a 429).
+    exports_not_before: u64,
     report: TickReport,
 }
 
@@ -360,13 +363,14 @@ impl<'a, S: Sql> Tick<'a, S> {
                 run
             }
         };
-        let export_limit = match store.meta_u64(META_LEARNED_LIMIT)? {
+        let meta = store.meta()?;
+        let export_limit = match meta.u64(META_LEARNED_LIMIT)? {
             Some(learned) => config.exports_per_minute.min(learned as u32).max(1),
             None => config.exports_per_minute,
         };
         let region = match &config.bucket.region {
             Some(region) => Some(region.clone()),
-            None => store.meta_text(META_REGION)?,
+            None => meta.text(META_REGION)?,
         };
         Ok(Begin::Tick(Box::new(Tick {
             store,
@@ -380,14 +384,15 @@ impl<'a, S: Sql> Tick<'a, S> {
             pages_left: pages_budget(config),
             cut_short: false,
             part_written: false,
-            window_room: None,
+            window: None,
             follow_up: None,
             gitlab_stopped: false,
             exports_stopped: false,
             s3_stopped: false,
             user_checked: false,
-            recovering: store.meta_u64(META_FAILURES)?.is_some(),
-            gitlab_not_before: store.meta_u64(META_BACKOFF_UNTIL)?.unwrap_or(0),
+            gitlab_failures: meta.u64(META_FAILURES)?.unwrap_or(0),
+            gitlab_not_before: meta.u64(META_BACKOFF_UNTIL)?.unwrap_or(0),
+            exports_not_before: meta.u64(META_BLOCKED_UNTIL)?.unwrap_or(0),
             report: TickReport {
                 events,
                 ..TickReport::default()
@@ -564,9 +569,9 @@ impl<'a, S: Sql> Tick<'a, S> {
                 }));
             }
         }
-        let exporting = self.store.has_projects_in(self.run.id, "pending")?
-            || self.store.has_projects_in(self.run.id, "exporting")?;
-        let unproven = self.store.has_projects_in(self.run.id, "exported")?;
+        let left = self.store.remaining(self.run.id)?;
+        let exporting = left.pending_due.is_some() || left.exporting;
+        let unproven = left.exported_due.is_some();
         let phase = if exporting {
             Phase::Exporting
         } else {
@@ -601,11 +606,9 @@ impl<'a, S: Sql> Tick<'a, S> {
             );
         }
         // Nothing to do now: wake when the next retry or check comes due.
-        for state in ["pending", "exported"] {
-            if let Some(due) = self.store.next_due(self.run.id, state)? {
-                if due > now_ms {
-                    self.wake_at(due);
-                }
+        for due in [left.pending_due, left.exported_due].into_iter().flatten() {
+            if due > now_ms {
+                self.wake_at(due);
             }
         }
         Ok(None)
@@ -622,8 +625,8 @@ impl<'a, S: Sql> Tick<'a, S> {
         else {
             return Ok(None);
         };
-        if let Some(room) = &mut self.window_room {
-            *room -= 1;
+        if let Some(window) = &mut self.window {
+            window.requested(log_id, in_flight_until);
         }
         let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
         let object = self.config.bucket.object_url(region, &key);
@@ -636,8 +639,8 @@ impl<'a, S: Sql> Tick<'a, S> {
             Err(e) => {
                 // Nothing was sent: the request leaves the window again.
                 self.store.export_answered(log_id, 0)?;
-                if let Some(room) = &mut self.window_room {
-                    *room += 1;
+                if let Some(window) = &mut self.window {
+                    window.answered(log_id, 0);
                 }
                 self.fail_for_good(&project, &e.to_string(), now_ms)?;
                 return self.export_step(region, now_ms);
@@ -740,27 +743,24 @@ impl<'a, S: Sql> Tick<'a, S> {
     /// Whether the rolling window has room for one more export request now; if not, when it
     /// will (for the caller's alarm).
     fn window_allows(&mut self, now_ms: u64) -> Result<bool, StoreError> {
-        // Room counted earlier in this tick, less the exports claimed since (entries that left
-        // the window meanwhile are only counted again once the room is used up).
-        if self.window_room.is_some_and(|room| room > 0) {
-            return Ok(true);
+        if self.exports_not_before > now_ms {
+            self.wake_at(self.exports_not_before);
+            return Ok(false);
         }
-        self.window_room = None;
-        if let Some(until) = self.store.meta_u64(META_BLOCKED_UNTIL)? {
-            if until > now_ms {
-                self.wake_at(until);
-                return Ok(false);
+        let window = match &mut self.window {
+            Some(window) => window,
+            None => {
+                let since = now_ms.saturating_sub(ms(EXPORT_WINDOW));
+                self.store.prune_window(since)?;
+                self.window
+                    .insert(Window::new(self.store.window_requests(since)?))
             }
-        }
-        let since = now_ms.saturating_sub(ms(EXPORT_WINDOW));
-        self.store.prune_window(since)?;
-        let window = self.store.window_use(since)?;
-        if window.requests < self.export_limit {
-            self.window_room = Some(self.export_limit - window.requests);
+        };
+        if window.used(now_ms) < self.export_limit {
             return Ok(true);
         }
-        if let Some(oldest) = window.oldest_ms {
-            self.wake_at(oldest + ms(EXPORT_WINDOW));
+        if let Some(at) = window.frees_at(now_ms) {
+            self.wake_at(at);
         }
         Ok(false)
     }
@@ -786,6 +786,9 @@ impl<'a, S: Sql> Tick<'a, S> {
             } => self.on_page(position, page, group, answer, now_ms),
             Purpose::Export { project, log_id } => {
                 self.store.export_answered(log_id, now_ms)?;
+                if let Some(window) = &mut self.window {
+                    window.answered(log_id, now_ms);
+                }
                 self.on_export(project, answer, now_ms)
             }
             Purpose::ExportStatus { project } => self.on_export_status(project, answer, now_ms),
@@ -1323,8 +1326,9 @@ impl<'a, S: Sql> Tick<'a, S> {
     ) -> Result<(), StoreError> {
         let until = now_ms + ms(retry_after) + ms(RETRY_AFTER_SLACK);
         // A shorter wait asked later never shortens one still running.
-        let until = until.max(self.store.meta_u64(META_BLOCKED_UNTIL)?.unwrap_or(0));
+        let until = until.max(self.exports_not_before);
         self.store.set_meta(META_BLOCKED_UNTIL, until)?;
+        self.exports_not_before = until;
         if limited == Limited::AllOfGitLab {
             self.gitlab_stopped = true;
             self.gitlab_not_before = self.gitlab_not_before.max(until);
@@ -1378,9 +1382,12 @@ impl<'a, S: Sql> Tick<'a, S> {
     /// minute, GitLab's own limit is lower (a self-managed setting, or someone else's exports
     /// with the same user), and the rest of the run keeps to what got through.
     fn learn_limit(&mut self, now_ms: u64) -> Result<(), StoreError> {
-        let since = now_ms.saturating_sub(ms(EXPORT_WINDOW));
         // The refused request is in the window too (its answer just came).
-        let got_through = self.store.window_use(since)?.requests.saturating_sub(1);
+        let got_through = self
+            .window
+            .as_ref()
+            .map_or(0, |window| window.used(now_ms))
+            .saturating_sub(1);
         // With none of ours in the minute, the quota went to someone else: nothing to learn.
         let learned = got_through;
         if learned > 0 && learned < self.export_limit {
@@ -1398,14 +1405,14 @@ impl<'a, S: Sql> Tick<'a, S> {
     /// GitLab failed in a way worth retrying: nothing more from it this tick, and back off.
     fn gitlab_unavailable(&mut self, reason: &str, now_ms: u64) -> Result<(), StoreError> {
         self.gitlab_stopped = true;
-        let failures = self.store.meta_u64(META_FAILURES)?.unwrap_or(0) + 1;
+        let failures = self.gitlab_failures + 1;
         let backoff = BACKOFF_STEP
             .saturating_mul(1 << (failures - 1).min(16) as u32)
             .min(BACKOFF_MAX);
         let until = now_ms + ms(backoff);
         self.store.set_meta(META_FAILURES, failures)?;
         self.store.set_meta(META_BACKOFF_UNTIL, until)?;
-        self.recovering = true;
+        self.gitlab_failures = failures;
         self.gitlab_not_before = until;
         self.wake_at(until);
         self.report.events.push(Event::RetryLater {
@@ -1418,10 +1425,10 @@ impl<'a, S: Sql> Tick<'a, S> {
 
     /// GitLab answered as documented: any backoff ends.
     fn gitlab_answered(&mut self) -> Result<(), StoreError> {
-        if self.recovering {
+        if self.gitlab_failures > 0 {
             self.store.delete_meta(META_FAILURES)?;
             self.store.delete_meta(META_BACKOFF_UNTIL)?;
-            self.recovering = false;
+            self.gitlab_failures = 0;
             self.gitlab_not_before = 0;
         }
         Ok(())
@@ -1481,3 +1488,4 @@ fn s3_error(answer: &HttpResponse) -> String {
 
 #[cfg(test)]
 mod tests;
+mod window;

@@ -1316,7 +1316,7 @@ impl Harness {
             (self.world.now - T0) / SECOND,
             self.ticks.len(),
             self.ticks.last(),
-            self.store().meta_text(META_LAST_ERROR).ok().flatten(),
+            self.store().meta().ok().and_then(|m| m.text(META_LAST_ERROR).ok().flatten()),
         )
     }
 
@@ -1801,7 +1801,10 @@ fn a_429_stops_the_ticks_exports_and_nothing_is_sent_before_retry_after_and_slac
             report.wake_at_ms,
             Some(until.min(first_accepted + ms(FIRST_CHECK_AFTER)))
         );
-        assert_eq!(h.store().meta_u64(META_BLOCKED_UNTIL).unwrap(), Some(until));
+        assert_eq!(
+            h.store().meta().unwrap().u64(META_BLOCKED_UNTIL).unwrap(),
+            Some(until)
+        );
         assert!(report.events.contains(&Event::RateLimited {
             retry_after_s: retry_after.unwrap_or(60)
         }));
@@ -2204,7 +2207,12 @@ fn without_aws_region_the_first_export_tick_learns_the_region_and_signs_for_it()
     let tick = h.ticks.last().unwrap();
     assert_eq!(tick.exports, 6, "exports go on at once");
     assert_eq!(
-        h.store().meta_text(META_REGION).unwrap().as_deref(),
+        h.store()
+            .meta()
+            .unwrap()
+            .text(META_REGION)
+            .unwrap()
+            .as_deref(),
         Some("eu-west-3")
     );
     let run = h.run_until_finished(T0 + HOUR);
@@ -2246,7 +2254,13 @@ fn without_a_region_header_an_error_is_noted_and_exports_wait() {
         "no export without a region"
     );
     assert!(h.ticks.iter().all(|t| t.subrequests <= 2 && t.exports == 0));
-    let error = h.store().meta_text(META_LAST_ERROR).unwrap().unwrap();
+    let error = h
+        .store()
+        .meta()
+        .unwrap()
+        .text(META_LAST_ERROR)
+        .unwrap()
+        .unwrap();
     assert!(
         error.contains("could not learn the region of bucket backups")
             && error.contains("AWS_REGION"),
