@@ -571,8 +571,11 @@ struct Summary {
 
 fn summarise(projects: u64, plan: Plan, repeats: usize, cold: bool) -> Summary {
     let mut best: Option<RunFigures> = None;
+    // Each tick's CPU in every repeat, for the profile.
+    let mut cpu_by_repeat: Vec<Vec<u64>> = Vec::new();
     for _ in 0..repeats {
         let run = whole_run(projects, plan, false, cold);
+        cpu_by_repeat.push(run.ticks.iter().map(|(_, u)| u.cpu_ns).collect());
         best = Some(match best {
             None => run,
             Some(mut best) => {
@@ -593,7 +596,11 @@ fn summarise(projects: u64, plan: Plan, repeats: usize, cold: bool) -> Summary {
         let mut ticks: Vec<(usize, &(Phase, Usage))> = run.ticks.iter().enumerate().collect();
         ticks.sort_by_key(|(_, (_, u))| std::cmp::Reverse(u.cpu_ns));
         for (i, (phase, u)) in ticks.iter().take(8) {
-            println!("tick {i} {phase:?}: {u:?}");
+            let repeats: Vec<String> = cpu_by_repeat.iter().map(|cpu| ms(cpu[*i])).collect();
+            println!(
+                "tick {i} {phase:?}: {u:?}; CPU ms in each repeat: {}",
+                repeats.join(" ")
+            );
         }
     }
     let mut max = Usage::default();

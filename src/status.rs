@@ -7,11 +7,12 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::config::{Config, ConfigError, Problem};
+use crate::engine::window::Window;
 use crate::engine::{
-    ms, run_due, EXPORT_WINDOW, META_BACKOFF_UNTIL, META_BLOCKED_UNTIL, META_LAST_ERROR,
-    META_LAST_ERROR_AT, META_REGION,
+    run_due, META_BACKOFF_UNTIL, META_BLOCKED_UNTIL, META_LAST_ERROR, META_LAST_ERROR_AT,
+    META_REGION,
 };
-use crate::store::{Phase, RunRow, Sql, Store, StoreError};
+use crate::store::{Phase, RunRow, Sql, Store, StoreError, META_WINDOW};
 
 /// Failures listed by `/status` at most (the manifest lists them all).
 pub const FAILURES_SHOWN: u64 = 100;
@@ -168,8 +169,9 @@ pub fn status<S: Sql>(
 ) -> Result<Status, StoreError> {
     let latest = store.latest_run()?;
     let meta = store.meta()?;
-    let since = now_ms.saturating_sub(ms(EXPORT_WINDOW));
-    let window = store.window_use(since)?;
+    let window = Window::read(meta.text(META_WINDOW)?.as_deref())?;
+    let used = window.used(now_ms);
+    let frees_at = window.frees_at(now_ms);
     let limit = config.ok().map(|c| c.exports_per_minute);
     let waits = [
         (META_BLOCKED_UNTIL, "GitLab answered 429"),
@@ -200,10 +202,10 @@ pub fn status<S: Sql>(
         (Ok(_), Some(run)) if run.phase == Phase::Listing => Plan::ListProjects,
         (Ok(_), Some(run)) if run.phase == Phase::Verifying => Plan::Verify,
         (Ok(config), Some(_)) => {
-            let free = config.exports_per_minute.saturating_sub(window.requests);
-            match (free, window.oldest_ms) {
-                (0, Some(oldest)) => Plan::Wait {
-                    until: rfc3339(oldest + ms(EXPORT_WINDOW)),
+            let free = config.exports_per_minute.saturating_sub(used);
+            match (free, frees_at) {
+                (0, Some(at)) => Plan::Wait {
+                    until: rfc3339(at),
                     reason: "the export window is full".to_owned(),
                 },
                 _ => Plan::Export { now: free },
@@ -233,8 +235,8 @@ pub fn status<S: Sql>(
             .collect(),
         rate_window: WindowStatus {
             limit,
-            used: window.requests,
-            frees_at: window.oldest_ms.map(|o| rfc3339(o + ms(EXPORT_WINDOW))),
+            used,
+            frees_at: frees_at.map(rfc3339),
         },
         next_tick,
         last_error,
@@ -288,7 +290,7 @@ mod tests {
         store
             .record_listing_error(run.id, 1, "the group does not exist")
             .unwrap();
-        let (one, _) = store.claim_next(run.id, 0, 10).unwrap().unwrap();
+        let one = store.claim_next(run.id, 0).unwrap().unwrap();
         store
             .record_failure(run.id, one.project_id, "project gone", None)
             .unwrap();
@@ -330,10 +332,15 @@ mod tests {
         let refs: Vec<(u64, &str)> = projects.iter().map(|(i, p)| (*i, p.as_str())).collect();
         store.record_only_page(run.id, 0, &refs).unwrap();
         store.set_phase(run.id, Phase::Exporting, 0).unwrap();
+        let mut window = Window::default();
         for _ in 0..6 {
-            let (_, log) = store.claim_next(run.id, 0, 0).unwrap().unwrap();
-            store.export_answered(log, 1_000).unwrap();
+            store.claim_next(run.id, 0).unwrap().unwrap();
+            let id = window.request(30_000, 0);
+            window.answered(id, 1_000, 1_000);
         }
+        store
+            .set_meta(META_WINDOW, window.to_json().unwrap())
+            .unwrap();
         let status = status(&store, Ok(&config()), 2_000).unwrap();
         assert_eq!(status.rate_window.used, 6);
         assert_eq!(

@@ -150,16 +150,8 @@ const SCHEMA: &[&str] = &[
     // Projects with their final outcome that no manifest part lists yet.
     "CREATE INDEX IF NOT EXISTS projects_for_manifest ON projects (run_id, project_id)
         WHERE manifest_part IS NULL AND state IN ('verified', 'failed')",
-    // Export requests of the last minute, for the rolling rate window: `at_ms` is when the
-    // answer came back (the latest the request can have reached GitLab), or, while the request
-    // is in flight, an upper bound for that.
-    "CREATE TABLE IF NOT EXISTS export_log (
-        id INTEGER PRIMARY KEY,
-        at_ms INTEGER NOT NULL
-    )",
-    "CREATE INDEX IF NOT EXISTS export_log_by_time ON export_log (at_ms)",
-    // Small facts that outlive a run: the rate limit's block, the backoff, the bucket's region,
-    // the last error. Values are integers or text.
+    // Small facts that outlive a run: the rate window's requests, the rate limit's block, the
+    // backoff, the bucket's region, the last error. Values are integers or text.
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
     // Each project's last good backup, kept when old runs are pruned.
     "CREATE TABLE IF NOT EXISTS last_backups (
@@ -192,6 +184,9 @@ const SCHEMA: &[&str] = &[
 /// The `meta` key of the schema's version: a digest of [`SCHEMA`], so any change to it makes an
 /// existing store run the statements again (each adds only what is missing).
 const META_SCHEMA: &str = "schema_version";
+
+/// The `meta` key of the rate window's requests (`engine::window::Window`, as JSON).
+pub const META_WINDOW: &str = "export_window";
 
 fn schema_version() -> String {
     use sha2::{Digest, Sha256};
@@ -345,14 +340,6 @@ pub struct Backup {
     pub size: u64,
 }
 
-/// What the rate window holds right now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WindowUse {
-    pub requests: u32,
-    /// When the oldest request in the window leaves it.
-    pub oldest_ms: Option<u64>,
-}
-
 /// What a run's projects still wait for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Remaining {
@@ -402,9 +389,33 @@ impl<S: Sql> Store<S> {
             for statement in SCHEMA {
                 store.sql.exec(statement, &[])?;
             }
+            store.migrate_export_log()?;
             store.set_meta(META_SCHEMA, version)?;
         }
         Ok(store)
+    }
+
+    /// Stores from before the rate window moved into `meta` kept it in a table
+    /// `export_log (id, at_ms)`: its requests join the window, so none of the last minute is
+    /// forgotten, and the table goes.
+    fn migrate_export_log(&self) -> Result<(), StoreError> {
+        let old = self.rows(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'export_log'",
+            &[],
+        )?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        self.rows(
+            "INSERT INTO meta (key, value)
+             SELECT ?, json_object('next', COALESCE(MAX(id), 0) + 1,
+                                   'requests', json_group_array(json_array(id, at_ms)))
+             FROM export_log WHERE id IS NOT NULL
+             ON CONFLICT (key) DO NOTHING",
+            &[META_WINDOW.into()],
+        )?;
+        self.rows("DROP TABLE export_log", &[])?;
+        Ok(())
     }
 
     /// A store whose schema this process already created (a live Durable Object opens its
@@ -602,16 +613,14 @@ impl<S: Sql> Store<S> {
         Ok(rows.len() as u64)
     }
 
-    /// Claims the next pending project that is due (new ones by id, then retries as they come
-    /// due) and logs the export request in the rate window with `in_flight_until_ms`, in one
-    /// synchronous step.
+    /// Claims the next pending project that is due: new ones by id, then retries as they come
+    /// due. (The engine logs the request in the rate window in the same synchronous step.)
     pub fn claim_next(
         &self,
         run_id: u64,
         now_ms: u64,
-        in_flight_until_ms: u64,
-    ) -> Result<Option<(ClaimedProject, u64)>, StoreError> {
-        let rows = self.rows(
+    ) -> Result<Option<ClaimedProject>, StoreError> {
+        self.rows(
             &format!(
                 "UPDATE projects SET state = 'exporting'
                  WHERE run_id = ? AND project_id = (
@@ -621,29 +630,10 @@ impl<S: Sql> Store<S> {
                 ClaimedProject::COLUMNS
             ),
             &[run_id.into(), run_id.into(), now_ms.into()],
-        )?;
-        let Some(project) = rows.first().map(ClaimedProject::read).transpose()? else {
-            return Ok(None);
-        };
-        let log = self.rows(
-            "INSERT INTO export_log (at_ms) VALUES (?) RETURNING id",
-            &[in_flight_until_ms.into()],
-        )?;
-        let log_id = log
-            .first()
-            .map(|row| column(row, 0)?.as_u64())
-            .transpose()?
-            .ok_or_else(|| StoreError("INSERT … RETURNING gave no row".into()))?;
-        Ok(Some((project, log_id)))
-    }
-
-    /// The answer to an export request came back at `answered_ms`.
-    pub fn export_answered(&self, log_id: u64, answered_ms: u64) -> Result<(), StoreError> {
-        self.rows(
-            "UPDATE export_log SET at_ms = ? WHERE id = ?",
-            &[answered_ms.into(), log_id.into()],
-        )?;
-        Ok(())
+        )?
+        .first()
+        .map(ClaimedProject::read)
+        .transpose()
     }
 
     /// GitLab accepted an export: the project awaits its proof, first checked at `check_at_ms`.
@@ -864,41 +854,6 @@ impl<S: Sql> Store<S> {
             &[now_ms.into(), reason.into(), run_id.into()],
         )?;
         Ok(())
-    }
-
-    /// Forgets export requests at or before `before_ms` (they left the window).
-    pub fn prune_window(&self, before_ms: u64) -> Result<(), StoreError> {
-        self.rows(
-            "DELETE FROM export_log WHERE at_ms <= ?",
-            &[before_ms.into()],
-        )?;
-        Ok(())
-    }
-
-    /// Export requests logged after `since_ms`: `(id, at_ms)`, oldest first.
-    pub fn window_requests(&self, since_ms: u64) -> Result<Vec<(u64, u64)>, StoreError> {
-        self.rows(
-            "SELECT id, at_ms FROM export_log WHERE at_ms > ? ORDER BY at_ms",
-            &[since_ms.into()],
-        )?
-        .iter()
-        .map(|row| Ok((column(row, 0)?.as_u64()?, column(row, 1)?.as_u64()?)))
-        .collect()
-    }
-
-    /// Export requests logged after `since_ms`, and the oldest of them.
-    pub fn window_use(&self, since_ms: u64) -> Result<WindowUse, StoreError> {
-        let rows = self.rows(
-            "SELECT COUNT(*), MIN(at_ms) FROM export_log WHERE at_ms > ?",
-            &[since_ms.into()],
-        )?;
-        let row = rows
-            .first()
-            .ok_or_else(|| StoreError("COUNT(*) gave no row".into()))?;
-        Ok(WindowUse {
-            requests: u32::try_from(column(row, 0)?.as_u64()?).unwrap_or(u32::MAX),
-            oldest_ms: column(row, 1)?.as_opt_u64()?,
-        })
     }
 
     pub fn meta(&self) -> Result<Meta, StoreError> {
@@ -1150,11 +1105,10 @@ mod tests {
         store
             .record_only_page(run.id, 0, &[(9, "a/9"), (3, "a/3"), (5, "a/5")])
             .unwrap();
-        let claimed: Vec<u64> = std::iter::from_fn(|| store.claim_next(run.id, 0, 10).unwrap())
-            .map(|(p, _)| p.project_id)
+        let claimed: Vec<u64> = std::iter::from_fn(|| store.claim_next(run.id, 0).unwrap())
+            .map(|p| p.project_id)
             .collect();
         assert_eq!(claimed, vec![3, 5, 9]);
-        assert_eq!(store.window_use(0).unwrap().requests, 3);
     }
 
     #[test]
@@ -1163,45 +1117,10 @@ mod tests {
         let store = Store::open(&db).unwrap();
         let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
         store.record_only_page(run.id, 0, &[(1, "a/1")]).unwrap();
-        store.claim_next(run.id, 0, 10).unwrap().unwrap();
-        assert!(store.claim_next(run.id, 0, 10).unwrap().is_none());
+        store.claim_next(run.id, 0).unwrap().unwrap();
+        assert!(store.claim_next(run.id, 0).unwrap().is_none());
         assert_eq!(store.requeue_interrupted(run.id).unwrap(), 1);
-        assert_eq!(
-            store
-                .claim_next(run.id, 0, 10)
-                .unwrap()
-                .unwrap()
-                .0
-                .project_id,
-            1
-        );
-    }
-
-    #[test]
-    fn the_window_forgets_requests_older_than_its_start() {
-        let db = HostSql::in_memory();
-        let store = Store::open(&db).unwrap();
-        let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
-        store
-            .record_only_page(run.id, 0, &[(1, "a/1"), (2, "a/2")])
-            .unwrap();
-        let (_, first) = store.claim_next(run.id, 0, 100_000).unwrap().unwrap();
-        store.export_answered(first, 1_000).unwrap();
-        store.claim_next(run.id, 0, 100_000).unwrap().unwrap();
-        assert_eq!(
-            store.window_use(0).unwrap(),
-            WindowUse {
-                requests: 2,
-                oldest_ms: Some(1_000)
-            }
-        );
-        assert_eq!(
-            store.window_use(1_000).unwrap(),
-            WindowUse {
-                requests: 1,
-                oldest_ms: Some(100_000)
-            }
-        );
+        assert_eq!(store.claim_next(run.id, 0).unwrap().unwrap().project_id, 1);
     }
 
     /// Counts the statements run through it.
@@ -1224,8 +1143,9 @@ mod tests {
             assert_eq!(counting.1.get(), expected, "{why}");
             store
         };
-        let created = 2 + SCHEMA.len() as u64;
-        opened(created, "a new store: checked, created, version noted");
+        // Checked, created, migrated from an older layout if there is one, version noted.
+        let created = 3 + SCHEMA.len() as u64;
+        opened(created, "a new store");
         opened(1, "a store in this version: checked only");
         // A store of an older version (here: without a trigger) gets what it lacks.
         db.0.execute_batch("DROP TRIGGER count_outcome").unwrap();
@@ -1237,6 +1157,33 @@ mod tests {
         store.record_only_page(run.id, 0, &[(1, "a/1")]).unwrap();
         store.record_failure(run.id, 1, "gone", None).unwrap();
         assert_eq!(store.active_run().unwrap().unwrap().failed, 1);
+    }
+
+    #[test]
+    fn a_store_that_kept_its_window_in_a_table_keeps_its_requests_in_meta() {
+        let db = HostSql::in_memory();
+        Store::open(&db).unwrap();
+        // As the earlier schema left it: the window in `export_log`.
+        db.0.execute_batch(
+            "CREATE TABLE export_log (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
+             INSERT INTO export_log (id, at_ms) VALUES (41, 1000), (42, 2000);
+             DELETE FROM meta;",
+        )
+        .unwrap();
+        let store = Store::open(&db).unwrap();
+        let window = store.meta().unwrap().text(META_WINDOW).unwrap().unwrap();
+        let window: serde_json::Value = serde_json::from_str(&window).unwrap();
+        assert_eq!(
+            window,
+            serde_json::json!({"next": 43, "requests": [[41, 1000], [42, 2000]]})
+        );
+        let tables = (&db)
+            .exec(
+                "SELECT name FROM sqlite_master WHERE name = 'export_log'",
+                &[],
+            )
+            .unwrap();
+        assert!(tables.is_empty(), "the old table is gone");
     }
 
     #[test]
@@ -1267,7 +1214,7 @@ mod tests {
         store.record_failure(run.id, 2, "refused", None).unwrap();
         assert_eq!(counts(), (1, 1, 1, 2));
         // Moving a project between waiting states counts nothing.
-        store.claim_next(run.id, 100, 200).unwrap().unwrap();
+        store.claim_next(run.id, 100).unwrap().unwrap();
         store.requeue_interrupted(run.id).unwrap();
         assert_eq!(counts(), (1, 1, 1, 2));
     }
@@ -1286,7 +1233,7 @@ mod tests {
         store
             .record_only_page(run.id, 0, &[(1, "a/1"), (2, "a/2")])
             .unwrap();
-        store.claim_next(run.id, 0, 10).unwrap().unwrap();
+        store.claim_next(run.id, 0).unwrap().unwrap();
         assert_eq!(
             store.remaining(run.id).unwrap(),
             Remaining {

@@ -15,7 +15,9 @@ use crate::gitlab::{ExportAnswer, ExportStatus, GitLab, GitLabError};
 use crate::http::{HttpRequest, HttpResponse, HttpResult, Method};
 use crate::manifest::{self, PART_SIZE};
 use crate::s3::{self, object_key, region_from_answer, Signer};
-use crate::store::{Backup, ClaimedProject, ListedPage, Phase, RunRow, Sql, Store, StoreError};
+use crate::store::{
+    Backup, ClaimedProject, ListedPage, Phase, RunRow, Sql, Store, StoreError, META_WINDOW,
+};
 use window::Window;
 
 /// GitLab counts export requests per user in windows of one minute.
@@ -65,8 +67,13 @@ pub(crate) const META_BLOCKED_UNTIL: &str = "exports_blocked_until_ms";
 pub(crate) const META_BACKOFF_UNTIL: &str = "gitlab_backoff_until_ms";
 const META_FAILURES: &str = "gitlab_consecutive_failures";
 pub(crate) const META_REGION: &str = "bucket_region";
-/// The export limit learned from GitLab's 429s during the current run.
+/// The export limit learned from GitLab's 429s during the current run, and until when it holds.
 pub(crate) const META_LEARNED_LIMIT: &str = "learned_exports_per_minute";
+const META_LEARNED_UNTIL: &str = "learned_limit_until_ms";
+/// How long a learned limit holds before the configured one is tried again: one 429 (someone
+/// else's export with the same user, a hiccup) must not slow a run of days for good, and a
+/// GitLab whose limit really is lower costs one 429 per this span.
+pub const LEARNED_LIMIT_HOLDS: Duration = Duration::from_secs(15 * 60);
 pub(crate) const META_LAST_ERROR: &str = "last_error";
 pub(crate) const META_LAST_ERROR_AT: &str = "last_error_at_ms";
 
@@ -149,7 +156,7 @@ pub enum Event {
         retry_after_s: u64,
     },
     /// GitLab refused an export with 429 while fewer than EXPORTS_PER_MINUTE were in the last
-    /// minute: its real limit is lower, and the rest of the run keeps to it.
+    /// minute: its real limit is lower, and the run keeps to it for LEARNED_LIMIT_HOLDS.
     LimitLearned {
         run: u64,
         exports_per_minute: u32,
@@ -285,8 +292,8 @@ pub struct Tick<'a, S: Sql> {
     exports_left: u32,
     /// Listing pages this invocation's CPU budget still allows.
     pages_left: u32,
-    /// The rolling window, read at the tick's first export.
-    window: Option<Window>,
+    /// The rolling window of export requests.
+    window: Window,
     /// Export requests allowed per rolling minute: EXPORTS_PER_MINUTE, or less if GitLab's
     /// 429s showed a lower limit in this run.
     export_limit: u32,
@@ -355,6 +362,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 let run = store.start_run(now_ms, &groups)?;
                 // Each run tries the configured limit again.
                 store.delete_meta(META_LEARNED_LIMIT)?;
+                store.delete_meta(META_LEARNED_UNTIL)?;
                 events.push(Event::RunStarted {
                     run: run.id,
                     groups: groups.into_iter().map(|(g, _)| g).collect(),
@@ -364,9 +372,13 @@ impl<'a, S: Sql> Tick<'a, S> {
             }
         };
         let meta = store.meta()?;
-        let export_limit = match meta.u64(META_LEARNED_LIMIT)? {
-            Some(learned) => config.exports_per_minute.min(learned as u32).max(1),
-            None => config.exports_per_minute,
+        let learned = meta.u64(META_LEARNED_LIMIT)?;
+        let holds = meta
+            .u64(META_LEARNED_UNTIL)?
+            .is_some_and(|until| until > now_ms);
+        let export_limit = match learned {
+            Some(learned) if holds => config.exports_per_minute.min(learned as u32).max(1),
+            _ => config.exports_per_minute,
         };
         let region = match &config.bucket.region {
             Some(region) => Some(region.clone()),
@@ -384,7 +396,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             pages_left: pages_budget(config),
             cut_short: false,
             part_written: false,
-            window: None,
+            window: Window::read(meta.text(META_WINDOW)?.as_deref())?,
             follow_up: None,
             gitlab_stopped: false,
             exports_stopped: false,
@@ -619,15 +631,12 @@ impl<'a, S: Sql> Tick<'a, S> {
             return Ok(None);
         }
         let in_flight_until = now_ms + ms(REQUEST_TIMEOUT);
-        let Some((project, log_id)) =
-            self.store
-                .claim_next(self.run.id, now_ms, in_flight_until)?
-        else {
+        let Some(project) = self.store.claim_next(self.run.id, now_ms)? else {
             return Ok(None);
         };
-        if let Some(window) = &mut self.window {
-            window.requested(log_id, in_flight_until);
-        }
+        // Logged in the window in the same synchronous step as the claim.
+        let log_id = self.window.request(in_flight_until, now_ms);
+        self.save_window()?;
         let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
         let object = self.config.bucket.object_url(region, &key);
         let upload = match self.signer(region, now_ms).presign(
@@ -638,10 +647,8 @@ impl<'a, S: Sql> Tick<'a, S> {
             Ok(url) => url,
             Err(e) => {
                 // Nothing was sent: the request leaves the window again.
-                self.store.export_answered(log_id, 0)?;
-                if let Some(window) = &mut self.window {
-                    window.answered(log_id, 0);
-                }
+                self.window.answered(log_id, 0, now_ms);
+                self.save_window()?;
                 self.fail_for_good(&project, &e.to_string(), now_ms)?;
                 return self.export_step(region, now_ms);
             }
@@ -747,22 +754,17 @@ impl<'a, S: Sql> Tick<'a, S> {
             self.wake_at(self.exports_not_before);
             return Ok(false);
         }
-        let window = match &mut self.window {
-            Some(window) => window,
-            None => {
-                let since = now_ms.saturating_sub(ms(EXPORT_WINDOW));
-                self.store.prune_window(since)?;
-                self.window
-                    .insert(Window::new(self.store.window_requests(since)?))
-            }
-        };
-        if window.used(now_ms) < self.export_limit {
+        if self.window.used(now_ms) < self.export_limit {
             return Ok(true);
         }
-        if let Some(at) = window.frees_at(now_ms) {
+        if let Some(at) = self.window.frees_at(now_ms) {
             self.wake_at(at);
         }
         Ok(false)
+    }
+
+    fn save_window(&self) -> Result<(), StoreError> {
+        self.store.set_meta(META_WINDOW, self.window.to_json()?)
     }
 
     fn wake_at(&mut self, at_ms: u64) {
@@ -785,10 +787,8 @@ impl<'a, S: Sql> Tick<'a, S> {
                 group,
             } => self.on_page(position, page, group, answer, now_ms),
             Purpose::Export { project, log_id } => {
-                self.store.export_answered(log_id, now_ms)?;
-                if let Some(window) = &mut self.window {
-                    window.answered(log_id, now_ms);
-                }
+                self.window.answered(log_id, now_ms, now_ms);
+                self.save_window()?;
                 self.on_export(project, answer, now_ms)
             }
             Purpose::ExportStatus { project } => self.on_export_status(project, answer, now_ms),
@@ -1383,17 +1383,15 @@ impl<'a, S: Sql> Tick<'a, S> {
     /// with the same user), and the rest of the run keeps to what got through.
     fn learn_limit(&mut self, now_ms: u64) -> Result<(), StoreError> {
         // The refused request is in the window too (its answer just came).
-        let got_through = self
-            .window
-            .as_ref()
-            .map_or(0, |window| window.used(now_ms))
-            .saturating_sub(1);
+        let got_through = self.window.used(now_ms).saturating_sub(1);
         // With none of ours in the minute, the quota went to someone else: nothing to learn.
         let learned = got_through;
         if learned > 0 && learned < self.export_limit {
             self.export_limit = learned;
             self.store
                 .set_meta(META_LEARNED_LIMIT, u64::from(learned))?;
+            self.store
+                .set_meta(META_LEARNED_UNTIL, now_ms + ms(LEARNED_LIMIT_HOLDS))?;
             self.report.events.push(Event::LimitLearned {
                 run: self.run.id,
                 exports_per_minute: learned,
@@ -1488,4 +1486,4 @@ fn s3_error(answer: &HttpResponse) -> String {
 
 #[cfg(test)]
 mod tests;
-mod window;
+pub(crate) mod window;

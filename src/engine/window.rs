@@ -1,20 +1,35 @@
-//! The rolling minute of export requests as one tick sees it: read from the store once, then
-//! kept up to date with the tick's own requests, so the tick knows its room at any moment of
-//! its run without asking the store again (it is the only writer of the log).
+//! The rolling minute of export requests: a handful of `(id, time)` pairs kept as one `meta`
+//! row, read with the tick's other facts and written back in the same synchronous step as each
+//! claim and each answer. The tick therefore knows its room at any moment without asking the
+//! store, and a request costs one row written when it is made and one when it is answered.
+
+use serde::{Deserialize, Serialize};
 
 use super::{ms, EXPORT_WINDOW};
+use crate::store::StoreError;
 
 /// Export requests that may still be in GitLab's rolling minute.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Window {
-    /// `(export_log id, at_ms)`: when the request was answered, or, while in flight, the
-    /// latest it can reach GitLab.
+    /// The id of the next request.
+    next: u64,
+    /// `(id, at_ms)`: when the request was answered, or, while in flight, the latest it can
+    /// reach GitLab. Only requests that can still be in the window are kept.
     requests: Vec<(u64, u64)>,
 }
 
 impl Window {
-    pub fn new(requests: Vec<(u64, u64)>) -> Window {
-        Window { requests }
+    /// The window as stored (`None`: no request yet).
+    pub fn read(stored: Option<&str>) -> Result<Window, StoreError> {
+        stored.map_or(Ok(Window::default()), |json| {
+            serde_json::from_str(json)
+                .map_err(|e| StoreError(format!("the stored rate window is unreadable: {e}")))
+        })
+    }
+
+    pub fn to_json(&self) -> Result<String, StoreError> {
+        serde_json::to_string(self)
+            .map_err(|e| StoreError(format!("encoding the rate window: {e}")))
     }
 
     fn inside(&self, now_ms: u64) -> impl Iterator<Item = u64> + '_ {
@@ -35,16 +50,27 @@ impl Window {
         self.inside(now_ms).min().map(|at| at + ms(EXPORT_WINDOW))
     }
 
-    /// The tick logged a request, in flight until `until_ms` at the latest.
-    pub fn requested(&mut self, log_id: u64, until_ms: u64) {
-        self.requests.push((log_id, until_ms));
+    /// A request is about to be sent, in flight until `until_ms` at the latest; returns its id.
+    pub fn request(&mut self, until_ms: u64, now_ms: u64) -> u64 {
+        self.forget(now_ms);
+        let id = self.next;
+        self.next += 1;
+        self.requests.push((id, until_ms));
+        id
     }
 
     /// The request's answer came at `at_ms` (0: it was never sent).
-    pub fn answered(&mut self, log_id: u64, at_ms: u64) {
-        for request in self.requests.iter_mut().filter(|(id, _)| *id == log_id) {
+    pub fn answered(&mut self, id: u64, at_ms: u64, now_ms: u64) {
+        for request in self.requests.iter_mut().filter(|(i, _)| *i == id) {
             request.1 = at_ms;
         }
+        self.forget(now_ms);
+    }
+
+    /// Drops the requests that left the window.
+    fn forget(&mut self, now_ms: u64) {
+        let since = now_ms.saturating_sub(ms(EXPORT_WINDOW));
+        self.requests.retain(|&(_, at)| at > since);
     }
 }
 
@@ -56,11 +82,15 @@ mod tests {
 
     #[test]
     fn a_request_counts_for_sixty_seconds_after_its_time() {
-        let window = Window::new(vec![(1, 10 * S), (2, 20 * S)]);
+        let mut window = Window::default();
+        let first = window.request(10 * S, 0);
+        let second = window.request(20 * S, 0);
+        window.answered(first, 10 * S, 10 * S);
+        window.answered(second, 20 * S, 20 * S);
         assert_eq!(window.used(10 * S), 2);
         assert_eq!(window.used(69 * S), 2);
         assert_eq!(window.frees_at(69 * S), Some(70 * S));
-        // At 70 s the first has been in for its whole minute: the store's `at_ms > now - 60 s`.
+        // At 70 s the first has been in for its whole minute.
         assert_eq!(window.used(70 * S), 1);
         assert_eq!(window.frees_at(70 * S), Some(80 * S));
         assert_eq!(window.used(80 * S), 0);
@@ -70,18 +100,38 @@ mod tests {
     #[test]
     fn the_ticks_own_requests_count_until_their_answer_then_from_it() {
         let mut window = Window::default();
-        window.requested(7, 40 * S);
+        let id = window.request(40 * S, 0);
         assert_eq!(
             window.used(99 * S),
             1,
             "in flight until 40 s: counts until 100 s"
         );
         assert_eq!(window.frees_at(0), Some(100 * S));
-        window.answered(7, 12 * S);
+        window.answered(id, 12 * S, 12 * S);
+        assert_eq!(window.used(71 * S), 1);
         assert_eq!(window.used(72 * S), 0);
-        assert_eq!(window.frees_at(0), Some(72 * S));
-        window.requested(8, 90 * S);
-        window.answered(8, 0);
-        assert_eq!(window.used(0), 1, "a request never sent leaves the window");
+        let unsent = window.request(90 * S, 12 * S);
+        window.answered(unsent, 0, 12 * S);
+        assert_eq!(
+            window.used(12 * S),
+            1,
+            "a request never sent leaves the window"
+        );
+    }
+
+    #[test]
+    fn it_keeps_only_what_can_still_count_and_survives_a_round_trip() {
+        let mut window = Window::default();
+        for i in 0..100 {
+            let id = window.request(i * 10 * S + 30 * S, i * 10 * S);
+            window.answered(id, i * 10 * S + S, i * 10 * S + S);
+        }
+        assert!(window.requests.len() <= 7, "{window:?}");
+        assert_eq!(window.next, 100, "ids are never reused");
+        let stored = window.to_json().unwrap();
+        assert_eq!(Window::read(Some(&stored)).unwrap(), window);
+        assert_eq!(Window::read(None).unwrap(), Window::default());
+        let err = Window::read(Some("{\"next\": \"x\"")).unwrap_err();
+        assert!(err.0.contains("rate window"), "{err}");
     }
 }
