@@ -31,8 +31,8 @@ use url::Url;
 
 use super::{
     ms, run_due, Begin, Event, Start, Tick, TickReport, BACKOFF_MAX, BACKOFF_STEP, CHECK_EVERY,
-    EXPORT_WINDOW, FIRST_CHECK_AFTER, META_BLOCKED_UNTIL, META_LAST_ERROR, META_REGION,
-    REQUEST_TIMEOUT, RETRY_AFTER_SLACK, RETRY_BACKOFF,
+    EXPORT_WINDOW, FIRST_CHECK_AFTER, LEARNED_LIMIT_HOLDS, META_BLOCKED_UNTIL, META_LAST_ERROR,
+    META_REGION, REQUEST_TIMEOUT, RETRY_AFTER_SLACK, RETRY_BACKOFF,
 };
 use crate::config::Config;
 use crate::gitlab::GroupRef;
@@ -1771,6 +1771,48 @@ fn with_a_start_hour_runs_start_only_during_that_hour_and_do_not_drift_out_of_it
             );
         }
     }
+}
+
+#[test]
+fn a_lower_limit_learned_from_a_429_holds_for_a_while_then_the_setting_is_tried_again() {
+    // GitLab allows 3 a minute, the setting 6; 90 projects take half an hour at 3.
+    let (gitlab, ids) = one_group(90, 3);
+    let mut h = Harness::new(config(&[]), World::new(gitlab));
+    let run = h.run_until_finished(T0 + 2 * HOUR);
+    assert_eq!((run.verified, run.failed), (90, 0));
+    let learned: Vec<(u64, u32)> = h
+        .ticks
+        .iter()
+        .filter_map(|t| Some((t.started_ms, t.report.as_ref()?)))
+        .flat_map(|(at, r)| {
+            r.events.iter().filter_map(move |e| match e {
+                Event::LimitLearned {
+                    exports_per_minute, ..
+                } => Some((at, *exports_per_minute)),
+                _ => None,
+            })
+        })
+        .collect();
+    // Learned at the first 429, and again each time the setting is tried after the hold.
+    assert!(learned.len() >= 2, "{learned:?}");
+    assert!(learned.iter().all(|(_, limit)| *limit == 3), "{learned:?}");
+    for pair in learned.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].0 + ms(LEARNED_LIMIT_HOLDS),
+            "learned again before the hold ended: {learned:?}"
+        );
+    }
+    // One 429 per hold at most (plus the first), and every project exported once.
+    let refused = h.world.gitlab.limited_by_itself();
+    let run_ms = run.finished_ms.unwrap() - T0;
+    assert!(
+        refused as u64 <= 1 + run_ms / ms(LEARNED_LIMIT_HOLDS),
+        "{refused} 429s in {} min",
+        run_ms / MINUTE
+    );
+    let accepted = h.world.gitlab.accepted();
+    assert_eq!(accepted.keys().copied().collect::<Vec<_>>(), ids);
+    assert!(accepted.values().all(|n| *n == 1));
 }
 
 #[test]
