@@ -115,7 +115,7 @@ const WRANGLER_OPTIONS: &[(&str, &[&str])] = &[
 const WRANGLER_GLOBAL_OPTIONS: &[&str] = &["--config", "--cwd", "--env", "--env-file", "--help"];
 
 /// ALL_CAPS names the docs may mention that are not settings.
-const NOT_SETTINGS: &[&str] = &["CLOUDFLARE_API_TOKEN", "PART_SIZE"];
+const NOT_SETTINGS: &[&str] = &["CLOUDFLARE_API_TOKEN", "PART_SIZE", "LEARNED_LIMIT_HOLDS"];
 
 /// Example values for the settings the README marks as required.
 const REQUIRED_EXAMPLES: &[(&str, &str)] = &[
