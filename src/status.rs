@@ -168,7 +168,14 @@ pub fn status<S: Sql>(
     now_ms: u64,
 ) -> Result<Status, StoreError> {
     let latest = store.latest_run()?;
-    let meta = store.meta()?;
+    let meta = store.meta(&[
+        META_WINDOW,
+        META_BLOCKED_UNTIL,
+        META_BACKOFF_UNTIL,
+        META_LAST_ERROR,
+        META_LAST_ERROR_AT,
+        META_REGION,
+    ])?;
     let window = Window::read(meta.text(META_WINDOW)?.as_deref())?;
     let used = window.used(now_ms);
     let frees_at = window.frees_at(now_ms);

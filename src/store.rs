@@ -351,7 +351,7 @@ pub struct Remaining {
     pub exported_due: Option<u64>,
 }
 
-/// The `meta` table's facts (a handful of rows), read whole in one statement.
+/// Facts of the `meta` table, read together in one statement: those asked for that are set.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Meta(std::collections::BTreeMap<String, Value>);
 
@@ -856,8 +856,14 @@ impl<S: Sql> Store<S> {
         Ok(())
     }
 
-    pub fn meta(&self) -> Result<Meta, StoreError> {
-        self.rows("SELECT key, value FROM meta", &[])?
+    /// The `meta` facts under `keys`, in one statement of key lookups.
+    pub fn meta(&self, keys: &[&str]) -> Result<Meta, StoreError> {
+        let query = format!(
+            "SELECT key, value FROM meta WHERE key IN ({})",
+            vec!["?"; keys.len()].join(", ")
+        );
+        let params: Vec<Value> = keys.iter().map(|&key| key.into()).collect();
+        self.rows(&query, &params)?
             .into_iter()
             .map(|row| {
                 let mut values = row.into_iter();
@@ -1171,7 +1177,12 @@ mod tests {
         )
         .unwrap();
         let store = Store::open(&db).unwrap();
-        let window = store.meta().unwrap().text(META_WINDOW).unwrap().unwrap();
+        let window = store
+            .meta(&[META_WINDOW])
+            .unwrap()
+            .text(META_WINDOW)
+            .unwrap()
+            .unwrap();
         let window: serde_json::Value = serde_json::from_str(&window).unwrap();
         assert_eq!(
             window,
@@ -1258,17 +1269,19 @@ mod tests {
     }
 
     #[test]
-    fn meta_is_read_whole_and_typed() {
+    fn meta_is_read_by_keys_and_typed() {
         let db = HostSql::in_memory();
         let store = Store::open(&db).unwrap();
-        assert_eq!(store.meta().unwrap().u64("n").unwrap(), None);
+        assert_eq!(store.meta(&["n"]).unwrap().u64("n").unwrap(), None);
         store.set_meta("n", 42u64).unwrap();
         store.set_meta("s", "text").unwrap();
-        let meta = store.meta().unwrap();
+        let meta = store.meta(&["n", "s", "missing"]).unwrap();
         assert_eq!(meta.u64("n").unwrap(), Some(42));
         assert_eq!(meta.text("s").unwrap().as_deref(), Some("text"));
         assert_eq!(meta.u64("missing").unwrap(), None);
         assert!(meta.u64("s").is_err(), "text is not read as a number");
         assert!(meta.text("n").is_err(), "a number is not read as text");
+        let one = store.meta(&["s"]).unwrap();
+        assert_eq!(one.u64("n").unwrap(), None, "only the keys asked for");
     }
 }

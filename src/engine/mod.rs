@@ -371,7 +371,15 @@ impl<'a, S: Sql> Tick<'a, S> {
                 run
             }
         };
-        let meta = store.meta()?;
+        let meta = store.meta(&[
+            META_LEARNED_LIMIT,
+            META_LEARNED_UNTIL,
+            META_REGION,
+            META_WINDOW,
+            META_FAILURES,
+            META_BACKOFF_UNTIL,
+            META_BLOCKED_UNTIL,
+        ])?;
         let learned = meta.u64(META_LEARNED_LIMIT)?;
         let holds = meta
             .u64(META_LEARNED_UNTIL)?
@@ -1380,7 +1388,7 @@ impl<'a, S: Sql> Tick<'a, S> {
 
     /// An export was refused with 429: if fewer requests than the limit were in the last
     /// minute, GitLab's own limit is lower (a self-managed setting, or someone else's exports
-    /// with the same user), and the rest of the run keeps to what got through.
+    /// with the same user), and the run keeps to what got through for [`LEARNED_LIMIT_HOLDS`].
     fn learn_limit(&mut self, now_ms: u64) -> Result<(), StoreError> {
         // The refused request is in the window too (its answer just came).
         let got_through = self.window.used(now_ms).saturating_sub(1);

@@ -1316,7 +1316,7 @@ impl Harness {
             (self.world.now - T0) / SECOND,
             self.ticks.len(),
             self.ticks.last(),
-            self.store().meta().ok().and_then(|m| m.text(META_LAST_ERROR).ok().flatten()),
+            self.store().meta(&[META_LAST_ERROR]).ok().and_then(|m| m.text(META_LAST_ERROR).ok().flatten()),
         )
     }
 
@@ -1844,7 +1844,11 @@ fn a_429_stops_the_ticks_exports_and_nothing_is_sent_before_retry_after_and_slac
             Some(until.min(first_accepted + ms(FIRST_CHECK_AFTER)))
         );
         assert_eq!(
-            h.store().meta().unwrap().u64(META_BLOCKED_UNTIL).unwrap(),
+            h.store()
+                .meta(&[META_BLOCKED_UNTIL])
+                .unwrap()
+                .u64(META_BLOCKED_UNTIL)
+                .unwrap(),
             Some(until)
         );
         assert!(report.events.contains(&Event::RateLimited {
@@ -2250,7 +2254,7 @@ fn without_aws_region_the_first_export_tick_learns_the_region_and_signs_for_it()
     assert_eq!(tick.exports, 6, "exports go on at once");
     assert_eq!(
         h.store()
-            .meta()
+            .meta(&[META_REGION])
             .unwrap()
             .text(META_REGION)
             .unwrap()
@@ -2298,7 +2302,7 @@ fn without_a_region_header_an_error_is_noted_and_exports_wait() {
     assert!(h.ticks.iter().all(|t| t.subrequests <= 2 && t.exports == 0));
     let error = h
         .store()
-        .meta()
+        .meta(&[META_LAST_ERROR])
         .unwrap()
         .text(META_LAST_ERROR)
         .unwrap()
