@@ -13,7 +13,8 @@
 //! machine goes, the work stays.
 //!
 //! `cargo bench --bench ticks --features host-sql` (part of `cargo xtask bench`). Set
-//! `BENCH_SIZES=100,10000` to pick sizes.
+//! `BENCH_SIZES=100,10000` to pick sizes, `BENCH_MODE=kept` or `evicted` to pick the object's
+//! mode, `BENCH_PROFILE=1` (or `all`) for the costliest statements and ticks.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -100,9 +101,14 @@ struct Metered {
     usage: RefCell<Usage>,
     /// With `BENCH_PROFILE=1`: per statement text, (executions, pages touched, CPU ns).
     profile: Option<RefCell<HashMap<String, StatementCost>>>,
+    /// With `BENCH_PROFILE`: the CPU ns of each statement of the current tick.
+    tick_statements: RefCell<Vec<(u64, String)>>,
     /// Indexes per table, from the schema.
     indexes: HashMap<String, u64>,
 }
+
+/// A tick's costliest statements, with `BENCH_PROFILE` (CPU ns, statement).
+type TopStatements = Vec<(u64, String)>;
 
 impl Metered {
     fn new() -> Metered {
@@ -110,6 +116,7 @@ impl Metered {
             db: HostSql::in_memory(),
             usage: RefCell::new(Usage::default()),
             profile: std::env::var_os("BENCH_PROFILE").map(|_| RefCell::default()),
+            tick_statements: RefCell::default(),
             indexes: HashMap::new(),
         }
     }
@@ -160,6 +167,14 @@ impl Metered {
         usage
     }
 
+    /// The costliest three statements since the last call (with `BENCH_PROFILE`).
+    fn take_top_statements(&self) -> TopStatements {
+        let mut statements = std::mem::take(&mut *self.tick_statements.borrow_mut());
+        statements.sort_by_key(|(cpu, _)| std::cmp::Reverse(*cpu));
+        statements.truncate(3);
+        statements
+    }
+
     fn print_profile(&self) {
         let Some(profile) = &self.profile else {
             return;
@@ -208,6 +223,9 @@ impl Sql for &Metered {
             let cpu = thread_cpu_ns() - started;
             let pages = self.take_pages();
             self.usage.borrow_mut().pages_touched += pages;
+            self.tick_statements
+                .borrow_mut()
+                .push((cpu, query.split_whitespace().collect::<Vec<_>>().join(" ")));
             let mut profile = profile.borrow_mut();
             let entry = profile.entry(query.to_owned()).or_default();
             entry.0 += 1;
@@ -459,6 +477,8 @@ struct RunFigures {
     ticks: Vec<(Phase, Usage)>,
     /// Listing pages read by each tick.
     pages_listed: Vec<usize>,
+    /// Each tick's costliest statements (with `BENCH_PROFILE`).
+    top_statements: Vec<TopStatements>,
     minutes: u64,
 }
 
@@ -545,9 +565,11 @@ fn whole_run(projects: u64, plan: Plan, listing_only: bool, cold: bool) -> RunFi
             .count();
         figures.ticks.push((phase, usage));
         figures.pages_listed.push(pages);
+        figures.top_statements.push(metered.take_top_statements());
         let run = store.latest_run().expect("run").expect("a run");
         // The benchmark's own read is not the next tick's.
         metered.take();
+        metered.take_top_statements();
         if listing_only && run.phase != Phase::Listing && run.phase != Phase::Preflight {
             break;
         }
@@ -603,6 +625,9 @@ fn summarise(projects: u64, plan: Plan, repeats: usize, cold: bool) -> Summary {
                 "tick {i} {phase:?}: {u:?}; CPU ms in each repeat: {}",
                 repeats.join(" ")
             );
+            for (cpu, query) in &run.top_statements[*i] {
+                println!("    {} ms  {}", ms(*cpu), &query[..query.len().min(120)]);
+            }
         }
     }
     let mut max = Usage::default();
@@ -691,7 +716,20 @@ fn main() {
                 .collect()
         })
         .unwrap_or_else(|| vec![100, 10_000, 100_000]);
-    for cold in [false, true] {
+    // Warm-up, not measured: the first runs of a process pay for growing its heap and for cold
+    // caches, which would land on the smallest size alone.
+    // `BENCH_MODE=kept` or `evicted` measures one of the two.
+    let modes: Vec<bool> = match std::env::var("BENCH_MODE").as_deref() {
+        Ok("kept") => vec![false],
+        Ok("evicted") => vec![true],
+        _ => vec![false, true],
+    };
+    for &cold in &modes {
+        for _ in 0..3 {
+            whole_run(1_000, FREE, false, cold);
+        }
+    }
+    for &cold in &modes {
         free_plan_table(&sizes, cold);
     }
     println!("\nListing on the paid plan (10,000 subrequests, 30 s CPU per invocation):");

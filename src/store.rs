@@ -654,27 +654,28 @@ impl<S: Sql> Store<S> {
         Ok(())
     }
 
-    /// Claims the exported project whose check is most overdue, moving its next check to
-    /// `lease_until_ms` so this tick does not pick it twice (and a dead tick's check comes back).
-    pub fn claim_check(
+    /// The exported project whose check is most overdue, after `after` (`(due_ms, project_id)`
+    /// of the one this tick checked last; `(0, 0)` at first), and its due time. Nothing is
+    /// written: every outcome of the check moves the project (verified, failed, pending or
+    /// due later), and a tick that dies before it leaves the check due for the next one.
+    pub fn next_check(
         &self,
         run_id: u64,
         now_ms: u64,
-        lease_until_ms: u64,
-    ) -> Result<Option<ClaimedProject>, StoreError> {
+        after: (u64, u64),
+    ) -> Result<Option<(ClaimedProject, u64)>, StoreError> {
         self.rows(
             &format!(
-                "UPDATE projects SET due_ms = ?
-                 WHERE run_id = ? AND project_id = (
-                     SELECT project_id FROM projects WHERE run_id = ? AND state = 'exported' AND due_ms <= ?
-                     ORDER BY due_ms LIMIT 1)
-                 RETURNING {}",
+                "SELECT {}, due_ms FROM projects
+                 WHERE run_id = ? AND state = 'exported' AND due_ms <= ?
+                     AND (due_ms, project_id) > (?, ?)
+                 ORDER BY due_ms, project_id LIMIT 1",
                 ClaimedProject::COLUMNS
             ),
-            &[lease_until_ms.into(), run_id.into(), run_id.into(), now_ms.into()],
+            &[run_id.into(), now_ms.into(), after.0.into(), after.1.into()],
         )?
         .first()
-        .map(ClaimedProject::read)
+        .map(|row| Ok((ClaimedProject::read(row)?, column(row, 4)?.as_u64()?)))
         .transpose()
     }
 
@@ -1195,6 +1196,35 @@ mod tests {
             )
             .unwrap();
         assert!(tables.is_empty(), "the old table is gone");
+    }
+
+    #[test]
+    fn checks_go_most_overdue_first_each_once_a_tick_and_write_nothing() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
+        store
+            .record_only_page(run.id, 0, &[(1, "a/1"), (2, "a/2"), (3, "a/3"), (4, "a/4")])
+            .unwrap();
+        for (id, due) in [(1, 50), (2, 20), (3, 20), (4, 500)] {
+            store.record_exported(run.id, id, 0, due).unwrap();
+        }
+        let changes = db.0.total_changes();
+        let mut after = (0, 0);
+        let mut checked = Vec::new();
+        while let Some((project, due)) = store.next_check(run.id, 100, after).unwrap() {
+            after = (due, project.project_id);
+            checked.push(project.project_id);
+        }
+        assert_eq!(
+            checked,
+            vec![2, 3, 1],
+            "by due time, then id; not yet due: none"
+        );
+        assert_eq!(db.0.total_changes(), changes, "nothing written");
+        // The next tick starts over: unchanged projects are due again.
+        let (first, _) = store.next_check(run.id, 100, (0, 0)).unwrap().unwrap();
+        assert_eq!(first.project_id, 2);
     }
 
     #[test]

@@ -294,6 +294,8 @@ pub struct Tick<'a, S: Sql> {
     pages_left: u32,
     /// The rolling window of export requests.
     window: Window,
+    /// `(due_ms, project_id)` of the last project this tick checked: the next check comes after.
+    checked_after: (u64, u64),
     /// Export requests allowed per rolling minute: EXPORTS_PER_MINUTE, or less if GitLab's
     /// 429s showed a lower limit in this run.
     export_limit: u32,
@@ -405,6 +407,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             cut_short: false,
             part_written: false,
             window: Window::read(meta.text(META_WINDOW)?.as_deref())?,
+            checked_after: (0, 0),
             follow_up: None,
             gitlab_stopped: false,
             exports_stopped: false,
@@ -581,8 +584,11 @@ impl<'a, S: Sql> Tick<'a, S> {
             if let Some(step) = self.export_step(&region, now_ms)? {
                 return Ok(Some(step));
             }
-            let lease = now_ms + ms(REQUEST_TIMEOUT) * 2;
-            if let Some(project) = self.store.claim_check(self.run.id, now_ms, lease)? {
+            if let Some((project, due_ms)) =
+                self.store
+                    .next_check(self.run.id, now_ms, self.checked_after)?
+            {
+                self.checked_after = (due_ms, project.project_id);
                 return Ok(Some(Step {
                     request: self.gitlab.export_status_request(project.project_id),
                     purpose: Purpose::ExportStatus { project },

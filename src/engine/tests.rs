@@ -1215,6 +1215,17 @@ impl Harness {
             .unwrap_or(false)
     }
 
+    fn attempts(&self, run: u64, project: u64) -> u64 {
+        self.db
+            .0
+            .query_row(
+                "SELECT attempts FROM projects WHERE run_id = ?1 AND project_id = ?2",
+                [run as i64, project as i64],
+                |row| row.get::<_, i64>(0),
+            )
+            .unwrap() as u64
+    }
+
     fn states(&self, run: u64) -> BTreeMap<u64, String> {
         let mut statement = self
             .db
@@ -2929,12 +2940,22 @@ fn check(s: &Scenario, sim: &Simulated) {
                 "project {id}: {reason}"
             );
         }
-        if broken && !unanswered {
+        if broken {
+            // It used all its attempts: each an accepted export the worker heard, or three
+            // export requests in a row that got no usable answer.
             assert_eq!(
-                heard.get(id).copied(),
-                Some(MAX_ATTEMPTS as usize),
-                "project {id}: accepted attempts the worker heard"
+                h.attempts(run.id, *id),
+                MAX_ATTEMPTS,
+                "project {id}: attempts used"
             );
+            let heard = heard.get(id).copied().unwrap_or(0);
+            assert!(
+                heard <= MAX_ATTEMPTS as usize,
+                "project {id}: {heard} accepted exports heard"
+            );
+            if !unanswered {
+                assert!(heard > 0, "project {id}: {reason}, with no export accepted");
+            }
         }
     }
     let failed = refused.len() + build_failures.len() + lost_uploads.len();
