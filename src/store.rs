@@ -929,24 +929,22 @@ impl<S: Sql> Store<S> {
         .collect()
     }
 
-    /// Deletes, at most `batch` rows at a time, the per-project rows of all but the newest
-    /// `keep_detailed` runs, and the summaries of all but the newest `keep_runs`. Returns how
-    /// many rows went, so a caller can bound each tick's work.
-    pub fn prune(&self, keep_detailed: u64, keep_runs: u64, batch: u64) -> Result<u64, StoreError> {
+    /// Deletes, below the run `newest`, the projects and listings of all but the newest
+    /// `keep_detailed` runs (at most `batch` projects at a time) and all but the newest
+    /// `keep_runs` runs. Returns whether nothing is left to delete for this `newest`.
+    pub fn prune(
+        &self,
+        newest: u64,
+        keep_detailed: u64,
+        keep_runs: u64,
+        batch: u64,
+    ) -> Result<bool, StoreError> {
         // Run ids are consecutive (rows are only ever deleted from the oldest end), so the
         // oldest run kept is found from the newest without walking the table.
-        let newest = self
-            .rows("SELECT MAX(id) FROM runs", &[])?
-            .first()
-            .map(|row| column(row, 0)?.as_opt_u64())
-            .transpose()?
-            .flatten();
-        let oldest_kept = |keep: u64| -> Result<Option<u64>, StoreError> {
-            Ok(newest.and_then(|newest| newest.checked_sub(keep.saturating_sub(1))))
-        };
-        let mut deleted = 0;
-        if let Some(detailed_from) = oldest_kept(keep_detailed)? {
-            deleted += self
+        let oldest_kept = |keep: u64| newest.checked_sub(keep.saturating_sub(1));
+        let mut projects = 0;
+        if let Some(detailed_from) = oldest_kept(keep_detailed) {
+            projects = self
                 .rows(
                     "DELETE FROM projects WHERE (run_id, project_id) IN (
                          SELECT run_id, project_id FROM projects WHERE run_id < ? LIMIT ?)
@@ -954,22 +952,15 @@ impl<S: Sql> Store<S> {
                     &[detailed_from.into(), batch.into()],
                 )?
                 .len() as u64;
-            deleted += self
-                .rows(
-                    "DELETE FROM listings WHERE run_id < ? RETURNING 1",
-                    &[detailed_from.into()],
-                )?
-                .len() as u64;
+            self.rows(
+                "DELETE FROM listings WHERE run_id < ?",
+                &[detailed_from.into()],
+            )?;
         }
-        if let Some(runs_from) = oldest_kept(keep_runs)? {
-            deleted += self
-                .rows(
-                    "DELETE FROM runs WHERE id < ? RETURNING 1",
-                    &[runs_from.into()],
-                )?
-                .len() as u64;
+        if let Some(runs_from) = oldest_kept(keep_runs) {
+            self.rows("DELETE FROM runs WHERE id < ?", &[runs_from.into()])?;
         }
-        Ok(deleted)
+        Ok(projects < batch)
     }
 
     /// The newest runs, newest first.
@@ -1225,6 +1216,38 @@ mod tests {
         // The next tick starts over: unchanged projects are due again.
         let (first, _) = store.next_check(run.id, 100, (0, 0)).unwrap().unwrap();
         assert_eq!(first.project_id, 2);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_runs_in_detail_and_says_when_it_is_done() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let ids: Vec<(u64, String)> = (1..=25).map(|i| (i, format!("a/{i}"))).collect();
+        let page: Vec<(u64, &str)> = ids.iter().map(|(i, p)| (*i, p.as_str())).collect();
+        for day in 0..4 {
+            let run = store.start_run(day, &[("a".into(), "u".into())]).unwrap();
+            store.record_only_page(run.id, 0, &page).unwrap();
+            store.stop_run(run.id, "done", day + 1).unwrap();
+        }
+        let count = |query: &str| -> u64 {
+            let rows = (&db).exec(query, &[]).unwrap();
+            rows[0][0].as_u64().unwrap()
+        };
+        // Keep 2 runs in detail and 3 runs at all, 20 projects at a time: runs 1 and 2 hold
+        // 50 projects, so three calls, the last one done.
+        assert!(!store.prune(4, 2, 3, 20).unwrap());
+        assert_eq!(count("SELECT COUNT(*) FROM projects"), 80);
+        assert_eq!(
+            count("SELECT MIN(id) FROM runs"),
+            2,
+            "run 1 goes, runs 2 to 4 stay"
+        );
+        assert!(!store.prune(4, 2, 3, 20).unwrap());
+        assert!(store.prune(4, 2, 3, 20).unwrap());
+        assert_eq!(count("SELECT COUNT(*) FROM projects"), 50);
+        assert_eq!(count("SELECT MIN(run_id) FROM projects"), 3);
+        assert_eq!(count("SELECT COUNT(*) FROM listings WHERE run_id < 3"), 0);
+        assert!(store.prune(4, 2, 3, 20).unwrap(), "nothing more to do");
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub(crate) const META_REGION: &str = "bucket_region";
 /// The export limit learned from GitLab's 429s during the current run, and until when it holds.
 pub(crate) const META_LEARNED_LIMIT: &str = "learned_exports_per_minute";
 const META_LEARNED_UNTIL: &str = "learned_limit_until_ms";
+/// The newest run when pruning found nothing left below it.
+const META_PRUNED_BELOW: &str = "pruned_below_run";
 /// How long a learned limit holds before the configured one is tried again: one 429 (someone
 /// else's export with the same user, a hiccup) must not slow a run of days for good, and a
 /// GitLab whose limit really is lower costs one 429 per this span.
@@ -331,16 +333,35 @@ impl<'a, S: Sql> Tick<'a, S> {
         now_ms: u64,
         start: Start,
     ) -> Result<Begin<'a, S>, StoreError> {
-        // Old runs are pruned a batch at a time in ticks that read no pages: idle ticks and the
-        // exporting ones.
-        let prune = || store.prune(RUNS_KEPT_IN_DETAIL, RUNS_KEPT, PRUNE_BATCH);
+        let meta = store.meta(&[
+            META_LEARNED_LIMIT,
+            META_LEARNED_UNTIL,
+            META_REGION,
+            META_WINDOW,
+            META_FAILURES,
+            META_BACKOFF_UNTIL,
+            META_BLOCKED_UNTIL,
+            META_PRUNED_BELOW,
+        ])?;
+        // Old runs are pruned a batch at a time in ticks that read no pages (idle ticks and the
+        // exporting ones) until nothing is left below the newest run; later ticks skip it.
+        let prune = |newest: u64| -> Result<(), StoreError> {
+            if meta.u64(META_PRUNED_BELOW)? == Some(newest) {
+                return Ok(());
+            }
+            if store.prune(newest, RUNS_KEPT_IN_DETAIL, RUNS_KEPT, PRUNE_BATCH)? {
+                store.set_meta(META_PRUNED_BELOW, newest)?;
+            }
+            Ok(())
+        };
         let gitlab = GitLab::new(&config.gitlab_url, config.gitlab_token.clone());
         let mut events = Vec::new();
+        let mut fresh_run = false;
         let run = match (store.active_run()?, start) {
             (Some(run), Start::Now) => return Ok(Begin::AlreadyRunning(run.id)),
             (Some(run), Start::IfDue) => {
                 if matches!(run.phase, Phase::Exporting | Phase::Verifying) {
-                    prune()?;
+                    prune(run.id)?;
                 }
                 // Only one tick runs at a time, so an `exporting` project belongs to a tick that
                 // died before it recorded the answer.
@@ -348,9 +369,13 @@ impl<'a, S: Sql> Tick<'a, S> {
                 run
             }
             (None, _) => {
-                let last = store.latest_run()?.map(|r| r.started_ms);
-                if start == Start::IfDue && !run_due(config, last, now_ms) {
-                    prune()?;
+                let last = store.latest_run()?;
+                if start == Start::IfDue
+                    && !run_due(config, last.as_ref().map(|r| r.started_ms), now_ms)
+                {
+                    if let Some(last) = last {
+                        prune(last.id)?;
+                    }
                     return Ok(Begin::Idle);
                 }
                 let groups: Vec<(String, String)> = config
@@ -365,6 +390,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 // Each run tries the configured limit again.
                 store.delete_meta(META_LEARNED_LIMIT)?;
                 store.delete_meta(META_LEARNED_UNTIL)?;
+                fresh_run = true;
                 events.push(Event::RunStarted {
                     run: run.id,
                     groups: groups.into_iter().map(|(g, _)| g).collect(),
@@ -373,16 +399,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 run
             }
         };
-        let meta = store.meta(&[
-            META_LEARNED_LIMIT,
-            META_LEARNED_UNTIL,
-            META_REGION,
-            META_WINDOW,
-            META_FAILURES,
-            META_BACKOFF_UNTIL,
-            META_BLOCKED_UNTIL,
-        ])?;
-        let learned = meta.u64(META_LEARNED_LIMIT)?;
+        let learned = meta.u64(META_LEARNED_LIMIT)?.filter(|_| !fresh_run);
         let holds = meta
             .u64(META_LEARNED_UNTIL)?
             .is_some_and(|until| until > now_ms);
