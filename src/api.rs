@@ -2,7 +2,7 @@
 //! takes, or the refusal to answer it with. Nothing a refusal says depends on a secret.
 
 use crate::auth::check_bearer;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// The routes the worker serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use url::Url;
 
 use crate::gitlab::{GroupRef, ListingOptions};
 use crate::s3::{Bucket, Credentials};
+use crate::secret::Secret;
 
 /// The GitLab instance the original tool used when `GITLAB_URL` is not set.
 pub const DEFAULT_GITLAB_URL: &str = "https://gitlab.com";
@@ -31,9 +32,6 @@ pub const DEFAULT_BACKUP_INTERVAL_HOURS: u64 = 24;
 pub const DEFAULT_VERIFY_TIMEOUT_MINUTES: u64 = 180;
 /// How many times a project's export is tried before it is reported failed.
 pub const DEFAULT_MAX_ATTEMPTS: u64 = 3;
-/// The region assumed for a custom S3 endpoint when `AWS_REGION` is not set (R2 and most
-/// S3-compatible servers accept it).
-pub const DEFAULT_ENDPOINT_REGION: &str = "us-east-1";
 
 /// Every setting the worker reads, with whether it is a secret (set with `wrangler secret put`).
 pub const SETTINGS: &[(&str, bool)] = &[
@@ -88,25 +86,6 @@ pub struct Config {
     pub verify_timeout: Duration,
     /// Export attempts per project per run.
     pub max_attempts: u64,
-}
-
-/// A value that must never be printed: `Debug` shows only that it is set.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 /// One setting that is missing or invalid, and why.
@@ -313,7 +292,7 @@ impl Config {
             }
             !api_included
         });
-        let gitlab_token = r.required("GITLAB_TOKEN").map(Secret);
+        let gitlab_token = r.required("GITLAB_TOKEN").map(Secret::new);
 
         let groups = match r.required("GROUPS_TO_BACKUP") {
             Some(raw) => match GroupRef::parse_list(&raw) {
@@ -412,7 +391,7 @@ impl Config {
             include_subgroups: r.boolean("INCLUDE_SUBGROUPS", true),
             include_archived: r.boolean("INCLUDE_ARCHIVED", true),
         };
-        let admin_token = r.optional("ADMIN_TOKEN").map(Secret);
+        let admin_token = r.optional("ADMIN_TOKEN").map(Secret::new);
         let verify_minutes = r.number(
             "VERIFY_TIMEOUT_MINUTES",
             DEFAULT_VERIFY_TIMEOUT_MINUTES,
@@ -442,8 +421,8 @@ impl Config {
                 bucket,
                 credentials: Credentials {
                     access_key_id: ak,
-                    secret_access_key: Secret(sk),
-                    session_token: session_token.map(Secret),
+                    secret_access_key: Secret::new(sk),
+                    session_token: session_token.map(Secret::new),
                 },
                 s3_prefix,
                 exports_per_minute,

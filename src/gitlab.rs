@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::Secret;
-use crate::http::{excerpt, quoted, HttpRequest, HttpResponse, Method};
+use crate::http::{excerpt, quoted, redact_url, HttpRequest, HttpResponse, Method};
+use crate::secret::Secret;
 
 /// GitLab's maximum page size for offset pagination.
 pub const MAX_PER_PAGE: u32 = 100;
@@ -357,7 +357,7 @@ impl GitLab {
         // for: that is not the configured GitLab either.
         let credentials = !target.username().is_empty() || target.password().is_some();
         if !same_origin || credentials || !target.path().starts_with(self.api.path()) {
-            return Err(GitLabError::ForeignLink(excerpt(&crate::s3::redact_url(
+            return Err(GitLabError::ForeignLink(excerpt(&redact_url(
                 &without_credentials(target),
             ))));
         }

@@ -38,7 +38,7 @@ impl fmt::Debug for HttpRequest {
         let names: Vec<&str> = self.headers.iter().map(|(name, _)| *name).collect();
         f.debug_struct("HttpRequest")
             .field("method", &self.method)
-            .field("url", &crate::s3::redact_url(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("headers", &names)
             .finish_non_exhaustive()
     }
@@ -107,9 +107,46 @@ pub fn excerpt(text: &str) -> String {
 /// What came back for a request: an answer, or a failure to get one (network, timeout).
 pub type HttpResult = Result<HttpResponse, String>;
 
+/// A URL fit for logs: any `X-Amz-Signature` and `X-Amz-Security-Token` value is replaced.
+pub fn redact_url(url: &Url) -> String {
+    const HIDDEN: [&str; 2] = ["X-Amz-Signature", "X-Amz-Security-Token"];
+    if !url
+        .query_pairs()
+        .any(|(name, _)| HIDDEN.contains(&name.as_ref()))
+    {
+        return url.to_string();
+    }
+    let mut redacted = url.clone();
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    redacted
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs.iter().map(|(name, value)| {
+            let value = if HIDDEN.contains(&name.as_str()) {
+                "REDACTED"
+            } else {
+                value.as_str()
+            };
+            (name.as_str(), value)
+        }));
+    redacted.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_hides_signature_and_session_token_only() {
+        let url = Url::parse(
+            "http://h/b/k?X-Amz-Credential=AK%2Fx&X-Amz-Signature=deadbeef&X-Amz-Security-Token=tok",
+        )
+        .unwrap();
+        let shown = redact_url(&url);
+        assert!(!shown.contains("deadbeef") && !shown.contains("tok"));
+        assert!(shown.contains("X-Amz-Signature=REDACTED"));
+        assert!(shown.contains("X-Amz-Credential=AK%2Fx"));
+    }
 
     fn body(bytes: Vec<u8>) -> HttpResponse {
         HttpResponse {

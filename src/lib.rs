@@ -14,8 +14,10 @@ pub mod gitlab;
 pub mod http;
 pub mod manifest;
 pub mod s3;
+pub mod secret;
 pub mod status;
 pub mod store;
+pub mod time;
 
 #[cfg(target_arch = "wasm32")]
 mod worker;

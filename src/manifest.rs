@@ -7,9 +7,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::s3::{key_timestamp, object_key};
-use crate::status::rfc3339;
+use crate::s3::object_key;
 use crate::store::{ManifestEntry, RunRow};
+use crate::time::{key_timestamp, rfc3339};
 
 /// Projects per manifest part: as many as a listing page, so no tick handles more project rows
 /// than a page brings, however large the run.

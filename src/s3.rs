@@ -10,15 +10,18 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4::SigningParams;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use time::macros::format_description;
-use time::OffsetDateTime;
 use url::Url;
 
-use crate::config::{Secret, DEFAULT_ENDPOINT_REGION};
 use crate::http::{HttpRequest, Method};
+use crate::secret::Secret;
+use crate::time::key_timestamp;
 
 /// The longest validity SigV4 allows a presigned URL: seven days.
 pub const MAX_PRESIGN_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The region assumed for a custom S3 endpoint when `AWS_REGION` is not set (R2 and most
+/// S3-compatible servers accept it).
+pub const DEFAULT_ENDPOINT_REGION: &str = "us-east-1";
 
 /// SigV4's URI encoding: every byte but the unreserved `A-Z a-z 0-9 - _ . ~` is percent-encoded.
 /// Each key segment is encoded once with it, and the signer takes the path as given, so the
@@ -194,14 +197,6 @@ pub fn object_key(prefix: &str, path_with_namespace: &str, run_started: SystemTi
     )
 }
 
-/// `%Y-%m-%d-%H-%M-%S` in UTC.
-pub fn key_timestamp(at: SystemTime) -> String {
-    let format = format_description!("[year]-[month]-[day]-[hour]-[minute]-[second]");
-    OffsetDateTime::from(at)
-        .format(&format)
-        .expect("a UTC time formats with a fixed numeric description")
-}
-
 /// Why a URL could not be presigned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresignError(pub String);
@@ -366,31 +361,6 @@ pub fn presign(
         now,
     }
     .presign(method, url, expires_in)
-}
-
-/// A URL fit for logs: any `X-Amz-Signature` and `X-Amz-Security-Token` value is replaced.
-pub fn redact_url(url: &Url) -> String {
-    const HIDDEN: [&str; 2] = ["X-Amz-Signature", "X-Amz-Security-Token"];
-    if !url
-        .query_pairs()
-        .any(|(name, _)| HIDDEN.contains(&name.as_ref()))
-    {
-        return url.to_string();
-    }
-    let mut redacted = url.clone();
-    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    redacted
-        .query_pairs_mut()
-        .clear()
-        .extend_pairs(pairs.iter().map(|(name, value)| {
-            let value = if HIDDEN.contains(&name.as_str()) {
-                "REDACTED"
-            } else {
-                value.as_str()
-            };
-            (name.as_str(), value)
-        }));
-    redacted.to_string()
 }
 
 #[cfg(test)]
@@ -686,17 +656,5 @@ mod tests {
             region_from_answer(&answer(&[("x-amz-bucket-region", "a/b")])),
             None
         );
-    }
-
-    #[test]
-    fn redaction_hides_signature_and_session_token_only() {
-        let url = Url::parse(
-            "http://h/b/k?X-Amz-Credential=AK%2Fx&X-Amz-Signature=deadbeef&X-Amz-Security-Token=tok",
-        )
-        .unwrap();
-        let shown = redact_url(&url);
-        assert!(!shown.contains("deadbeef") && !shown.contains("tok"));
-        assert!(shown.contains("X-Amz-Signature=REDACTED"));
-        assert!(shown.contains("X-Amz-Credential=AK%2Fx"));
     }
 }

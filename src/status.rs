@@ -3,8 +3,6 @@
 //! never holds a token, a secret or a presigned URL.
 
 use serde::Serialize;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 use crate::config::{Config, ConfigError, Problem};
 use crate::engine::window::Window;
@@ -13,19 +11,12 @@ use crate::engine::{
     META_REGION,
 };
 use crate::store::{Phase, RunRow, Sql, Store, StoreError, META_WINDOW};
+use crate::time::rfc3339;
 
 /// Failures listed by `/status` at most (the manifest lists them all).
 pub const FAILURES_SHOWN: u64 = 100;
 /// Verified backups listed by `/status` at most, newest first.
 pub const BACKUPS_SHOWN: u64 = 100;
-
-/// RFC 3339 in UTC, e.g. `2026-11-25T19:18:15.123Z`.
-pub fn rfc3339(at_ms: u64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{at_ms} ms after 1970"))
-}
 
 #[derive(Debug, Serialize)]
 pub struct Status {

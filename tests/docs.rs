@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use gitlab_backup::config::{
-    Config, ConfigError, DEFAULT_ENDPOINT_REGION, DEFAULT_EXPORTS_PER_MINUTE,
-    DEFAULT_VERIFY_TIMEOUT_MINUTES, MAX_SUBREQUESTS_PER_INVOCATION, SETTINGS,
+    Config, ConfigError, DEFAULT_EXPORTS_PER_MINUTE, DEFAULT_VERIFY_TIMEOUT_MINUTES,
+    MAX_SUBREQUESTS_PER_INVOCATION, SETTINGS,
 };
 use gitlab_backup::engine::{CHECK_EVERY, RETRY_AFTER_SLACK, RETRY_BACKOFF};
 use gitlab_backup::manifest::{part_key, probe_key, summary_key, PART_SIZE};
-use gitlab_backup::s3::object_key;
+use gitlab_backup::s3::{object_key, DEFAULT_ENDPOINT_REGION};
 
 // ---------------------------------------------------------------------------------------------
 // Facts about the outside world that the test cannot ask for without a network or wrangler.
@@ -982,7 +982,7 @@ fn numbers_quoted_from_the_code_are_the_codes() {
     has(
         &readme,
         &format!("assumes `{DEFAULT_ENDPOINT_REGION}` with `S3_ENDPOINT`"),
-        "config::DEFAULT_ENDPOINT_REGION",
+        "s3::DEFAULT_ENDPOINT_REGION",
     );
     has(
         &readme,

@@ -3,7 +3,7 @@
 //! short; an HTML page is never read as a success.
 #![no_main]
 
-use gitlab_backup::config::Secret;
+use gitlab_backup::secret::Secret;
 use gitlab_backup::gitlab::{ExportAnswer, GitLab, GitLabError};
 use gitlab_backup::http::HttpResponse;
 use libfuzzer_sys::fuzz_target;

@@ -4,7 +4,7 @@
 //! its error messages short.
 #![no_main]
 
-use gitlab_backup::config::Secret;
+use gitlab_backup::secret::Secret;
 use gitlab_backup::gitlab::GitLab;
 use gitlab_backup::http::HttpResponse;
 use libfuzzer_sys::fuzz_target;

@@ -9,13 +9,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use gitlab_backup::config::{Config, Secret};
+use gitlab_backup::config::Config;
 use gitlab_backup::gitlab::GitLab;
-use gitlab_backup::http::{HttpResponse, Method};
+use gitlab_backup::http::{redact_url, HttpResponse, Method};
 use gitlab_backup::manifest::{part_key, probe_key, summary_key};
-use gitlab_backup::s3::{
-    key_timestamp, object_key, presign, redact_url, region_from_answer, Addressing,
-};
+use gitlab_backup::s3::{object_key, presign, region_from_answer, Addressing};
+use gitlab_backup::secret::Secret;
+use gitlab_backup::time::key_timestamp;
 use libfuzzer_sys::fuzz_target;
 use percent_encoding::percent_decode_str;
 use url::Url;

@@ -12,12 +12,13 @@ use url::Url;
 
 use crate::config::Config;
 use crate::gitlab::{ExportAnswer, ExportStatus, GitLab, GitLabError};
-use crate::http::{HttpRequest, HttpResponse, HttpResult, Method};
+use crate::http::{redact_url, HttpRequest, HttpResponse, HttpResult, Method};
 use crate::manifest::{self, PART_SIZE};
-use crate::s3::{self, object_key, region_from_answer, Signer};
+use crate::s3::{object_key, region_from_answer, Signer};
 use crate::store::{
     Backup, ClaimedProject, ListedPage, Phase, RunRow, Sql, Store, StoreError, META_WINDOW,
 };
+use crate::time::{ms, rfc3339, system_time};
 use window::Window;
 
 /// GitLab counts export requests per user in windows of one minute.
@@ -78,14 +79,6 @@ const META_PRUNED_BELOW: &str = "pruned_below_run";
 pub const LEARNED_LIMIT_HOLDS: Duration = Duration::from_secs(15 * 60);
 pub(crate) const META_LAST_ERROR: &str = "last_error";
 pub(crate) const META_LAST_ERROR_AT: &str = "last_error_at_ms";
-
-pub(crate) fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
-
-fn system_time(at_ms: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms)
-}
 
 /// Something worth a log line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -501,7 +494,7 @@ impl<'a, S: Sql> Tick<'a, S> {
         let key = manifest::probe_key(&self.config.s3_prefix, self.run_started());
         let body = serde_json::json!({
             "run": self.run.id,
-            "started": crate::status::rfc3339(self.run.started_ms),
+            "started": rfc3339(self.run.started_ms),
             "purpose": "gitlab-backup checks that the bucket accepts its uploads",
         })
         .to_string();
@@ -689,7 +682,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             project_id: project.project_id,
             path: project.path.clone(),
             key,
-            upload_url: s3::redact_url(&upload),
+            upload_url: redact_url(&upload),
         });
         self.exports_left -= 1;
         self.report.exports += 1;

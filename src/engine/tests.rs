@@ -30,7 +30,7 @@ use serde_json::json;
 use url::Url;
 
 use super::{
-    ms, run_due, Begin, Event, Start, Tick, TickReport, BACKOFF_MAX, BACKOFF_STEP, CHECK_EVERY,
+    run_due, Begin, Event, Start, Tick, TickReport, BACKOFF_MAX, BACKOFF_STEP, CHECK_EVERY,
     EXPORT_WINDOW, FIRST_CHECK_AFTER, LEARNED_LIMIT_HOLDS, META_BLOCKED_UNTIL, META_LAST_ERROR,
     META_REGION, REQUEST_TIMEOUT, RETRY_AFTER_SLACK, RETRY_BACKOFF,
 };
@@ -40,6 +40,7 @@ use crate::http::{HttpRequest, HttpResponse, HttpResult, Method};
 use crate::s3::object_key;
 use crate::store::host::HostSql;
 use crate::store::{Phase, RunRow, Store};
+use crate::time::ms;
 
 const SECOND: u64 = 1_000;
 const MINUTE: u64 = 60 * SECOND;

@@ -5,8 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ms, EXPORT_WINDOW};
+use super::EXPORT_WINDOW;
 use crate::store::StoreError;
+use crate::time::ms;
 
 /// Export requests that may still be in GitLab's rolling minute.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use worker::{
 };
 
 use crate::api::{route, Route};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// The Durable Object binding in wrangler.toml.
 const COORDINATOR_BINDING: &str = "COORDINATOR";
