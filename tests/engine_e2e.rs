@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use common::*;
-use xtask::stack::LocalStack;
-use xtask::standin::{Options, Seed, DEMO_GROUPS};
+use testkit::stack::LocalStack;
+use testkit::standin::{Options, Seed, DEMO_GROUPS};
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// The crash test kills the worker once this many exports of its tick reached GitLab.

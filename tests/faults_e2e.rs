@@ -26,8 +26,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{ensure, Context, Result};
 use common::*;
 use serde_json::Value;
-use xtask::stack::LocalStack;
-use xtask::standin::{
+use testkit::stack::LocalStack;
+use testkit::standin::{
     Burst429, ExportRecord, Faults, HoldExport, HoldStage, Options, Project, ProjectChange, Seed,
     DEMO_GROUPS,
 };
@@ -738,13 +738,13 @@ async fn after_kill(
     stack: &LocalStack,
     stage: HoldStage,
     limit: usize,
-    held: &xtask::standin::HeldRecord,
+    held: &testkit::standin::HeldRecord,
     run: &Value,
     killed_at: SystemTime,
     old_log: &std::path::Path,
 ) -> Result<()> {
     let held_id = match held.project_id {
-        xtask::standin::ProjectRef::Known(id) => id,
+        testkit::standin::ProjectRef::Known(id) => id,
         ref other => anyhow::bail!("held an export of an unknown project {other:?}"),
     };
     let at_kill = stack
@@ -963,7 +963,7 @@ async fn changed_world_check(
     let exports = stack.standin.exports();
     let asked_gone = exports
         .iter()
-        .filter(|e| e.project_id == xtask::standin::ProjectRef::Unknown(gone.to_string()))
+        .filter(|e| e.project_id == testkit::standin::ProjectRef::Unknown(gone.to_string()))
         .map(|e| e.status)
         .collect::<Vec<_>>();
     ensure!(

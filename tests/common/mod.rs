@@ -11,8 +11,8 @@ use std::io::Read;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use xtask::stack::LocalStack;
-use xtask::standin::{ExportRecord, Project, ProjectRef, Seed};
+use testkit::stack::LocalStack;
+use testkit::standin::{ExportRecord, Project, ProjectRef, Seed};
 
 /// The export requests GitLab accepted (202).
 pub fn accepted(exports: &[ExportRecord]) -> Vec<&ExportRecord> {
