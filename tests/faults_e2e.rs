@@ -17,6 +17,10 @@
 //!
 //! Where the rate limit is not the subject, the stand-in allows far more than the worker sends, so
 //! that each case takes one to four minutes; the cases run in parallel (cargo's test threads).
+//!
+//! [`Case`] holds what every case does (the stack's seed, stand-in options, groups and settings,
+//! starting it, `POST /run`, the cron to the end, the timing, and the end checks of
+//! [`ensure_outcome`]); each test adds its own setup and its own assertions.
 
 mod common;
 
@@ -61,17 +65,7 @@ fn options(exports_per_window: u32) -> Options {
     }
 }
 
-fn exports_per_minute(limit: usize) -> (&'static str, String) {
-    ("EXPORTS_PER_MINUTE", limit.to_string())
-}
-
-/// `POST /run`, then the cron every [`CRON_EVERY`] until the run is finished; the final status.
-async fn run_to_the_end(stack: &LocalStack, timeout: Duration) -> Result<Value> {
-    let (code, body) = stack.start_run().await?;
-    ensure!(code == 202, "POST /run answered {code}: {body}");
-    finish(stack, timeout).await
-}
-
+/// The cron every [`CRON_EVERY`] until the run is finished; the final status.
 async fn finish(stack: &LocalStack, timeout: Duration) -> Result<Value> {
     stack
         .wait_for_phase("finished", Some(CRON_EVERY), timeout)
@@ -203,44 +197,222 @@ fn ensure_outcome(stack: &LocalStack, status: &Value, outcome: &Outcome) -> Resu
     Ok(())
 }
 
+/// How a case's run ends, beyond the case's own assertions.
+enum Ending {
+    /// The end every case checks ([`ensure_outcome`]): every project `verified` but those
+    /// `failed` (with a piece of their reason), each accepted once but as `accepted` says.
+    Projects {
+        failed: BTreeMap<u64, &'static str>,
+        accepted: BTreeMap<u64, usize>,
+    },
+    /// The run stopped before any export: the case's own assertions are all there is.
+    Stopped,
+}
+
+impl Ending {
+    /// Every project verified, each exported once.
+    fn all_verified() -> Ending {
+        Ending::Projects {
+            failed: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+        }
+    }
+}
+
+/// One case of the matrix: the stack it starts and what is checked at its end.
+struct Case {
+    /// The stack's work folder.
+    name: &'static str,
+    /// What [`took`] prints.
+    label: &'static str,
+    seed: Seed,
+    options: Options,
+    /// `GITLAB_GROUPS`.
+    groups: String,
+    /// Settings after the local stack's (the later `--var` wins).
+    vars: Vec<(&'static str, String)>,
+    faults: Option<Faults>,
+    /// `EXPORTS_PER_MINUTE`, which no rolling 60 s exceeds at the end.
+    limit: Option<usize>,
+    /// The projects the run lists: those these groups own, or every project of the seed.
+    projects_of: Option<&'static [&'static str]>,
+}
+
+impl Case {
+    /// A case over `seed` that backs up `team-0`, the stand-in allowing [`UNLIMITED`] exports a
+    /// minute.
+    fn new(name: &'static str, label: &'static str, seed: Seed) -> Case {
+        Case {
+            name,
+            label,
+            seed,
+            options: options(UNLIMITED),
+            groups: "team-0".to_owned(),
+            vars: Vec::new(),
+            faults: None,
+            limit: None,
+            projects_of: None,
+        }
+    }
+
+    fn options(self, options: Options) -> Case {
+        Case { options, ..self }
+    }
+
+    fn groups(self, groups: &str) -> Case {
+        Case {
+            groups: groups.to_owned(),
+            ..self
+        }
+    }
+
+    /// `EXPORTS_PER_MINUTE`, set for the worker and held at the end.
+    fn limit(mut self, limit: usize) -> Case {
+        self.vars.push(("EXPORTS_PER_MINUTE", limit.to_string()));
+        Case {
+            limit: Some(limit),
+            ..self
+        }
+    }
+
+    fn var(mut self, name: &'static str, value: &str) -> Case {
+        self.vars.push((name, value.to_owned()));
+        self
+    }
+
+    /// Set on the stand-in once it is up, before the run.
+    fn faults(self, faults: Faults) -> Case {
+        Case {
+            faults: Some(faults),
+            ..self
+        }
+    }
+
+    /// The run lists the projects these groups own (rather than every project of the seed).
+    fn projects_of(self, groups: &'static [&'static str]) -> Case {
+        Case {
+            projects_of: Some(groups),
+            ..self
+        }
+    }
+
+    /// `POST /run`, then the cron every [`CRON_EVERY`] until the run is finished (within
+    /// `timeout`); then `check` with the final status, then the end checks.
+    async fn run_to_the_end(
+        self,
+        timeout: Duration,
+        check: impl AsyncFnOnce(&LocalStack, &Value) -> Result<Ending>,
+    ) -> Result<()> {
+        self.drive(async move |stack| {
+            let result = async {
+                let (code, body) = stack.start_run().await?;
+                ensure!(code == 202, "POST /run answered {code}: {body}");
+                let status = finish(&stack, timeout).await?;
+                let ending = check(&stack, &status).await?;
+                Ok((status, ending))
+            }
+            .await;
+            (Some(stack), result)
+        })
+        .await
+    }
+
+    /// Starts the stack, sets the faults, lets `drive` run the case (it gives back the stack it
+    /// ends with, the final status and the ending), makes the end checks, stops the stack
+    /// whatever happened, and prints how long it all took.
+    async fn drive(
+        self,
+        drive: impl AsyncFnOnce(LocalStack) -> (Option<LocalStack>, Result<(Value, Ending)>),
+    ) -> Result<()> {
+        let began = Instant::now();
+        let label = self.label;
+        let result = self.started(drive).await;
+        took(label, began);
+        result
+    }
+
+    async fn started(
+        self,
+        drive: impl AsyncFnOnce(LocalStack) -> (Option<LocalStack>, Result<(Value, Ending)>),
+    ) -> Result<()> {
+        let stack =
+            LocalStack::start(self.name, self.seed, self.options, &self.groups, &self.vars).await?;
+        if let Some(faults) = self.faults {
+            stack.standin.set_faults(faults);
+        }
+        let (limit, projects_of) = (self.limit, self.projects_of);
+        checked(stack, |stack| async move {
+            let (stack, result) = drive(stack).await;
+            let result = match (&stack, result) {
+                (Some(stack), Ok((status, ending))) => {
+                    ensure_ending(stack, &status, ending, limit, projects_of)
+                }
+                (None, Ok(_)) => Err(anyhow::anyhow!("the case lost its stack before the end")),
+                (_, Err(e)) => Err(e),
+            };
+            (stack, result)
+        })
+        .await
+    }
+}
+
+/// The end checks of a case whose run ends with its projects.
+fn ensure_ending(
+    stack: &LocalStack,
+    status: &Value,
+    ending: Ending,
+    limit: Option<usize>,
+    projects_of: Option<&[&str]>,
+) -> Result<()> {
+    let Ending::Projects { failed, accepted } = ending else {
+        return Ok(());
+    };
+    let seed = stack.standin.seed();
+    let projects = match projects_of {
+        Some(groups) => own_projects(seed, groups),
+        None => seed.projects().iter().collect(),
+    };
+    let limit = limit.context("a case that ends with its projects sets Case::limit")?;
+    ensure_outcome(
+        stack,
+        status,
+        &Outcome {
+            projects,
+            failed,
+            accepted,
+            limit,
+        },
+    )
+}
+
 // --- 429 bursts ---
 
 /// A burst of 429s (another client of the backup user spends its limit) from the 7th export
 /// request on, for 10 s; the worker sends nothing before `Retry-After` (or its default of 60 s
 /// without one), keeps to what got through, and backs everything up once.
-async fn burst_case(name: &str, retry_after: Option<Duration>) -> Result<()> {
-    let seed = Seed::generated(1, 12);
-    let limit = 20;
-    let stack = LocalStack::start(
-        name,
-        seed,
-        options(UNLIMITED),
-        "team-0",
-        &[exports_per_minute(limit)],
-    )
-    .await?;
-    stack.standin.set_faults(Faults {
-        export_429_burst: Some(Burst429 {
-            from_request: 7,
-            lasting: Duration::from_secs(10),
-            retry_after: retry_after.unwrap_or(MINUTE),
-        }),
-        omit_retry_after: retry_after.is_none(),
-        ..Faults::default()
-    });
-    checked(stack, |stack| async move {
-        let result = burst_check(&stack, retry_after, limit).await;
-        (Some(stack), result)
-    })
-    .await
+async fn burst_case(
+    name: &'static str,
+    label: &'static str,
+    retry_after: Option<Duration>,
+) -> Result<()> {
+    Case::new(name, label, Seed::generated(1, 12))
+        .limit(20)
+        .faults(Faults {
+            export_429_burst: Some(Burst429 {
+                from_request: 7,
+                lasting: Duration::from_secs(10),
+                retry_after: retry_after.unwrap_or(MINUTE),
+            }),
+            omit_retry_after: retry_after.is_none(),
+            ..Faults::default()
+        })
+        .run_to_the_end(Duration::from_secs(5 * 60), async move |stack, _| {
+            burst_check(stack, retry_after).await
+        })
+        .await
 }
 
-async fn burst_check(
-    stack: &LocalStack,
-    retry_after: Option<Duration>,
-    limit: usize,
-) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(5 * 60)).await?;
+async fn burst_check(stack: &LocalStack, retry_after: Option<Duration>) -> Result<Ending> {
     let exports = stack.standin.exports();
     let limited: Vec<&ExportRecord> = exports.iter().filter(|e| e.status == 429).collect();
     // The burst is over long before the worker asks again: one 429, not one per attempt.
@@ -274,37 +446,30 @@ async fn burst_check(
         "limit_learned events: {learned:?}"
     );
     ensure_at_most_per_span(&next, 6, MINUTE)?;
-
-    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            accepted: BTreeMap::new(),
-            limit,
-        },
-    )
+    Ok(Ending::all_verified())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_burst_with_retry_after_is_waited_out_as_asked_and_every_project_is_verified_once(
 ) -> Result<()> {
-    let began = Instant::now();
     // Longer than the rolling window, so that only Retry-After explains the wait.
-    let result = burst_case("faults-burst-retry-after", Some(Duration::from_secs(75))).await;
-    took("429 burst with Retry-After", began);
-    result
+    burst_case(
+        "faults-burst-retry-after",
+        "429 burst with Retry-After",
+        Some(Duration::from_secs(75)),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_burst_without_retry_after_is_waited_out_a_minute_and_every_project_is_verified_once(
 ) -> Result<()> {
-    let began = Instant::now();
-    let result = burst_case("faults-burst-no-retry-after", None).await;
-    took("429 burst without Retry-After", began);
-    result
+    burst_case(
+        "faults-burst-no-retry-after",
+        "429 burst without Retry-After",
+        None,
+    )
+    .await
 }
 
 // --- Listing answered 500 ---
@@ -312,36 +477,23 @@ async fn a_429_burst_without_retry_after_is_waited_out_a_minute_and_every_projec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_percent_of_listing_calls_answered_500_are_retried_after_a_backoff_and_nothing_is_lost(
 ) -> Result<()> {
-    let began = Instant::now();
     // 40 projects, one a page: 40 listing calls, of which every 20th answers 500.
-    let seed = Seed::generated(2, 20);
-    let limit = 60;
-    let stack = LocalStack::start(
-        "faults-listing-500",
-        seed,
-        Options {
+    Case::new("faults-listing-500", "listing 500", Seed::generated(2, 20))
+        .options(Options {
             max_per_page: 1,
             ..options(UNLIMITED)
-        },
-        "team-0,team-1",
-        &[exports_per_minute(limit)],
-    )
-    .await?;
-    stack.standin.set_faults(Faults {
-        listing_5xx_every: Some(20),
-        ..Faults::default()
-    });
-    let result = checked(stack, |stack| async move {
-        let result = listing_500_check(&stack, limit).await;
-        (Some(stack), result)
-    })
-    .await;
-    took("listing 500", began);
-    result
+        })
+        .groups("team-0,team-1")
+        .limit(60)
+        .faults(Faults {
+            listing_5xx_every: Some(20),
+            ..Faults::default()
+        })
+        .run_to_the_end(Duration::from_secs(6 * 60), listing_500_check)
+        .await
 }
 
-async fn listing_500_check(stack: &LocalStack, limit: usize) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(6 * 60)).await?;
+async fn listing_500_check(stack: &LocalStack, status: &Value) -> Result<Ending> {
     // Requests 20 and 40 failed, each page was asked again: 40 pages in 42 calls.
     let calls = stack.standin.listing_requests();
     ensure!(calls == 42, "{calls} listing calls for 40 pages");
@@ -369,17 +521,7 @@ async fn listing_500_check(stack: &LocalStack, limit: usize) -> Result<()> {
             .is_some_and(Vec::is_empty),
         "a 500 made a group fail: {status:#}"
     );
-    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            accepted: BTreeMap::new(),
-            limit,
-        },
-    )
+    Ok(Ending::all_verified())
 }
 
 // --- GitLab unreachable ---
@@ -391,31 +533,26 @@ const OUTAGE: Duration = Duration::from_secs(150);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gitlab_unreachable_for_several_ticks_while_exporting_then_back_loses_and_repeats_nothing(
 ) -> Result<()> {
-    let began = Instant::now();
     // 24 projects, each export answered in 0.3 s: the exporting tick lasts ~7 s.
-    let seed = Seed::generated(2, 12);
-    let limit = 60;
-    let stack = LocalStack::start(
+    Case::new(
         "faults-unreachable",
-        seed,
-        Options {
-            export_answer_delay: Duration::from_millis(300),
-            ..options(UNLIMITED)
-        },
-        "team-0,team-1",
-        &[exports_per_minute(limit)],
+        "GitLab unreachable",
+        Seed::generated(2, 12),
     )
-    .await?;
-    let result = checked(stack, |mut stack| async move {
-        let result = unreachable_check(&mut stack, limit).await;
+    .options(Options {
+        export_answer_delay: Duration::from_millis(300),
+        ..options(UNLIMITED)
+    })
+    .groups("team-0,team-1")
+    .limit(60)
+    .drive(async |mut stack| {
+        let result = unreachable_check(&mut stack).await;
         (Some(stack), result)
     })
-    .await;
-    took("GitLab unreachable", began);
-    result
+    .await
 }
 
-async fn unreachable_check(stack: &mut LocalStack, limit: usize) -> Result<()> {
+async fn unreachable_check(stack: &mut LocalStack) -> Result<(Value, Ending)> {
     let (code, body) = stack.start_run().await?;
     ensure!(code == 202, "POST /run answered {code}: {body}");
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -499,17 +636,7 @@ async fn unreachable_check(stack: &mut LocalStack, limit: usize) -> Result<()> {
 
     // An answer can only be lost for the request in flight when the listener stopped; the
     // stand-in lets it finish, so none is expected.
-    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            accepted: BTreeMap::new(),
-            limit,
-        },
-    )
+    Ok((status, Ending::all_verified()))
 }
 
 // --- Slow answers ---
@@ -517,33 +644,18 @@ async fn unreachable_check(stack: &mut LocalStack, limit: usize) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_answer_slower_than_the_timeout_is_given_up_and_asked_again_after_a_backoff(
 ) -> Result<()> {
-    let began = Instant::now();
-    let seed = Seed::generated(1, 10);
-    let limit = 30;
-    let stack = LocalStack::start(
-        "faults-slow",
-        seed,
-        options(UNLIMITED),
-        "team-0",
-        &[exports_per_minute(limit)],
-    )
-    .await?;
-    // GitLab accepts the third export request at once but answers it only after 35 s.
-    stack.standin.set_faults(Faults {
-        export_answer_delays: [(3, REQUEST_TIMEOUT + Duration::from_secs(5))].into(),
-        ..Faults::default()
-    });
-    let result = checked(stack, |stack| async move {
-        let result = slow_check(&stack, limit).await;
-        (Some(stack), result)
-    })
-    .await;
-    took("slow answers", began);
-    result
+    Case::new("faults-slow", "slow answers", Seed::generated(1, 10))
+        .limit(30)
+        // GitLab accepts the third export request at once but answers it only after 35 s.
+        .faults(Faults {
+            export_answer_delays: [(3, REQUEST_TIMEOUT + Duration::from_secs(5))].into(),
+            ..Faults::default()
+        })
+        .run_to_the_end(Duration::from_secs(5 * 60), slow_check)
+        .await
 }
 
-async fn slow_check(stack: &LocalStack, limit: usize) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(5 * 60)).await?;
+async fn slow_check(stack: &LocalStack, _: &Value) -> Result<Ending> {
     let exports = stack.standin.exports();
     let slow = exports.get(2).context("fewer than 3 export requests")?;
     let slow_id = project_id(slow);
@@ -582,18 +694,11 @@ async fn slow_check(stack: &LocalStack, limit: usize) -> Result<()> {
         timed_out.len() == 1,
         "retry_later for the timeout: {timed_out:?}"
     );
-    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            // Its first answer was lost: exported twice, with cause.
-            accepted: BTreeMap::from([(slow_id, 2)]),
-            limit,
-        },
-    )
+    Ok(Ending::Projects {
+        failed: BTreeMap::new(),
+        // Its first answer was lost: exported twice, with cause.
+        accepted: BTreeMap::from([(slow_id, 2)]),
+    })
 }
 
 // --- GitLab's real limit below the setting ---
@@ -601,28 +706,19 @@ async fn slow_check(stack: &LocalStack, limit: usize) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gitlab_at_five_exports_a_minute_with_six_configured_is_learned_from_one_429_and_used_fully(
 ) -> Result<()> {
-    let began = Instant::now();
     // 15 projects: three windows of five.
-    let seed = Seed::generated(1, 15);
-    let stack = LocalStack::start(
+    Case::new(
         "faults-lower-limit",
-        seed,
-        options(5),
-        "team-0",
-        &[exports_per_minute(6)],
+        "lower real limit",
+        Seed::generated(1, 15),
     )
-    .await?;
-    let result = checked(stack, |stack| async move {
-        let result = lower_limit_check(&stack).await;
-        (Some(stack), result)
-    })
-    .await;
-    took("lower real limit", began);
-    result
+    .options(options(5))
+    .limit(6)
+    .run_to_the_end(Duration::from_secs(6 * 60), lower_limit_check)
+    .await
 }
 
-async fn lower_limit_check(stack: &LocalStack) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(6 * 60)).await?;
+async fn lower_limit_check(stack: &LocalStack, _: &Value) -> Result<Ending> {
     let exports = stack.standin.exports();
     let refused = answered(&exports, 429);
     ensure!(
@@ -664,17 +760,7 @@ async fn lower_limit_check(stack: &LocalStack) -> Result<()> {
         "{refused} answer(s) 429; 15 exports over {:.1} s at GitLab's 5 a minute",
         seconds(span)
     );
-    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            accepted: BTreeMap::new(),
-            limit: 6,
-        },
-    )
+    Ok(Ending::all_verified())
 }
 
 // --- The worker killed mid-tick ---
@@ -682,29 +768,23 @@ async fn lower_limit_check(stack: &LocalStack) -> Result<()> {
 /// The worker is killed while its 5th export request is held by the stand-in at `stage`, then
 /// restarted on the same state. GitLab and the worker allow 8 exports a minute, so that the
 /// restarted worker must count the request that was in flight to stay within GitLab's limit.
-async fn kill_case(name: &str, stage: HoldStage) -> Result<()> {
-    let seed = Seed::generated(1, 12);
+async fn kill_case(name: &'static str, label: &'static str, stage: HoldStage) -> Result<()> {
     let limit = 8;
-    let stack = LocalStack::start(
-        name,
-        seed,
-        options(limit as u32),
-        "team-0",
-        &[exports_per_minute(limit)],
-    )
-    .await?;
-    stack.standin.set_faults(Faults {
-        hold_export: Some(HoldExport { request: 5, stage }),
-        ..Faults::default()
-    });
-    checked(stack, |stack| kill_check(stack, stage, limit)).await
+    Case::new(name, label, Seed::generated(1, 12))
+        .options(options(limit as u32))
+        .limit(limit)
+        .faults(Faults {
+            hold_export: Some(HoldExport { request: 5, stage }),
+            ..Faults::default()
+        })
+        .drive(async move |stack| kill_check(stack, stage).await)
+        .await
 }
 
 async fn kill_check(
     stack: LocalStack,
     stage: HoldStage,
-    limit: usize,
-) -> (Option<LocalStack>, Result<()>) {
+) -> (Option<LocalStack>, Result<(Value, Ending)>) {
     let before_kill = async {
         let (code, body) = stack.start_run().await?;
         ensure!(code == 202, "POST /run answered {code}: {body}");
@@ -730,19 +810,18 @@ async fn kill_check(
     };
     // The held request goes on to a dead connection: dropped unseen, or answered to nobody.
     stack.standin.release_held();
-    let result = after_kill(&stack, stage, limit, &held, &run, killed_at, &old_log).await;
+    let result = after_kill(&stack, stage, &held, &run, killed_at, &old_log).await;
     (Some(stack), result)
 }
 
 async fn after_kill(
     stack: &LocalStack,
     stage: HoldStage,
-    limit: usize,
     held: &testkit::standin::HeldRecord,
     run: &Value,
     killed_at: SystemTime,
     old_log: &std::path::Path,
-) -> Result<()> {
+) -> Result<(Value, Ending)> {
     let held_id = match held.project_id {
         testkit::standin::ProjectRef::Known(id) => id,
         ref other => anyhow::bail!("held an export of an unknown project {other:?}"),
@@ -790,41 +869,39 @@ async fn after_kill(
         answered(&exports, 429) == 0,
         "GitLab answered 429: the in-flight request was not counted: {exports:#?}"
     );
-    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
     let accepted = match stage {
         // GitLab never saw the first request: exported once.
         HoldStage::BeforeArrival => BTreeMap::new(),
         // GitLab accepted it but the worker never learned: exported again, with cause.
         HoldStage::BeforeAnswer => BTreeMap::from([(held_id, 2)]),
     };
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            accepted,
-            limit,
-        },
-    )
+    let ending = Ending::Projects {
+        failed: BTreeMap::new(),
+        accepted,
+    };
+    Ok((status, ending))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_claiming_and_presigning_before_gitlab_saw_the_export_resumes_and_exports_it_once(
 ) -> Result<()> {
-    let began = Instant::now();
-    let result = kill_case("faults-kill-before-call", HoldStage::BeforeArrival).await;
-    took("killed before the export call", began);
-    result
+    kill_case(
+        "faults-kill-before-call",
+        "killed before the export call",
+        HoldStage::BeforeArrival,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_gitlab_accepted_before_the_answer_was_persisted_exports_it_again_within_the_limit(
 ) -> Result<()> {
-    let began = Instant::now();
-    let result = kill_case("faults-kill-before-persist", HoldStage::BeforeAnswer).await;
-    took("killed before persisting the answer", began);
-    result
+    kill_case(
+        "faults-kill-before-persist",
+        "killed before persisting the answer",
+        HoldStage::BeforeAnswer,
+    )
+    .await
 }
 
 // --- S3 refusing the worker's key ---
@@ -832,30 +909,15 @@ async fn a_worker_killed_after_gitlab_accepted_before_the_answer_was_persisted_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_refusing_the_configured_key_stops_the_run_in_preflight_naming_the_key_and_exports_nothing(
 ) -> Result<()> {
-    let began = Instant::now();
-    let stack = LocalStack::start(
-        "faults-s3-refused",
-        Seed::demo(),
-        options(UNLIMITED),
-        &DEMO_GROUPS.join(","),
+    Case::new("faults-s3-refused", "S3 refused", Seed::demo())
+        .groups(&DEMO_GROUPS.join(","))
         // Overrides the right secret (the later `--var` wins).
-        &[(
-            "AWS_SECRET_ACCESS_KEY",
-            "not-the-secret-of-this-key".to_owned(),
-        )],
-    )
-    .await?;
-    let result = checked(stack, |stack| async move {
-        let result = s3_refused_check(&stack).await;
-        (Some(stack), result)
-    })
-    .await;
-    took("S3 refused", began);
-    result
+        .var("AWS_SECRET_ACCESS_KEY", "not-the-secret-of-this-key")
+        .run_to_the_end(Duration::from_secs(60), s3_refused_check)
+        .await
 }
 
-async fn s3_refused_check(stack: &LocalStack) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(60)).await?;
+async fn s3_refused_check(stack: &LocalStack, status: &Value) -> Result<Ending> {
     let error = status["run"]["error"]
         .as_str()
         .with_context(|| format!("a finished run without its error: {status:#}"))?;
@@ -910,7 +972,7 @@ async fn s3_refused_check(stack: &LocalStack) -> Result<()> {
     );
     let objects = stack.s3.objects()?;
     ensure!(objects.is_empty(), "objects in the bucket: {objects:?}");
-    Ok(())
+    Ok(Ending::Stopped)
 }
 
 // --- The world changes between listing and export ---
@@ -918,48 +980,38 @@ async fn s3_refused_check(stack: &LocalStack) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_deleted_and_one_renamed_between_listing_and_export_end_failed_gone_and_verified(
 ) -> Result<()> {
-    let began = Instant::now();
     let seed = Seed::demo();
     let gone = seed.project_by_path("acme/api").context("acme/api")?.id;
     let renamed = seed
         .project_by_path("globex/firmware")
         .context("globex/firmware")?
         .id;
-    let limit = 100;
-    let stack = LocalStack::start(
-        "faults-deleted-renamed",
-        seed,
-        options(UNLIMITED),
-        &DEMO_GROUPS.join(","),
-        &[exports_per_minute(limit)],
-    )
-    .await?;
-    stack.standin.set_faults(Faults {
-        on_first_export: vec![
-            ProjectChange::Delete(gone),
-            ProjectChange::Rename {
-                id: renamed,
-                path: "firmware-ng".to_owned(),
-            },
-        ],
-        ..Faults::default()
-    });
-    let result = checked(stack, |stack| async move {
-        let result = changed_world_check(&stack, gone, renamed, limit).await;
-        (Some(stack), result)
-    })
-    .await;
-    took("deleted and renamed", began);
-    result
+    Case::new("faults-deleted-renamed", "deleted and renamed", seed)
+        .groups(&DEMO_GROUPS.join(","))
+        .projects_of(&DEMO_GROUPS)
+        .limit(100)
+        .faults(Faults {
+            on_first_export: vec![
+                ProjectChange::Delete(gone),
+                ProjectChange::Rename {
+                    id: renamed,
+                    path: "firmware-ng".to_owned(),
+                },
+            ],
+            ..Faults::default()
+        })
+        .run_to_the_end(Duration::from_secs(3 * 60), async move |stack, status| {
+            changed_world_check(stack, status, gone, renamed).await
+        })
+        .await
 }
 
 async fn changed_world_check(
     stack: &LocalStack,
+    status: &Value,
     gone: u64,
     renamed: u64,
-    limit: usize,
-) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(3 * 60)).await?;
+) -> Result<Ending> {
     let exports = stack.standin.exports();
     let asked_gone = exports
         .iter()
@@ -983,47 +1035,26 @@ async fn changed_world_check(
                 .is_some_and(|k| k.starts_with("globex/firmware/")),
         "the renamed project's backup: {backup}"
     );
-    let seed = stack.standin.seed();
-    let projects = own_projects(seed, &DEMO_GROUPS);
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::from([(gone, "project gone")]),
-            accepted: BTreeMap::new(),
-            limit,
-        },
-    )
+    Ok(Ending::Projects {
+        failed: BTreeMap::from([(gone, "project gone")]),
+        accepted: BTreeMap::new(),
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_that_do_not_exist_or_are_not_visible_are_reported_and_the_other_groups_back_up_fully(
 ) -> Result<()> {
-    let began = Instant::now();
-    let limit = 100;
-    // A misspelt path and an id no group has: GitLab answers 404 to both (as to a group the
-    // token cannot see).
-    let groups = "acme,no-such-group,globex,999,initech";
-    let stack = LocalStack::start(
-        "faults-unknown-groups",
-        Seed::demo(),
-        options(UNLIMITED),
-        groups,
-        &[exports_per_minute(limit)],
-    )
-    .await?;
-    let result = checked(stack, |stack| async move {
-        let result = unknown_groups_check(&stack, limit).await;
-        (Some(stack), result)
-    })
-    .await;
-    took("unknown groups", began);
-    result
+    Case::new("faults-unknown-groups", "unknown groups", Seed::demo())
+        // A misspelt path and an id no group has: GitLab answers 404 to both (as to a group the
+        // token cannot see).
+        .groups("acme,no-such-group,globex,999,initech")
+        .projects_of(&DEMO_GROUPS)
+        .limit(100)
+        .run_to_the_end(Duration::from_secs(3 * 60), unknown_groups_check)
+        .await
 }
 
-async fn unknown_groups_check(stack: &LocalStack, limit: usize) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(3 * 60)).await?;
+async fn unknown_groups_check(stack: &LocalStack, status: &Value) -> Result<Ending> {
     let group_errors: BTreeMap<String, String> = status["run"]["group_errors"]
         .as_array()
         .context("no group_errors")?
@@ -1064,15 +1095,5 @@ async fn unknown_groups_check(stack: &LocalStack, limit: usize) -> Result<()> {
         summary["group_errors"].as_array().map(Vec::len) == Some(2),
         "summary.json: {summary}"
     );
-    let projects = own_projects(stack.standin.seed(), &DEMO_GROUPS);
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            accepted: BTreeMap::new(),
-            limit,
-        },
-    )
+    Ok(Ending::all_verified())
 }
