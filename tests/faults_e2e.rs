@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Context, Result};
 use common::*;
+use gitlab_backup::engine::Event;
 use serde_json::Value;
 use testkit::stack::LocalStack;
 use testkit::standin::{
@@ -48,12 +49,32 @@ fn took(test: &str, began: Instant) {
     eprintln!("{test}: {:.1} s", began.elapsed().as_secs_f64());
 }
 
-/// The `event` lines of a worker log with this name.
-fn events_named(events: &[Value], name: &str) -> Vec<Value> {
+/// How many of the worker's events match.
+fn how_many(events: &[Event], matching: impl Fn(&Event) -> bool) -> usize {
+    events.iter().filter(|e| matching(e)).count()
+}
+
+/// The reasons of the `retry_later` events.
+fn retry_later_reasons(events: &[Event]) -> Vec<&str> {
     events
         .iter()
-        .filter(|e| e["event"] == name)
-        .cloned()
+        .filter_map(|e| match e {
+            Event::RetryLater { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The limits of the `limit_learned` events.
+fn limits_learned(events: &[Event]) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::LimitLearned {
+                exports_per_minute, ..
+            } => Some(*exports_per_minute),
+            _ => None,
+        })
         .collect()
 }
 
@@ -433,17 +454,23 @@ async fn burst_check(stack: &LocalStack, retry_after: Option<Duration>) -> Resul
         seconds(waited),
         asked.as_secs()
     );
-    let events = stack.wrangler.events()?;
-    let rate_limited = events_named(&events, "rate_limited");
+    let events = engine_events(stack)?;
+    let rate_limited: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RateLimited { retry_after_s } => Some(*retry_after_s),
+            _ => None,
+        })
+        .collect();
     ensure!(
-        rate_limited.len() == 1 && rate_limited[0]["retry_after_s"] == asked.as_secs(),
-        "rate_limited events: {rate_limited:?}"
+        rate_limited == [asked.as_secs()],
+        "rate_limited events (retry_after_s): {rate_limited:?}"
     );
     // Six got through before the burst: the rest of the run keeps to six a minute.
-    let learned = events_named(&events, "limit_learned");
+    let learned = limits_learned(&events);
     ensure!(
-        learned.len() == 1 && learned[0]["exports_per_minute"] == 6,
-        "limit_learned events: {learned:?}"
+        learned == [6],
+        "limit_learned events (exports_per_minute): {learned:?}"
     );
     ensure_at_most_per_span(&next, 6, MINUTE)?;
     Ok(Ending::all_verified())
@@ -497,24 +524,17 @@ async fn listing_500_check(stack: &LocalStack, status: &Value) -> Result<Ending>
     // Requests 20 and 40 failed, each page was asked again: 40 pages in 42 calls.
     let calls = stack.standin.listing_requests();
     ensure!(calls == 42, "{calls} listing calls for 40 pages");
-    let events = stack.wrangler.events()?;
-    let retries: Vec<Value> = events_named(&events, "retry_later")
+    let events = engine_events(stack)?;
+    let retries: Vec<&str> = retry_later_reasons(&events)
         .into_iter()
-        .filter(|e| {
-            e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("listing group"))
-        })
+        .filter(|r| r.contains("listing group"))
         .collect();
     ensure!(
-        retries.len() == 2
-            && retries
-                .iter()
-                .all(|e| e["reason"].as_str().is_some_and(|r| r.contains("500"))),
+        retries.len() == 2 && retries.iter().all(|r| r.contains("500")),
         "retry_later events for the listing: {retries:?}"
     );
-    let pages = events_named(&events, "page_listed");
-    ensure!(pages.len() == 40, "{} pages listed", pages.len());
+    let pages = how_many(&events, |e| matches!(e, Event::PageListed { .. }));
+    ensure!(pages == 40, "{pages} pages listed");
     ensure!(
         status["run"]["group_errors"]
             .as_array()
@@ -574,7 +594,9 @@ async fn unreachable_check(stack: &mut LocalStack) -> Result<(Value, Ending)> {
     stack.standin.pause().await;
     let paused_at = SystemTime::now();
     let before_outage = stack.standin.exports();
-    let ticks_before = events_named(&stack.wrangler.events()?, "tick_ended").len();
+    let ticks_before = how_many(&engine_events(stack)?, |e| {
+        matches!(e, Event::TickEnded { .. })
+    });
     eprintln!(
         "GitLab unreachable after {} export requests, for {} s",
         before_outage.len(),
@@ -585,8 +607,8 @@ async fn unreachable_check(stack: &mut LocalStack) -> Result<(Value, Ending)> {
         stack.wrangler.fire_cron().await?;
         tokio::time::sleep(CRON_EVERY).await;
     }
-    let events = stack.wrangler.events()?;
-    let ticks_during = events_named(&events, "tick_ended").len() - ticks_before;
+    let events = engine_events(stack)?;
+    let ticks_during = how_many(&events, |e| matches!(e, Event::TickEnded { .. })) - ticks_before;
     stack.standin.resume().await?;
     let resumed_at = SystemTime::now();
 
@@ -612,21 +634,17 @@ async fn unreachable_check(stack: &mut LocalStack) -> Result<(Value, Ending)> {
         ticks_during >= 3,
         "only {ticks_during} ticks while GitLab was unreachable"
     );
-    let events = stack.wrangler.events()?;
-    let unavailable = events_named(&events, "retry_later")
+    let events = engine_events(stack)?;
+    let unavailable = retry_later_reasons(&events)
         .into_iter()
-        .filter(|e| {
-            e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("GitLab is unavailable"))
-        })
+        .filter(|r| r.contains("GitLab is unavailable"))
         .count();
     ensure!(
         (2..=3).contains(&unavailable),
         "{unavailable} retry_later events for the outage (expected tries at 0, 1 and maybe 3 minutes)"
     );
     ensure!(
-        events_named(&events, "run_started").len() == 1,
+        how_many(&events, |e| matches!(e, Event::RunStarted { .. })) == 1,
         "a second run started"
     );
     eprintln!(
@@ -681,14 +699,10 @@ async fn slow_check(stack: &LocalStack, _: &Value) -> Result<Ending> {
         project_id(&exports[3]) != slow_id,
         "the project whose answer was lost was asked again before the others"
     );
-    let events = stack.wrangler.events()?;
-    let timed_out: Vec<Value> = events_named(&events, "retry_later")
+    let events = engine_events(stack)?;
+    let timed_out: Vec<&str> = retry_later_reasons(&events)
         .into_iter()
-        .filter(|e| {
-            e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("no answer within 30 s"))
-        })
+        .filter(|r| r.contains("no answer within 30 s"))
         .collect();
     ensure!(
         timed_out.len() == 1,
@@ -725,14 +739,11 @@ async fn lower_limit_check(stack: &LocalStack, _: &Value) -> Result<Ending> {
         (1..=2).contains(&refused),
         "{refused} answers 429 in the whole run (at most 2, not one per window): {exports:#?}"
     );
-    let events = stack.wrangler.events()?;
-    let learned = events_named(&events, "limit_learned");
+    let events = engine_events(stack)?;
+    let learned = limits_learned(&events);
     ensure!(
-        learned
-            .first()
-            .is_some_and(|e| e["exports_per_minute"] == 5)
-            && learned.iter().all(|e| e["exports_per_minute"] == 5),
-        "limit_learned events: {learned:?}"
+        learned.first() == Some(&5) && learned.iter().all(|&n| n == 5),
+        "limit_learned events (exports_per_minute): {learned:?}"
     );
     // After the first 429, GitLab's real limit holds in every rolling minute…
     let first_429 = exports
@@ -851,9 +862,9 @@ async fn after_kill(
         status["run"]["id"] == *run,
         "the restarted worker did not finish run {run}: {status:#}"
     );
-    let restarted = stack.wrangler.events()?;
+    let restarted = engine_events(stack)?;
     ensure!(
-        events_named(&restarted, "run_started").is_empty(),
+        how_many(&restarted, |e| matches!(e, Event::RunStarted { .. })) == 0,
         "the restarted worker started a new run (logs {} and {})",
         old_log.display(),
         stack.wrangler.log.display()
@@ -949,25 +960,37 @@ async fn s3_refused_check(stack: &LocalStack, status: &Value) -> Result<Ending> 
         stack.standin.exports()
     );
     ensure!(stack.standin.listing_requests() == 0, "groups were listed");
-    let events = stack.wrangler.events()?;
-    let stopped = events_named(&events, "run_stopped");
+    let events = engine_events(stack)?;
+    let stopped: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunStopped { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
     ensure!(
-        stopped.len() == 1 && stopped[0]["reason"] == error,
-        "run_stopped events: {stopped:?}"
+        stopped == [error],
+        "run_stopped events (reason): {stopped:?}"
     );
     // The token passed (`preflight_passed` names GitLab's user), the bucket did not.
     ensure!(
-        events_named(&events, "preflight_passed").len() == 1,
+        how_many(&events, |e| matches!(e, Event::PreflightPassed { .. })) == 1,
         "the token check"
     );
-    for name in ["export_requested", "page_listed"] {
-        ensure!(
-            events_named(&events, name).is_empty(),
-            "{name} after the bucket refused the key"
-        );
+    for (name, found) in [
+        (
+            "export_requested",
+            how_many(&events, |e| matches!(e, Event::ExportRequested { .. })),
+        ),
+        (
+            "page_listed",
+            how_many(&events, |e| matches!(e, Event::PageListed { .. })),
+        ),
+    ] {
+        ensure!(found == 0, "{name} after the bucket refused the key");
     }
     ensure!(
-        events_named(&events, "run_started").len() == 1,
+        how_many(&events, |e| matches!(e, Event::RunStarted { .. })) == 1,
         "a second run started"
     );
     let objects = stack.s3.objects()?;
@@ -1079,9 +1102,9 @@ async fn unknown_groups_check(stack: &LocalStack, status: &Value) -> Result<Endi
             "reason: {reason}"
         );
     }
-    let events = stack.wrangler.events()?;
+    let events = engine_events(stack)?;
     ensure!(
-        events_named(&events, "group_failed").len() == 2,
+        how_many(&events, |e| matches!(e, Event::GroupFailed { .. })) == 2,
         "group_failed events"
     );
     let summary: Value = serde_json::from_slice(&std::fs::read(
