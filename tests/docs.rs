@@ -1071,7 +1071,7 @@ fn architecture_fits_on_a_page() {
 
 #[test]
 fn paths_the_docs_mention_exist() {
-    let prefixes = ["src/", "tests/", "xtask/", "benches/", ".ci/"];
+    let prefixes = ["src/", "tests/", "xtask/", "testkit/", "benches/", ".ci/"];
     for (doc, text) in [("README.md", readme()), ("ARCHITECTURE.md", architecture())] {
         let mut checked = 0;
         for token in text.split(|c: char| c.is_whitespace() || "`()[],;:".contains(c)) {

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use common::*;
-use xtask::stack::LocalStack;
-use xtask::standin::{Options, Seed, DEMO_GROUPS};
+use gitlab_backup::engine::Event;
+use testkit::stack::LocalStack;
+use testkit::standin::{Options, Seed, DEMO_GROUPS};
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// The crash test kills the worker once this many exports of its tick reached GitLab.
@@ -19,15 +20,6 @@ const KILL_AFTER: usize = 5;
 
 fn took(test: &str, began: Instant) {
     eprintln!("{test}: {:.1} s", began.elapsed().as_secs_f64());
-}
-
-/// The `event` lines of the worker's log with this name.
-fn events_named(events: &[serde_json::Value], name: &str) -> Vec<serde_json::Value> {
-    events
-        .iter()
-        .filter(|e| e["event"] == name)
-        .cloned()
-        .collect()
 }
 
 // --- 1 ---
@@ -72,16 +64,16 @@ async fn three_groups_check(stack: &LocalStack) -> Result<()> {
     let own_ids: BTreeSet<u64> = own.iter().map(|p| p.id).collect();
 
     // Every page of every group was read: the stand-in serves 3 projects a page.
-    let events = stack.wrangler.events()?;
+    let events = engine_events(stack)?;
     let mut pages: BTreeMap<String, usize> = BTreeMap::new();
-    for page in events_named(&events, "page_listed") {
-        ensure!(
-            page["projects"].as_u64().is_some_and(|n| n <= 3),
-            "a page of more than 3 projects: {page}"
-        );
-        *pages
-            .entry(page["group"].as_str().unwrap_or_default().to_owned())
-            .or_default() += 1;
+    for page in &events {
+        if let Event::PageListed {
+            group, projects, ..
+        } = page
+        {
+            ensure!(*projects <= 3, "a page of more than 3 projects: {page:?}");
+            *pages.entry(group.clone()).or_default() += 1;
+        }
     }
     ensure!(
         pages.len() == 3 && pages.values().all(|&n| n >= 2),
@@ -355,9 +347,11 @@ async fn after_restart(stack: &LocalStack, run: u64, old_log: &std::path::Path) 
         status["run"]["id"] == run,
         "the restarted worker did not finish run {run}: {status:#}"
     );
-    let restarted = stack.wrangler.events()?;
+    let restarted = engine_events(stack)?;
     ensure!(
-        events_named(&restarted, "run_started").is_empty(),
+        !restarted
+            .iter()
+            .any(|e| matches!(e, Event::RunStarted { .. })),
         "the restarted worker started a new run instead of resuming {run}"
     );
 
@@ -449,20 +443,23 @@ async fn ten_thousand_check(stack: &LocalStack) -> Result<()> {
         stack.standin.listing_requests()
     );
 
-    let events = stack.wrangler.events()?;
-    let ticks = events_named(&events, "tick_ended");
+    let events = engine_events(stack)?;
+    let ticks: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::TickEnded { .. }))
+        .collect();
     let over: Vec<_> = ticks
         .iter()
-        .filter(|t| t["subrequests"].as_u64().is_none_or(|n| n > 50))
+        .filter(|t| matches!(t, Event::TickEnded { subrequests, .. } if *subrequests > 50))
         .collect();
     ensure!(over.is_empty(), "ticks over the budget of 50: {over:?}");
     // Events are logged tick by tick, each tick's ending with its tick_ended line.
     let mut listing_ticks = Vec::new();
     let mut pages_in_tick = 0;
     for event in &events {
-        match event["event"].as_str() {
-            Some("page_listed") => pages_in_tick += 1,
-            Some("tick_ended") => {
+        match event {
+            Event::PageListed { .. } => pages_in_tick += 1,
+            Event::TickEnded { .. } => {
                 if pages_in_tick > 0 {
                     listing_ticks.push(pages_in_tick);
                 }

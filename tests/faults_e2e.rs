@@ -17,6 +17,10 @@
 //!
 //! Where the rate limit is not the subject, the stand-in allows far more than the worker sends, so
 //! that each case takes one to four minutes; the cases run in parallel (cargo's test threads).
+//!
+//! [`Case`] holds what every case does (the stack's seed, stand-in options, groups and settings,
+//! starting it, `POST /run`, the cron to the end, the timing, and the end checks of
+//! [`ensure_outcome`]); each test adds its own setup and its own assertions.
 
 mod common;
 
@@ -25,9 +29,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Context, Result};
 use common::*;
+use gitlab_backup::engine::Event;
 use serde_json::Value;
-use xtask::stack::LocalStack;
-use xtask::standin::{
+use testkit::stack::LocalStack;
+use testkit::standin::{
     Burst429, ExportRecord, Faults, HoldExport, HoldStage, Options, Project, ProjectChange, Seed,
     DEMO_GROUPS,
 };
@@ -44,12 +49,32 @@ fn took(test: &str, began: Instant) {
     eprintln!("{test}: {:.1} s", began.elapsed().as_secs_f64());
 }
 
-/// The `event` lines of a worker log with this name.
-fn events_named(events: &[Value], name: &str) -> Vec<Value> {
+/// How many of the worker's events match.
+fn how_many(events: &[Event], matching: impl Fn(&Event) -> bool) -> usize {
+    events.iter().filter(|e| matching(e)).count()
+}
+
+/// The reasons of the `retry_later` events.
+fn retry_later_reasons(events: &[Event]) -> Vec<&str> {
     events
         .iter()
-        .filter(|e| e["event"] == name)
-        .cloned()
+        .filter_map(|e| match e {
+            Event::RetryLater { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The limits of the `limit_learned` events.
+fn limits_learned(events: &[Event]) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::LimitLearned {
+                exports_per_minute, ..
+            } => Some(*exports_per_minute),
+            _ => None,
+        })
         .collect()
 }
 
@@ -61,17 +86,7 @@ fn options(exports_per_window: u32) -> Options {
     }
 }
 
-fn exports_per_minute(limit: usize) -> (&'static str, String) {
-    ("EXPORTS_PER_MINUTE", limit.to_string())
-}
-
-/// `POST /run`, then the cron every [`CRON_EVERY`] until the run is finished; the final status.
-async fn run_to_the_end(stack: &LocalStack, timeout: Duration) -> Result<Value> {
-    let (code, body) = stack.start_run().await?;
-    ensure!(code == 202, "POST /run answered {code}: {body}");
-    finish(stack, timeout).await
-}
-
+/// The cron every [`CRON_EVERY`] until the run is finished; the final status.
 async fn finish(stack: &LocalStack, timeout: Duration) -> Result<Value> {
     stack
         .wait_for_phase("finished", Some(CRON_EVERY), timeout)
@@ -203,44 +218,222 @@ fn ensure_outcome(stack: &LocalStack, status: &Value, outcome: &Outcome) -> Resu
     Ok(())
 }
 
+/// How a case's run ends, beyond the case's own assertions.
+enum Ending {
+    /// The end every case checks ([`ensure_outcome`]): every project `verified` but those
+    /// `failed` (with a piece of their reason), each accepted once but as `accepted` says.
+    Projects {
+        failed: BTreeMap<u64, &'static str>,
+        accepted: BTreeMap<u64, usize>,
+    },
+    /// The run stopped before any export: the case's own assertions are all there is.
+    Stopped,
+}
+
+impl Ending {
+    /// Every project verified, each exported once.
+    fn all_verified() -> Ending {
+        Ending::Projects {
+            failed: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+        }
+    }
+}
+
+/// One case of the matrix: the stack it starts and what is checked at its end.
+struct Case {
+    /// The stack's work folder.
+    name: &'static str,
+    /// What [`took`] prints.
+    label: &'static str,
+    seed: Seed,
+    options: Options,
+    /// `GITLAB_GROUPS`.
+    groups: String,
+    /// Settings after the local stack's (the later `--var` wins).
+    vars: Vec<(&'static str, String)>,
+    faults: Option<Faults>,
+    /// `EXPORTS_PER_MINUTE`, which no rolling 60 s exceeds at the end.
+    limit: Option<usize>,
+    /// The projects the run lists: those these groups own, or every project of the seed.
+    projects_of: Option<&'static [&'static str]>,
+}
+
+impl Case {
+    /// A case over `seed` that backs up `team-0`, the stand-in allowing [`UNLIMITED`] exports a
+    /// minute.
+    fn new(name: &'static str, label: &'static str, seed: Seed) -> Case {
+        Case {
+            name,
+            label,
+            seed,
+            options: options(UNLIMITED),
+            groups: "team-0".to_owned(),
+            vars: Vec::new(),
+            faults: None,
+            limit: None,
+            projects_of: None,
+        }
+    }
+
+    fn options(self, options: Options) -> Case {
+        Case { options, ..self }
+    }
+
+    fn groups(self, groups: &str) -> Case {
+        Case {
+            groups: groups.to_owned(),
+            ..self
+        }
+    }
+
+    /// `EXPORTS_PER_MINUTE`, set for the worker and held at the end.
+    fn limit(mut self, limit: usize) -> Case {
+        self.vars.push(("EXPORTS_PER_MINUTE", limit.to_string()));
+        Case {
+            limit: Some(limit),
+            ..self
+        }
+    }
+
+    fn var(mut self, name: &'static str, value: &str) -> Case {
+        self.vars.push((name, value.to_owned()));
+        self
+    }
+
+    /// Set on the stand-in once it is up, before the run.
+    fn faults(self, faults: Faults) -> Case {
+        Case {
+            faults: Some(faults),
+            ..self
+        }
+    }
+
+    /// The run lists the projects these groups own (rather than every project of the seed).
+    fn projects_of(self, groups: &'static [&'static str]) -> Case {
+        Case {
+            projects_of: Some(groups),
+            ..self
+        }
+    }
+
+    /// `POST /run`, then the cron every [`CRON_EVERY`] until the run is finished (within
+    /// `timeout`); then `check` with the final status, then the end checks.
+    async fn run_to_the_end(
+        self,
+        timeout: Duration,
+        check: impl AsyncFnOnce(&LocalStack, &Value) -> Result<Ending>,
+    ) -> Result<()> {
+        self.drive(async move |stack| {
+            let result = async {
+                let (code, body) = stack.start_run().await?;
+                ensure!(code == 202, "POST /run answered {code}: {body}");
+                let status = finish(&stack, timeout).await?;
+                let ending = check(&stack, &status).await?;
+                Ok((status, ending))
+            }
+            .await;
+            (Some(stack), result)
+        })
+        .await
+    }
+
+    /// Starts the stack, sets the faults, lets `drive` run the case (it gives back the stack it
+    /// ends with, the final status and the ending), makes the end checks, stops the stack
+    /// whatever happened, and prints how long it all took.
+    async fn drive(
+        self,
+        drive: impl AsyncFnOnce(LocalStack) -> (Option<LocalStack>, Result<(Value, Ending)>),
+    ) -> Result<()> {
+        let began = Instant::now();
+        let label = self.label;
+        let result = self.started(drive).await;
+        took(label, began);
+        result
+    }
+
+    async fn started(
+        self,
+        drive: impl AsyncFnOnce(LocalStack) -> (Option<LocalStack>, Result<(Value, Ending)>),
+    ) -> Result<()> {
+        let stack =
+            LocalStack::start(self.name, self.seed, self.options, &self.groups, &self.vars).await?;
+        if let Some(faults) = self.faults {
+            stack.standin.set_faults(faults);
+        }
+        let (limit, projects_of) = (self.limit, self.projects_of);
+        checked(stack, |stack| async move {
+            let (stack, result) = drive(stack).await;
+            let result = match (&stack, result) {
+                (Some(stack), Ok((status, ending))) => {
+                    ensure_ending(stack, &status, ending, limit, projects_of)
+                }
+                (None, Ok(_)) => Err(anyhow::anyhow!("the case lost its stack before the end")),
+                (_, Err(e)) => Err(e),
+            };
+            (stack, result)
+        })
+        .await
+    }
+}
+
+/// The end checks of a case whose run ends with its projects.
+fn ensure_ending(
+    stack: &LocalStack,
+    status: &Value,
+    ending: Ending,
+    limit: Option<usize>,
+    projects_of: Option<&[&str]>,
+) -> Result<()> {
+    let Ending::Projects { failed, accepted } = ending else {
+        return Ok(());
+    };
+    let seed = stack.standin.seed();
+    let projects = match projects_of {
+        Some(groups) => own_projects(seed, groups),
+        None => seed.projects().iter().collect(),
+    };
+    let limit = limit.context("a case that ends with its projects sets Case::limit")?;
+    ensure_outcome(
+        stack,
+        status,
+        &Outcome {
+            projects,
+            failed,
+            accepted,
+            limit,
+        },
+    )
+}
+
 // --- 429 bursts ---
 
 /// A burst of 429s (another client of the backup user spends its limit) from the 7th export
 /// request on, for 10 s; the worker sends nothing before `Retry-After` (or its default of 60 s
 /// without one), keeps to what got through, and backs everything up once.
-async fn burst_case(name: &str, retry_after: Option<Duration>) -> Result<()> {
-    let seed = Seed::generated(1, 12);
-    let limit = 20;
-    let stack = LocalStack::start(
-        name,
-        seed,
-        options(UNLIMITED),
-        "team-0",
-        &[exports_per_minute(limit)],
-    )
-    .await?;
-    stack.standin.set_faults(Faults {
-        export_429_burst: Some(Burst429 {
-            from_request: 7,
-            lasting: Duration::from_secs(10),
-            retry_after: retry_after.unwrap_or(MINUTE),
-        }),
-        omit_retry_after: retry_after.is_none(),
-        ..Faults::default()
-    });
-    checked(stack, |stack| async move {
-        let result = burst_check(&stack, retry_after, limit).await;
-        (Some(stack), result)
-    })
-    .await
+async fn burst_case(
+    name: &'static str,
+    label: &'static str,
+    retry_after: Option<Duration>,
+) -> Result<()> {
+    Case::new(name, label, Seed::generated(1, 12))
+        .limit(20)
+        .faults(Faults {
+            export_429_burst: Some(Burst429 {
+                from_request: 7,
+                lasting: Duration::from_secs(10),
+                retry_after: retry_after.unwrap_or(MINUTE),
+            }),
+            omit_retry_after: retry_after.is_none(),
+            ..Faults::default()
+        })
+        .run_to_the_end(Duration::from_secs(5 * 60), async move |stack, _| {
+            burst_check(stack, retry_after).await
+        })
+        .await
 }
 
-async fn burst_check(
-    stack: &LocalStack,
-    retry_after: Option<Duration>,
-    limit: usize,
-) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(5 * 60)).await?;
+async fn burst_check(stack: &LocalStack, retry_after: Option<Duration>) -> Result<Ending> {
     let exports = stack.standin.exports();
     let limited: Vec<&ExportRecord> = exports.iter().filter(|e| e.status == 429).collect();
     // The burst is over long before the worker asks again: one 429, not one per attempt.
@@ -261,50 +454,49 @@ async fn burst_check(
         seconds(waited),
         asked.as_secs()
     );
-    let events = stack.wrangler.events()?;
-    let rate_limited = events_named(&events, "rate_limited");
+    let events = engine_events(stack)?;
+    let rate_limited: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RateLimited { retry_after_s } => Some(*retry_after_s),
+            _ => None,
+        })
+        .collect();
     ensure!(
-        rate_limited.len() == 1 && rate_limited[0]["retry_after_s"] == asked.as_secs(),
-        "rate_limited events: {rate_limited:?}"
+        rate_limited == [asked.as_secs()],
+        "rate_limited events (retry_after_s): {rate_limited:?}"
     );
     // Six got through before the burst: the rest of the run keeps to six a minute.
-    let learned = events_named(&events, "limit_learned");
+    let learned = limits_learned(&events);
     ensure!(
-        learned.len() == 1 && learned[0]["exports_per_minute"] == 6,
-        "limit_learned events: {learned:?}"
+        learned == [6],
+        "limit_learned events (exports_per_minute): {learned:?}"
     );
     ensure_at_most_per_span(&next, 6, MINUTE)?;
-
-    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            accepted: BTreeMap::new(),
-            limit,
-        },
-    )
+    Ok(Ending::all_verified())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_burst_with_retry_after_is_waited_out_as_asked_and_every_project_is_verified_once(
 ) -> Result<()> {
-    let began = Instant::now();
     // Longer than the rolling window, so that only Retry-After explains the wait.
-    let result = burst_case("faults-burst-retry-after", Some(Duration::from_secs(75))).await;
-    took("429 burst with Retry-After", began);
-    result
+    burst_case(
+        "faults-burst-retry-after",
+        "429 burst with Retry-After",
+        Some(Duration::from_secs(75)),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_burst_without_retry_after_is_waited_out_a_minute_and_every_project_is_verified_once(
 ) -> Result<()> {
-    let began = Instant::now();
-    let result = burst_case("faults-burst-no-retry-after", None).await;
-    took("429 burst without Retry-After", began);
-    result
+    burst_case(
+        "faults-burst-no-retry-after",
+        "429 burst without Retry-After",
+        None,
+    )
+    .await
 }
 
 // --- Listing answered 500 ---
@@ -312,74 +504,44 @@ async fn a_429_burst_without_retry_after_is_waited_out_a_minute_and_every_projec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_percent_of_listing_calls_answered_500_are_retried_after_a_backoff_and_nothing_is_lost(
 ) -> Result<()> {
-    let began = Instant::now();
     // 40 projects, one a page: 40 listing calls, of which every 20th answers 500.
-    let seed = Seed::generated(2, 20);
-    let limit = 60;
-    let stack = LocalStack::start(
-        "faults-listing-500",
-        seed,
-        Options {
+    Case::new("faults-listing-500", "listing 500", Seed::generated(2, 20))
+        .options(Options {
             max_per_page: 1,
             ..options(UNLIMITED)
-        },
-        "team-0,team-1",
-        &[exports_per_minute(limit)],
-    )
-    .await?;
-    stack.standin.set_faults(Faults {
-        listing_5xx_every: Some(20),
-        ..Faults::default()
-    });
-    let result = checked(stack, |stack| async move {
-        let result = listing_500_check(&stack, limit).await;
-        (Some(stack), result)
-    })
-    .await;
-    took("listing 500", began);
-    result
+        })
+        .groups("team-0,team-1")
+        .limit(60)
+        .faults(Faults {
+            listing_5xx_every: Some(20),
+            ..Faults::default()
+        })
+        .run_to_the_end(Duration::from_secs(6 * 60), listing_500_check)
+        .await
 }
 
-async fn listing_500_check(stack: &LocalStack, limit: usize) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(6 * 60)).await?;
+async fn listing_500_check(stack: &LocalStack, status: &Value) -> Result<Ending> {
     // Requests 20 and 40 failed, each page was asked again: 40 pages in 42 calls.
     let calls = stack.standin.listing_requests();
     ensure!(calls == 42, "{calls} listing calls for 40 pages");
-    let events = stack.wrangler.events()?;
-    let retries: Vec<Value> = events_named(&events, "retry_later")
+    let events = engine_events(stack)?;
+    let retries: Vec<&str> = retry_later_reasons(&events)
         .into_iter()
-        .filter(|e| {
-            e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("listing group"))
-        })
+        .filter(|r| r.contains("listing group"))
         .collect();
     ensure!(
-        retries.len() == 2
-            && retries
-                .iter()
-                .all(|e| e["reason"].as_str().is_some_and(|r| r.contains("500"))),
+        retries.len() == 2 && retries.iter().all(|r| r.contains("500")),
         "retry_later events for the listing: {retries:?}"
     );
-    let pages = events_named(&events, "page_listed");
-    ensure!(pages.len() == 40, "{} pages listed", pages.len());
+    let pages = how_many(&events, |e| matches!(e, Event::PageListed { .. }));
+    ensure!(pages == 40, "{pages} pages listed");
     ensure!(
         status["run"]["group_errors"]
             .as_array()
             .is_some_and(Vec::is_empty),
         "a 500 made a group fail: {status:#}"
     );
-    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            accepted: BTreeMap::new(),
-            limit,
-        },
-    )
+    Ok(Ending::all_verified())
 }
 
 // --- GitLab unreachable ---
@@ -391,31 +553,26 @@ const OUTAGE: Duration = Duration::from_secs(150);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gitlab_unreachable_for_several_ticks_while_exporting_then_back_loses_and_repeats_nothing(
 ) -> Result<()> {
-    let began = Instant::now();
     // 24 projects, each export answered in 0.3 s: the exporting tick lasts ~7 s.
-    let seed = Seed::generated(2, 12);
-    let limit = 60;
-    let stack = LocalStack::start(
+    Case::new(
         "faults-unreachable",
-        seed,
-        Options {
-            export_answer_delay: Duration::from_millis(300),
-            ..options(UNLIMITED)
-        },
-        "team-0,team-1",
-        &[exports_per_minute(limit)],
+        "GitLab unreachable",
+        Seed::generated(2, 12),
     )
-    .await?;
-    let result = checked(stack, |mut stack| async move {
-        let result = unreachable_check(&mut stack, limit).await;
+    .options(Options {
+        export_answer_delay: Duration::from_millis(300),
+        ..options(UNLIMITED)
+    })
+    .groups("team-0,team-1")
+    .limit(60)
+    .drive(async |mut stack| {
+        let result = unreachable_check(&mut stack).await;
         (Some(stack), result)
     })
-    .await;
-    took("GitLab unreachable", began);
-    result
+    .await
 }
 
-async fn unreachable_check(stack: &mut LocalStack, limit: usize) -> Result<()> {
+async fn unreachable_check(stack: &mut LocalStack) -> Result<(Value, Ending)> {
     let (code, body) = stack.start_run().await?;
     ensure!(code == 202, "POST /run answered {code}: {body}");
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -437,7 +594,9 @@ async fn unreachable_check(stack: &mut LocalStack, limit: usize) -> Result<()> {
     stack.standin.pause().await;
     let paused_at = SystemTime::now();
     let before_outage = stack.standin.exports();
-    let ticks_before = events_named(&stack.wrangler.events()?, "tick_ended").len();
+    let ticks_before = how_many(&engine_events(stack)?, |e| {
+        matches!(e, Event::TickEnded { .. })
+    });
     eprintln!(
         "GitLab unreachable after {} export requests, for {} s",
         before_outage.len(),
@@ -448,8 +607,8 @@ async fn unreachable_check(stack: &mut LocalStack, limit: usize) -> Result<()> {
         stack.wrangler.fire_cron().await?;
         tokio::time::sleep(CRON_EVERY).await;
     }
-    let events = stack.wrangler.events()?;
-    let ticks_during = events_named(&events, "tick_ended").len() - ticks_before;
+    let events = engine_events(stack)?;
+    let ticks_during = how_many(&events, |e| matches!(e, Event::TickEnded { .. })) - ticks_before;
     stack.standin.resume().await?;
     let resumed_at = SystemTime::now();
 
@@ -475,21 +634,17 @@ async fn unreachable_check(stack: &mut LocalStack, limit: usize) -> Result<()> {
         ticks_during >= 3,
         "only {ticks_during} ticks while GitLab was unreachable"
     );
-    let events = stack.wrangler.events()?;
-    let unavailable = events_named(&events, "retry_later")
+    let events = engine_events(stack)?;
+    let unavailable = retry_later_reasons(&events)
         .into_iter()
-        .filter(|e| {
-            e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("GitLab is unavailable"))
-        })
+        .filter(|r| r.contains("GitLab is unavailable"))
         .count();
     ensure!(
         (2..=3).contains(&unavailable),
         "{unavailable} retry_later events for the outage (expected tries at 0, 1 and maybe 3 minutes)"
     );
     ensure!(
-        events_named(&events, "run_started").len() == 1,
+        how_many(&events, |e| matches!(e, Event::RunStarted { .. })) == 1,
         "a second run started"
     );
     eprintln!(
@@ -499,17 +654,7 @@ async fn unreachable_check(stack: &mut LocalStack, limit: usize) -> Result<()> {
 
     // An answer can only be lost for the request in flight when the listener stopped; the
     // stand-in lets it finish, so none is expected.
-    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            accepted: BTreeMap::new(),
-            limit,
-        },
-    )
+    Ok((status, Ending::all_verified()))
 }
 
 // --- Slow answers ---
@@ -517,33 +662,18 @@ async fn unreachable_check(stack: &mut LocalStack, limit: usize) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_answer_slower_than_the_timeout_is_given_up_and_asked_again_after_a_backoff(
 ) -> Result<()> {
-    let began = Instant::now();
-    let seed = Seed::generated(1, 10);
-    let limit = 30;
-    let stack = LocalStack::start(
-        "faults-slow",
-        seed,
-        options(UNLIMITED),
-        "team-0",
-        &[exports_per_minute(limit)],
-    )
-    .await?;
-    // GitLab accepts the third export request at once but answers it only after 35 s.
-    stack.standin.set_faults(Faults {
-        export_answer_delays: [(3, REQUEST_TIMEOUT + Duration::from_secs(5))].into(),
-        ..Faults::default()
-    });
-    let result = checked(stack, |stack| async move {
-        let result = slow_check(&stack, limit).await;
-        (Some(stack), result)
-    })
-    .await;
-    took("slow answers", began);
-    result
+    Case::new("faults-slow", "slow answers", Seed::generated(1, 10))
+        .limit(30)
+        // GitLab accepts the third export request at once but answers it only after 35 s.
+        .faults(Faults {
+            export_answer_delays: [(3, REQUEST_TIMEOUT + Duration::from_secs(5))].into(),
+            ..Faults::default()
+        })
+        .run_to_the_end(Duration::from_secs(5 * 60), slow_check)
+        .await
 }
 
-async fn slow_check(stack: &LocalStack, limit: usize) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(5 * 60)).await?;
+async fn slow_check(stack: &LocalStack, _: &Value) -> Result<Ending> {
     let exports = stack.standin.exports();
     let slow = exports.get(2).context("fewer than 3 export requests")?;
     let slow_id = project_id(slow);
@@ -569,31 +699,20 @@ async fn slow_check(stack: &LocalStack, limit: usize) -> Result<()> {
         project_id(&exports[3]) != slow_id,
         "the project whose answer was lost was asked again before the others"
     );
-    let events = stack.wrangler.events()?;
-    let timed_out: Vec<Value> = events_named(&events, "retry_later")
+    let events = engine_events(stack)?;
+    let timed_out: Vec<&str> = retry_later_reasons(&events)
         .into_iter()
-        .filter(|e| {
-            e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("no answer within 30 s"))
-        })
+        .filter(|r| r.contains("no answer within 30 s"))
         .collect();
     ensure!(
         timed_out.len() == 1,
         "retry_later for the timeout: {timed_out:?}"
     );
-    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            // Its first answer was lost: exported twice, with cause.
-            accepted: BTreeMap::from([(slow_id, 2)]),
-            limit,
-        },
-    )
+    Ok(Ending::Projects {
+        failed: BTreeMap::new(),
+        // Its first answer was lost: exported twice, with cause.
+        accepted: BTreeMap::from([(slow_id, 2)]),
+    })
 }
 
 // --- GitLab's real limit below the setting ---
@@ -601,42 +720,30 @@ async fn slow_check(stack: &LocalStack, limit: usize) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gitlab_at_five_exports_a_minute_with_six_configured_is_learned_from_one_429_and_used_fully(
 ) -> Result<()> {
-    let began = Instant::now();
     // 15 projects: three windows of five.
-    let seed = Seed::generated(1, 15);
-    let stack = LocalStack::start(
+    Case::new(
         "faults-lower-limit",
-        seed,
-        options(5),
-        "team-0",
-        &[exports_per_minute(6)],
+        "lower real limit",
+        Seed::generated(1, 15),
     )
-    .await?;
-    let result = checked(stack, |stack| async move {
-        let result = lower_limit_check(&stack).await;
-        (Some(stack), result)
-    })
-    .await;
-    took("lower real limit", began);
-    result
+    .options(options(5))
+    .limit(6)
+    .run_to_the_end(Duration::from_secs(6 * 60), lower_limit_check)
+    .await
 }
 
-async fn lower_limit_check(stack: &LocalStack) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(6 * 60)).await?;
+async fn lower_limit_check(stack: &LocalStack, _: &Value) -> Result<Ending> {
     let exports = stack.standin.exports();
     let refused = answered(&exports, 429);
     ensure!(
         (1..=2).contains(&refused),
         "{refused} answers 429 in the whole run (at most 2, not one per window): {exports:#?}"
     );
-    let events = stack.wrangler.events()?;
-    let learned = events_named(&events, "limit_learned");
+    let events = engine_events(stack)?;
+    let learned = limits_learned(&events);
     ensure!(
-        learned
-            .first()
-            .is_some_and(|e| e["exports_per_minute"] == 5)
-            && learned.iter().all(|e| e["exports_per_minute"] == 5),
-        "limit_learned events: {learned:?}"
+        learned.first() == Some(&5) && learned.iter().all(|&n| n == 5),
+        "limit_learned events (exports_per_minute): {learned:?}"
     );
     // After the first 429, GitLab's real limit holds in every rolling minute…
     let first_429 = exports
@@ -664,17 +771,7 @@ async fn lower_limit_check(stack: &LocalStack) -> Result<()> {
         "{refused} answer(s) 429; 15 exports over {:.1} s at GitLab's 5 a minute",
         seconds(span)
     );
-    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            accepted: BTreeMap::new(),
-            limit: 6,
-        },
-    )
+    Ok(Ending::all_verified())
 }
 
 // --- The worker killed mid-tick ---
@@ -682,29 +779,23 @@ async fn lower_limit_check(stack: &LocalStack) -> Result<()> {
 /// The worker is killed while its 5th export request is held by the stand-in at `stage`, then
 /// restarted on the same state. GitLab and the worker allow 8 exports a minute, so that the
 /// restarted worker must count the request that was in flight to stay within GitLab's limit.
-async fn kill_case(name: &str, stage: HoldStage) -> Result<()> {
-    let seed = Seed::generated(1, 12);
+async fn kill_case(name: &'static str, label: &'static str, stage: HoldStage) -> Result<()> {
     let limit = 8;
-    let stack = LocalStack::start(
-        name,
-        seed,
-        options(limit as u32),
-        "team-0",
-        &[exports_per_minute(limit)],
-    )
-    .await?;
-    stack.standin.set_faults(Faults {
-        hold_export: Some(HoldExport { request: 5, stage }),
-        ..Faults::default()
-    });
-    checked(stack, |stack| kill_check(stack, stage, limit)).await
+    Case::new(name, label, Seed::generated(1, 12))
+        .options(options(limit as u32))
+        .limit(limit)
+        .faults(Faults {
+            hold_export: Some(HoldExport { request: 5, stage }),
+            ..Faults::default()
+        })
+        .drive(async move |stack| kill_check(stack, stage).await)
+        .await
 }
 
 async fn kill_check(
     stack: LocalStack,
     stage: HoldStage,
-    limit: usize,
-) -> (Option<LocalStack>, Result<()>) {
+) -> (Option<LocalStack>, Result<(Value, Ending)>) {
     let before_kill = async {
         let (code, body) = stack.start_run().await?;
         ensure!(code == 202, "POST /run answered {code}: {body}");
@@ -730,21 +821,20 @@ async fn kill_check(
     };
     // The held request goes on to a dead connection: dropped unseen, or answered to nobody.
     stack.standin.release_held();
-    let result = after_kill(&stack, stage, limit, &held, &run, killed_at, &old_log).await;
+    let result = after_kill(&stack, stage, &held, &run, killed_at, &old_log).await;
     (Some(stack), result)
 }
 
 async fn after_kill(
     stack: &LocalStack,
     stage: HoldStage,
-    limit: usize,
-    held: &xtask::standin::HeldRecord,
+    held: &testkit::standin::HeldRecord,
     run: &Value,
     killed_at: SystemTime,
     old_log: &std::path::Path,
-) -> Result<()> {
+) -> Result<(Value, Ending)> {
     let held_id = match held.project_id {
-        xtask::standin::ProjectRef::Known(id) => id,
+        testkit::standin::ProjectRef::Known(id) => id,
         ref other => anyhow::bail!("held an export of an unknown project {other:?}"),
     };
     let at_kill = stack
@@ -772,9 +862,9 @@ async fn after_kill(
         status["run"]["id"] == *run,
         "the restarted worker did not finish run {run}: {status:#}"
     );
-    let restarted = stack.wrangler.events()?;
+    let restarted = engine_events(stack)?;
     ensure!(
-        events_named(&restarted, "run_started").is_empty(),
+        how_many(&restarted, |e| matches!(e, Event::RunStarted { .. })) == 0,
         "the restarted worker started a new run (logs {} and {})",
         old_log.display(),
         stack.wrangler.log.display()
@@ -790,41 +880,39 @@ async fn after_kill(
         answered(&exports, 429) == 0,
         "GitLab answered 429: the in-flight request was not counted: {exports:#?}"
     );
-    let projects: Vec<&Project> = stack.standin.seed().projects().iter().collect();
     let accepted = match stage {
         // GitLab never saw the first request: exported once.
         HoldStage::BeforeArrival => BTreeMap::new(),
         // GitLab accepted it but the worker never learned: exported again, with cause.
         HoldStage::BeforeAnswer => BTreeMap::from([(held_id, 2)]),
     };
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            accepted,
-            limit,
-        },
-    )
+    let ending = Ending::Projects {
+        failed: BTreeMap::new(),
+        accepted,
+    };
+    Ok((status, ending))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_claiming_and_presigning_before_gitlab_saw_the_export_resumes_and_exports_it_once(
 ) -> Result<()> {
-    let began = Instant::now();
-    let result = kill_case("faults-kill-before-call", HoldStage::BeforeArrival).await;
-    took("killed before the export call", began);
-    result
+    kill_case(
+        "faults-kill-before-call",
+        "killed before the export call",
+        HoldStage::BeforeArrival,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_gitlab_accepted_before_the_answer_was_persisted_exports_it_again_within_the_limit(
 ) -> Result<()> {
-    let began = Instant::now();
-    let result = kill_case("faults-kill-before-persist", HoldStage::BeforeAnswer).await;
-    took("killed before persisting the answer", began);
-    result
+    kill_case(
+        "faults-kill-before-persist",
+        "killed before persisting the answer",
+        HoldStage::BeforeAnswer,
+    )
+    .await
 }
 
 // --- S3 refusing the worker's key ---
@@ -832,30 +920,15 @@ async fn a_worker_killed_after_gitlab_accepted_before_the_answer_was_persisted_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_refusing_the_configured_key_stops_the_run_in_preflight_naming_the_key_and_exports_nothing(
 ) -> Result<()> {
-    let began = Instant::now();
-    let stack = LocalStack::start(
-        "faults-s3-refused",
-        Seed::demo(),
-        options(UNLIMITED),
-        &DEMO_GROUPS.join(","),
+    Case::new("faults-s3-refused", "S3 refused", Seed::demo())
+        .groups(&DEMO_GROUPS.join(","))
         // Overrides the right secret (the later `--var` wins).
-        &[(
-            "AWS_SECRET_ACCESS_KEY",
-            "not-the-secret-of-this-key".to_owned(),
-        )],
-    )
-    .await?;
-    let result = checked(stack, |stack| async move {
-        let result = s3_refused_check(&stack).await;
-        (Some(stack), result)
-    })
-    .await;
-    took("S3 refused", began);
-    result
+        .var("AWS_SECRET_ACCESS_KEY", "not-the-secret-of-this-key")
+        .run_to_the_end(Duration::from_secs(60), s3_refused_check)
+        .await
 }
 
-async fn s3_refused_check(stack: &LocalStack) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(60)).await?;
+async fn s3_refused_check(stack: &LocalStack, status: &Value) -> Result<Ending> {
     let error = status["run"]["error"]
         .as_str()
         .with_context(|| format!("a finished run without its error: {status:#}"))?;
@@ -887,30 +960,42 @@ async fn s3_refused_check(stack: &LocalStack) -> Result<()> {
         stack.standin.exports()
     );
     ensure!(stack.standin.listing_requests() == 0, "groups were listed");
-    let events = stack.wrangler.events()?;
-    let stopped = events_named(&events, "run_stopped");
+    let events = engine_events(stack)?;
+    let stopped: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunStopped { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
     ensure!(
-        stopped.len() == 1 && stopped[0]["reason"] == error,
-        "run_stopped events: {stopped:?}"
+        stopped == [error],
+        "run_stopped events (reason): {stopped:?}"
     );
     // The token passed (`preflight_passed` names GitLab's user), the bucket did not.
     ensure!(
-        events_named(&events, "preflight_passed").len() == 1,
+        how_many(&events, |e| matches!(e, Event::PreflightPassed { .. })) == 1,
         "the token check"
     );
-    for name in ["export_requested", "page_listed"] {
-        ensure!(
-            events_named(&events, name).is_empty(),
-            "{name} after the bucket refused the key"
-        );
+    for (name, found) in [
+        (
+            "export_requested",
+            how_many(&events, |e| matches!(e, Event::ExportRequested { .. })),
+        ),
+        (
+            "page_listed",
+            how_many(&events, |e| matches!(e, Event::PageListed { .. })),
+        ),
+    ] {
+        ensure!(found == 0, "{name} after the bucket refused the key");
     }
     ensure!(
-        events_named(&events, "run_started").len() == 1,
+        how_many(&events, |e| matches!(e, Event::RunStarted { .. })) == 1,
         "a second run started"
     );
     let objects = stack.s3.objects()?;
     ensure!(objects.is_empty(), "objects in the bucket: {objects:?}");
-    Ok(())
+    Ok(Ending::Stopped)
 }
 
 // --- The world changes between listing and export ---
@@ -918,52 +1003,42 @@ async fn s3_refused_check(stack: &LocalStack) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_deleted_and_one_renamed_between_listing_and_export_end_failed_gone_and_verified(
 ) -> Result<()> {
-    let began = Instant::now();
     let seed = Seed::demo();
     let gone = seed.project_by_path("acme/api").context("acme/api")?.id;
     let renamed = seed
         .project_by_path("globex/firmware")
         .context("globex/firmware")?
         .id;
-    let limit = 100;
-    let stack = LocalStack::start(
-        "faults-deleted-renamed",
-        seed,
-        options(UNLIMITED),
-        &DEMO_GROUPS.join(","),
-        &[exports_per_minute(limit)],
-    )
-    .await?;
-    stack.standin.set_faults(Faults {
-        on_first_export: vec![
-            ProjectChange::Delete(gone),
-            ProjectChange::Rename {
-                id: renamed,
-                path: "firmware-ng".to_owned(),
-            },
-        ],
-        ..Faults::default()
-    });
-    let result = checked(stack, |stack| async move {
-        let result = changed_world_check(&stack, gone, renamed, limit).await;
-        (Some(stack), result)
-    })
-    .await;
-    took("deleted and renamed", began);
-    result
+    Case::new("faults-deleted-renamed", "deleted and renamed", seed)
+        .groups(&DEMO_GROUPS.join(","))
+        .projects_of(&DEMO_GROUPS)
+        .limit(100)
+        .faults(Faults {
+            on_first_export: vec![
+                ProjectChange::Delete(gone),
+                ProjectChange::Rename {
+                    id: renamed,
+                    path: "firmware-ng".to_owned(),
+                },
+            ],
+            ..Faults::default()
+        })
+        .run_to_the_end(Duration::from_secs(3 * 60), async move |stack, status| {
+            changed_world_check(stack, status, gone, renamed).await
+        })
+        .await
 }
 
 async fn changed_world_check(
     stack: &LocalStack,
+    status: &Value,
     gone: u64,
     renamed: u64,
-    limit: usize,
-) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(3 * 60)).await?;
+) -> Result<Ending> {
     let exports = stack.standin.exports();
     let asked_gone = exports
         .iter()
-        .filter(|e| e.project_id == xtask::standin::ProjectRef::Unknown(gone.to_string()))
+        .filter(|e| e.project_id == testkit::standin::ProjectRef::Unknown(gone.to_string()))
         .map(|e| e.status)
         .collect::<Vec<_>>();
     ensure!(
@@ -983,47 +1058,26 @@ async fn changed_world_check(
                 .is_some_and(|k| k.starts_with("globex/firmware/")),
         "the renamed project's backup: {backup}"
     );
-    let seed = stack.standin.seed();
-    let projects = own_projects(seed, &DEMO_GROUPS);
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::from([(gone, "project gone")]),
-            accepted: BTreeMap::new(),
-            limit,
-        },
-    )
+    Ok(Ending::Projects {
+        failed: BTreeMap::from([(gone, "project gone")]),
+        accepted: BTreeMap::new(),
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_that_do_not_exist_or_are_not_visible_are_reported_and_the_other_groups_back_up_fully(
 ) -> Result<()> {
-    let began = Instant::now();
-    let limit = 100;
-    // A misspelt path and an id no group has: GitLab answers 404 to both (as to a group the
-    // token cannot see).
-    let groups = "acme,no-such-group,globex,999,initech";
-    let stack = LocalStack::start(
-        "faults-unknown-groups",
-        Seed::demo(),
-        options(UNLIMITED),
-        groups,
-        &[exports_per_minute(limit)],
-    )
-    .await?;
-    let result = checked(stack, |stack| async move {
-        let result = unknown_groups_check(&stack, limit).await;
-        (Some(stack), result)
-    })
-    .await;
-    took("unknown groups", began);
-    result
+    Case::new("faults-unknown-groups", "unknown groups", Seed::demo())
+        // A misspelt path and an id no group has: GitLab answers 404 to both (as to a group the
+        // token cannot see).
+        .groups("acme,no-such-group,globex,999,initech")
+        .projects_of(&DEMO_GROUPS)
+        .limit(100)
+        .run_to_the_end(Duration::from_secs(3 * 60), unknown_groups_check)
+        .await
 }
 
-async fn unknown_groups_check(stack: &LocalStack, limit: usize) -> Result<()> {
-    let status = run_to_the_end(stack, Duration::from_secs(3 * 60)).await?;
+async fn unknown_groups_check(stack: &LocalStack, status: &Value) -> Result<Ending> {
     let group_errors: BTreeMap<String, String> = status["run"]["group_errors"]
         .as_array()
         .context("no group_errors")?
@@ -1048,9 +1102,9 @@ async fn unknown_groups_check(stack: &LocalStack, limit: usize) -> Result<()> {
             "reason: {reason}"
         );
     }
-    let events = stack.wrangler.events()?;
+    let events = engine_events(stack)?;
     ensure!(
-        events_named(&events, "group_failed").len() == 2,
+        how_many(&events, |e| matches!(e, Event::GroupFailed { .. })) == 2,
         "group_failed events"
     );
     let summary: Value = serde_json::from_slice(&std::fs::read(
@@ -1064,15 +1118,5 @@ async fn unknown_groups_check(stack: &LocalStack, limit: usize) -> Result<()> {
         summary["group_errors"].as_array().map(Vec::len) == Some(2),
         "summary.json: {summary}"
     );
-    let projects = own_projects(stack.standin.seed(), &DEMO_GROUPS);
-    ensure_outcome(
-        stack,
-        &status,
-        &Outcome {
-            projects,
-            failed: BTreeMap::new(),
-            accepted: BTreeMap::new(),
-            limit,
-        },
-    )
+    Ok(Ending::all_verified())
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::{accepted, checked, is_run_timestamp_file, key_of, project_id, tarball_entries};
-use xtask::stack::LocalStack;
-use xtask::standin::{Options, Seed, DEMO_GROUPS};
+use testkit::stack::LocalStack;
+use testkit::standin::{Options, Seed, DEMO_GROUPS};
 
 async fn wait_for_exports(stack: &LocalStack, count: usize, timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -158,7 +158,7 @@ async fn check(stack: &LocalStack) -> Result<()> {
 async fn http_api_refusals(stack: &LocalStack) -> Result<()> {
     let client = reqwest::Client::new();
     let url = |path: &str| format!("{}{path}", stack.wrangler.url);
-    let admin = format!("Bearer {}", xtask::stack::ADMIN_TOKEN);
+    let admin = format!("Bearer {}", testkit::stack::ADMIN_TOKEN);
     let cases = [
         (client.get(url("/nope")), 404, None),
         (client.get(url("/.env")), 404, None),

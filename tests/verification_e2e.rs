@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::{accepted_per_project, checked, count, own_projects};
-use xtask::stack::{LocalStack, ADMIN_TOKEN};
-use xtask::standin::{Faults, Options, Seed, DEMO_GROUPS};
+use testkit::stack::{LocalStack, ADMIN_TOKEN};
+use testkit::standin::{Faults, Options, Seed, DEMO_GROUPS};
 
 const MAX_ATTEMPTS: u64 = 2;
 
 fn test_output() -> Result<std::path::PathBuf> {
-    let dir = xtask::tools::repo_root().join("test-output");
+    let dir = testkit::tools::repo_root().join("test-output");
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -181,7 +181,7 @@ async fn check(stack: &LocalStack, own: &[u64], broken_build: u64, lost_upload: 
 /// Headless Chromium signs in on the status page and sees the run and a failure reason.
 async fn status_page_in_a_browser(stack: &LocalStack, reason: &str) -> Result<()> {
     let url = format!("{}/", stack.wrangler.url);
-    let chromium = xtask::tools::ensure_chromium()?;
+    let chromium = testkit::tools::ensure_chromium()?;
     let reason = reason.to_owned();
     let screenshot = test_output()?.join("status-page.png");
     tokio::task::spawn_blocking(move || -> Result<()> {

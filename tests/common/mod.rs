@@ -1,6 +1,6 @@
 //! Helpers shared by the end-to-end tests: reading the GitLab stand-in's export records, the object
-//! keys the worker chose, what landed in s3s-fs, and running a check against a stack that is always
-//! stopped afterwards.
+//! keys the worker chose, what landed in s3s-fs, the worker's log events, and running a check
+//! against a stack that is always stopped afterwards.
 
 // Each test binary uses its own subset.
 #![allow(dead_code)]
@@ -11,8 +11,9 @@ use std::io::Read;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use xtask::stack::LocalStack;
-use xtask::standin::{ExportRecord, Project, ProjectRef, Seed};
+use gitlab_backup::engine::Event;
+use testkit::stack::LocalStack;
+use testkit::standin::{ExportRecord, Project, ProjectRef, Seed};
 
 /// The export requests GitLab accepted (202).
 pub fn accepted(exports: &[ExportRecord]) -> Vec<&ExportRecord> {
@@ -198,6 +199,48 @@ pub fn count(status: &serde_json::Value, name: &str) -> Result<u64> {
     status["run"]["projects"][name]
         .as_u64()
         .with_context(|| format!("/status has no run.projects.{name}: {status}"))
+}
+
+/// The lines the worker's glue logs itself, beside the engine's [`Event`]s.
+pub const GLUE_LINES: [&str; 3] = ["config_error", "storage_error", "tick_failed"];
+
+/// One `event` line of the worker's log.
+#[derive(Clone, Debug)]
+pub enum Logged {
+    /// One of the engine's events.
+    Event(Event),
+    /// One of [`GLUE_LINES`], kept as it was logged.
+    Glue(serde_json::Value),
+}
+
+/// The worker's `event` lines so far, in order; fails on a line that is neither an engine event
+/// nor one of [`GLUE_LINES`].
+pub fn logged(stack: &LocalStack) -> Result<Vec<Logged>> {
+    stack
+        .wrangler
+        .events()?
+        .into_iter()
+        .map(|line| {
+            let name = line["event"].as_str().unwrap_or_default();
+            if GLUE_LINES.contains(&name) {
+                return Ok(Logged::Glue(line));
+            }
+            serde_json::from_value(line.clone())
+                .map(Logged::Event)
+                .with_context(|| format!("a log line that is no engine event: {line}"))
+        })
+        .collect()
+}
+
+/// The engine's events in the worker's log so far, in order (the glue's own lines left out).
+pub fn engine_events(stack: &LocalStack) -> Result<Vec<Event>> {
+    Ok(logged(stack)?
+        .into_iter()
+        .filter_map(|logged| match logged {
+            Logged::Event(event) => Some(event),
+            Logged::Glue(_) => None,
+        })
+        .collect())
 }
 
 /// Runs `check` on a started stack, then stops the stack whatever happened; on failure points at

@@ -11,9 +11,9 @@
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use xtask::stack::LocalStack;
-use xtask::standin::{Options, Seed};
-use xtask::tools::{self, run, Tools};
+use testkit::stack::LocalStack;
+use testkit::standin::{Options, Seed};
+use testkit::tools::{self, run, Tools};
 
 /// Projects of the end-to-end run (three groups of twelve, subgroups and archived ones included).
 const GROUPS: usize = 3;

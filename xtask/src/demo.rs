@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use xtask::stack::LocalStack;
-use xtask::standin::{Options, Seed, Standin, DEMO_GROUPS};
+use testkit::stack::LocalStack;
+use testkit::standin::{Options, Seed, Standin, DEMO_GROUPS};
 
 /// How often the demo fires the cron trigger (production: every minute; the worker's own alarm
 /// fills the gaps, so a faster clock changes nothing about the pace).

@@ -14,7 +14,7 @@ mod demo;
 use std::process::Command;
 
 use anyhow::{bail, Result};
-use xtask::tools::{self, repo_root, run, BuildTools, Tools, WASM_TARGET};
+use testkit::tools::{self, repo_root, run, BuildTools, Tools, WASM_TARGET};
 
 const USAGE: &str = "usage: cargo xtask <test | demo | bench [size | ticks | e2e] | setup | build | standin [PORT]>";
 

@@ -33,11 +33,11 @@ pub struct Tools {
     pub s3s_fs: PathBuf,
 }
 
-/// The repository's root (the workspace holding `xtask/`).
+/// The repository's root (the workspace holding `testkit/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("xtask lives one level below the repository root")
+        .expect("testkit lives one level below the repository root")
         .to_path_buf()
 }
 
