@@ -1,0 +1,137 @@
+//! Preflight: the token, the bucket and its region, before any export.
+
+use super::sim::{assert_landed_and_proven, config, one_group, Harness, World, BUCKET, HOUR, T0};
+use crate::engine::{Event, META_LAST_ERROR, META_REGION};
+use crate::store::Phase;
+
+#[test]
+fn without_aws_region_the_first_export_tick_learns_the_region_and_signs_for_it() {
+    let (gitlab, ids) = one_group(8, 6);
+    let mut world = World::new(gitlab);
+    world.s3.region = Some("eu-west-3".into());
+    let mut h = Harness::new(config(&[("AWS_REGION", "")]), world);
+    assert_eq!(h.config.bucket.region, None);
+    h.fire_next();
+    assert_eq!(h.world.s3.probes.len(), 1);
+    assert!(h.ticks[0].events().contains(&Event::RegionFound {
+        bucket: BUCKET.into(),
+        region: "eu-west-3".into()
+    }));
+    // The listing ends the first tick; the alarm's tick exports, signed for the learned region.
+    h.fire_next();
+    let tick = h.ticks.last().unwrap();
+    assert_eq!(tick.exports, 6, "exports go on at once");
+    assert_eq!(
+        h.store()
+            .meta(&[META_REGION])
+            .unwrap()
+            .text(META_REGION)
+            .unwrap()
+            .as_deref(),
+        Some("eu-west-3")
+    );
+    let run = h.run_until_finished(T0 + HOUR);
+    assert_eq!((run.exported, run.verified), (8, 8));
+    assert_eq!(h.world.s3.probes.len(), 1, "the region is asked once");
+    assert_landed_and_proven(&h, &run);
+    for e in &h.world.gitlab.exports {
+        let url = e.upload_url.as_ref().unwrap();
+        assert_eq!(url.host_str(), Some("backups.s3.eu-west-3.amazonaws.com"));
+        let credential = url
+            .query_pairs()
+            .find(|(n, _)| n == "X-Amz-Credential")
+            .unwrap()
+            .1
+            .into_owned();
+        assert!(
+            credential.contains("/eu-west-3/s3/aws4_request"),
+            "{credential}"
+        );
+    }
+    assert_eq!(
+        h.world.gitlab.accepted().into_keys().collect::<Vec<_>>(),
+        ids
+    );
+}
+
+#[test]
+fn without_a_region_header_an_error_is_noted_and_exports_wait() {
+    let (gitlab, _) = one_group(4, 6);
+    let mut world = World::new(gitlab);
+    world.s3.region = None;
+    let mut h = Harness::new(config(&[("AWS_REGION", "")]), world);
+    for _ in 0..3 {
+        h.fire_next();
+    }
+    assert_eq!(h.world.s3.probes.len(), 3, "one probe a tick");
+    assert!(
+        h.world.gitlab.exports.is_empty(),
+        "no export without a region"
+    );
+    assert!(h.ticks.iter().all(|t| t.subrequests <= 2 && t.exports == 0));
+    let error = h
+        .store()
+        .meta(&[META_LAST_ERROR])
+        .unwrap()
+        .text(META_LAST_ERROR)
+        .unwrap()
+        .unwrap();
+    assert!(
+        error.contains("could not learn the region of bucket backups")
+            && error.contains("AWS_REGION"),
+        "{error}"
+    );
+    // Without a region the preflight cannot write its probe: the run waits there.
+    assert_eq!(h.latest_run().unwrap().phase, Phase::Preflight);
+    assert!(h.world.s3.puts.is_empty());
+    // Once S3 names it, exports go.
+    h.world.s3.region = Some("ap-south-1".into());
+    let run = h.run_until_finished(T0 + HOUR);
+    assert_eq!((run.exported, run.verified), (4, 4));
+    assert_landed_and_proven(&h, &run);
+}
+
+#[test]
+fn a_refused_token_or_bucket_stops_the_run_in_preflight_before_any_export() {
+    // 401 on GET /user.
+    let (mut gitlab, _) = one_group(3, 6);
+    gitlab.token = "glpat-other".into();
+    let mut h = Harness::new(config(&[]), World::new(gitlab));
+    let run = h.run_until_finished(T0 + HOUR);
+    let error = run.error.clone().unwrap();
+    assert!(
+        error.starts_with("stopped before any export:") && error.contains("401"),
+        "{error}"
+    );
+    assert!(h.world.gitlab.listings.is_empty() && h.world.gitlab.exports.is_empty());
+    assert!(h.world.s3.puts.is_empty());
+    assert_eq!(run.summary_key, None);
+
+    // 403 on the preflight PUT.
+    let (gitlab, _) = one_group(3, 6);
+    let mut world = World::new(gitlab);
+    world.s3.put_status = Some(403);
+    let mut h = Harness::new(config(&[]), world);
+    let run = h.run_until_finished(T0 + HOUR);
+    let error = run.error.clone().unwrap();
+    assert!(
+        error.contains("refused a signed PUT (403)") && error.contains("AccessDenied"),
+        "{error}"
+    );
+    assert_eq!(h.world.gitlab.user_checks.len(), 1);
+    assert!(h.world.gitlab.listings.is_empty() && h.world.gitlab.exports.is_empty());
+
+    // 503 on the preflight PUT: tried again, then the run goes on.
+    let (gitlab, _) = one_group(3, 6);
+    let mut world = World::new(gitlab);
+    world.s3.put_status = Some(503);
+    let mut h = Harness::new(config(&[]), world);
+    h.fire_next();
+    h.fire_next();
+    assert_eq!(h.latest_run().unwrap().phase, Phase::Preflight);
+    assert!(h.world.gitlab.exports.is_empty());
+    h.world.s3.put_status = None;
+    let run = h.run_until_finished(T0 + HOUR);
+    assert_eq!((run.verified, run.error.as_deref()), (3, None));
+    assert_landed_and_proven(&h, &run);
+}

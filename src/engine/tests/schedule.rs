@@ -1,0 +1,133 @@
+//! When runs start: `run_due`, the start hour, manual starts and idle ticks.
+
+use super::sim::{config, one_group, Began, Harness, Rng, World, DAY, HOUR, MINUTE, SECOND, T0};
+use crate::engine::{run_due, Event, Start};
+use crate::store::Phase;
+
+#[test]
+fn start_now_while_a_run_is_active_is_already_running_and_sends_nothing() {
+    let (gitlab, _) = one_group(20, 6);
+    let mut h = Harness::new(
+        config(&[("SUBREQUESTS_PER_INVOCATION", "2")]),
+        World::new(gitlab),
+    );
+    let first = h.tick(Start::Now);
+    assert_eq!(first.began, Began::Ran);
+    assert!(matches!(
+        first.events().first(),
+        Some(Event::RunStarted { manual: true, .. })
+    ));
+    let run = h.latest_run().unwrap();
+    assert_ne!(run.phase, Phase::Finished);
+    let sent = h.world.sent.len();
+    h.world.now += 5 * SECOND;
+    assert_eq!(h.tick(Start::Now).began, Began::AlreadyRunning(run.id));
+    assert_eq!(
+        h.world.sent.len(),
+        sent,
+        "no request for a refused manual start"
+    );
+    assert_eq!(h.store().recent_runs(10).unwrap().len(), 1);
+}
+
+#[test]
+fn a_tick_with_no_run_that_is_not_due_is_idle_and_sends_nothing() {
+    let (gitlab, _) = one_group(3, 6);
+    let mut h = Harness::new(
+        config(&[("BACKUP_INTERVAL_HOURS", "24")]),
+        World::new(gitlab),
+    );
+    // No run ever: due at once.
+    let run = h.run_until_finished(T0 + HOUR);
+    assert_eq!(run.started_ms, T0);
+    let sent = h.world.sent.len();
+    for after in [HOUR, 12 * HOUR, DAY - 1] {
+        h.world.now = run.started_ms + after;
+        assert_eq!(h.tick(Start::IfDue).began, Began::Idle, "+{after} ms");
+    }
+    assert_eq!(h.world.sent.len(), sent);
+    h.world.now = run.started_ms + DAY;
+    let tick = h.tick(Start::IfDue);
+    assert_eq!(tick.began, Began::Ran);
+    assert!(matches!(
+        tick.events().first(),
+        Some(Event::RunStarted {
+            run: 2,
+            manual: false,
+            ..
+        })
+    ));
+
+    // With a start hour and no run yet: idle outside the hour, a run inside it.
+    let (gitlab, _) = one_group(3, 6);
+    let mut h = Harness::new(
+        config(&[("BACKUP_START_HOUR_UTC", "3")]),
+        World::new(gitlab),
+    );
+    h.world.now = T0 + 2 * HOUR + 59 * MINUTE;
+    assert_eq!(h.tick(Start::IfDue).began, Began::Idle);
+    assert!(h.world.sent.is_empty());
+    h.world.now = T0 + 3 * HOUR;
+    assert_eq!(h.tick(Start::IfDue).began, Began::Ran);
+}
+
+#[test]
+fn run_due_counts_the_interval_from_the_last_start() {
+    let config = config(&[("BACKUP_INTERVAL_HOURS", "6")]);
+    let last = T0 + 5 * HOUR + 17 * SECOND;
+    assert!(run_due(&config, None, T0));
+    assert!(!run_due(&config, Some(last), last));
+    assert!(!run_due(&config, Some(last), last + 6 * HOUR - 1));
+    assert!(run_due(&config, Some(last), last + 6 * HOUR));
+    assert!(run_due(&config, Some(last), last + 30 * HOUR));
+}
+
+#[test]
+fn with_a_start_hour_runs_start_only_during_that_hour_and_do_not_drift_out_of_it() {
+    // (interval in hours, days between runs)
+    for (interval, every) in [(1u64, 1u64), (12, 1), (24, 1), (48, 2)] {
+        let config = config(&[
+            ("BACKUP_INTERVAL_HOURS", &interval.to_string()),
+            ("BACKUP_START_HOUR_UTC", "3"),
+        ]);
+        let mut rng = Rng::new(interval);
+        let mut last: Option<u64> = None;
+        let mut busy_until = 0;
+        let mut starts = Vec::new();
+        let mut minute = T0;
+        while minute < T0 + 60 * DAY {
+            // The cron tick fires a few seconds into its minute; now and then the worker is
+            // away for a while (so a day's first tick in the hour may come late).
+            let now = minute + rng.upto(20 * SECOND);
+            minute += MINUTE;
+            if rng.percent(1) {
+                minute += rng.upto(50) * MINUTE;
+            }
+            if now < busy_until || !run_due(&config, last, now) {
+                continue;
+            }
+            starts.push(now);
+            last = Some(now);
+            busy_until = now + rng.upto(3 * HOUR); // the run takes a while
+        }
+        assert!(
+            starts.len() as u64 >= 60 / every - 1,
+            "{interval} h: {starts:?}"
+        );
+        for pair in starts.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert_eq!(
+                (a - T0) / HOUR % 24,
+                3,
+                "{interval} h: started outside the hour"
+            );
+            assert_eq!(
+                (b - T0) / DAY - (a - T0) / DAY,
+                every,
+                "{interval} h: runs at +{} h and +{} h",
+                (a - T0) / HOUR,
+                (b - T0) / HOUR
+            );
+        }
+    }
+}

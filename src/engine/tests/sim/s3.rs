@@ -1,0 +1,117 @@
+//! The simulated S3: the region probe, the worker's own header-signed PUTs (preflight probe,
+//! manifest parts, summary) and HEADs of backups; GitLab's uploads land in it directly.
+
+use std::collections::BTreeMap;
+
+use url::Url;
+
+use crate::http::{HttpRequest, HttpResponse, Method};
+
+#[derive(Default)]
+pub(crate) struct SimS3 {
+    /// The region S3 names in `x-amz-bucket-region`; `None`: a server that does not say.
+    pub(crate) region: Option<String>,
+    pub(crate) probes: Vec<(u64, Url)>,
+    /// Objects by host and path: their size.
+    objects: BTreeMap<(String, String), u64>,
+    /// The worker's PUTs: (arrival, path, body).
+    pub(crate) puts: Vec<(u64, String, String)>,
+    /// The worker's HEADs: (arrival, path, status answered).
+    pub(crate) heads: Vec<(u64, String, u16)>,
+    /// GitLab's uploads: (arrival, path, size).
+    pub(crate) uploads: Vec<(u64, String, u64)>,
+    /// A status S3 answers the worker's PUTs with instead of 200.
+    pub(crate) put_status: Option<u16>,
+}
+
+fn object_id(url: &Url) -> (String, String) {
+    (
+        url.host_str().unwrap_or_default().to_owned(),
+        url.path().to_owned(),
+    )
+}
+
+impl SimS3 {
+    /// The request is signed in its headers for the region of the bucket's host.
+    fn assert_header_signed(request: &HttpRequest) {
+        let authorization = request
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("an unsigned S3 request: {request:?}"));
+        let host = request.url.host_str().unwrap();
+        let region = host
+            .strip_prefix("backups.s3.")
+            .and_then(|h| h.strip_suffix(".amazonaws.com"))
+            .unwrap();
+        assert!(
+            authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDSIMULATED/")
+                && authorization.contains(&format!("/{region}/s3/aws4_request")),
+            "{authorization}"
+        );
+    }
+
+    pub(crate) fn upload(&mut self, url: &Url, size: u64, at_ms: u64) {
+        assert!(url.query_pairs().any(|(n, _)| n == "X-Amz-Signature"));
+        let id = object_id(url);
+        self.uploads.push((at_ms, id.1.clone(), size));
+        self.objects.insert(id, size);
+    }
+
+    pub(crate) fn serve(&mut self, request: &HttpRequest, at_ms: u64) -> HttpResponse {
+        let presigned = request
+            .url
+            .query_pairs()
+            .any(|(n, _)| n == "X-Amz-Signature");
+        if request.method == Method::Put {
+            Self::assert_header_signed(request);
+            let status = self.put_status.unwrap_or(200);
+            if status == 200 {
+                let body = request.body.clone().unwrap_or_default();
+                self.objects
+                    .insert(object_id(&request.url), body.len() as u64);
+                self.puts.push((at_ms, request.url.path().to_owned(), body));
+                return HttpResponse {
+                    status,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                };
+            }
+            return HttpResponse {
+                status,
+                headers: vec![("content-type".into(), "application/xml".into())],
+                body: b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+                    .to_vec(),
+            };
+        }
+        assert_eq!(request.method, Method::Head, "{request:?}");
+        if !presigned {
+            Self::assert_header_signed(request);
+            let size = self.objects.get(&object_id(&request.url)).copied();
+            let status = if size.is_some() { 200 } else { 404 };
+            self.heads
+                .push((at_ms, request.url.path().to_owned(), status));
+            return HttpResponse {
+                status,
+                headers: size
+                    .map(|n| vec![("content-length".into(), n.to_string())])
+                    .unwrap_or_default(),
+                body: Vec::new(),
+            };
+        }
+        self.probes.push((at_ms, request.url.clone()));
+        match &self.region {
+            Some(region) => HttpResponse {
+                status: if region == "us-east-1" { 200 } else { 301 },
+                headers: vec![("x-amz-bucket-region".into(), region.clone())],
+                body: Vec::new(),
+            },
+            None => HttpResponse {
+                status: 403,
+                headers: Vec::new(),
+                body: Vec::new(),
+            },
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Proof of landing: status checks, HEADs in the bucket, retries and timeouts of failed attempts.
+
+use std::collections::BTreeMap;
+
+use super::sim::{
+    assert_landed_and_proven, assert_no_export_after_a_heard_outcome_but_retries, config,
+    one_group, Harness, World, HOUR, MINUTE, SECOND, T0,
+};
+use crate::engine::{CHECK_EVERY, FIRST_CHECK_AFTER, RETRY_BACKOFF};
+use crate::time::ms;
+
+#[test]
+fn an_accepted_export_is_checked_after_first_check_after_then_every_check_every_until_proven() {
+    // GitLab takes 100 s to build the export: the checks find it queued or started, then
+    // finished; only then does a HEAD look in the bucket.
+    let (mut gitlab, ids) = one_group(1, 6);
+    gitlab.build_ms = (100 * SECOND, 100 * SECOND);
+    let mut h = Harness::new(config(&[]), World::new(gitlab));
+    let run = h.run_until_finished(T0 + HOUR);
+    assert_eq!((run.exported, run.verified, run.failed), (1, 1, 0));
+    let gitlab = &h.world.gitlab;
+    let accepted = gitlab.exports[0].at_ms;
+    let checks: Vec<u64> = gitlab
+        .status_checks
+        .iter()
+        .map(|(at, id, _)| {
+            assert_eq!(*id, ids[0]);
+            at - accepted
+        })
+        .collect();
+    assert_eq!(
+        checks.len(),
+        4,
+        "at +10 s, +40 s, +70 s, +100 s: {checks:?}"
+    );
+    assert!(checks[0] >= ms(FIRST_CHECK_AFTER));
+    for pair in checks.windows(2) {
+        assert!(pair[1] - pair[0] >= ms(CHECK_EVERY), "{checks:?}");
+    }
+    let heads = &h.world.s3.heads;
+    assert_eq!(heads.len(), 1, "one HEAD, after GitLab said finished");
+    assert_eq!(heads[0].2, 200);
+    assert_landed_and_proven(&h, &run);
+}
+
+#[test]
+fn an_export_gitlab_cannot_build_fails_after_max_attempts_with_the_reason() {
+    let (mut gitlab, ids) = one_group(3, 6);
+    gitlab.build_failures.insert(ids[1]);
+    let mut h = Harness::new(config(&[]), World::new(gitlab));
+    let run = h.run_until_finished(T0 + 2 * HOUR);
+    assert_eq!(
+        (run.exported, run.verified, run.failed),
+        (3, 2, 1),
+        "{}",
+        h.describe()
+    );
+    let path = h.world.gitlab.path_of(ids[1]).to_owned();
+    assert_eq!(
+        h.store().failures(run.id, 10).unwrap(),
+        vec![(
+            ids[1],
+            path,
+            "GitLab could not build the export (after 3 attempts)".to_owned()
+        )]
+    );
+    assert_eq!(h.world.gitlab.accepted()[&ids[1]], 3);
+    let retried = BTreeMap::from([(ids[1], (ms(FIRST_CHECK_AFTER), 3))]);
+    assert_no_export_after_a_heard_outcome_but_retries(&h.world.gitlab.exports, &retried);
+    assert_landed_and_proven(&h, &run);
+}
+
+#[test]
+fn an_export_stuck_in_gitlabs_queue_fails_after_verify_timeout_and_the_run_ends() {
+    let (mut gitlab, ids) = one_group(2, 6);
+    // Every build takes three hours: longer than VERIFY_TIMEOUT_MINUTES.
+    gitlab.build_ms = (3 * HOUR, 3 * HOUR);
+    let mut h = Harness::new(
+        config(&[("VERIFY_TIMEOUT_MINUTES", "10"), ("MAX_ATTEMPTS", "2")]),
+        World::new(gitlab),
+    );
+    let run = h.run_until_finished(T0 + 2 * HOUR);
+    assert_eq!((run.exported, run.verified, run.failed), (2, 0, 2));
+    for (id, path, reason) in h.store().failures(run.id, 10).unwrap() {
+        assert!(ids.contains(&id), "{path}");
+        assert_eq!(
+            reason,
+            "GitLab's export stayed queued or started for more than 10 minutes (after 2 attempts)"
+        );
+    }
+    assert!(ids.iter().all(|id| h.world.gitlab.accepted()[id] == 2));
+}
+
+#[test]
+fn an_upload_that_never_lands_fails_after_max_attempts_of_verify_timeout() {
+    let (mut gitlab, ids) = one_group(2, 6);
+    gitlab.lost_uploads.insert(ids[0]);
+    let mut h = Harness::new(
+        config(&[("VERIFY_TIMEOUT_MINUTES", "10"), ("MAX_ATTEMPTS", "2")]),
+        World::new(gitlab),
+    );
+    let run = h.run_until_finished(T0 + 2 * HOUR);
+    assert_eq!((run.exported, run.verified, run.failed), (2, 1, 1));
+    let failures = h.store().failures(run.id, 10).unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].0, ids[0]);
+    assert!(
+        failures[0]
+            .2
+            .starts_with("the upload never arrived within 10 minutes (GitLab reported the export finished; S3 answers 404)")
+            && failures[0].2.ends_with("(after 2 attempts)"),
+        "{}",
+        failures[0].2
+    );
+    let exports: Vec<u64> = h
+        .world
+        .gitlab
+        .exports
+        .iter()
+        .filter(|e| e.project_id == ids[0])
+        .map(|e| e.at_ms)
+        .collect();
+    assert_eq!(exports.len(), 2);
+    assert!(exports[1] - exports[0] >= 10 * MINUTE + ms(RETRY_BACKOFF[0]));
+    // The run ends once the second attempt timed out too.
+    assert!(run.finished_ms.unwrap() >= exports[1] + 10 * MINUTE);
+    assert_landed_and_proven(&h, &run);
+}
