@@ -165,6 +165,8 @@ pub enum GitLabError {
     RateLimited { retry_after: Duration },
     /// 5xx or a network failure: worth trying again later.
     Unavailable(String),
+    /// 404 on a project: it was deleted, or moved where the token cannot see it.
+    ProjectGone,
     /// An answer that does not read as GitLab's API documents it.
     BadAnswer(String),
     /// A `Link` header pointed outside the configured GitLab; not followed, so the token
@@ -188,6 +190,7 @@ impl fmt::Display for GitLabError {
                 retry_after.as_secs()
             ),
             GitLabError::Unavailable(why) => write!(f, "GitLab is unavailable: {why}"),
+            GitLabError::ProjectGone => f.write_str("project gone"),
             GitLabError::BadAnswer(why) => write!(f, "unexpected answer from GitLab: {why}"),
             GitLabError::ForeignLink(url) => write!(
                 f,
@@ -198,7 +201,8 @@ impl fmt::Display for GitLabError {
 }
 
 /// Where GitLab says the caller's latest export of a project stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ExportStatus {
     /// No export by this user (GitLab also reads this briefly right after the request, and
     /// some versions keep it when the export had an upload URL).
@@ -209,6 +213,17 @@ pub enum ExportStatus {
     Finished,
     /// GitLab could not build the export.
     Failed,
+}
+
+impl fmt::Display for ExportStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExportStatus::None => "none",
+            ExportStatus::InProgress => "in progress",
+            ExportStatus::Finished => "finished",
+            ExportStatus::Failed => "failed",
+        })
+    }
 }
 
 /// What became of an export request.
@@ -419,7 +434,7 @@ impl GitLab {
         }
         match answer.status {
             200 => {}
-            404 => return Err(GitLabError::BadAnswer("project gone".to_owned())),
+            404 => return Err(GitLabError::ProjectGone),
             _ => return Err(self.unexpected(answer)),
         }
         let body: Body = serde_json::from_slice(&answer.body).map_err(|e| {
@@ -456,7 +471,7 @@ impl GitLab {
             403 => ExportAnswer::Refused(
                 "the token needs the Maintainer role on this project".to_owned(),
             ),
-            404 => ExportAnswer::Refused("project gone".to_owned()),
+            404 => ExportAnswer::Refused(GitLabError::ProjectGone.to_string()),
             400 => ExportAnswer::Refused(format!(
                 "GitLab refused the export: {}",
                 gitlab_message(answer)
@@ -817,10 +832,7 @@ mod tests {
             read(200, "<html>"),
             Err(GitLabError::BadAnswer(_))
         ));
-        assert_eq!(
-            read(404, "{}"),
-            Err(GitLabError::BadAnswer("project gone".into()))
-        );
+        assert_eq!(read(404, "{}"), Err(GitLabError::ProjectGone));
         assert!(matches!(read(502, ""), Err(GitLabError::Unavailable(_))));
         assert_eq!(
             gl.export_status_request(9).url.as_str(),
@@ -1297,7 +1309,7 @@ mod tests {
         ] {
             let err = gl.read_export_status(&answer(200, &[], body)).unwrap_err();
             assert!(matches!(err, GitLabError::BadAnswer(_)), "{body}: {err:?}");
-            assert_ne!(err, GitLabError::BadAnswer("project gone".into()));
+            assert_ne!(err, GitLabError::ProjectGone);
         }
     }
 

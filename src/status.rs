@@ -6,11 +6,8 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError, Problem};
 use crate::engine::window::Window;
-use crate::engine::{
-    run_due, META_BACKOFF_UNTIL, META_BLOCKED_UNTIL, META_LAST_ERROR, META_LAST_ERROR_AT,
-    META_REGION,
-};
-use crate::store::{Phase, RunRow, Sql, Store, StoreError, META_WINDOW};
+use crate::engine::{run_due, Timer};
+use crate::store::{MetaKey, Phase, RunRow, Sql, Store, StoreError};
 use crate::time::rfc3339;
 
 /// Failures listed by `/status` at most (the manifest lists them all).
@@ -97,6 +94,8 @@ pub enum Plan {
     Verify,
     Wait {
         until: String,
+        /// The timer the wait is for.
+        timer: Timer,
         reason: String,
     },
 }
@@ -160,29 +159,35 @@ pub fn status<S: Sql>(
 ) -> Result<Status, StoreError> {
     let latest = store.latest_run()?;
     let meta = store.meta(&[
-        META_WINDOW,
-        META_BLOCKED_UNTIL,
-        META_BACKOFF_UNTIL,
-        META_LAST_ERROR,
-        META_LAST_ERROR_AT,
-        META_REGION,
+        MetaKey::ExportWindow,
+        MetaKey::ExportsBlockedUntil,
+        MetaKey::GitLabBackoffUntil,
+        MetaKey::LastError,
+        MetaKey::LastErrorAt,
+        MetaKey::BucketRegion,
     ])?;
-    let window = Window::read(meta.text(META_WINDOW)?.as_deref())?;
+    let window = Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?;
     let used = window.used(now_ms);
     let frees_at = window.frees_at(now_ms);
     let limit = config.ok().map(|c| c.exports_per_minute);
     let waits = [
-        (META_BLOCKED_UNTIL, "GitLab answered 429"),
         (
-            META_BACKOFF_UNTIL,
+            MetaKey::ExportsBlockedUntil,
+            Timer::RetryAfter,
+            "GitLab answered 429",
+        ),
+        (
+            MetaKey::GitLabBackoffUntil,
+            Timer::GitLabBackoff,
             "GitLab was unavailable or asked to wait",
         ),
     ];
     let mut wait = None;
-    for (key, reason) in waits {
+    for (key, timer, reason) in waits {
         if let Some(until) = meta.u64(key)?.filter(|&until| until > now_ms) {
             wait = Some(Plan::Wait {
                 until: rfc3339(until),
+                timer,
                 reason: reason.to_owned(),
             });
         }
@@ -204,19 +209,20 @@ pub fn status<S: Sql>(
             match (free, frees_at) {
                 (0, Some(at)) => Plan::Wait {
                     until: rfc3339(at),
+                    timer: Timer::WindowFrees,
                     reason: "the export window is full".to_owned(),
                 },
                 _ => Plan::Export { now: free },
             }
         }
     };
-    let last_error = meta.text(META_LAST_ERROR)?.map(|message| LastError {
-        at: meta.u64(META_LAST_ERROR_AT).ok().flatten().map(rfc3339),
+    let last_error = meta.text(MetaKey::LastError)?.map(|message| LastError {
+        at: meta.u64(MetaKey::LastErrorAt).ok().flatten().map(rfc3339),
         message,
     });
     let bucket_region = match config.ok().and_then(|c| c.bucket.region.clone()) {
         Some(region) => Some(region),
-        None => meta.text(META_REGION)?,
+        None => meta.text(MetaKey::BucketRegion)?,
     };
     Ok(Status {
         run: latest.map(|run| RunStatus::new(store, run)).transpose()?,
@@ -337,7 +343,7 @@ mod tests {
             window.answered(id, 1_000, 1_000);
         }
         store
-            .set_meta(META_WINDOW, window.to_json().unwrap())
+            .set_meta(MetaKey::ExportWindow, window.to_json().unwrap())
             .unwrap();
         let status = status(&store, Ok(&config()), 2_000).unwrap();
         assert_eq!(status.rate_window.used, 6);
@@ -345,6 +351,7 @@ mod tests {
             status.next_tick,
             Plan::Wait {
                 until: rfc3339(61_000),
+                timer: Timer::WindowFrees,
                 reason: "the export window is full".into()
             }
         );

@@ -181,12 +181,71 @@ const SCHEMA: &[&str] = &[
         END",
 ];
 
-/// The `meta` key of the schema's version: a digest of [`SCHEMA`], so any change to it makes an
-/// existing store run the statements again (each adds only what is missing).
-const META_SCHEMA: &str = "schema_version";
+/// The facts the `meta` table holds, one row each. The names are the stored keys: never
+/// rename one (a deployed store keeps its rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MetaKey {
+    /// A digest of [`SCHEMA`]: any change to it makes an existing store run the statements again
+    /// (each adds only what is missing).
+    SchemaVersion,
+    /// The rate window's requests (`engine::window::Window`, as JSON).
+    ExportWindow,
+    /// No export request before this (GitLab answered 429).
+    ExportsBlockedUntil,
+    /// No GitLab request at all before this (backoff, or a 429 outside exports).
+    GitLabBackoffUntil,
+    /// GitLab's failures in a row, over ticks: the backoff grows with them.
+    GitLabFailures,
+    /// The region the bucket named when asked.
+    BucketRegion,
+    /// The export limit learned from GitLab's 429s during the current run…
+    LearnedLimit,
+    /// … and until when it holds.
+    LearnedUntil,
+    /// The newest run when pruning found nothing left below it.
+    PrunedBelow,
+    /// The last error, for `/status`, and when it happened.
+    LastError,
+    LastErrorAt,
+    /// Follow-up requests a tick recorded but had no budget left to send (`engine::Intent`, as
+    /// JSON): the next tick sends them first.
+    Intents,
+}
 
-/// The `meta` key of the rate window's requests (`engine::window::Window`, as JSON).
-pub const META_WINDOW: &str = "export_window";
+impl MetaKey {
+    pub const ALL: [MetaKey; 12] = [
+        MetaKey::SchemaVersion,
+        MetaKey::ExportWindow,
+        MetaKey::ExportsBlockedUntil,
+        MetaKey::GitLabBackoffUntil,
+        MetaKey::GitLabFailures,
+        MetaKey::BucketRegion,
+        MetaKey::LearnedLimit,
+        MetaKey::LearnedUntil,
+        MetaKey::PrunedBelow,
+        MetaKey::LastError,
+        MetaKey::LastErrorAt,
+        MetaKey::Intents,
+    ];
+
+    /// The key as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetaKey::SchemaVersion => "schema_version",
+            MetaKey::ExportWindow => "export_window",
+            MetaKey::ExportsBlockedUntil => "exports_blocked_until_ms",
+            MetaKey::GitLabBackoffUntil => "gitlab_backoff_until_ms",
+            MetaKey::GitLabFailures => "gitlab_consecutive_failures",
+            MetaKey::BucketRegion => "bucket_region",
+            MetaKey::LearnedLimit => "learned_exports_per_minute",
+            MetaKey::LearnedUntil => "learned_limit_until_ms",
+            MetaKey::PrunedBelow => "pruned_below_run",
+            MetaKey::LastError => "last_error",
+            MetaKey::LastErrorAt => "last_error_at_ms",
+            MetaKey::Intents => "intents",
+        }
+    }
+}
 
 fn schema_version() -> String {
     use sha2::{Digest, Sha256};
@@ -208,7 +267,16 @@ pub enum Phase {
 }
 
 impl Phase {
-    fn as_str(self) -> &'static str {
+    /// Every phase, in the order a run goes through them.
+    pub const ALL: [Phase; 5] = [
+        Phase::Preflight,
+        Phase::Listing,
+        Phase::Exporting,
+        Phase::Verifying,
+        Phase::Finished,
+    ];
+
+    pub fn as_str(self) -> &'static str {
         match self {
             Phase::Preflight => "preflight",
             Phase::Listing => "listing",
@@ -226,6 +294,50 @@ impl Phase {
             "finished" => Ok(Phase::Finished),
             other => Err(StoreError(format!("unknown run phase {other:?}"))),
         }
+    }
+}
+
+/// Where one project of a run stands (`projects.state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectState {
+    /// Listed, waiting for its export (or for a retry's backoff to pass).
+    Pending,
+    /// Claimed for an export request whose answer is not recorded yet.
+    Exporting,
+    /// GitLab accepted the export; waiting for proof that it landed.
+    Exported,
+    /// The object is in the bucket.
+    Verified,
+    /// Final: no attempt left, or GitLab refuses this project.
+    Failed,
+}
+
+impl ProjectState {
+    /// Every state; the store's SQL names no other (`store::tests`).
+    pub const ALL: [ProjectState; 5] = [
+        ProjectState::Pending,
+        ProjectState::Exporting,
+        ProjectState::Exported,
+        ProjectState::Verified,
+        ProjectState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProjectState::Pending => "pending",
+            ProjectState::Exporting => "exporting",
+            ProjectState::Exported => "exported",
+            ProjectState::Verified => "verified",
+            ProjectState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<ProjectState, StoreError> {
+        ProjectState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| StoreError(format!("unknown project state {s:?}")))
     }
 }
 
@@ -295,7 +407,7 @@ pub struct ListedPage<'a> {
 }
 
 /// A project claimed for export or for a check.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClaimedProject {
     pub project_id: u64,
     pub path: String,
@@ -356,12 +468,12 @@ pub struct Remaining {
 pub struct Meta(std::collections::BTreeMap<String, Value>);
 
 impl Meta {
-    pub fn u64(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        self.0.get(key).map(Value::as_u64).transpose()
+    pub fn u64(&self, key: MetaKey) -> Result<Option<u64>, StoreError> {
+        self.0.get(key.as_str()).map(Value::as_u64).transpose()
     }
 
-    pub fn text(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.0.get(key).map(Value::as_text).transpose()
+    pub fn text(&self, key: MetaKey) -> Result<Option<String>, StoreError> {
+        self.0.get(key.as_str()).map(Value::as_text).transpose()
     }
 }
 
@@ -378,7 +490,7 @@ impl<S: Sql> Store<S> {
         // Before the first open there is no `meta` table, and the read fails.
         let current = sql.exec(
             "SELECT value FROM meta WHERE key = ?",
-            &[META_SCHEMA.into()],
+            &[MetaKey::SchemaVersion.as_str().into()],
         );
         let up_to_date = matches!(
             current.as_deref(),
@@ -390,7 +502,7 @@ impl<S: Sql> Store<S> {
                 store.sql.exec(statement, &[])?;
             }
             store.migrate_export_log()?;
-            store.set_meta(META_SCHEMA, version)?;
+            store.set_meta(MetaKey::SchemaVersion, version)?;
         }
         Ok(store)
     }
@@ -412,7 +524,7 @@ impl<S: Sql> Store<S> {
                                    'requests', json_group_array(json_array(id, at_ms)))
              FROM export_log WHERE id IS NOT NULL
              ON CONFLICT (key) DO NOTHING",
-            &[META_WINDOW.into()],
+            &[MetaKey::ExportWindow.as_str().into()],
         )?;
         self.rows("DROP TABLE export_log", &[])?;
         Ok(())
@@ -485,13 +597,22 @@ impl<S: Sql> Store<S> {
         Ok(run)
     }
 
-    pub fn set_phase(&self, run_id: u64, phase: Phase, now_ms: u64) -> Result<(), StoreError> {
+    /// Moves the run to `phase`; the run as it now stands.
+    pub fn set_phase(&self, run_id: u64, phase: Phase, now_ms: u64) -> Result<RunRow, StoreError> {
         let finished: Option<u64> = (phase == Phase::Finished).then_some(now_ms);
-        self.rows(
+        self.run_returned(
             "UPDATE runs SET phase = ?, finished_ms = ? WHERE id = ?",
             &[phase.as_str().into(), finished.into(), run_id.into()],
-        )?;
-        Ok(())
+        )
+    }
+
+    /// Runs an `UPDATE runs … WHERE id = ?` and reads the run back from its `RETURNING`.
+    fn run_returned(&self, update: &str, params: &[Value]) -> Result<RunRow, StoreError> {
+        self.rows(&format!("{update} RETURNING {}", RunRow::COLUMNS), params)?
+            .first()
+            .map(RunRow::read)
+            .transpose()?
+            .ok_or_else(|| StoreError("the run to update is not in the store".into()))
     }
 
     /// Up to `limit` groups of the run whose listing is not complete, in configured order.
@@ -517,8 +638,12 @@ impl<S: Sql> Store<S> {
     /// Records one listed page: its projects join the run (once each, so a page read twice
     /// changes nothing), and the group's cursor moves past it if it stood on it (pages read
     /// ahead, in parallel, move it only once the pages before them are in). Returns how many
-    /// projects were new.
-    pub fn record_page(&self, run_id: u64, listed: &ListedPage<'_>) -> Result<u64, StoreError> {
+    /// projects were new, and the run as it now stands if that changed its count.
+    pub fn record_page(
+        &self,
+        run_id: u64,
+        listed: &ListedPage<'_>,
+    ) -> Result<(u64, Option<RunRow>), StoreError> {
         // One statement for the page: its projects go in as one JSON array of [id, path].
         let page = serde_json::to_string(listed.projects)
             .map_err(|e| StoreError(format!("encoding a page of projects: {e}")))?;
@@ -530,12 +655,14 @@ impl<S: Sql> Store<S> {
                 &[run_id.into(), page.into()],
             )?
             .len() as u64;
-        if added > 0 {
-            self.rows(
+        let run = if added > 0 {
+            Some(self.run_returned(
                 "UPDATE runs SET listed = listed + ? WHERE id = ?",
                 &[added.into(), run_id.into()],
-            )?;
-        }
+            )?)
+        } else {
+            None
+        };
         let (next_url, next_page) = match listed.next {
             Some((url, page)) => (Some(url), page),
             None => (None, listed.page + 1),
@@ -552,7 +679,7 @@ impl<S: Sql> Store<S> {
                 listed.page.into(),
             ],
         )?;
-        Ok(added)
+        Ok((added, run))
     }
 
     /// Records a group's one and only page (tests).
@@ -573,6 +700,7 @@ impl<S: Sql> Store<S> {
                 pages_total: Some(1),
             },
         )
+        .map(|(added, _)| added)
     }
 
     /// Ends a group's listing with an error that the run reports.
@@ -767,26 +895,34 @@ impl<S: Sql> Store<S> {
         Ok(())
     }
 
-    /// What the run's projects still wait for, in one statement (each part a search of the
+    /// What the run's projects still wait for, and the run with the counters its projects'
+    /// outcomes keep, in one statement (the run by key, each other part a search of the
     /// `projects_due` index).
-    pub fn remaining(&self, run_id: u64) -> Result<Remaining, StoreError> {
+    pub fn remaining(&self, run_id: u64) -> Result<(Remaining, RunRow), StoreError> {
         let rows = self.rows(
-            "SELECT
-                 (SELECT due_ms FROM projects WHERE run_id = ? AND state = 'pending'
-                  ORDER BY due_ms LIMIT 1),
-                 EXISTS (SELECT 1 FROM projects WHERE run_id = ? AND state = 'exporting'),
-                 (SELECT due_ms FROM projects WHERE run_id = ? AND state = 'exported'
-                  ORDER BY due_ms LIMIT 1)",
-            &[run_id.into(), run_id.into(), run_id.into()],
+            &format!(
+                "SELECT
+                     (SELECT due_ms FROM projects WHERE run_id = ? AND state = 'pending'
+                      ORDER BY due_ms LIMIT 1),
+                     EXISTS (SELECT 1 FROM projects WHERE run_id = ? AND state = 'exporting'),
+                     (SELECT due_ms FROM projects WHERE run_id = ? AND state = 'exported'
+                      ORDER BY due_ms LIMIT 1),
+                     {}
+                 FROM runs WHERE id = ?",
+                RunRow::COLUMNS
+            ),
+            &[run_id.into(), run_id.into(), run_id.into(), run_id.into()],
         )?;
         let row = rows
             .first()
-            .ok_or_else(|| StoreError("SELECT of subqueries gave no row".into()))?;
-        Ok(Remaining {
+            .ok_or_else(|| StoreError("the run is not in the store".into()))?;
+        let left = Remaining {
             pending_due: column(row, 0)?.as_opt_u64()?,
             exporting: column(row, 1)?.as_u64()? != 0,
             exported_due: column(row, 2)?.as_opt_u64()?,
-        })
+        };
+        let run: Row = row[3..].to_vec();
+        Ok((left, RunRow::read(&run)?))
     }
 
     /// Up to `limit` projects with a final outcome that no manifest part lists yet.
@@ -808,7 +944,8 @@ impl<S: Sql> Store<S> {
             Ok(ManifestEntry {
                 project_id: column(row, 0)?.as_u64()?,
                 path: column(row, 1)?.as_text()?,
-                verified: column(row, 2)?.as_text()? == "verified",
+                verified: ProjectState::parse(&column(row, 2)?.as_text()?)?
+                    == ProjectState::Verified,
                 attempts: column(row, 3)?.as_u64()?,
                 size: column(row, 4)?.as_opt_u64()?,
                 error: column(row, 5)?.as_opt_text()?,
@@ -823,7 +960,7 @@ impl<S: Sql> Store<S> {
         run_id: u64,
         part: u64,
         project_ids: &[u64],
-    ) -> Result<(), StoreError> {
+    ) -> Result<RunRow, StoreError> {
         let ids = serde_json::to_string(project_ids)
             .map_err(|e| StoreError(format!("encoding project ids: {e}")))?;
         self.rows(
@@ -831,39 +968,41 @@ impl<S: Sql> Store<S> {
              WHERE run_id = ? AND project_id IN (SELECT value FROM json_each(?))",
             &[part.into(), run_id.into(), ids.into()],
         )?;
-        self.rows(
+        self.run_returned(
             "UPDATE runs SET manifest_parts = manifest_parts + 1, manifest_waiting = manifest_waiting - ?
              WHERE id = ?",
             &[(project_ids.len() as u64).into(), run_id.into()],
-        )?;
-        Ok(())
+        )
     }
 
     /// The run's summary was written: the run is finished.
-    pub fn record_summary(&self, run_id: u64, key: &str, now_ms: u64) -> Result<(), StoreError> {
-        self.rows(
+    pub fn record_summary(
+        &self,
+        run_id: u64,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<RunRow, StoreError> {
+        self.run_returned(
             "UPDATE runs SET summary_key = ?, phase = 'finished', finished_ms = ? WHERE id = ?",
             &[key.into(), now_ms.into(), run_id.into()],
-        )?;
-        Ok(())
+        )
     }
 
     /// Ends a run early with the reason (a failed preflight).
-    pub fn stop_run(&self, run_id: u64, reason: &str, now_ms: u64) -> Result<(), StoreError> {
-        self.rows(
+    pub fn stop_run(&self, run_id: u64, reason: &str, now_ms: u64) -> Result<RunRow, StoreError> {
+        self.run_returned(
             "UPDATE runs SET phase = 'finished', finished_ms = ?, error = ? WHERE id = ?",
             &[now_ms.into(), reason.into(), run_id.into()],
-        )?;
-        Ok(())
+        )
     }
 
     /// The `meta` facts under `keys`, in one statement of key lookups.
-    pub fn meta(&self, keys: &[&str]) -> Result<Meta, StoreError> {
+    pub fn meta(&self, keys: &[MetaKey]) -> Result<Meta, StoreError> {
         let query = format!(
             "SELECT key, value FROM meta WHERE key IN ({})",
             vec!["?"; keys.len()].join(", ")
         );
-        let params: Vec<Value> = keys.iter().map(|&key| key.into()).collect();
+        let params: Vec<Value> = keys.iter().map(|key| key.as_str().into()).collect();
         self.rows(&query, &params)?
             .into_iter()
             .map(|row| {
@@ -877,17 +1016,17 @@ impl<S: Sql> Store<S> {
             .map(Meta)
     }
 
-    pub fn set_meta(&self, key: &str, value: impl Into<Value>) -> Result<(), StoreError> {
+    pub fn set_meta(&self, key: MetaKey, value: impl Into<Value>) -> Result<(), StoreError> {
         self.rows(
             "INSERT INTO meta (key, value) VALUES (?, ?)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[key.into(), value.into()],
+            &[key.as_str().into(), value.into()],
         )?;
         Ok(())
     }
 
-    pub fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
-        self.rows("DELETE FROM meta WHERE key = ?", &[key.into()])?;
+    pub fn delete_meta(&self, key: MetaKey) -> Result<(), StoreError> {
+        self.rows("DELETE FROM meta WHERE key = ?", &[key.as_str().into()])?;
         Ok(())
     }
 
@@ -1170,9 +1309,9 @@ mod tests {
         .unwrap();
         let store = Store::open(&db).unwrap();
         let window = store
-            .meta(&[META_WINDOW])
+            .meta(&[MetaKey::ExportWindow])
             .unwrap()
-            .text(META_WINDOW)
+            .text(MetaKey::ExportWindow)
             .unwrap()
             .unwrap();
         let window: serde_json::Value = serde_json::from_str(&window).unwrap();
@@ -1293,13 +1432,13 @@ mod tests {
             exporting: false,
             exported_due: None,
         };
-        assert_eq!(store.remaining(run.id).unwrap(), nothing);
+        assert_eq!(store.remaining(run.id).unwrap().0, nothing);
         store
             .record_only_page(run.id, 0, &[(1, "a/1"), (2, "a/2")])
             .unwrap();
         store.claim_next(run.id, 0).unwrap().unwrap();
         assert_eq!(
-            store.remaining(run.id).unwrap(),
+            store.remaining(run.id).unwrap().0,
             Remaining {
                 pending_due: Some(0),
                 exporting: true,
@@ -1309,7 +1448,7 @@ mod tests {
         store.record_exported(run.id, 1, 5, 65).unwrap();
         store.reschedule(run.id, 2, 900).unwrap();
         assert_eq!(
-            store.remaining(run.id).unwrap(),
+            store.remaining(run.id).unwrap().0,
             Remaining {
                 pending_due: Some(900),
                 exporting: false,
@@ -1318,23 +1457,24 @@ mod tests {
         );
         store.record_verified(run.id, 1, 1).unwrap();
         store.record_failure(run.id, 2, "refused", None).unwrap();
-        assert_eq!(store.remaining(run.id).unwrap(), nothing);
+        assert_eq!(store.remaining(run.id).unwrap().0, nothing);
     }
 
     #[test]
     fn meta_is_read_by_keys_and_typed() {
         let db = HostSql::in_memory();
         let store = Store::open(&db).unwrap();
-        assert_eq!(store.meta(&["n"]).unwrap().u64("n").unwrap(), None);
-        store.set_meta("n", 42u64).unwrap();
-        store.set_meta("s", "text").unwrap();
-        let meta = store.meta(&["n", "s", "missing"]).unwrap();
-        assert_eq!(meta.u64("n").unwrap(), Some(42));
-        assert_eq!(meta.text("s").unwrap().as_deref(), Some("text"));
-        assert_eq!(meta.u64("missing").unwrap(), None);
-        assert!(meta.u64("s").is_err(), "text is not read as a number");
-        assert!(meta.text("n").is_err(), "a number is not read as text");
-        let one = store.meta(&["s"]).unwrap();
-        assert_eq!(one.u64("n").unwrap(), None, "only the keys asked for");
+        let (n, s, missing) = (MetaKey::PrunedBelow, MetaKey::LastError, MetaKey::Intents);
+        assert_eq!(store.meta(&[n]).unwrap().u64(n).unwrap(), None);
+        store.set_meta(n, 42u64).unwrap();
+        store.set_meta(s, "text").unwrap();
+        let meta = store.meta(&[n, s, missing]).unwrap();
+        assert_eq!(meta.u64(n).unwrap(), Some(42));
+        assert_eq!(meta.text(s).unwrap().as_deref(), Some("text"));
+        assert_eq!(meta.u64(missing).unwrap(), None);
+        assert!(meta.u64(s).is_err(), "text is not read as a number");
+        assert!(meta.text(n).is_err(), "a number is not read as text");
+        let one = store.meta(&[s]).unwrap();
+        assert_eq!(one.u64(n).unwrap(), None, "only the keys asked for");
     }
 }

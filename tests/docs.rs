@@ -12,9 +12,10 @@ use gitlab_backup::config::{
     Config, ConfigError, DEFAULT_EXPORTS_PER_MINUTE, DEFAULT_VERIFY_TIMEOUT_MINUTES,
     MAX_SUBREQUESTS_PER_INVOCATION, SETTINGS,
 };
-use gitlab_backup::engine::{CHECK_EVERY, RETRY_AFTER_SLACK, RETRY_BACKOFF};
+use gitlab_backup::engine::{Event, CHECK_EVERY, RETRY_AFTER_SLACK, RETRY_BACKOFF};
 use gitlab_backup::manifest::{part_key, probe_key, summary_key, PART_SIZE};
 use gitlab_backup::s3::{object_key, DEFAULT_ENDPOINT_REGION};
+use gitlab_backup::store::{Phase, ProjectState};
 
 // ---------------------------------------------------------------------------------------------
 // Facts about the outside world that the test cannot ask for without a network or wrangler.
@@ -359,42 +360,9 @@ fn worker_routes() -> BTreeSet<(String, String)> {
         .collect()
 }
 
-fn snake_case(camel: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Every log event: the engine's `Event` variants (serialized in snake_case) and the glue's own
-/// `"event": "…"` lines.
+/// Every log event: the engine's `Event::NAMES` and the glue's own `"event": "…"` lines.
 fn log_events() -> BTreeSet<String> {
-    let engine = read("src/engine/mod.rs");
-    let start = engine.find("pub enum Event {").expect("engine::Event");
-    let body = &engine[start..];
-    let body = &body[..body.find("\n}\n").expect("end of engine::Event")];
-    let mut events: BTreeSet<String> = body
-        .lines()
-        .skip(1)
-        .filter(|l| l.starts_with("    ") && !l.starts_with("     "))
-        .filter_map(|l| {
-            let name: String = l
-                .trim()
-                .chars()
-                .take_while(char::is_ascii_alphanumeric)
-                .collect();
-            name.starts_with(|c: char| c.is_ascii_uppercase())
-                .then(|| snake_case(&name))
-        })
-        .collect();
+    let mut events: BTreeSet<String> = Event::NAMES.iter().map(|&name| name.to_owned()).collect();
     for (_, text) in rust_files(&root().join("src/worker")) {
         for rest in text.split("\"event\": \"").skip(1) {
             events.insert(rest.split('"').next().unwrap().to_owned());
@@ -449,30 +417,17 @@ fn declares_column(statement: &str, column: &str) -> bool {
     })
 }
 
-/// The run phases the store reads: `"preflight" => Ok(Phase::Preflight)`.
+/// The run phases, as the store writes them.
 fn phases() -> BTreeSet<String> {
-    let store = read("src/store.rs");
-    let pieces: Vec<&str> = store.split("\" => Ok(Phase::").collect();
-    pieces[..pieces.len() - 1]
-        .iter()
-        .map(|before| before.rsplit('"').next().unwrap().to_owned())
-        .collect()
+    Phase::ALL.iter().map(|p| p.as_str().to_owned()).collect()
 }
 
-/// The project states the store's queries use: `state = '…'` and `state IN ('…', …)`.
+/// The project states, as the store writes them.
 fn project_states() -> BTreeSet<String> {
-    let store = read("src/store.rs");
-    let mut states = BTreeSet::new();
-    for rest in store.split("state = '").skip(1) {
-        states.insert(rest.split('\'').next().unwrap().to_owned());
-    }
-    for rest in store.split("state IN (").skip(1) {
-        let list = rest.split(')').next().unwrap();
-        for item in list.split(',') {
-            states.insert(item.trim().trim_matches('\'').to_owned());
-        }
-    }
-    states
+    ProjectState::ALL
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect()
 }
 
 fn at_example_run_start() -> SystemTime {
@@ -1216,13 +1171,22 @@ fn the_tests_architecture_cites_exist() {
         };
         let file = if place.ends_with(".rs") {
             root().join(place)
-        } else if let Some(module) = place.strip_suffix("::tests") {
-            let tests = root().join(format!("src/{module}/tests.rs"));
-            if tests.exists() {
-                tests
-            } else {
-                root().join(format!("src/{module}.rs"))
-            }
+        } else if place.contains("tests") {
+            // `engine::tests::exports` → src/engine/tests/exports.rs; `config::tests` → the
+            // module's own file, or its `tests.rs`.
+            let path = place.replace("::", "/");
+            let module = path.strip_suffix("/tests").unwrap_or(&path);
+            [
+                format!("src/{path}.rs"),
+                format!("src/{path}/mod.rs"),
+                format!("src/{module}/tests.rs"),
+                format!("src/{module}.rs"),
+                format!("src/{module}/mod.rs"),
+            ]
+            .into_iter()
+            .map(|candidate| root().join(candidate))
+            .find(|file| file.exists())
+            .unwrap_or_else(|| root().join(format!("src/{path}.rs")))
         } else {
             continue;
         };
@@ -1243,7 +1207,10 @@ fn the_tests_architecture_cites_exist() {
 
 #[test]
 fn the_tick_api_architecture_shows_exists() {
-    let engine = read("src/engine/mod.rs");
+    let engine: String = rust_files(&root().join("src/engine"))
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
     let text = architecture();
     let mut named = 0;
     for (_, body) in code_blocks(&text) {
@@ -1256,7 +1223,7 @@ fn the_tick_api_architecture_shows_exists() {
                 if rest[name.len()..].starts_with('(') {
                     assert!(
                         engine.contains(&format!("pub fn {name}(")),
-                        "ARCHITECTURE.md shows Tick::{name}, which src/engine/mod.rs lacks"
+                        "ARCHITECTURE.md shows Tick::{name}, which src/engine/ lacks"
                     );
                     named += 1;
                 }

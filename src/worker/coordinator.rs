@@ -15,7 +15,7 @@ use super::fetch::send;
 use super::setting;
 use super::sql::DurableSql;
 use crate::config::{Config, ConfigError};
-use crate::engine::{Begin, Start, Tick, TickReport, REQUEST_TIMEOUT};
+use crate::engine::{arrival, Arrival, Begin, Start, Tick, TickReport, REQUEST_TIMEOUT};
 use crate::status::status;
 use crate::store::{Store, StoreError};
 
@@ -38,9 +38,6 @@ impl Drop for TickGuard<'_> {
         self.0.set(false);
     }
 }
-
-/// A run started while another tick is busy is advanced this much later by the alarm.
-const BUSY_RETRY_MS: u64 = 5_000;
 
 fn now_ms() -> u64 {
     Date::now().as_millis()
@@ -114,23 +111,28 @@ impl Coordinator {
             }
         };
         let store = self.store()?;
-        if self.ticking.get() {
-            // Another tick awaits a subrequest and sets the alarm when it ends. Starting a second
-            // one would requeue that tick's in-flight project, so only a manual start with no run
-            // going does anything here: it records the run for the alarm to advance.
-            if start == Start::IfDue {
+        let busy = self.ticking.get();
+        // Only a manual start while busy needs to know whether a run is going.
+        let active = if busy && start == Start::Now {
+            store.active_run().map_err(storage_error)?.map(|run| run.id)
+        } else {
+            None
+        };
+        match arrival(busy, start, active) {
+            Arrival::Tick | Arrival::StartOnly => {}
+            Arrival::Skip => {
                 return Response::from_json(
                     &json!({"tick": "skipped", "reason": "a tick is running"}),
-                );
+                )
             }
-            if let Some(run) = store.active_run().map_err(storage_error)? {
+            Arrival::AlreadyRunning(run) => {
                 return Ok(Response::from_json(
-                    &json!({"error": "a run is already going", "run": run.id}),
+                    &json!({"error": "a run is already going", "run": run}),
                 )?
-                .with_status(409));
+                .with_status(409))
             }
         }
-        let busy = self.ticking.replace(true);
+        self.ticking.set(true);
         let _guard = (!busy).then(|| TickGuard(&self.ticking));
         let mut tick = match Tick::begin(&store, &config, now_ms(), start).map_err(storage_error)? {
             Begin::Idle => return Response::from_json(&json!({"tick": "idle"})),
@@ -144,8 +146,7 @@ impl Coordinator {
         };
         if busy {
             let run = tick.run().clone();
-            let mut report = tick.finish(now_ms());
-            report.wake_at_ms = Some(now_ms() + BUSY_RETRY_MS);
+            let report = tick.finish_busy(now_ms());
             self.report(&report).await?;
             return Ok(
                 Response::from_json(&json!({"run": run, "advanced": false}))?.with_status(202),
@@ -179,6 +180,7 @@ impl Coordinator {
             "subrequests": report.subrequests,
             "exports": report.exports,
             "wake_at_ms": report.wake_at_ms,
+            "wake_for": report.wake_for,
         });
         let status = if start == Start::Now { 202 } else { 200 };
         Ok(Response::from_json(&body)?.with_status(status))

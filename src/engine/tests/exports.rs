@@ -7,9 +7,9 @@ use super::sim::{
     World, HOUR, MINUTE, REFUSAL_400, SECOND, T0,
 };
 use crate::engine::{
-    Event, BACKOFF_MAX, BACKOFF_STEP, FIRST_CHECK_AFTER, LEARNED_LIMIT_HOLDS, META_BLOCKED_UNTIL,
-    RETRY_AFTER_SLACK,
+    Event, BACKOFF_MAX, BACKOFF_STEP, FIRST_CHECK_AFTER, LEARNED_LIMIT_HOLDS, RETRY_AFTER_SLACK,
 };
+use crate::store::MetaKey;
 use crate::time::ms;
 
 #[test]
@@ -84,9 +84,9 @@ fn a_429_stops_the_ticks_exports_and_nothing_is_sent_before_retry_after_and_slac
         );
         assert_eq!(
             h.store()
-                .meta(&[META_BLOCKED_UNTIL])
+                .meta(&[MetaKey::ExportsBlockedUntil])
                 .unwrap()
-                .u64(META_BLOCKED_UNTIL)
+                .u64(MetaKey::ExportsBlockedUntil)
                 .unwrap(),
             Some(until)
         );

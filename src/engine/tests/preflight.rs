@@ -1,7 +1,8 @@
 //! Preflight: the token, the bucket and its region, before any export.
 
 use super::sim::{assert_landed_and_proven, config, one_group, Harness, World, BUCKET, HOUR, T0};
-use crate::engine::{Event, META_LAST_ERROR, META_REGION};
+use crate::engine::Event;
+use crate::store::MetaKey;
 use crate::store::Phase;
 
 #[test]
@@ -23,9 +24,9 @@ fn without_aws_region_the_first_export_tick_learns_the_region_and_signs_for_it()
     assert_eq!(tick.exports, 6, "exports go on at once");
     assert_eq!(
         h.store()
-            .meta(&[META_REGION])
+            .meta(&[MetaKey::BucketRegion])
             .unwrap()
-            .text(META_REGION)
+            .text(MetaKey::BucketRegion)
             .unwrap()
             .as_deref(),
         Some("eu-west-3")
@@ -71,9 +72,9 @@ fn without_a_region_header_an_error_is_noted_and_exports_wait() {
     assert!(h.ticks.iter().all(|t| t.subrequests <= 2 && t.exports == 0));
     let error = h
         .store()
-        .meta(&[META_LAST_ERROR])
+        .meta(&[MetaKey::LastError])
         .unwrap()
-        .text(META_LAST_ERROR)
+        .text(MetaKey::LastError)
         .unwrap()
         .unwrap();
     assert!(

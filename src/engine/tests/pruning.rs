@@ -2,6 +2,7 @@
 
 use super::sim::{config, one_group, Began, Harness, World, DAY, HOUR, T0};
 use crate::engine::Start;
+use crate::store::MetaKey;
 
 #[test]
 fn old_runs_lose_their_project_rows_batch_by_batch_and_then_pruning_stops() {
@@ -31,9 +32,9 @@ fn old_runs_lose_their_project_rows_batch_by_batch_and_then_pruning_stops() {
         4,
         "the runs themselves stay"
     );
-    let meta = h.store().meta(&["pruned_below_run"]).unwrap();
+    let meta = h.store().meta(&[MetaKey::PrunedBelow]).unwrap();
     assert_eq!(
-        meta.u64("pruned_below_run").unwrap(),
+        meta.u64(MetaKey::PrunedBelow).unwrap(),
         Some(4),
         "done for the newest run"
     );

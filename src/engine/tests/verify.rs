@@ -126,3 +126,58 @@ fn an_upload_that_never_lands_fails_after_max_attempts_of_verify_timeout() {
     assert!(run.finished_ms.unwrap() >= exports[1] + 10 * MINUTE);
     assert_landed_and_proven(&h, &run);
 }
+
+#[test]
+fn a_head_cut_by_the_subrequest_budget_goes_first_in_the_next_tick_and_gitlab_is_not_asked_again() {
+    // Three subrequests a tick: the tick at +10 s checks A, HEADs A and checks B, whose HEAD the
+    // budget cuts. It waits in the store, and the next tick sends it first.
+    let (mut gitlab, ids) = one_group(3, 6);
+    gitlab.build_ms = (SECOND, SECOND);
+    let mut h = Harness::new(
+        config(&[("SUBREQUESTS_PER_INVOCATION", "3")]),
+        World::new(gitlab),
+    );
+    let run = h.run_until_finished(T0 + HOUR);
+    assert_eq!((run.exported, run.verified, run.failed), (3, 3, 0));
+    let mut checks: BTreeMap<u64, usize> = BTreeMap::new();
+    for (_, id, _) in &h.world.gitlab.status_checks {
+        *checks.entry(*id).or_default() += 1;
+    }
+    assert_eq!(
+        checks,
+        ids.iter().map(|&id| (id, 1)).collect(),
+        "each export's status asked once: {}",
+        h.describe()
+    );
+    let heads = &h.world.s3.heads;
+    assert_eq!(heads.len(), 3, "one HEAD per project: {heads:?}");
+    assert!(heads.iter().all(|(_, _, status)| *status == 200));
+    let cut = h
+        .ticks
+        .iter()
+        .position(|t| {
+            t.subrequests == 3
+                && t.events()
+                    .iter()
+                    .any(|e| matches!(e, crate::engine::Event::Verified { .. }))
+        })
+        .expect("a tick whose budget cut the HEAD");
+    let next = &h.ticks[cut + 1];
+    let b_head = heads[1].0;
+    assert!(
+        b_head >= next.started_ms,
+        "the cut HEAD goes out in the next tick"
+    );
+    let c_check = h.world.gitlab.status_checks[2].0;
+    assert!(b_head < c_check, "and first in it");
+    assert_eq!(
+        h.store()
+            .meta(&[crate::store::MetaKey::Intents])
+            .unwrap()
+            .text(crate::store::MetaKey::Intents)
+            .unwrap(),
+        None,
+        "no follow-up left in the store"
+    );
+    assert_landed_and_proven(&h, &run);
+}

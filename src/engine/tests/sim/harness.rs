@@ -7,9 +7,10 @@ use super::{
     is_export, Rng, Sent, SimGitLab, World, BUCKET, GITLAB_URL, MINUTE, SECOND, T0, TOKEN,
 };
 use crate::config::Config;
-use crate::engine::{Begin, Event, Start, Tick, TickReport, META_LAST_ERROR};
+use crate::engine::{arrival, Arrival, Begin, Event, Start, Tick, TickReport};
 use crate::http::HttpRequest;
 use crate::store::host::HostSql;
+use crate::store::MetaKey;
 use crate::store::{RunRow, Store};
 
 /// Where the worker dies during a step.
@@ -246,8 +247,9 @@ impl Harness {
         } else {
             self.schedule_next_cron();
         }
-        if at < self.world.now {
-            // It came while a tick was running: the coordinator skipped it.
+        // An event that comes while a tick is running meets the coordinator's busy-tick rule.
+        let busy = at < self.world.now;
+        if arrival(busy, Start::IfDue, None) == Arrival::Skip {
             return;
         }
         let mut at = at;
@@ -290,7 +292,7 @@ impl Harness {
             (self.world.now - T0) / SECOND,
             self.ticks.len(),
             self.ticks.last(),
-            self.store().meta(&[META_LAST_ERROR]).ok().and_then(|m| m.text(META_LAST_ERROR).ok().flatten()),
+            self.store().meta(&[MetaKey::LastError]).ok().and_then(|m| m.text(MetaKey::LastError).ok().flatten()),
         )
     }
 

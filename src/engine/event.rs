@@ -1,0 +1,112 @@
+//! What a tick logs: one [`Event`] per thing worth a log line, serialized as a JSON object whose
+//! `event` field names it. [`Event::NAMES`] lists every name, made by the same macro as the enum,
+//! so the docs checks and the tests read the list instead of the source.
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::Phase;
+
+/// Declares [`Event`] and its list of names from one list of variants.
+macro_rules! events {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident = $name:literal { $($field:ident: $ty:ty),* $(,)? }
+    )*) => {
+        /// Something worth a log line.
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(tag = "event")]
+        pub enum Event {
+            $(
+                $(#[$doc])*
+                #[serde(rename = $name)]
+                $variant { $($field: $ty),* },
+            )*
+        }
+
+        impl Event {
+            /// Every event's name, as the log's `event` field spells it.
+            pub const NAMES: &'static [&'static str] = &[$($name),*];
+
+            /// This event's name, as the log's `event` field spells it.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Event::$variant { .. } => $name,)*
+                }
+            }
+        }
+    };
+}
+
+events! {
+    RunStarted = "run_started" { run: u64, groups: Vec<String>, manual: bool }
+    PageListed = "page_listed" { run: u64, group: String, projects: usize, new: u64, more: bool }
+    GroupFailed = "group_failed" { run: u64, group: String, reason: String }
+    ExportRequested = "export_requested" {
+        run: u64,
+        project_id: u64,
+        path: String,
+        key: String,
+        upload_url: String,
+    }
+    Exported = "exported" { run: u64, project_id: u64, path: String }
+    Verified = "verified" { run: u64, project_id: u64, path: String, key: String, size: u64 }
+    RetryScheduled = "retry_scheduled" {
+        run: u64,
+        project_id: u64,
+        path: String,
+        attempts: u64,
+        reason: String,
+        at_ms: u64,
+    }
+    PreflightPassed = "preflight_passed" { run: u64, user: String }
+    RunStopped = "run_stopped" { run: u64, reason: String }
+    ManifestWritten = "manifest_written" { run: u64, key: String, projects: usize }
+    ExportFailed = "export_failed" { run: u64, project_id: u64, path: String, reason: String }
+    RateLimited = "rate_limited" { retry_after_s: u64 }
+    /// GitLab refused an export with 429 while fewer than EXPORTS_PER_MINUTE were in the last
+    /// minute: its real limit is lower, and the run keeps to it for LEARNED_LIMIT_HOLDS.
+    LimitLearned = "limit_learned" { run: u64, exports_per_minute: u32 }
+    RetryLater = "retry_later" { run: u64, reason: String, not_before_ms: u64 }
+    RegionFound = "region_found" { bucket: String, region: String }
+    RunFinished = "run_finished" {
+        run: u64,
+        listed: u64,
+        exported: u64,
+        verified: u64,
+        failed: u64,
+        summary: String,
+    }
+    TickEnded = "tick_ended" { run: u64, phase: Phase, subrequests: u32, exports: u32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_event_serializes_under_its_listed_name_and_reads_back() {
+        let samples = [
+            Event::RateLimited { retry_after_s: 60 },
+            Event::TickEnded {
+                run: 1,
+                phase: Phase::Exporting,
+                subrequests: 3,
+                exports: 1,
+            },
+            Event::RegionFound {
+                bucket: "b".into(),
+                region: "eu-west-1".into(),
+            },
+        ];
+        for event in samples {
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["event"], event.name());
+            assert!(Event::NAMES.contains(&event.name()));
+            assert_eq!(serde_json::from_value::<Event>(json).unwrap(), event);
+        }
+        let mut names = Event::NAMES.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Event::NAMES.len(), "names are unique");
+    }
+}

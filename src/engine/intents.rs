@@ -1,0 +1,96 @@
+//! Follow-up requests that handlers record instead of building: `next_steps` sends them first,
+//! each within the budget. What the budget cuts is kept in `meta` and sent first by the next
+//! tick, so no follow-up is ever lost (and GitLab is not asked the same thing again).
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gitlab::ExportStatus;
+use crate::store::{ClaimedProject, MetaKey, Sql, Store, StoreError};
+
+/// A request a handler wants sent next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "intent", rename_all = "snake_case")]
+pub(crate) enum Intent {
+    /// HEAD the project's object in the bucket: GitLab reported its export this way.
+    Head {
+        project: ClaimedProject,
+        gitlab_said: ExportStatus,
+    },
+}
+
+/// The intents as stored: those of one run.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    run: u64,
+    intents: Vec<Intent>,
+}
+
+/// The tick's intents, in the order they were recorded.
+#[derive(Debug, Default)]
+pub(crate) struct Intents {
+    queue: VecDeque<Intent>,
+    /// A `meta` row holds intents (read at the start of the tick, or written by it).
+    stored: bool,
+    /// The queue changed since it was read or written.
+    changed: bool,
+}
+
+impl Intents {
+    /// The intents an earlier tick of `run` left (`stored`: the `meta` row, if any). Intents of
+    /// another run are dropped (the row goes at the next save).
+    pub fn read(stored: Option<&str>, run: u64) -> Result<Intents, StoreError> {
+        let Some(json) = stored else {
+            return Ok(Intents::default());
+        };
+        let stored: Stored = serde_json::from_str(json).map_err(|e| {
+            StoreError(format!("the stored follow-up requests are unreadable: {e}"))
+        })?;
+        let queue = if stored.run == run {
+            stored.intents.into()
+        } else {
+            VecDeque::new()
+        };
+        Ok(Intents {
+            queue,
+            stored: true,
+            changed: true,
+        })
+    }
+
+    pub fn push(&mut self, intent: Intent) {
+        self.queue.push_back(intent);
+        self.changed = true;
+    }
+
+    pub fn pop(&mut self) -> Option<Intent> {
+        let intent = self.queue.pop_front()?;
+        self.changed = true;
+        Some(intent)
+    }
+
+    /// Keeps what is left for the next tick, or removes the row once nothing is: a write only
+    /// when a budget cut intents short, and once when they are drained.
+    pub fn save<S: Sql>(&mut self, store: &Store<S>, run: u64) -> Result<(), StoreError> {
+        if !self.changed {
+            return Ok(());
+        }
+        if self.queue.is_empty() {
+            if self.stored {
+                store.delete_meta(MetaKey::Intents)?;
+                self.stored = false;
+            }
+        } else {
+            let json = serde_json::to_string(&Stored {
+                run,
+                intents: self.queue.iter().cloned().collect(),
+            })
+            .map_err(|e| StoreError(format!("encoding follow-up requests: {e}")))?;
+            store.set_meta(MetaKey::Intents, json)?;
+            self.stored = true;
+        }
+        self.changed = false;
+        Ok(())
+    }
+}

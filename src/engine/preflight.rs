@@ -1,0 +1,178 @@
+//! Before anything else: the token is valid (`GET /user`), the bucket's region is known, and the
+//! bucket takes the worker's signed PUT (`preflight.json`). A refusal stops the run before any
+//! export, with the reason.
+
+use std::time::Duration;
+
+use super::gates::{Limited, S3Gate};
+use super::record::s3_error;
+use super::{Event, Purpose, Step, Tick};
+use crate::gitlab::GitLabError;
+use crate::http::{HttpRequest, HttpResult, Method};
+use crate::manifest;
+use crate::s3::region_from_answer;
+use crate::store::{MetaKey, Phase, Sql, StoreError};
+use crate::time::rfc3339;
+
+impl<S: Sql> Tick<'_, S> {
+    pub(super) fn preflight_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        if !self.token_checked {
+            let gitlab = self.gates.gitlab.gate(now_ms);
+            if !self.pass(gitlab) {
+                return Ok(None);
+            }
+            return Ok(Some(Step {
+                request: self.gitlab.user_request(),
+                purpose: Purpose::CheckUser,
+            }));
+        }
+        let Some(region) = self.region.clone() else {
+            return self.region_probe(now_ms);
+        };
+        if !self.gates.s3.is_open() {
+            return Ok(None);
+        }
+        let key = manifest::probe_key(&self.config.s3_prefix, self.run_started());
+        let body = serde_json::json!({
+            "run": self.run.id,
+            "started": rfc3339(self.run.started_ms),
+            "purpose": "gitlab-backup checks that the bucket accepts its uploads",
+        })
+        .to_string();
+        self.s3_put(
+            &region,
+            &key,
+            body,
+            "application/json",
+            now_ms,
+            Purpose::Probe,
+        )
+    }
+
+    /// A signed HEAD of the bucket, whose answer names its region (one per tick).
+    pub(super) fn region_probe(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        if !self.gates.s3.is_open() {
+            return Ok(None);
+        }
+        self.gates.s3 = S3Gate::ProbeSent;
+        let url = match self.signer("us-east-1", now_ms).presign(
+            Method::Head,
+            &self.config.bucket.region_probe_url(),
+            Duration::from_secs(60),
+        ) {
+            Ok(url) => url,
+            Err(e) => {
+                self.note_error(&e.to_string(), now_ms)?;
+                return Ok(None);
+            }
+        };
+        Ok(Some(Step {
+            request: HttpRequest {
+                method: Method::Head,
+                url,
+                headers: Vec::new(),
+                body: None,
+            },
+            purpose: Purpose::FindRegion,
+        }))
+    }
+
+    pub(super) fn on_user(&mut self, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+        match answer
+            .map_err(GitLabError::Unavailable)
+            .and_then(|a| self.gitlab.read_user(&a))
+        {
+            Ok(user) => {
+                self.gitlab_answered()?;
+                self.token_checked = true;
+                self.report.events.push(Event::PreflightPassed {
+                    run: self.run.id,
+                    user,
+                });
+            }
+            Err(GitLabError::Unauthorized) => {
+                self.gitlab_answered()?;
+                self.stop_run(&GitLabError::Unauthorized.to_string(), now_ms)?;
+            }
+            Err(GitLabError::RateLimited { retry_after }) => {
+                self.rate_limited(retry_after, Limited::AllOfGitLab, now_ms)?;
+            }
+            Err(e) => self.gitlab_unavailable(&format!("checking the token: {e}"), now_ms)?,
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_probe(&mut self, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+        match answer {
+            Ok(a) if a.status == 200 => {
+                self.set_phase(Phase::Listing, now_ms)?;
+            }
+            Ok(a) if a.status >= 500 => {
+                self.gates.s3 = S3Gate::Resting;
+                self.note_error(
+                    &format!(
+                        "S3 answered {} to the preflight PUT; trying again later",
+                        a.status
+                    ),
+                    now_ms,
+                )?;
+            }
+            Ok(a) => {
+                let reason = format!(
+                    "the bucket {} refused a signed PUT ({}): check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and the key's s3:PutObject permission — {}",
+                    self.config.bucket.name,
+                    a.status,
+                    s3_error(&a)
+                );
+                self.stop_run(&reason, now_ms)?;
+            }
+            Err(e) => {
+                self.gates.s3 = S3Gate::Resting;
+                self.note_error(&format!("S3 did not answer the preflight PUT: {e}"), now_ms)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_region(&mut self, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+        let bucket = self.config.bucket.name.clone();
+        match answer.as_ref().ok().and_then(region_from_answer) {
+            Some(region) => {
+                self.store
+                    .set_meta(MetaKey::BucketRegion, region.as_str())?;
+                self.report.events.push(Event::RegionFound {
+                    bucket,
+                    region: region.clone(),
+                });
+                self.region = Some(region);
+                // The probe paused S3 work only until the region was known.
+                self.gates.s3 = S3Gate::Open;
+            }
+            None => {
+                let why = match answer {
+                    Ok(a) => format!("S3 answered {} without x-amz-bucket-region", a.status),
+                    Err(e) => e,
+                };
+                self.note_error(
+                    &format!(
+                        "could not learn the region of bucket {bucket} ({why}); set AWS_REGION"
+                    ),
+                    now_ms,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The token or the bucket was refused: the run ends before any export, with the reason.
+    fn stop_run(&mut self, reason: &str, now_ms: u64) -> Result<(), StoreError> {
+        let reason = format!("stopped before any export: {reason}");
+        self.run = self.store.stop_run(self.run.id, &reason, now_ms)?;
+        self.note_error(&reason, now_ms)?;
+        self.report.events.push(Event::RunStopped {
+            run: self.run.id,
+            reason,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! The run's record in the bucket: a manifest part per `PART_SIZE` final outcomes (a tick's
+//! whole work), then `summary.json`, which finishes the run. The worker's own PUTs are signed
+//! in their headers, body hash included.
+
+use super::gates::S3Gate;
+use super::{Event, Purpose, Step, Tick};
+use crate::http::{HttpResponse, HttpResult, Method};
+use crate::manifest::{self, PART_SIZE};
+use crate::store::{Sql, StoreError};
+
+impl<S: Sql> Tick<'_, S> {
+    pub(super) fn manifest_part_step(
+        &mut self,
+        region: &str,
+        now_ms: u64,
+    ) -> Result<Option<Step>, StoreError> {
+        let entries = self.store.manifest_entries(self.run.id, PART_SIZE)?;
+        let part = self.run.manifest_parts + 1;
+        let key = manifest::part_key(&self.config.s3_prefix, self.run_started(), part);
+        let body = manifest::part_body(&self.config.s3_prefix, self.run_started(), &entries);
+        let project_ids = entries.iter().map(|e| e.project_id).collect();
+        self.s3_put(
+            region,
+            &key.clone(),
+            body,
+            "application/x-ndjson",
+            now_ms,
+            Purpose::ManifestPart { key, project_ids },
+        )
+    }
+
+    /// The run's `summary.json`, from the run's counters as the store keeps them.
+    pub(super) fn summary_step(
+        &mut self,
+        region: &str,
+        now_ms: u64,
+    ) -> Result<Option<Step>, StoreError> {
+        let key = manifest::summary_key(&self.config.s3_prefix, self.run_started());
+        let errors = self.store.listing_errors(self.run.id)?;
+        let body = manifest::summary_body(&self.config.s3_prefix, &self.run, &errors, now_ms);
+        self.s3_put(
+            region,
+            &key.clone(),
+            body,
+            "application/json",
+            now_ms,
+            Purpose::Summary { key },
+        )
+    }
+
+    /// A PUT of the worker's own object, signed in its headers (body hash included).
+    pub(super) fn s3_put(
+        &mut self,
+        region: &str,
+        key: &str,
+        body: String,
+        content_type: &'static str,
+        now_ms: u64,
+        purpose: Purpose,
+    ) -> Result<Option<Step>, StoreError> {
+        let url = self.config.bucket.object_url(region, key);
+        let signer = self.signer(region, now_ms);
+        match signer.signed_request(Method::Put, &url, Some((body, content_type))) {
+            Ok(request) => Ok(Some(Step { request, purpose })),
+            Err(e) => {
+                self.gates.s3 = S3Gate::Resting;
+                self.note_error(&e.to_string(), now_ms)?;
+                Ok(None)
+            }
+        }
+    }
+
+    pub(super) fn on_manifest_part(
+        &mut self,
+        key: String,
+        project_ids: Vec<u64>,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        if !self.s3_put_succeeded(&key, answer, now_ms)? {
+            return Ok(());
+        }
+        let part = self.run.manifest_parts + 1;
+        self.run = self
+            .store
+            .record_manifest_part(self.run.id, part, &project_ids)?;
+        // A part is the tick's whole work: the next tick goes on at once.
+        self.budget.end();
+        self.report.events.push(Event::ManifestWritten {
+            run: self.run.id,
+            key,
+            projects: project_ids.len(),
+        });
+        Ok(())
+    }
+
+    pub(super) fn on_summary(
+        &mut self,
+        key: String,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        if !self.s3_put_succeeded(&key, answer, now_ms)? {
+            return Ok(());
+        }
+        self.run = self.store.record_summary(self.run.id, &key, now_ms)?;
+        self.report.events.push(Event::RunFinished {
+            run: self.run.id,
+            listed: self.run.listed,
+            exported: self.run.exported,
+            verified: self.run.verified,
+            failed: self.run.failed,
+            summary: key,
+        });
+        Ok(())
+    }
+
+    /// Whether S3 took the worker's PUT; if not, the error is noted and S3 rests this tick.
+    fn s3_put_succeeded(
+        &mut self,
+        key: &str,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let why = match answer {
+            Ok(a) if a.status == 200 => return Ok(true),
+            Ok(a) => format!("S3 answered {}: {}", a.status, s3_error(&a)),
+            Err(e) => e,
+        };
+        self.gates.s3 = S3Gate::Resting;
+        self.note_error(&format!("writing {key}: {why}"), now_ms)?;
+        Ok(false)
+    }
+}
+
+/// S3's error code and message from an XML error body, or the start of the body.
+pub(super) fn s3_error(answer: &HttpResponse) -> String {
+    let text = answer.body_excerpt();
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let end = text[start..].find(close)? + start;
+        Some(text[start..end].to_owned())
+    };
+    match (
+        between("<Code>", "</Code>"),
+        between("<Message>", "</Message>"),
+    ) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ if text.is_empty() => "no details".to_owned(),
+        _ => text,
+    }
+}

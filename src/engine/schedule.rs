@@ -1,0 +1,229 @@
+//! When a run starts, how a tick begins (resume the active run, or start one), the pruning of
+//! old runs that idle ticks do, and what the Durable Object does with an event that arrives
+//! while a tick is busy.
+
+use std::time::Duration;
+
+use super::gates::{Budget, ExportGate, Gates, GitLabGate, S3Gate};
+use super::intents::Intents;
+use super::listing::pages_budget;
+use super::timers::TimerTable;
+use super::window::Window;
+use super::{Event, Tick, TickReport};
+use crate::config::Config;
+use crate::gitlab::GitLab;
+use crate::store::{MetaKey, Phase, Sql, Store, StoreError};
+use crate::time::ms;
+
+/// Runs whose per-project rows are kept (the current and the previous one).
+pub const RUNS_KEPT_IN_DETAIL: u64 = 2;
+/// Runs whose summaries are kept.
+pub const RUNS_KEPT: u64 = 30;
+/// Rows of old runs deleted per tick at most, so pruning never makes one tick heavy. A run of
+/// N projects takes at least N / 6 ticks (GitLab's export limit), so pruning the run it
+/// replaces keeps up.
+pub const PRUNE_BATCH: u64 = 20;
+/// A run started while another tick is busy is advanced this much later by the alarm.
+pub const BUSY_RETRY: Duration = Duration::from_secs(5);
+
+/// The `meta` facts a tick reads, in its one `meta` statement.
+const TICK_FACTS: [MetaKey; 9] = [
+    MetaKey::LearnedLimit,
+    MetaKey::LearnedUntil,
+    MetaKey::BucketRegion,
+    MetaKey::ExportWindow,
+    MetaKey::GitLabFailures,
+    MetaKey::GitLabBackoffUntil,
+    MetaKey::ExportsBlockedUntil,
+    MetaKey::PrunedBelow,
+    MetaKey::Intents,
+];
+
+/// Whether a tick may start a new run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The cron trigger and alarms: when the interval (and start hour) say so.
+    IfDue,
+    /// `POST /run`: now, unless a run is going.
+    Now,
+}
+
+/// How a tick begins.
+pub enum Begin<'a, S: Sql> {
+    Tick(Box<Tick<'a, S>>),
+    /// No run is going and none is due.
+    Idle,
+    /// `Start::Now` while this run is going.
+    AlreadyRunning(u64),
+}
+
+/// What to do with a cron tick, an alarm or `POST /run` that arrives at the Durable Object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Run a tick.
+    Tick,
+    /// Another tick awaits a subrequest and sets the alarm when it ends: do nothing.
+    Skip,
+    /// `POST /run` while this run is going: refuse (409).
+    AlreadyRunning(u64),
+    /// `POST /run` with no run going while another tick is busy: start the run and leave it to
+    /// the alarm ([`Tick::finish_busy`]). A full tick now would put the busy tick's in-flight
+    /// project back in line.
+    StartOnly,
+}
+
+/// The busy-tick rule: events come while a tick awaits its subrequests, and must not start a
+/// second tick beside it.
+pub fn arrival(busy: bool, start: Start, active_run: Option<u64>) -> Arrival {
+    match (busy, start, active_run) {
+        (false, _, _) => Arrival::Tick,
+        (true, Start::IfDue, _) => Arrival::Skip,
+        (true, Start::Now, Some(run)) => Arrival::AlreadyRunning(run),
+        (true, Start::Now, None) => Arrival::StartOnly,
+    }
+}
+
+/// Whether a new run is due: `interval` after the last one started, and only during the start
+/// hour when one is set (then "one interval ago" is counted from the start of that hour, so the
+/// start time cannot drift out of it day by day).
+pub fn run_due(config: &Config, last_started_ms: Option<u64>, now_ms: u64) -> bool {
+    let interval = ms(config.backup_interval);
+    match config.backup_start_hour_utc {
+        None => last_started_ms.is_none_or(|last| now_ms >= last + interval),
+        Some(hour) => {
+            let hour_ms = 3_600_000;
+            let in_hour = (now_ms / hour_ms) % 24 == u64::from(hour);
+            let hour_start = now_ms - now_ms % hour_ms;
+            in_hour && last_started_ms.is_none_or(|last| hour_start + hour_ms >= last + interval)
+        }
+    }
+}
+
+impl<'a, S: Sql> Tick<'a, S> {
+    /// Starts a tick: resumes the active run, or starts one (see [`Start`]).
+    pub fn begin(
+        store: &'a Store<S>,
+        config: &'a Config,
+        now_ms: u64,
+        start: Start,
+    ) -> Result<Begin<'a, S>, StoreError> {
+        let meta = store.meta(&TICK_FACTS)?;
+        // Old runs are pruned a batch at a time in ticks that read no pages (idle ticks and the
+        // exporting ones) until nothing is left below the newest run; later ticks skip it.
+        let prune = |newest: u64| -> Result<(), StoreError> {
+            if meta.u64(MetaKey::PrunedBelow)? == Some(newest) {
+                return Ok(());
+            }
+            if store.prune(newest, RUNS_KEPT_IN_DETAIL, RUNS_KEPT, PRUNE_BATCH)? {
+                store.set_meta(MetaKey::PrunedBelow, newest)?;
+            }
+            Ok(())
+        };
+        let gitlab = GitLab::new(&config.gitlab_url, config.gitlab_token.clone());
+        let mut events = Vec::new();
+        let mut fresh_run = false;
+        let run = match (store.active_run()?, start) {
+            (Some(run), Start::Now) => return Ok(Begin::AlreadyRunning(run.id)),
+            (Some(run), Start::IfDue) => {
+                if matches!(run.phase, Phase::Exporting | Phase::Verifying) {
+                    prune(run.id)?;
+                }
+                // Only one tick runs at a time, so an `exporting` project belongs to a tick that
+                // died before it recorded the answer.
+                store.requeue_interrupted(run.id)?;
+                run
+            }
+            (None, _) => {
+                let last = store.latest_run()?;
+                if start == Start::IfDue
+                    && !run_due(config, last.as_ref().map(|r| r.started_ms), now_ms)
+                {
+                    if let Some(last) = last {
+                        prune(last.id)?;
+                    }
+                    return Ok(Begin::Idle);
+                }
+                let groups: Vec<(String, String)> = config
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        let first = gitlab.first_projects_page(g, config.listing);
+                        (g.to_string(), first.to_string())
+                    })
+                    .collect();
+                let run = store.start_run(now_ms, &groups)?;
+                // Each run tries the configured limit again.
+                store.delete_meta(MetaKey::LearnedLimit)?;
+                store.delete_meta(MetaKey::LearnedUntil)?;
+                fresh_run = true;
+                events.push(Event::RunStarted {
+                    run: run.id,
+                    groups: groups.into_iter().map(|(g, _)| g).collect(),
+                    manual: start == Start::Now,
+                });
+                run
+            }
+        };
+        let learned = meta.u64(MetaKey::LearnedLimit)?.filter(|_| !fresh_run);
+        let holds = meta
+            .u64(MetaKey::LearnedUntil)?
+            .is_some_and(|until| until > now_ms);
+        let export_limit = match learned {
+            Some(learned) if holds => config.exports_per_minute.min(learned as u32).max(1),
+            _ => config.exports_per_minute,
+        };
+        let region = match &config.bucket.region {
+            Some(region) => Some(region.clone()),
+            None => meta.text(MetaKey::BucketRegion)?,
+        };
+        let intents = Intents::read(meta.text(MetaKey::Intents)?.as_deref(), run.id)?;
+        Ok(Begin::Tick(Box::new(Tick {
+            store,
+            config,
+            gitlab,
+            region,
+            budget: Budget::new(
+                config.subrequests_per_invocation,
+                pages_budget(config),
+                export_limit,
+            ),
+            gates: Gates {
+                gitlab: GitLabGate::new(
+                    meta.u64(MetaKey::GitLabFailures)?.unwrap_or(0),
+                    meta.u64(MetaKey::GitLabBackoffUntil)?.unwrap_or(0),
+                ),
+                exports: ExportGate::new(meta.u64(MetaKey::ExportsBlockedUntil)?.unwrap_or(0)),
+                s3: S3Gate::Open,
+            },
+            window: Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?,
+            export_limit,
+            token_checked: false,
+            checked_after: (0, 0),
+            intents,
+            timers: TimerTable::default(),
+            run,
+            report: TickReport {
+                events,
+                ..TickReport::default()
+            },
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_object_skips_scheduled_ticks_and_only_records_a_manual_start() {
+        assert_eq!(arrival(false, Start::IfDue, Some(3)), Arrival::Tick);
+        assert_eq!(arrival(false, Start::Now, None), Arrival::Tick);
+        assert_eq!(arrival(true, Start::IfDue, None), Arrival::Skip);
+        assert_eq!(arrival(true, Start::IfDue, Some(3)), Arrival::Skip);
+        assert_eq!(
+            arrival(true, Start::Now, Some(3)),
+            Arrival::AlreadyRunning(3)
+        );
+        assert_eq!(arrival(true, Start::Now, None), Arrival::StartOnly);
+    }
+}

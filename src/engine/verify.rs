@@ -1,0 +1,272 @@
+//! Proof of landing: ask GitLab how each accepted export stands, then, once it says `finished`
+//! or `none`, send a signed `HEAD` for the object; only an object that is there and not empty
+//! counts. A failed attempt is retried with backoff and a fresh URL, up to MAX_ATTEMPTS.
+
+use std::time::Duration;
+
+use super::gates::Limited;
+use super::intents::Intent;
+use super::record::s3_error;
+use super::{Event, Purpose, Step, Tick};
+use crate::gitlab::{ExportStatus, GitLabError};
+use crate::http::{HttpResult, Method};
+use crate::s3::object_key;
+use crate::store::{Backup, ClaimedProject, Sql, StoreError};
+use crate::time::ms;
+
+/// The first look at an accepted export (GitLab needs a while to build it).
+pub const FIRST_CHECK_AFTER: Duration = Duration::from_secs(10);
+/// Later looks at an export that is not proven yet.
+pub const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// GitLab may read `none` for a while after the request; after this, look in the bucket anyway
+/// (some versions keep `none` for exports with an upload URL).
+pub const NONE_GRACE: Duration = Duration::from_secs(120);
+/// Waits before the 2nd, 3rd, 4th and later attempts of a failed export.
+pub const RETRY_BACKOFF: [Duration; 4] = [
+    Duration::from_secs(60),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(15 * 60),
+    Duration::from_secs(30 * 60),
+];
+
+impl<S: Sql> Tick<'_, S> {
+    /// GitLab's status of the accepted export whose check is most overdue (after the last this
+    /// tick checked).
+    pub(super) fn check_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        let Some((project, due_ms)) =
+            self.store
+                .next_check(self.run.id, now_ms, self.checked_after)?
+        else {
+            return Ok(None);
+        };
+        self.checked_after = (due_ms, project.project_id);
+        Ok(Some(Step {
+            request: self.gitlab.export_status_request(project.project_id),
+            purpose: Purpose::ExportStatus { project },
+        }))
+    }
+
+    pub(super) fn on_export_status(
+        &mut self,
+        project: ClaimedProject,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let status = answer
+            .map_err(GitLabError::Unavailable)
+            .and_then(|a| self.gitlab.read_export_status(&a));
+        let check_again = now_ms + ms(CHECK_EVERY);
+        let exported_ms = project.exported_ms.unwrap_or(now_ms);
+        match status {
+            Ok(ExportStatus::InProgress) => {
+                // An export stuck in GitLab's queue must not hold the run (and the next ones)
+                // forever: it counts against VERIFY_TIMEOUT_MINUTES like a missing upload.
+                self.gitlab_answered()?;
+                let reason = format!(
+                    "GitLab's export stayed queued or started for more than {} minutes",
+                    self.config.verify_timeout.as_secs() / 60
+                );
+                self.not_there_yet(&project, &reason, now_ms)?;
+            }
+            Ok(ExportStatus::None) if now_ms < exported_ms + ms(NONE_GRACE) => {
+                self.gitlab_answered()?;
+                self.store
+                    .reschedule(self.run.id, project.project_id, check_again)?;
+            }
+            Ok(gitlab_said @ (ExportStatus::None | ExportStatus::Finished)) => {
+                self.gitlab_answered()?;
+                self.intents.push(Intent::Head {
+                    project,
+                    gitlab_said,
+                });
+            }
+            Ok(ExportStatus::Failed) => {
+                self.gitlab_answered()?;
+                self.attempt_failed(&project, "GitLab could not build the export", now_ms)?;
+            }
+            Err(gone @ GitLabError::ProjectGone) => {
+                self.gitlab_answered()?;
+                self.fail_for_good(&project, &gone.to_string(), now_ms)?;
+            }
+            Err(GitLabError::RateLimited { retry_after }) => {
+                self.store
+                    .reschedule(self.run.id, project.project_id, check_again)?;
+                self.rate_limited(retry_after, Limited::AllOfGitLab, now_ms)?;
+            }
+            Err(e @ (GitLabError::Unauthorized | GitLabError::Unavailable(_))) => {
+                self.store
+                    .reschedule(self.run.id, project.project_id, check_again)?;
+                self.gitlab_unavailable(
+                    &format!("checking the export of {}: {e}", project.path),
+                    now_ms,
+                )?;
+            }
+            Err(e) => {
+                self.gitlab_answered()?;
+                self.not_there_yet(
+                    &project,
+                    &format!("GitLab's export status was unreadable: {e}"),
+                    now_ms,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A HEAD of the backup's object, signed in its headers.
+    pub(super) fn head_step(
+        &mut self,
+        project: ClaimedProject,
+        gitlab_said: ExportStatus,
+        now_ms: u64,
+    ) -> Result<Option<Step>, StoreError> {
+        let Some(region) = self.region.clone() else {
+            return Ok(None);
+        };
+        let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
+        let url = self.config.bucket.object_url(&region, &key);
+        let signer = self.signer(&region, now_ms);
+        match signer.signed_request(Method::Head, &url, None) {
+            Ok(request) => Ok(Some(Step {
+                request,
+                purpose: Purpose::Head {
+                    project,
+                    gitlab_said,
+                },
+            })),
+            Err(e) => {
+                self.not_there_yet(&project, &e.to_string(), now_ms)?;
+                Ok(None)
+            }
+        }
+    }
+
+    pub(super) fn on_head(
+        &mut self,
+        project: ClaimedProject,
+        gitlab_said: ExportStatus,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                return self.not_there_yet(
+                    &project,
+                    &format!("S3 did not answer the check: {e}"),
+                    now_ms,
+                )
+            }
+        };
+        match answer.status {
+            200 => {
+                let size = answer
+                    .header("content-length")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                if size == 0 {
+                    return self.attempt_failed(&project, "the object in S3 is empty", now_ms);
+                }
+                let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
+                self.store
+                    .record_verified(self.run.id, project.project_id, size)?;
+                self.store.record_backup(&Backup {
+                    project_id: project.project_id,
+                    path: project.path.clone(),
+                    key: key.clone(),
+                    run_id: self.run.id,
+                    at_ms: now_ms,
+                    size,
+                })?;
+                self.report.events.push(Event::Verified {
+                    run: self.run.id,
+                    project_id: project.project_id,
+                    path: project.path,
+                    key,
+                    size,
+                });
+                Ok(())
+            }
+            // Missing: 404 when the key may list the bucket, 403 when it may not.
+            403 | 404 => {
+                let minutes = self.config.verify_timeout.as_secs() / 60;
+                self.not_there_yet(
+                    &project,
+                    &format!(
+                        "the upload never arrived within {minutes} minutes (GitLab reported the export {gitlab_said}; S3 answers {})",
+                        answer.status
+                    ),
+                    now_ms,
+                )
+            }
+            status => self.not_there_yet(
+                &project,
+                &format!("S3 refused the check ({status}): {}", s3_error(&answer)),
+                now_ms,
+            ),
+        }
+    }
+
+    /// The proof is not there yet: look again later, or, once `VERIFY_TIMEOUT_MINUTES` passed
+    /// since GitLab accepted the export, count the attempt as failed for `reason`.
+    fn not_there_yet(
+        &mut self,
+        project: &ClaimedProject,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let exported_ms = project.exported_ms.unwrap_or(now_ms);
+        if now_ms >= exported_ms + ms(self.config.verify_timeout) {
+            return self.attempt_failed(project, reason, now_ms);
+        }
+        self.store
+            .reschedule(self.run.id, project.project_id, now_ms + ms(CHECK_EVERY))
+    }
+
+    /// An attempt failed: retried with backoff and a fresh URL, up to `MAX_ATTEMPTS`.
+    pub(super) fn attempt_failed(
+        &mut self,
+        project: &ClaimedProject,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let attempts = project.attempts.max(1);
+        if attempts >= self.config.max_attempts {
+            let reason = format!("{reason} (after {attempts} attempts)");
+            return self.fail_for_good(project, &reason, now_ms);
+        }
+        let wait = RETRY_BACKOFF[(attempts as usize - 1).min(RETRY_BACKOFF.len() - 1)];
+        let at_ms = now_ms + ms(wait);
+        self.store
+            .record_failure(self.run.id, project.project_id, reason, Some(at_ms))?;
+        self.note_error(&format!("{}: {reason}", project.path), now_ms)?;
+        self.report.events.push(Event::RetryScheduled {
+            run: self.run.id,
+            project_id: project.project_id,
+            path: project.path.clone(),
+            attempts,
+            reason: reason.to_owned(),
+            at_ms,
+        });
+        Ok(())
+    }
+
+    /// The project's final outcome is `failed`, for `reason`.
+    pub(super) fn fail_for_good(
+        &mut self,
+        project: &ClaimedProject,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.store
+            .record_failure(self.run.id, project.project_id, reason, None)?;
+        self.note_error(&format!("{}: {reason}", project.path), now_ms)?;
+        self.report.events.push(Event::ExportFailed {
+            run: self.run.id,
+            project_id: project.project_id,
+            path: project.path.clone(),
+            reason: reason.to_owned(),
+        });
+        Ok(())
+    }
+}
