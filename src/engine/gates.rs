@@ -27,23 +27,23 @@ pub(crate) enum Gate {
     Until(Timer, u64),
 }
 
-/// GitLab as a whole: its backoff after failures, and a 429 outside exports.
+/// A resource that a failure or a 429 holds back: shut for the rest of the tick, or until a time.
 #[derive(Debug)]
-pub(crate) struct GitLabGate {
-    /// Nothing more from GitLab in this tick.
+pub(crate) struct Hold {
+    /// Not again in this tick.
     shut: bool,
-    /// GitLab's failures in a row, over ticks (the backoff grows with them).
-    failures: u64,
-    /// No GitLab request before this.
+    /// Not before this time.
     not_before: u64,
+    /// The timer that wakes the object when the hold ends.
+    timer: Timer,
 }
 
-impl GitLabGate {
-    pub fn new(failures: u64, not_before: u64) -> Self {
-        GitLabGate {
+impl Hold {
+    pub fn new(not_before: u64, timer: Timer) -> Self {
+        Hold {
             shut: false,
-            failures,
             not_before,
+            timer,
         }
     }
 
@@ -51,39 +51,7 @@ impl GitLabGate {
         if self.shut {
             Gate::Shut
         } else if self.not_before > now_ms {
-            Gate::Until(Timer::GitLabBackoff, self.not_before)
-        } else {
-            Gate::Open
-        }
-    }
-
-    pub fn is_shut(&self) -> bool {
-        self.shut
-    }
-}
-
-/// GitLab's export endpoint: its 429 block (the rolling window is asked beside it).
-#[derive(Debug)]
-pub(crate) struct ExportGate {
-    /// No more exports in this tick.
-    shut: bool,
-    /// No export request before this (a 429).
-    not_before: u64,
-}
-
-impl ExportGate {
-    pub fn new(not_before: u64) -> Self {
-        ExportGate {
-            shut: false,
-            not_before,
-        }
-    }
-
-    pub fn gate(&self, now_ms: u64) -> Gate {
-        if self.shut {
-            Gate::Shut
-        } else if self.not_before > now_ms {
-            Gate::Until(Timer::RetryAfter, self.not_before)
+            Gate::Until(self.timer, self.not_before)
         } else {
             Gate::Open
         }
@@ -95,6 +63,23 @@ impl ExportGate {
 
     pub fn is_shut(&self) -> bool {
         self.shut
+    }
+}
+
+/// GitLab as a whole: its backoff after failures, and a 429 outside exports.
+#[derive(Debug)]
+pub(crate) struct GitLabGate {
+    pub hold: Hold,
+    /// GitLab's failures in a row, over ticks (the backoff grows with them).
+    failures: u64,
+}
+
+impl GitLabGate {
+    pub fn new(failures: u64, not_before: u64) -> Self {
+        GitLabGate {
+            hold: Hold::new(not_before, Timer::GitLabBackoff),
+            failures,
+        }
     }
 }
 
@@ -118,7 +103,8 @@ impl S3Gate {
 #[derive(Debug)]
 pub(crate) struct Gates {
     pub gitlab: GitLabGate,
-    pub exports: ExportGate,
+    /// GitLab's export endpoint: its 429 block (the rolling window is asked beside it).
+    pub exports: Hold,
     pub s3: S3Gate,
 }
 
@@ -184,10 +170,12 @@ impl<S: Sql> Tick<'_, S> {
         self.store.set_meta(MetaKey::ExportsBlockedUntil, until)?;
         self.gates.exports.not_before = until;
         if limited == Limited::AllOfGitLab {
-            self.gates.gitlab.shut = true;
-            self.gates.gitlab.not_before = self.gates.gitlab.not_before.max(until);
-            self.store
-                .set_meta(MetaKey::GitLabBackoffUntil, self.gates.gitlab.not_before)?;
+            self.gates.gitlab.hold.shut();
+            self.gates.gitlab.hold.not_before = self.gates.gitlab.hold.not_before.max(until);
+            self.store.set_meta(
+                MetaKey::GitLabBackoffUntil,
+                self.gates.gitlab.hold.not_before,
+            )?;
         }
         self.timers.set(Timer::RetryAfter, until);
         self.gates.exports.shut();
@@ -206,7 +194,7 @@ impl<S: Sql> Tick<'_, S> {
         reason: &str,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.gates.gitlab.shut = true;
+        self.gates.gitlab.hold.shut();
         let failures = self.gates.gitlab.failures + 1;
         let backoff = BACKOFF_STEP
             .saturating_mul(1 << (failures - 1).min(16) as u32)
@@ -215,7 +203,7 @@ impl<S: Sql> Tick<'_, S> {
         self.store.set_meta(MetaKey::GitLabFailures, failures)?;
         self.store.set_meta(MetaKey::GitLabBackoffUntil, until)?;
         self.gates.gitlab.failures = failures;
-        self.gates.gitlab.not_before = until;
+        self.gates.gitlab.hold.not_before = until;
         self.timers.set(Timer::GitLabBackoff, until);
         self.report.events.push(Event::RetryLater {
             run: self.run.id,
@@ -231,7 +219,7 @@ impl<S: Sql> Tick<'_, S> {
             self.store.delete_meta(MetaKey::GitLabFailures)?;
             self.store.delete_meta(MetaKey::GitLabBackoffUntil)?;
             self.gates.gitlab.failures = 0;
-            self.gates.gitlab.not_before = 0;
+            self.gates.gitlab.hold.not_before = 0;
         }
         Ok(())
     }

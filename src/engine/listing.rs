@@ -29,7 +29,7 @@ impl<S: Sql> Tick<'_, S> {
     /// GitLab gave the page count, at most [`LISTING_CONCURRENCY`] at once and within the
     /// tick's page and subrequest budgets.
     pub(super) fn listing_steps(&mut self, now_ms: u64) -> Result<Vec<Step>, StoreError> {
-        let gitlab = self.gates.gitlab.gate(now_ms);
+        let gitlab = self.gates.gitlab.hold.gate(now_ms);
         if !self.pass(gitlab) {
             return Ok(Vec::new());
         }

@@ -232,7 +232,7 @@ impl<'a, S: Sql> Tick<'a, S> {
         {
             return self.manifest_part_step(&region, now_ms);
         }
-        let gitlab = self.gates.gitlab.gate(now_ms);
+        let gitlab = self.gates.gitlab.hold.gate(now_ms);
         if self.pass(gitlab) {
             if let Some(step) = self.export_step(&region, now_ms)? {
                 return Ok(Some(step));
@@ -325,7 +325,7 @@ impl<'a, S: Sql> Tick<'a, S> {
     /// Ends the tick: the events to log, and the earliest timer for the alarm. Work cut short
     /// by a budget goes on at once, with a fresh budget, unless what it waits for is stopped.
     pub fn finish(mut self, now_ms: u64) -> TickReport {
-        let stopped = self.gates.gitlab.is_shut()
+        let stopped = self.gates.gitlab.hold.is_shut()
             || match self.run.phase {
                 Phase::Preflight | Phase::Listing => false,
                 Phase::Exporting | Phase::Verifying => {

@@ -17,7 +17,7 @@ use crate::time::rfc3339;
 impl<S: Sql> Tick<'_, S> {
     pub(super) fn preflight_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
         if !self.token_checked {
-            let gitlab = self.gates.gitlab.gate(now_ms);
+            let gitlab = self.gates.gitlab.hold.gate(now_ms);
             if !self.pass(gitlab) {
                 return Ok(None);
             }

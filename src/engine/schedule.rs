@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use super::gates::{Budget, ExportGate, Gates, GitLabGate, S3Gate};
+use super::gates::{Budget, Gates, GitLabGate, Hold, S3Gate};
 use super::intents::Intents;
 use super::listing::pages_budget;
-use super::timers::TimerTable;
+use super::timers::{Timer, TimerTable};
 use super::window::Window;
 use super::{Event, Tick, TickReport};
 use crate::config::Config;
@@ -192,7 +192,10 @@ impl<'a, S: Sql> Tick<'a, S> {
                     meta.u64(MetaKey::GitLabFailures)?.unwrap_or(0),
                     meta.u64(MetaKey::GitLabBackoffUntil)?.unwrap_or(0),
                 ),
-                exports: ExportGate::new(meta.u64(MetaKey::ExportsBlockedUntil)?.unwrap_or(0)),
+                exports: Hold::new(
+                    meta.u64(MetaKey::ExportsBlockedUntil)?.unwrap_or(0),
+                    Timer::RetryAfter,
+                ),
                 s3: S3Gate::Open,
             },
             window: Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?,

@@ -2,91 +2,70 @@
 
 use super::{column, Row, StoreError};
 
-/// Where a run stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Checking the token and the bucket before anything else.
-    Preflight,
-    Listing,
-    Exporting,
-    /// Every export is requested; proofs are awaited.
-    Verifying,
-    Finished,
+/// Declares an enum kept in a TEXT column: each variant's stored name, the list of all of them,
+/// and the reading back.
+macro_rules! stored_enum {
+    (
+        $(#[$doc:meta])*
+        $name:ident ($what:literal) {
+            $($(#[$vdoc:meta])* $variant:ident = $text:literal,)*
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $text)] $variant,)*
+        }
+
+        impl $name {
+            /// Every value, in order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            /// The name as stored.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+
+            pub(super) fn parse(s: &str) -> Result<$name, StoreError> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|value| value.as_str() == s)
+                    .ok_or_else(|| StoreError(format!(concat!("unknown ", $what, " {:?}"), s)))
+            }
+        }
+    };
 }
 
-impl Phase {
-    /// Every phase, in the order a run goes through them.
-    pub const ALL: [Phase; 5] = [
-        Phase::Preflight,
-        Phase::Listing,
-        Phase::Exporting,
-        Phase::Verifying,
-        Phase::Finished,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Preflight => "preflight",
-            Phase::Listing => "listing",
-            Phase::Exporting => "exporting",
-            Phase::Verifying => "verifying",
-            Phase::Finished => "finished",
-        }
-    }
-    pub(super) fn parse(s: &str) -> Result<Phase, StoreError> {
-        match s {
-            "preflight" => Ok(Phase::Preflight),
-            "listing" => Ok(Phase::Listing),
-            "exporting" => Ok(Phase::Exporting),
-            "verifying" => Ok(Phase::Verifying),
-            "finished" => Ok(Phase::Finished),
-            other => Err(StoreError(format!("unknown run phase {other:?}"))),
-        }
+stored_enum! {
+    /// Where a run stands, in the order a run goes through the phases.
+    Phase ("run phase") {
+        /// Checking the token and the bucket before anything else.
+        Preflight = "preflight",
+        Listing = "listing",
+        Exporting = "exporting",
+        /// Every export is requested; proofs are awaited.
+        Verifying = "verifying",
+        Finished = "finished",
     }
 }
 
-/// Where one project of a run stands (`projects.state`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProjectState {
-    /// Listed, waiting for its export (or for a retry's backoff to pass).
-    Pending,
-    /// Claimed for an export request whose answer is not recorded yet.
-    Exporting,
-    /// GitLab accepted the export; waiting for proof that it landed.
-    Exported,
-    /// The object is in the bucket.
-    Verified,
-    /// Final: no attempt left, or GitLab refuses this project.
-    Failed,
-}
-
-impl ProjectState {
-    /// Every state; the store's SQL names no other (`store::tests`).
-    pub const ALL: [ProjectState; 5] = [
-        ProjectState::Pending,
-        ProjectState::Exporting,
-        ProjectState::Exported,
-        ProjectState::Verified,
-        ProjectState::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProjectState::Pending => "pending",
-            ProjectState::Exporting => "exporting",
-            ProjectState::Exported => "exported",
-            ProjectState::Verified => "verified",
-            ProjectState::Failed => "failed",
-        }
-    }
-
-    pub(super) fn parse(s: &str) -> Result<ProjectState, StoreError> {
-        ProjectState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| StoreError(format!("unknown project state {s:?}")))
+stored_enum! {
+    /// Where one project of a run stands (`projects.state`); the store's SQL names no other
+    /// (`store::tests`).
+    ProjectState ("project state") {
+        /// Listed, waiting for its export (or for a retry's backoff to pass).
+        Pending = "pending",
+        /// Claimed for an export request whose answer is not recorded yet.
+        Exporting = "exporting",
+        /// GitLab accepted the export; waiting for proof that it landed.
+        Exported = "exported",
+        /// The object is in the bucket.
+        Verified = "verified",
+        /// Final: no attempt left, or GitLab refuses this project.
+        Failed = "failed",
     }
 }
 
