@@ -13,11 +13,23 @@ use crate::store::{ClaimedProject, MetaKey, Sql, Store, StoreError};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "intent", rename_all = "snake_case")]
 pub(crate) enum Intent {
-    /// HEAD the project's object in the bucket: GitLab reported its export this way.
+    /// HEAD the project's object in the bucket, after GitLab's answer about its export.
     Head {
         project: ClaimedProject,
-        gitlab_said: ExportStatus,
+        gitlab_said: GitLabSaid,
     },
+}
+
+/// What GitLab's export status said before a `HEAD` looks in the bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum GitLabSaid {
+    /// An export status (`finished`, `none`, or still in progress past the deadline).
+    Status(ExportStatus),
+    /// No usable answer (5xx, 401, 429, a timeout) until past the deadline.
+    Unanswered(String),
+    /// An answer that did not read as GitLab documents it, past the deadline.
+    Unreadable(String),
 }
 
 /// The intents as stored: those of one run.

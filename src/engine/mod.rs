@@ -80,7 +80,7 @@ enum Purpose {
     },
     Head {
         project: ClaimedProject,
-        gitlab_said: crate::gitlab::ExportStatus,
+        gitlab_said: intents::GitLabSaid,
     },
     ManifestPart {
         key: String,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::gates::Limited;
-use super::intents::Intent;
+use super::intents::{GitLabSaid, Intent};
 use super::record::s3_error;
 use super::{Event, Purpose, Step, Tick};
 use crate::gitlab::{ExportStatus, GitLabError};
@@ -57,27 +57,35 @@ impl<S: Sql> Tick<'_, S> {
             .and_then(|a| self.gitlab.read_export_status(&a));
         let check_again = now_ms + ms(CHECK_EVERY);
         let exported_ms = project.exported_ms.unwrap_or(now_ms);
+        // Past VERIFY_TIMEOUT_MINUTES, whatever GitLab says, the bucket decides: the object is
+        // looked for, and if it is not there the attempt fails. No answer of GitLab's can hold
+        // a run (and every run after it) forever.
+        let overdue = now_ms >= exported_ms + ms(self.config.verify_timeout);
         match status {
-            Ok(ExportStatus::InProgress) => {
+            Ok(in_progress @ ExportStatus::InProgress) => {
                 // An export stuck in GitLab's queue must not hold the run (and the next ones)
                 // forever: it counts against VERIFY_TIMEOUT_MINUTES like a missing upload.
                 self.gitlab_answered()?;
-                let reason = format!(
-                    "GitLab's export stayed queued or started for more than {} minutes",
-                    self.config.verify_timeout.as_secs() / 60
-                );
-                self.not_there_yet(&project, &reason, now_ms)?;
+                if overdue {
+                    self.intents.push(Intent::Head {
+                        project,
+                        gitlab_said: GitLabSaid::Status(in_progress),
+                    });
+                } else {
+                    self.store
+                        .reschedule(self.run.id, project.project_id, check_again)?;
+                }
             }
             Ok(ExportStatus::None) if now_ms < exported_ms + ms(NONE_GRACE) => {
                 self.gitlab_answered()?;
                 self.store
                     .reschedule(self.run.id, project.project_id, check_again)?;
             }
-            Ok(gitlab_said @ (ExportStatus::None | ExportStatus::Finished)) => {
+            Ok(said @ (ExportStatus::None | ExportStatus::Finished)) => {
                 self.gitlab_answered()?;
                 self.intents.push(Intent::Head {
                     project,
-                    gitlab_said,
+                    gitlab_said: GitLabSaid::Status(said),
                 });
             }
             Ok(ExportStatus::Failed) => {
@@ -89,35 +97,56 @@ impl<S: Sql> Tick<'_, S> {
                 self.fail_for_good(&project, &gone.to_string(), now_ms)?;
             }
             Err(GitLabError::RateLimited { retry_after }) => {
-                self.store
-                    .reschedule(self.run.id, project.project_id, check_again)?;
+                let e = GitLabError::RateLimited { retry_after };
+                self.unanswered_check(project, &e, overdue, check_again)?;
                 self.rate_limited(retry_after, Limited::AllOfGitLab, now_ms)?;
             }
             Err(e @ (GitLabError::Unauthorized | GitLabError::Unavailable(_))) => {
-                self.store
-                    .reschedule(self.run.id, project.project_id, check_again)?;
-                self.gitlab_unavailable(
-                    &format!("checking the export of {}: {e}", project.path),
-                    now_ms,
-                )?;
+                let reason = format!("checking the export of {}: {e}", project.path);
+                self.unanswered_check(project, &e, overdue, check_again)?;
+                self.gitlab_unavailable(&reason, now_ms)?;
             }
             Err(e) => {
                 self.gitlab_answered()?;
-                self.not_there_yet(
-                    &project,
-                    &format!("GitLab's export status was unreadable: {e}"),
-                    now_ms,
-                )?;
+                if overdue {
+                    self.intents.push(Intent::Head {
+                        project,
+                        gitlab_said: GitLabSaid::Unreadable(e.to_string()),
+                    });
+                } else {
+                    self.store
+                        .reschedule(self.run.id, project.project_id, check_again)?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// GitLab gave no usable answer about an export: ask again later, or, past the deadline,
+    /// look in the bucket without it.
+    fn unanswered_check(
+        &mut self,
+        project: ClaimedProject,
+        error: &GitLabError,
+        overdue: bool,
+        check_again: u64,
+    ) -> Result<(), StoreError> {
+        if overdue {
+            self.intents.push(Intent::Head {
+                project,
+                gitlab_said: GitLabSaid::Unanswered(error.to_string()),
+            });
+            return Ok(());
+        }
+        self.store
+            .reschedule(self.run.id, project.project_id, check_again)
     }
 
     /// A HEAD of the backup's object, signed in its headers.
     pub(super) fn head_step(
         &mut self,
         project: ClaimedProject,
-        gitlab_said: ExportStatus,
+        gitlab_said: GitLabSaid,
         now_ms: u64,
     ) -> Result<Option<Step>, StoreError> {
         let Some(region) = self.region.clone() else {
@@ -144,7 +173,7 @@ impl<S: Sql> Tick<'_, S> {
     pub(super) fn on_head(
         &mut self,
         project: ClaimedProject,
-        gitlab_said: ExportStatus,
+        gitlab_said: GitLabSaid,
         answer: HttpResult,
         now_ms: u64,
     ) -> Result<(), StoreError> {
@@ -190,14 +219,22 @@ impl<S: Sql> Tick<'_, S> {
             // Missing: 404 when the key may list the bucket, 403 when it may not.
             403 | 404 => {
                 let minutes = self.config.verify_timeout.as_secs() / 60;
-                self.not_there_yet(
-                    &project,
-                    &format!(
-                        "the upload never arrived within {minutes} minutes (GitLab reported the export {gitlab_said}; S3 answers {})",
-                        answer.status
+                let status = answer.status;
+                let reason = match gitlab_said {
+                    GitLabSaid::Status(ExportStatus::InProgress) => format!(
+                        "GitLab's export stayed queued or started for more than {minutes} minutes"
                     ),
-                    now_ms,
-                )
+                    GitLabSaid::Status(said) => format!(
+                        "the upload never arrived within {minutes} minutes (GitLab reported the export {said}; S3 answers {status})"
+                    ),
+                    GitLabSaid::Unanswered(why) => format!(
+                        "the upload never arrived within {minutes} minutes (GitLab's export status did not answer: {why}; S3 answers {status})"
+                    ),
+                    GitLabSaid::Unreadable(why) => format!(
+                        "the upload never arrived within {minutes} minutes (GitLab's export status was unreadable: {why}; S3 answers {status})"
+                    ),
+                };
+                self.not_there_yet(&project, &reason, now_ms)
             }
             status => self.not_there_yet(
                 &project,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::sim::{
     assert_landed_and_proven, assert_no_export_after_a_heard_outcome_but_retries, config,
-    one_group, Harness, World, HOUR, MINUTE, SECOND, T0,
+    one_group, Fault, FaultPlan, Harness, World, DAY, HOUR, MINUTE, SECOND, T0,
 };
 use crate::engine::{CHECK_EVERY, FIRST_CHECK_AFTER, RETRY_BACKOFF};
 use crate::time::ms;
@@ -180,4 +180,46 @@ fn a_head_cut_by_the_subrequest_budget_goes_first_in_the_next_tick_and_gitlab_is
         "no follow-up left in the store"
     );
     assert_landed_and_proven(&h, &run);
+}
+
+#[test]
+fn a_status_endpoint_that_always_answers_500_ends_the_run_by_what_the_bucket_holds() {
+    // GitLab's export status never answers: past VERIFY_TIMEOUT_MINUTES the bucket decides.
+    // The archive that landed is verified; the one that never did fails after MAX_ATTEMPTS, with
+    // the reason; the run finishes, and the next one starts on schedule.
+    let (mut gitlab, ids) = one_group(2, 6);
+    gitlab.lost_uploads.insert(ids[0]);
+    // The token check (the first of these requests) passes; every export status answers 500.
+    gitlab.status_faults = FaultPlan::scripted(&[None]);
+    gitlab.status_faults.random = Some(Box::new(|| Some(Fault::Status(500))));
+    let mut h = Harness::new(
+        config(&[("VERIFY_TIMEOUT_MINUTES", "10"), ("MAX_ATTEMPTS", "2")]),
+        World::new(gitlab),
+    );
+    let run = h.run_until_finished(T0 + 3 * HOUR);
+    assert_eq!(
+        (run.exported, run.verified, run.failed),
+        (2, 1, 1),
+        "{}",
+        h.describe()
+    );
+    let failures = h.store().failures(run.id, 10).unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].0, ids[0]);
+    assert!(
+        failures[0].2.starts_with(
+            "the upload never arrived within 10 minutes (GitLab's export status did not answer:"
+        ) && failures[0].2.ends_with("(after 2 attempts)"),
+        "{}",
+        failures[0].2
+    );
+    assert_landed_and_proven(&h, &run);
+    h.run_until(T0 + DAY + HOUR, |h| {
+        h.latest_run().is_some_and(|latest| latest.id > run.id)
+    });
+    let next = h.latest_run().unwrap();
+    assert!(
+        next.started_ms >= run.started_ms + DAY,
+        "on schedule: {next:?}"
+    );
 }
