@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError, Problem};
 use crate::engine::window::Window;
-use crate::engine::{run_due, Timer};
+use crate::engine::{run_due, schedule_anchor, Timer};
 use crate::store::{MetaKey, Phase, RunRow, Sql, Store, StoreError};
 use crate::time::rfc3339;
 
@@ -165,6 +165,7 @@ pub fn status<S: Sql>(
         MetaKey::LastError,
         MetaKey::LastErrorAt,
         MetaKey::BucketRegion,
+        MetaKey::LastScheduledStart,
     ])?;
     let window = Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?;
     let used = window.used(now_ms);
@@ -198,7 +199,15 @@ pub fn status<S: Sql>(
             due: run_due(config, None, now_ms),
         },
         (Ok(config), Some(run)) if run.phase == Phase::Finished => Plan::StartRun {
-            due: run_due(config, Some(run.started_ms), now_ms),
+            due: run_due(
+                config,
+                schedule_anchor(
+                    config,
+                    Some(run.started_ms),
+                    meta.u64(MetaKey::LastScheduledStart)?,
+                ),
+                now_ms,
+            ),
         },
         (Ok(_), Some(_)) if wait.is_some() => wait.unwrap_or(Plan::ListProjects),
         (Ok(_), Some(run)) if run.phase == Phase::Preflight => Plan::Preflight,
@@ -254,20 +263,21 @@ mod tests {
     use super::*;
     use crate::store::host::HostSql;
 
+    fn config_var(name: &str) -> Option<String> {
+        match name {
+            "GITLAB_TOKEN" => Some("glpat-secret-token"),
+            "GROUPS_TO_BACKUP" => Some("7"),
+            "AWS_S3_BUCKET" => Some("backups"),
+            "AWS_ACCESS_KEY_ID" => Some("AKID"),
+            "AWS_SECRET_ACCESS_KEY" => Some("s3-secret-key"),
+            "AWS_REGION" => Some("eu-west-1"),
+            _ => None,
+        }
+        .map(str::to_owned)
+    }
+
     fn config() -> Config {
-        Config::from_lookup(|name| {
-            match name {
-                "GITLAB_TOKEN" => Some("glpat-secret-token"),
-                "GROUPS_TO_BACKUP" => Some("7"),
-                "AWS_S3_BUCKET" => Some("backups"),
-                "AWS_ACCESS_KEY_ID" => Some("AKID"),
-                "AWS_SECRET_ACCESS_KEY" => Some("s3-secret-key"),
-                "AWS_REGION" => Some("eu-west-1"),
-                _ => None,
-            }
-            .map(str::to_owned)
-        })
-        .unwrap()
+        Config::from_lookup(config_var).unwrap()
     }
 
     #[test]
@@ -355,5 +365,24 @@ mod tests {
                 reason: "the export window is full".into()
             }
         );
+    }
+
+    #[test]
+    fn after_a_manual_run_the_night_is_still_due_at_its_hour() {
+        let nightly = Config::from_lookup(|name| match name {
+            "BACKUP_START_HOUR_UTC" => Some("2".to_owned()),
+            other => config_var(other),
+        })
+        .unwrap();
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let hour = 3_600_000;
+        let run = store.start_run(14 * hour, &[]).unwrap();
+        store.set_meta(MetaKey::LastScheduledStart, 0u64).unwrap();
+        store.stop_run(run.id, "done", 15 * hour).unwrap();
+        let at_two = status(&store, Ok(&nightly), 26 * hour).unwrap();
+        assert_eq!(at_two.next_tick, Plan::StartRun { due: true });
+        let at_four = status(&store, Ok(&nightly), 28 * hour).unwrap();
+        assert_eq!(at_four.next_tick, Plan::StartRun { due: false });
     }
 }

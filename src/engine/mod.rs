@@ -41,7 +41,7 @@ pub use export::{EXPORT_WINDOW, LEARNED_LIMIT_HOLDS, UNANSWERED_PER_ATTEMPT};
 pub use gates::{BACKOFF_MAX, BACKOFF_STEP, RETRY_AFTER_SLACK};
 pub use listing::{LISTING_CONCURRENCY, LISTING_PAGE_CPU_MS};
 pub use schedule::{
-    arrival, run_due, Arrival, Begin, Start, BUSY_RETRY, PRUNE_BATCH, RUNS_KEPT,
+    arrival, run_due, schedule_anchor, Arrival, Begin, Start, BUSY_RETRY, PRUNE_BATCH, RUNS_KEPT,
     RUNS_KEPT_IN_DETAIL,
 };
 pub use timers::{Timer, TimerTable};

@@ -27,7 +27,7 @@ pub const PRUNE_BATCH: u64 = 20;
 pub const BUSY_RETRY: Duration = Duration::from_secs(5);
 
 /// The `meta` facts a tick reads, in its one `meta` statement.
-const TICK_FACTS: [MetaKey; 9] = [
+const TICK_FACTS: [MetaKey; 10] = [
     MetaKey::LearnedLimit,
     MetaKey::LearnedUntil,
     MetaKey::BucketRegion,
@@ -37,6 +37,7 @@ const TICK_FACTS: [MetaKey; 9] = [
     MetaKey::ExportsBlockedUntil,
     MetaKey::PrunedBelow,
     MetaKey::Intents,
+    MetaKey::LastScheduledStart,
 ];
 
 /// Whether a tick may start a new run.
@@ -80,6 +81,23 @@ pub fn arrival(busy: bool, start: Start, active_run: Option<u64>) -> Arrival {
         (true, Start::IfDue, _) => Arrival::Skip,
         (true, Start::Now, Some(run)) => Arrival::AlreadyRunning(run),
         (true, Start::Now, None) => Arrival::StartOnly,
+    }
+}
+
+/// The start a new run's schedule counts from. With a start hour, only runs the schedule
+/// started count, so a run started by hand in the afternoon does not make the night's run not
+/// due (`last_scheduled`: the store's record, 0 when none yet; a store from before it was kept
+/// has none, and counts from its latest run once). Without one, the interval counts from the
+/// latest run of any kind: a run by hand is a backup, and one right after it would repeat it.
+pub fn schedule_anchor(
+    config: &Config,
+    latest_started_ms: Option<u64>,
+    last_scheduled_ms: Option<u64>,
+) -> Option<u64> {
+    match (config.backup_start_hour_utc, last_scheduled_ms) {
+        (None, _) | (Some(_), None) => latest_started_ms,
+        (Some(_), Some(0)) => None,
+        (Some(_), Some(at)) => Some(at),
     }
 }
 
@@ -135,9 +153,10 @@ impl<'a, S: Sql> Tick<'a, S> {
             }
             (None, _) => {
                 let last = store.latest_run()?;
-                if start == Start::IfDue
-                    && !run_due(config, last.as_ref().map(|r| r.started_ms), now_ms)
-                {
+                let last_scheduled = meta.u64(MetaKey::LastScheduledStart)?;
+                let anchor =
+                    schedule_anchor(config, last.as_ref().map(|r| r.started_ms), last_scheduled);
+                if start == Start::IfDue && !run_due(config, anchor, now_ms) {
                     if let Some(last) = last {
                         prune(last.id)?;
                     }
@@ -152,6 +171,14 @@ impl<'a, S: Sql> Tick<'a, S> {
                     })
                     .collect();
                 let run = store.start_run(now_ms, &groups)?;
+                match start {
+                    Start::IfDue => store.set_meta(MetaKey::LastScheduledStart, now_ms)?,
+                    // The first manual run of a store that never kept the record: none yet.
+                    Start::Now if last_scheduled.is_none() => {
+                        store.set_meta(MetaKey::LastScheduledStart, 0u64)?
+                    }
+                    Start::Now => {}
+                }
                 // Each run tries the configured limit again.
                 store.delete_meta(MetaKey::LearnedLimit)?;
                 store.delete_meta(MetaKey::LearnedUntil)?;

@@ -145,10 +145,12 @@ pub enum MetaKey {
     /// Follow-up requests a tick recorded but had no budget left to send (`engine::Intent`, as
     /// JSON): the next tick sends them first.
     Intents,
+    /// When the last run the schedule started began (0: none yet). Manual runs leave it.
+    LastScheduledStart,
 }
 
 impl MetaKey {
-    pub const ALL: [MetaKey; 12] = [
+    pub const ALL: [MetaKey; 13] = [
         MetaKey::SchemaVersion,
         MetaKey::ExportWindow,
         MetaKey::ExportsBlockedUntil,
@@ -161,6 +163,7 @@ impl MetaKey {
         MetaKey::LastError,
         MetaKey::LastErrorAt,
         MetaKey::Intents,
+        MetaKey::LastScheduledStart,
     ];
 
     /// The key as stored.
@@ -178,6 +181,7 @@ impl MetaKey {
             MetaKey::LastError => "last_error",
             MetaKey::LastErrorAt => "last_error_at_ms",
             MetaKey::Intents => "intents",
+            MetaKey::LastScheduledStart => "last_scheduled_start_ms",
         }
     }
 }

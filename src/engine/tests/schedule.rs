@@ -131,3 +131,57 @@ fn with_a_start_hour_runs_start_only_during_that_hour_and_do_not_drift_out_of_it
         }
     }
 }
+
+#[test]
+fn a_manual_run_does_not_move_the_nightly_schedule() {
+    // Nightly at 02:00 UTC. A first run started by hand at 14:00 must not make 02:00 not due.
+    let (gitlab, _) = one_group(3, 6);
+    let mut h = Harness::new(
+        config(&[
+            ("BACKUP_INTERVAL_HOURS", "24"),
+            ("BACKUP_START_HOUR_UTC", "2"),
+        ]),
+        World::new(gitlab),
+    );
+    h.world.now = T0 + 14 * HOUR;
+    assert_eq!(h.tick(Start::Now).began, Began::Ran);
+    let manual = h.run_until_finished(T0 + 16 * HOUR);
+    h.run_until(T0 + DAY + 3 * HOUR, |h| {
+        h.latest_run().is_some_and(|latest| latest.id > manual.id)
+    });
+    let nightly = h.latest_run().unwrap();
+    assert_eq!(
+        (nightly.started_ms - T0) / HOUR,
+        24 + 2,
+        "the next night's run starts at 02:00: {nightly:?}"
+    );
+    // And the run after it, one interval later, also at 02:00.
+    h.run_until(T0 + 2 * DAY + 3 * HOUR, |h| {
+        h.latest_run().is_some_and(|latest| latest.id > nightly.id)
+    });
+    let next = h.latest_run().unwrap();
+    assert_eq!((next.started_ms - T0) / HOUR, 48 + 2, "{next:?}");
+}
+
+#[test]
+fn a_manual_run_during_a_schedule_of_intervals_counts_as_the_last_start() {
+    // Without a start hour the interval runs from the last run of any kind: a run by hand
+    // is a backup, and one right after it would repeat it.
+    let (gitlab, _) = one_group(3, 6);
+    let mut h = Harness::new(
+        config(&[("BACKUP_INTERVAL_HOURS", "24")]),
+        World::new(gitlab),
+    );
+    h.world.now = T0 + 14 * HOUR;
+    assert_eq!(h.tick(Start::Now).began, Began::Ran);
+    let manual = h.run_until_finished(T0 + 16 * HOUR);
+    h.run_until(T0 + 2 * DAY, |h| {
+        h.latest_run().is_some_and(|latest| latest.id > manual.id)
+    });
+    let next = h.latest_run().unwrap();
+    assert!(next.started_ms >= manual.started_ms + DAY, "{next:?}");
+    assert!(
+        next.started_ms < manual.started_ms + DAY + 2 * MINUTE,
+        "{next:?}"
+    );
+}
