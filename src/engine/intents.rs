@@ -18,6 +18,9 @@ pub(crate) enum Intent {
         project: ClaimedProject,
         gitlab_said: GitLabSaid,
     },
+    /// HEAD the preflight's own object: the key must read back what it writes, or no backup
+    /// can ever be proven.
+    ReadBackProbe,
 }
 
 /// What GitLab's export status said before a `HEAD` looks in the bucket.

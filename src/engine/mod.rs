@@ -66,6 +66,7 @@ pub struct Step {
 enum Purpose {
     CheckUser,
     Probe,
+    ReadBackProbe,
     ListPage {
         position: u64,
         page: u64,
@@ -197,6 +198,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 project,
                 gitlab_said,
             } => self.head_step(project, gitlab_said, now_ms),
+            Intent::ReadBackProbe => self.read_back_step(now_ms),
         }
     }
 
@@ -289,6 +291,7 @@ impl<'a, S: Sql> Tick<'a, S> {
         match step.purpose {
             Purpose::CheckUser => self.on_user(answer, now_ms),
             Purpose::Probe => self.on_probe(answer, now_ms),
+            Purpose::ReadBackProbe => self.on_read_back(answer, now_ms),
             Purpose::ListPage {
                 position,
                 page,

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::gates::{Limited, S3Gate};
+use super::intents::Intent;
 use super::record::s3_error;
 use super::{Event, Purpose, Step, Tick};
 use crate::gitlab::GitLabError;
@@ -104,9 +105,7 @@ impl<S: Sql> Tick<'_, S> {
 
     pub(super) fn on_probe(&mut self, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
         match answer {
-            Ok(a) if a.status == 200 => {
-                self.set_phase(Phase::Listing, now_ms)?;
-            }
+            Ok(a) if a.status == 200 => self.intents.push(Intent::ReadBackProbe),
             Ok(a) if a.status >= 500 => {
                 self.gates.s3 = S3Gate::Resting;
                 self.note_error(
@@ -129,6 +128,68 @@ impl<S: Sql> Tick<'_, S> {
             Err(e) => {
                 self.gates.s3 = S3Gate::Resting;
                 self.note_error(&format!("S3 did not answer the preflight PUT: {e}"), now_ms)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A HEAD of the object the preflight just wrote, signed in its headers.
+    pub(super) fn read_back_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        let Some(region) = self.region.clone() else {
+            return Ok(None);
+        };
+        let key = manifest::probe_key(&self.config.s3_prefix, self.run_started());
+        let url = self.config.bucket.object_url(&region, &key);
+        match self
+            .signer(&region, now_ms)
+            .signed_request(Method::Head, &url, None)
+        {
+            Ok(request) => Ok(Some(Step {
+                request,
+                purpose: Purpose::ReadBackProbe,
+            })),
+            Err(e) => {
+                self.gates.s3 = S3Gate::Resting;
+                self.note_error(&e.to_string(), now_ms)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The bucket gave back what the preflight wrote: the run may list. A key that writes but
+    /// cannot read stops the run, since every backup's proof is a read.
+    pub(super) fn on_read_back(
+        &mut self,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        match answer {
+            Ok(a) if a.status == 200 => self.set_phase(Phase::Listing, now_ms)?,
+            Ok(a) if a.status >= 500 => {
+                self.gates.s3 = S3Gate::Resting;
+                self.note_error(
+                    &format!(
+                        "S3 answered {} to the preflight's read-back; trying again later",
+                        a.status
+                    ),
+                    now_ms,
+                )?;
+            }
+            Ok(a) => {
+                let reason = format!(
+                    "the bucket {} took a signed PUT but refused to read it back ({}): grant the key s3:GetObject, without which no backup can be proven — {}",
+                    self.config.bucket.name,
+                    a.status,
+                    s3_error(&a)
+                );
+                self.stop_run(&reason, now_ms)?;
+            }
+            Err(e) => {
+                self.gates.s3 = S3Gate::Resting;
+                self.note_error(
+                    &format!("S3 did not answer the preflight's read-back: {e}"),
+                    now_ms,
+                )?;
             }
         }
         Ok(())

@@ -258,10 +258,11 @@ fn with_cpu_to_spare_pages_are_read_ahead_up_to_the_subrequest_budget() {
     ]);
     assert_ticks_within_budget(&h.ticks, 50, 6);
     let ticks = listing_ticks(&h);
-    // 2 preflight requests and 100 pages: 48 + 50 + 2 (then exports in the same tick).
+    // 3 preflight requests (token, PUT, read-back) and 100 pages: 47 + 50 + 3 (then exports
+    // in the same tick).
     assert_eq!(
         ticks.iter().map(|t| pages_listed(t)).collect::<Vec<_>>(),
-        vec![48, 50, 2]
+        vec![47, 50, 3]
     );
     // Pages of one group are read ahead of the cursor once GitLab gave the page count.
     let acme: Vec<u64> = h

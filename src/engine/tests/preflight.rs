@@ -136,3 +136,23 @@ fn a_refused_token_or_bucket_stops_the_run_in_preflight_before_any_export() {
     assert_eq!((run.verified, run.error.as_deref()), (3, None));
     assert_landed_and_proven(&h, &run);
 }
+
+#[test]
+fn a_key_that_may_put_but_not_read_stops_the_run_in_preflight_naming_s3_get_object() {
+    // Without s3:GetObject every landed archive would read "never arrived" for hours: the
+    // preflight reads its own object back and stops the run at once.
+    let (gitlab, _) = one_group(4, 6);
+    let mut world = World::new(gitlab);
+    world.s3.head_status = Some(403);
+    let mut h = Harness::new(config(&[]), world);
+    let run = h.run_until_finished(T0 + HOUR);
+    let error = run.error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("stopped before any export:") && error.contains("s3:GetObject"),
+        "{error}"
+    );
+    assert!(h.world.gitlab.exports.is_empty(), "no export");
+    assert_eq!(h.world.s3.puts.len(), 1, "only the probe");
+    assert_eq!(h.world.s3.heads.len(), 1, "its read-back");
+    assert!(h.world.s3.heads[0].1.ends_with("preflight.json"));
+}

@@ -22,6 +22,9 @@ pub(crate) struct SimS3 {
     pub(crate) uploads: Vec<(u64, String, u64)>,
     /// A status S3 answers the worker's PUTs with instead of 200.
     pub(crate) put_status: Option<u16>,
+    /// A status S3 answers the worker's HEADs of objects with, whatever it holds (403: a key
+    /// without `s3:GetObject`).
+    pub(crate) head_status: Option<u16>,
 }
 
 fn object_id(url: &Url) -> (String, String) {
@@ -89,7 +92,12 @@ impl SimS3 {
         if !presigned {
             Self::assert_header_signed(request);
             let size = self.objects.get(&object_id(&request.url)).copied();
-            let status = if size.is_some() { 200 } else { 404 };
+            let status = match (self.head_status, size) {
+                (Some(status), _) => status,
+                (None, Some(_)) => 200,
+                (None, None) => 404,
+            };
+            let size = size.filter(|_| status == 200);
             self.heads
                 .push((at_ms, request.url.path().to_owned(), status));
             return HttpResponse {
