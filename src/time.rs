@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use time::format_description::well_known::Rfc3339;
+use time::format_description::well_known::{Rfc2822, Rfc3339};
 use time::macros::format_description;
 use time::OffsetDateTime;
 
@@ -27,10 +27,42 @@ pub fn rfc3339(at_ms: u64) -> String {
         .unwrap_or_else(|| format!("{at_ms} ms after 1970"))
 }
 
+/// An HTTP date (`Last-Modified: Sun, 06 Nov 1994 08:49:37 GMT`) in milliseconds since 1970.
+pub fn http_date_ms(text: &str) -> Option<u64> {
+    let at = OffsetDateTime::parse(text.trim(), &Rfc2822).ok()?;
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// `at_ms` as an HTTP date, as S3 writes `Last-Modified` (the tests' simulated S3).
+pub fn http_date(at_ms: u64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc2822).ok())
+        .unwrap_or_default()
+}
+
 /// `%Y-%m-%d-%H-%M-%S` in UTC: the run's start in object keys and run folders.
 pub fn key_timestamp(at: SystemTime) -> String {
     let format = format_description!("[year]-[month]-[day]-[hour]-[minute]-[second]");
     OffsetDateTime::from(at)
         .format(&format)
         .expect("a UTC time formats with a fixed numeric description")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_read_as_s3_and_gitlab_write_them() {
+        assert_eq!(
+            http_date_ms("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777_000)
+        );
+        assert_eq!(
+            http_date_ms(&http_date(784_111_777_000)),
+            Some(784_111_777_000)
+        );
+        assert_eq!(http_date_ms("yesterday"), None);
+    }
 }

@@ -45,7 +45,7 @@ pub use schedule::{
     RUNS_KEPT_IN_DETAIL,
 };
 pub use timers::{Timer, TimerTable};
-pub use verify::{CHECK_EVERY, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF};
+pub use verify::{CHECK_EVERY, CLOCK_SKEW, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF};
 
 use gates::{Budget, Gate, Gates};
 use intents::{Intent, Intents};

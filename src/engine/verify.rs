@@ -12,7 +12,7 @@ use crate::gitlab::{ExportStatus, GitLabError};
 use crate::http::{HttpResult, Method};
 use crate::s3::object_key;
 use crate::store::{Backup, ClaimedProject, Sql, StoreError};
-use crate::time::ms;
+use crate::time::{http_date_ms, ms, rfc3339};
 
 /// The first look at an accepted export (GitLab needs a while to build it).
 pub const FIRST_CHECK_AFTER: Duration = Duration::from_secs(10);
@@ -21,6 +21,9 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(30);
 /// GitLab may read `none` for a while after the request; after this, look in the bucket anyway
 /// (some versions keep `none` for exports with an upload URL).
 pub const NONE_GRACE: Duration = Duration::from_secs(120);
+/// How much older than its export request an object may look and still be that attempt's:
+/// GitLab's, S3's and the worker's clocks differ a little.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// Waits before the 2nd, 3rd, 4th and later attempts of a failed export.
 pub const RETRY_BACKOFF: [Duration; 4] = [
     Duration::from_secs(60),
@@ -195,6 +198,21 @@ impl<S: Sql> Tick<'_, S> {
                     .unwrap_or(0);
                 if size == 0 {
                     return self.attempt_failed(&project, "the object in S3 is empty", now_ms);
+                }
+                // The object must be this attempt's: one written before its export request
+                // (another deployment's with the same prefix, or an earlier attempt's) is no
+                // proof. A minute of slack for clock skew between GitLab, S3 and the worker.
+                let requested_ms = project.exported_ms.unwrap_or(now_ms);
+                let written_ms = answer.header("last-modified").and_then(http_date_ms);
+                if let Some(written_ms) =
+                    written_ms.filter(|&at| at + ms(CLOCK_SKEW) < requested_ms)
+                {
+                    let reason = format!(
+                        "the object in S3 is older than this attempt's export request (Last-Modified {}, requested {}): another deployment or an earlier attempt wrote it",
+                        rfc3339(written_ms),
+                        rfc3339(requested_ms)
+                    );
+                    return self.not_there_yet(&project, &reason, now_ms);
                 }
                 let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
                 self.store

@@ -7,6 +7,7 @@ use super::sim::{
     one_group, Fault, FaultPlan, Harness, World, DAY, HOUR, MINUTE, SECOND, T0,
 };
 use crate::engine::{CHECK_EVERY, FIRST_CHECK_AFTER, RETRY_BACKOFF};
+use crate::s3::object_key;
 use crate::time::ms;
 
 /// The HEADs of backups (not of the preflight probe).
@@ -232,5 +233,42 @@ fn a_status_endpoint_that_always_answers_500_ends_the_run_by_what_the_bucket_hol
     assert!(
         next.started_ms >= run.started_ms + DAY,
         "on schedule: {next:?}"
+    );
+}
+
+#[test]
+fn an_object_older_than_the_attempts_export_request_is_no_proof() {
+    // Someone else (another deployment with the same prefix) left an object at the key a day
+    // before; GitLab's own upload never lands. The old object must not verify the backup.
+    let (mut gitlab, ids) = one_group(2, 6);
+    gitlab.lost_uploads.insert(ids[0]);
+    let mut h = Harness::new(
+        config(&[("VERIFY_TIMEOUT_MINUTES", "10"), ("MAX_ATTEMPTS", "1")]),
+        World::new(gitlab),
+    );
+    h.fire_next();
+    let run = h.latest_run().unwrap();
+    let key = object_key(
+        "",
+        h.world.gitlab.path_of(ids[0]),
+        crate::time::system_time(run.started_ms),
+    );
+    let url = h.config.bucket.object_url("eu-west-1", &key);
+    h.world.s3.put_foreign(&url, 5_000, T0 - DAY);
+    let run = h.run_until_finished(T0 + 2 * HOUR);
+    assert_eq!(
+        (run.exported, run.verified, run.failed),
+        (2, 1, 1),
+        "{}",
+        h.describe()
+    );
+    let failures = h.store().failures(run.id, 10).unwrap();
+    assert_eq!(failures[0].0, ids[0]);
+    assert!(
+        failures[0]
+            .2
+            .contains("older than this attempt's export request"),
+        "{}",
+        failures[0].2
     );
 }

@@ -12,8 +12,8 @@ pub(crate) struct SimS3 {
     /// The region S3 names in `x-amz-bucket-region`; `None`: a server that does not say.
     pub(crate) region: Option<String>,
     pub(crate) probes: Vec<(u64, Url)>,
-    /// Objects by host and path: their size.
-    objects: BTreeMap<(String, String), u64>,
+    /// Objects by host and path: their size and when they were written.
+    objects: BTreeMap<(String, String), (u64, u64)>,
     /// The worker's PUTs: (arrival, path, body).
     pub(crate) puts: Vec<(u64, String, String)>,
     /// The worker's HEADs: (arrival, path, status answered).
@@ -59,7 +59,12 @@ impl SimS3 {
         assert!(url.query_pairs().any(|(n, _)| n == "X-Amz-Signature"));
         let id = object_id(url);
         self.uploads.push((at_ms, id.1.clone(), size));
-        self.objects.insert(id, size);
+        self.objects.insert(id, (size, at_ms));
+    }
+
+    /// An object written at `at_ms` by someone else (another deployment with the same prefix).
+    pub(crate) fn put_foreign(&mut self, url: &Url, size: u64, at_ms: u64) {
+        self.objects.insert(object_id(url), (size, at_ms));
     }
 
     pub(crate) fn serve(&mut self, request: &HttpRequest, at_ms: u64) -> HttpResponse {
@@ -73,7 +78,7 @@ impl SimS3 {
             if status == 200 {
                 let body = request.body.clone().unwrap_or_default();
                 self.objects
-                    .insert(object_id(&request.url), body.len() as u64);
+                    .insert(object_id(&request.url), (body.len() as u64, at_ms));
                 self.puts.push((at_ms, request.url.path().to_owned(), body));
                 return HttpResponse {
                     status,
@@ -103,7 +108,12 @@ impl SimS3 {
             return HttpResponse {
                 status,
                 headers: size
-                    .map(|n| vec![("content-length".into(), n.to_string())])
+                    .map(|(n, written)| {
+                        vec![
+                            ("content-length".into(), n.to_string()),
+                            ("last-modified".into(), crate::time::http_date(written)),
+                        ]
+                    })
                     .unwrap_or_default(),
                 body: Vec::new(),
             };
