@@ -247,6 +247,10 @@ impl Sql for &Metered {
         }
         Ok(rows)
     }
+
+    fn rows_written(&self) -> u64 {
+        (&self.db).rows_written()
+    }
 }
 
 fn thread_cpu_ns() -> u64 {
@@ -424,6 +428,9 @@ fn config(plan: Plan) -> Config {
         ("AWS_REGION", "eu-west-1".to_owned()),
         ("SUBREQUESTS_PER_INVOCATION", plan.subrequests.to_string()),
         ("CPU_MS_PER_INVOCATION", plan.cpu_ms.to_string()),
+        // The per-tick figures are of whole runs, without the daily allowances' pauses.
+        ("DO_ROWS_WRITTEN_PER_DAY", "0".to_owned()),
+        ("DO_REQUESTS_PER_DAY", "0".to_owned()),
     ]
     .into_iter()
     .collect();
@@ -524,6 +531,7 @@ fn whole_run(projects: u64, plan: Plan, listing_only: bool, cold: bool) -> RunFi
         let mut tick = match begin {
             Begin::Tick(tick) => tick,
             Begin::Idle => break,
+            Begin::Paused(_) => unreachable!("no daily limit in the benchmark"),
             Begin::AlreadyRunning(_) => unreachable!("IfDue resumes"),
         };
         let phase = tick.run().phase;
@@ -550,7 +558,7 @@ fn whole_run(projects: u64, plan: Plan, listing_only: bool, cold: bool) -> RunFi
             cpu += thread_cpu_ns() - started;
         }
         let started = thread_cpu_ns();
-        let report = tick.finish(now);
+        let report = tick.finish(now).expect("finish");
         cpu += thread_cpu_ns() - started;
         if let Some(at) = report.wake_at_ms {
             alarm = Some(at);

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError, Problem};
+use crate::engine::allowance::{Allowance, Usage};
 use crate::engine::window::Window;
 use crate::engine::{run_due, schedule_anchor, Timer};
 use crate::store::{MetaKey, Phase, RunRow, Sql, Store, StoreError};
@@ -92,6 +93,14 @@ pub enum Plan {
     },
     /// Every export is requested; checking that each landed.
     Verify,
+    /// A daily allowance of the Durable Object is nearly spent: nothing until `until`.
+    Paused {
+        allowance: Allowance,
+        used: u64,
+        limit: u64,
+        until: String,
+        reason: String,
+    },
     Wait {
         until: String,
         /// The timer the wait is for.
@@ -166,6 +175,7 @@ pub fn status<S: Sql>(
         MetaKey::LastErrorAt,
         MetaKey::BucketRegion,
         MetaKey::LastScheduledStart,
+        MetaKey::DailyUsage,
     ])?;
     let window = Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?;
     let used = window.used(now_ms);
@@ -193,35 +203,54 @@ pub fn status<S: Sql>(
             });
         }
     }
-    let next_tick = match (config, &latest) {
-        (Err(_), _) => Plan::FixConfig,
-        (Ok(config), None) => Plan::StartRun {
-            due: run_due(config, None, now_ms),
-        },
-        (Ok(config), Some(run)) if run.phase == Phase::Finished => Plan::StartRun {
-            due: run_due(
-                config,
-                schedule_anchor(
-                    config,
-                    Some(run.started_ms),
-                    meta.u64(MetaKey::LastScheduledStart)?,
+    let usage = Usage::read(meta.text(MetaKey::DailyUsage)?.as_deref(), now_ms)?;
+    let paused = config.ok().and_then(|config| usage.pause(config));
+    let next_tick = if let Some(pause) = paused {
+        let what = match pause.allowance {
+            Allowance::RowsWritten => "rows written",
+            Allowance::Requests => "requests",
+        };
+        Plan::Paused {
+                allowance: pause.allowance,
+                used: pause.used,
+                limit: pause.limit,
+                until: rfc3339(pause.until_ms),
+                reason: format!(
+                    "the Durable Object's daily allowance of {what} is nearly spent ({} of {}); the run resumes after 00:00 UTC",
+                    pause.used, pause.limit
                 ),
-                now_ms,
-            ),
-        },
-        (Ok(_), Some(_)) if wait.is_some() => wait.unwrap_or(Plan::ListProjects),
-        (Ok(_), Some(run)) if run.phase == Phase::Preflight => Plan::Preflight,
-        (Ok(_), Some(run)) if run.phase == Phase::Listing => Plan::ListProjects,
-        (Ok(_), Some(run)) if run.phase == Phase::Verifying => Plan::Verify,
-        (Ok(config), Some(_)) => {
-            let free = config.exports_per_minute.saturating_sub(used);
-            match (free, frees_at) {
-                (0, Some(at)) => Plan::Wait {
-                    until: rfc3339(at),
-                    timer: Timer::WindowFrees,
-                    reason: "the export window is full".to_owned(),
-                },
-                _ => Plan::Export { now: free },
+            }
+    } else {
+        match (config, &latest) {
+            (Err(_), _) => Plan::FixConfig,
+            (Ok(config), None) => Plan::StartRun {
+                due: run_due(config, None, now_ms),
+            },
+            (Ok(config), Some(run)) if run.phase == Phase::Finished => Plan::StartRun {
+                due: run_due(
+                    config,
+                    schedule_anchor(
+                        config,
+                        Some(run.started_ms),
+                        meta.u64(MetaKey::LastScheduledStart)?,
+                    ),
+                    now_ms,
+                ),
+            },
+            (Ok(_), Some(_)) if wait.is_some() => wait.unwrap_or(Plan::ListProjects),
+            (Ok(_), Some(run)) if run.phase == Phase::Preflight => Plan::Preflight,
+            (Ok(_), Some(run)) if run.phase == Phase::Listing => Plan::ListProjects,
+            (Ok(_), Some(run)) if run.phase == Phase::Verifying => Plan::Verify,
+            (Ok(config), Some(_)) => {
+                let free = config.exports_per_minute.saturating_sub(used);
+                match (free, frees_at) {
+                    (0, Some(at)) => Plan::Wait {
+                        until: rfc3339(at),
+                        timer: Timer::WindowFrees,
+                        reason: "the export window is full".to_owned(),
+                    },
+                    _ => Plan::Export { now: free },
+                }
             }
         }
     };
@@ -384,5 +413,28 @@ mod tests {
         assert_eq!(at_two.next_tick, Plan::StartRun { due: true });
         let at_four = status(&store, Ok(&nightly), 28 * hour).unwrap();
         assert_eq!(at_four.next_tick, Plan::StartRun { due: false });
+    }
+
+    #[test]
+    fn a_nearly_spent_daily_allowance_shows_as_a_pause_until_midnight() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let day = 86_400_000;
+        let usage = serde_json::json!({"day": 3, "rows_written": 99_800, "requests": 10});
+        store
+            .set_meta(MetaKey::DailyUsage, usage.to_string())
+            .unwrap();
+        let now = 3 * day + 1_000;
+        match status(&store, Ok(&config()), now).unwrap().next_tick {
+            Plan::Paused {
+                allowance, until, ..
+            } => {
+                assert_eq!(allowance, Allowance::RowsWritten);
+                assert_eq!(until, rfc3339(4 * day));
+            }
+            other => panic!("{other:?}"),
+        }
+        let tomorrow = status(&store, Ok(&config()), 4 * day + 1_000).unwrap();
+        assert_eq!(tomorrow.next_tick, Plan::StartRun { due: true });
     }
 }

@@ -56,7 +56,16 @@ pub const SETTINGS: &[(&str, bool)] = &[
     ("ADMIN_TOKEN", true),
     ("VERIFY_TIMEOUT_MINUTES", false),
     ("MAX_ATTEMPTS", false),
+    ("DO_ROWS_WRITTEN_PER_DAY", false),
+    ("DO_REQUESTS_PER_DAY", false),
 ];
+
+/// The free plan's daily Durable Object allowances: past one, operations fail until 00:00 UTC.
+pub const DEFAULT_DO_ROWS_WRITTEN_PER_DAY: u64 = 100_000;
+pub const DEFAULT_DO_REQUESTS_PER_DAY: u64 = 100_000;
+/// A daily allowance below this leaves no room beside a day of cron ticks (0: no limit).
+pub const MIN_DAILY_ALLOWANCE: u64 = 2_000;
+pub const MAX_DAILY_ALLOWANCE: u64 = 1_000_000_000;
 
 /// The checked configuration of one worker.
 #[derive(Clone, Debug)]
@@ -86,6 +95,10 @@ pub struct Config {
     pub verify_timeout: Duration,
     /// Export attempts per project per run.
     pub max_attempts: u64,
+    /// The Durable Object's rows written a day that the worker keeps within (0: no limit).
+    pub do_rows_written_per_day: u64,
+    /// The Durable Object's requests a day that the worker keeps within (0: no limit).
+    pub do_requests_per_day: u64,
 }
 
 /// One setting that is missing or invalid, and why.
@@ -373,6 +386,21 @@ impl Config {
             DEFAULT_CPU_MS_PER_INVOCATION,
             (DEFAULT_CPU_MS_PER_INVOCATION, MAX_CPU_MS_PER_INVOCATION),
         );
+        let mut daily = |setting: &'static str, default: u64| {
+            let value = r.number(setting, default, (0, MAX_DAILY_ALLOWANCE));
+            if value > 0 && value < MIN_DAILY_ALLOWANCE {
+                r.problem(
+                    setting,
+                    format!(
+                        "{value} leaves no room beside a day of cron ticks: use 0 for no limit, or at least {MIN_DAILY_ALLOWANCE}"
+                    ),
+                );
+            }
+            value
+        };
+        let do_rows_written_per_day =
+            daily("DO_ROWS_WRITTEN_PER_DAY", DEFAULT_DO_ROWS_WRITTEN_PER_DAY);
+        let do_requests_per_day = daily("DO_REQUESTS_PER_DAY", DEFAULT_DO_REQUESTS_PER_DAY);
         let presign_hours = r.number(
             "PRESIGN_EXPIRY_HOURS",
             DEFAULT_PRESIGN_EXPIRY_HOURS,
@@ -435,6 +463,8 @@ impl Config {
                 admin_token,
                 verify_timeout: Duration::from_secs(verify_minutes * 60),
                 max_attempts,
+                do_rows_written_per_day,
+                do_requests_per_day,
             }),
             _ => Err(ConfigError {
                 problems: r.problems,

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::allowance::Allowance;
 use crate::store::Phase;
 
 /// Declares [`Event`] and its list of names from one list of variants.
@@ -77,6 +78,13 @@ events! {
         summary: String,
     }
     TickEnded = "tick_ended" { run: u64, phase: Phase, subrequests: u32, exports: u32 }
+    /// A daily allowance of the Durable Object is nearly spent: nothing until 00:00 UTC.
+    DailyAllowancePaused = "daily_allowance_paused" {
+        allowance: Allowance,
+        used: u64,
+        limit: u64,
+        until_ms: u64,
+    }
 }
 
 #[cfg(test)]

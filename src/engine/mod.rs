@@ -11,6 +11,7 @@
 //! to wake), [`intents`] (follow-ups the handlers record), [`window`] (the rolling minute of
 //! exports) and [`event`] (what is logged).
 
+pub mod allowance;
 mod event;
 mod export;
 mod gates;
@@ -142,6 +143,10 @@ pub struct Tick<'a, S: Sql> {
     checked_after: (u64, u64),
     intents: Intents,
     timers: TimerTable,
+    /// Today's use of the daily allowances, and the store's count of rows written when the
+    /// tick began.
+    usage: allowance::Usage,
+    rows_at_begin: u64,
     report: TickReport,
 }
 
@@ -327,7 +332,8 @@ impl<'a, S: Sql> Tick<'a, S> {
 
     /// Ends the tick: the events to log, and the earliest timer for the alarm. Work cut short
     /// by a budget goes on at once, with a fresh budget, unless what it waits for is stopped.
-    pub fn finish(mut self, now_ms: u64) -> TickReport {
+    /// The tick's rows written (its alarm and this record included) count against the day.
+    pub fn finish(mut self, now_ms: u64) -> Result<TickReport, StoreError> {
         let stopped = self.gates.gitlab.hold.is_shut()
             || match self.run.phase {
                 Phase::Preflight | Phase::Listing => false,
@@ -349,12 +355,15 @@ impl<'a, S: Sql> Tick<'a, S> {
             subrequests: self.report.subrequests,
             exports: self.report.exports,
         });
-        self.report
+        let alarm = u64::from(self.report.wake_at_ms.is_some());
+        let rows = self.store.rows_written() - self.rows_at_begin + 1 + alarm;
+        self.usage.record(self.store, rows)?;
+        Ok(self.report)
     }
 
     /// Ends a tick that [`arrival`] allowed only to start a run while another tick is busy:
     /// that tick owns the object's work, and this run is advanced [`BUSY_RETRY`] later.
-    pub fn finish_busy(mut self, now_ms: u64) -> TickReport {
+    pub fn finish_busy(mut self, now_ms: u64) -> Result<TickReport, StoreError> {
         self.timers = TimerTable::default();
         self.timers
             .set(Timer::Busy, now_ms + crate::time::ms(BUSY_RETRY));

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::allowance::Usage;
 use super::gates::{Budget, Gates, GitLabGate, Hold, S3Gate};
 use super::intents::Intents;
 use super::listing::pages_budget;
@@ -27,7 +28,7 @@ pub const PRUNE_BATCH: u64 = 20;
 pub const BUSY_RETRY: Duration = Duration::from_secs(5);
 
 /// The `meta` facts a tick reads, in its one `meta` statement.
-const TICK_FACTS: [MetaKey; 10] = [
+const TICK_FACTS: [MetaKey; 11] = [
     MetaKey::LearnedLimit,
     MetaKey::LearnedUntil,
     MetaKey::BucketRegion,
@@ -38,6 +39,7 @@ const TICK_FACTS: [MetaKey; 10] = [
     MetaKey::PrunedBelow,
     MetaKey::Intents,
     MetaKey::LastScheduledStart,
+    MetaKey::DailyUsage,
 ];
 
 /// Whether a tick may start a new run.
@@ -56,6 +58,9 @@ pub enum Begin<'a, S: Sql> {
     Idle,
     /// `Start::Now` while this run is going.
     AlreadyRunning(u64),
+    /// A daily allowance is nearly spent: nothing is written or sent until 00:00 UTC (the
+    /// event says which, for the log).
+    Paused(Event),
 }
 
 /// What to do with a cron tick, an alarm or `POST /run` that arrives at the Durable Object.
@@ -125,7 +130,17 @@ impl<'a, S: Sql> Tick<'a, S> {
         now_ms: u64,
         start: Start,
     ) -> Result<Begin<'a, S>, StoreError> {
+        let rows_at_begin = store.rows_written();
         let meta = store.meta(&TICK_FACTS)?;
+        let mut usage = Usage::read(meta.text(MetaKey::DailyUsage)?.as_deref(), now_ms)?;
+        if let Some(pause) = usage.pause(config) {
+            return Ok(Begin::Paused(Event::DailyAllowancePaused {
+                allowance: pause.allowance,
+                used: pause.used,
+                limit: pause.limit,
+                until_ms: pause.until_ms,
+            }));
+        }
         // Old runs are pruned a batch at a time in ticks that read no pages (idle ticks and the
         // exporting ones) until nothing is left below the newest run; later ticks skip it.
         let prune = |newest: u64| -> Result<(), StoreError> {
@@ -159,6 +174,11 @@ impl<'a, S: Sql> Tick<'a, S> {
                 if start == Start::IfDue && !run_due(config, anchor, now_ms) {
                     if let Some(last) = last {
                         prune(last.id)?;
+                    }
+                    // Idle ticks write nothing, unless pruning did: then it counts.
+                    let rows = store.rows_written() - rows_at_begin;
+                    if rows > 0 {
+                        usage.record(store, rows + 1)?;
                     }
                     return Ok(Begin::Idle);
                 }
@@ -231,6 +251,8 @@ impl<'a, S: Sql> Tick<'a, S> {
             checked_after: (0, 0),
             intents,
             timers: TimerTable::default(),
+            usage,
+            rows_at_begin,
             run,
             report: TickReport {
                 events,

@@ -57,4 +57,8 @@ impl Sql for &HostSql {
         self.1.set(self.1.get() + scanned as u64);
         Ok(out)
     }
+
+    fn rows_written(&self) -> u64 {
+        self.0.total_changes()
+    }
 }

@@ -97,6 +97,9 @@ pub type Row = Vec<Value>;
 /// Runs one SQL statement with positional `?` parameters and returns its rows.
 pub trait Sql {
     fn exec(&self, query: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
+    /// Rows written through this connection so far, as the platform bills them: the Durable
+    /// Object's cursors report theirs; on the host, SQLite's count of changed rows.
+    fn rows_written(&self) -> u64;
 }
 
 /// A storage failure (the statement was refused, or a row did not have the expected shape).
@@ -147,10 +150,12 @@ pub enum MetaKey {
     Intents,
     /// When the last run the schedule started began (0: none yet). Manual runs leave it.
     LastScheduledStart,
+    /// Today's use of the Durable Object's daily allowances (`engine::allowance`, as JSON).
+    DailyUsage,
 }
 
 impl MetaKey {
-    pub const ALL: [MetaKey; 13] = [
+    pub const ALL: [MetaKey; 14] = [
         MetaKey::SchemaVersion,
         MetaKey::ExportWindow,
         MetaKey::ExportsBlockedUntil,
@@ -164,6 +169,7 @@ impl MetaKey {
         MetaKey::LastErrorAt,
         MetaKey::Intents,
         MetaKey::LastScheduledStart,
+        MetaKey::DailyUsage,
     ];
 
     /// The key as stored.
@@ -182,6 +188,7 @@ impl MetaKey {
             MetaKey::LastErrorAt => "last_error_at_ms",
             MetaKey::Intents => "intents",
             MetaKey::LastScheduledStart => "last_scheduled_start_ms",
+            MetaKey::DailyUsage => "daily_usage",
         }
     }
 }
@@ -232,6 +239,11 @@ impl<S: Sql> Store<S> {
 
     /// A store whose schema this process already created (a live Durable Object opens its
     /// store once, then reuses the schema on each request).
+    /// Rows this store's connection has written so far.
+    pub fn rows_written(&self) -> u64 {
+        self.sql.rows_written()
+    }
+
     pub fn opened(sql: S) -> Store<S> {
         Store { sql }
     }

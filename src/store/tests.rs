@@ -63,6 +63,10 @@ impl Sql for &Counting<'_> {
         self.1.set(self.1.get() + 1);
         self.0.exec(query, params)
     }
+
+    fn rows_written(&self) -> u64 {
+        self.0.rows_written()
+    }
 }
 
 #[test]

@@ -84,7 +84,7 @@ impl Coordinator {
     }
 
     fn store(&self) -> Result<Store<DurableSql>> {
-        let sql = DurableSql(self.state.storage().sql());
+        let sql = DurableSql(self.state.storage().sql(), Cell::new(0));
         if self.schema_ready.get() {
             return Ok(Store::opened(sql));
         }
@@ -136,6 +136,10 @@ impl Coordinator {
         let _guard = (!busy).then(|| TickGuard(&self.ticking));
         let mut tick = match Tick::begin(&store, &config, now_ms(), start).map_err(storage_error)? {
             Begin::Idle => return Response::from_json(&json!({"tick": "idle"})),
+            Begin::Paused(event) => {
+                log(serde_json::to_value(&event)?);
+                return Response::from_json(&json!({"tick": "paused", "why": event}));
+            }
             Begin::AlreadyRunning(run) => {
                 return Ok(Response::from_json(
                     &json!({"error": "a run is already going", "run": run}),
@@ -146,7 +150,7 @@ impl Coordinator {
         };
         if busy {
             let run = tick.run().clone();
-            let report = tick.finish_busy(now_ms());
+            let report = tick.finish_busy(now_ms()).map_err(storage_error)?;
             self.report(&report).await?;
             return Ok(
                 Response::from_json(&json!({"run": run, "advanced": false}))?.with_status(202),
@@ -172,9 +176,13 @@ impl Coordinator {
         }
         .await;
         let run = tick.run().clone();
-        let report = tick.finish(now_ms());
-        self.report(&report).await?;
+        let finished = tick.finish(now_ms());
+        if let Ok(report) = &finished {
+            self.report(report).await?;
+        }
+        // A failed step's error comes first: it came first.
         result.map_err(storage_error)?;
+        let report = finished.map_err(storage_error)?;
         let body = json!({
             "run": run,
             "subrequests": report.subrequests,

@@ -1,9 +1,12 @@
 //! The Durable Object's SQLite storage behind the core's [`Sql`] trait.
 
+use std::cell::Cell;
+
 use crate::store::{Row, Sql, StoreError, Value};
 use worker::{SqlStorage, SqlStorageValue};
 
-pub struct DurableSql(pub SqlStorage);
+/// The object's SQL storage, and the rows its cursors reported written.
+pub struct DurableSql(pub SqlStorage, pub Cell<u64>);
 
 impl Sql for DurableSql {
     fn exec(&self, query: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
@@ -20,7 +23,7 @@ impl Sql for DurableSql {
             .0
             .exec(query, bindings)
             .map_err(|e| StoreError(e.to_string()))?;
-        cursor
+        let rows: Result<Vec<Row>, StoreError> = cursor
             .raw()
             .map(|row| {
                 row.map_err(|e| StoreError(e.to_string()))?
@@ -37,6 +40,13 @@ impl Sql for DurableSql {
                     })
                     .collect()
             })
-            .collect()
+            .collect();
+        // Counted once the cursor is read to its end.
+        self.1.set(self.1.get() + cursor.rows_written() as u64);
+        rows
+    }
+
+    fn rows_written(&self) -> u64 {
+        self.1.get()
     }
 }

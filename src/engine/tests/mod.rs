@@ -35,6 +35,7 @@
 
 mod sim;
 
+mod allowance;
 mod exports;
 mod listing;
 mod preflight;

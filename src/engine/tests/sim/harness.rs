@@ -28,6 +28,8 @@ pub(crate) enum Crash {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Began {
     Idle,
+    /// A daily allowance was nearly spent.
+    Paused,
     AlreadyRunning(u64),
     Ran,
 }
@@ -41,6 +43,8 @@ pub(crate) struct TickLog {
     pub(crate) exports: u32,
     pub(crate) report: Option<TickReport>,
     pub(crate) crashed: Option<Crash>,
+    /// Rows the tick wrote (SQLite's count of changed rows).
+    pub(crate) rows_written: u64,
 }
 
 impl TickLog {
@@ -61,18 +65,40 @@ fn drive_tick(
     crash: &mut CrashPlan,
 ) -> TickLog {
     let store = Store::open(db).expect("the store opens");
-    let mut log = TickLog {
+    let rows_before = db.0.total_changes();
+    let log = TickLog {
         started_ms: world.now,
         began: Began::Ran,
         subrequests: 0,
         exports: 0,
         report: None,
         crashed: None,
+        rows_written: 0,
     };
-    let mut tick = match Tick::begin(&store, config, world.now, start).expect("begin") {
+    let log = drive_begun(&store, config, world, start, crash, log);
+    TickLog {
+        rows_written: db.0.total_changes() - rows_before,
+        ..log
+    }
+}
+
+/// [`drive_tick`] once the store is open.
+fn drive_begun(
+    store: &Store<&HostSql>,
+    config: &Config,
+    world: &mut World,
+    start: Start,
+    crash: &mut CrashPlan,
+    mut log: TickLog,
+) -> TickLog {
+    let mut tick = match Tick::begin(store, config, world.now, start).expect("begin") {
         Begin::Tick(tick) => tick,
         Begin::Idle => {
             log.began = Began::Idle;
+            return log;
+        }
+        Begin::Paused(_) => {
+            log.began = Began::Paused;
             return log;
         }
         Begin::AlreadyRunning(id) => {
@@ -116,7 +142,7 @@ fn drive_tick(
             }
         }
     }
-    log.report = Some(tick.finish(world.now));
+    log.report = Some(tick.finish(world.now).expect("finish"));
     log
 }
 
