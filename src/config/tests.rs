@@ -215,7 +215,8 @@ fn empty_values_of_required_settings_are_named_and_of_optional_ones_mean_the_def
         }
     }
     let mut vars = minimal();
-    for (name, _) in SETTINGS {
+    // A blank ADMIN_TOKEN is a problem, not a default (an_admin_token_that_is_set_but_blank_is_named).
+    for (name, _) in SETTINGS.iter().filter(|(name, _)| *name != "ADMIN_TOKEN") {
         vars.entry(name).or_insert("  ");
     }
     let config = read(&vars).unwrap();
@@ -570,4 +571,43 @@ fn bad_group_lists_are_named() {
     vars.insert("GROUPS_TO_BACKUP", "42,,12");
     let err = read(&vars).unwrap_err();
     assert_eq!(settings_named(err), vec!["GROUPS_TO_BACKUP"]);
+}
+
+#[test]
+fn tokens_put_with_a_trailing_newline_are_trimmed() {
+    // `echo token | wrangler secret put NAME` stores the newline too.
+    let mut vars = minimal();
+    vars.insert("GITLAB_TOKEN", "glpat-x\n");
+    vars.insert("ADMIN_TOKEN", " s3cret-admin\r\n");
+    let config = read(&vars).unwrap();
+    assert_eq!(config.gitlab_token.expose(), "glpat-x");
+    assert_eq!(
+        config.admin_token.as_ref().map(Secret::expose),
+        Some("s3cret-admin")
+    );
+    // The worker's fetch handler reads ADMIN_TOKEN alone, with the same rule.
+    assert_eq!(
+        admin_token(Some("s3cret-admin\n"))
+            .unwrap()
+            .as_ref()
+            .map(Secret::expose),
+        Some("s3cret-admin")
+    );
+    assert!(admin_token(None).unwrap().is_none());
+}
+
+#[test]
+fn an_admin_token_that_is_set_but_blank_is_named() {
+    for blank in ["", " ", "\n", "\t\r\n"] {
+        let mut vars = minimal();
+        vars.insert("ADMIN_TOKEN", blank);
+        let problems = problems(&vars);
+        assert_eq!(problems.len(), 1, "{blank:?}: {problems:?}");
+        assert_eq!(problems[0].0, "ADMIN_TOKEN", "{blank:?}");
+        assert_eq!(
+            admin_token(Some(blank)).unwrap_err().setting,
+            "ADMIN_TOKEN",
+            "{blank:?}"
+        );
+    }
 }
