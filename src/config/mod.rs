@@ -420,6 +420,22 @@ impl Config {
             (1, 7 * 24 * 60),
         );
         let max_attempts = r.number("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, (1, 10));
+        // GitLab must start uploading before the presigned URL expires: waiting longer for the
+        // object is waiting for nothing. Values already refused are not compared as well.
+        let refused = |setting: &str| r.problems.iter().any(|p| p.setting == setting);
+        if !refused("PRESIGN_EXPIRY_HOURS")
+            && !refused("VERIFY_TIMEOUT_MINUTES")
+            && verify_minutes > presign_hours * 60
+        {
+            r.problem(
+                "VERIFY_TIMEOUT_MINUTES",
+                format!(
+                    "{verify_minutes} minutes is longer than PRESIGN_EXPIRY_HOURS ({presign_hours} h): \
+                     an upload GitLab starts after its URL expired never lands; shorten \
+                     VERIFY_TIMEOUT_MINUTES or lengthen PRESIGN_EXPIRY_HOURS"
+                ),
+            );
+        }
 
         match (
             gitlab_url,

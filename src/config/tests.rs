@@ -530,6 +530,12 @@ fn every_numeric_setting_names_itself_when_out_of_range_or_not_a_number() {
             let mut vars = minimal();
             let value = leak(format!(" {good} "));
             vars.insert(setting, value);
+            // Each end of the range, with the other setting of the pair where it leaves room.
+            match setting {
+                "PRESIGN_EXPIRY_HOURS" => vars.insert("VERIFY_TIMEOUT_MINUTES", "1"),
+                "VERIFY_TIMEOUT_MINUTES" => vars.insert("PRESIGN_EXPIRY_HOURS", "168"),
+                _ => None,
+            };
             assert!(read(&vars).is_ok(), "{setting}={value:?}");
         }
     }
@@ -609,5 +615,56 @@ fn an_admin_token_that_is_set_but_blank_is_named() {
             "ADMIN_TOKEN",
             "{blank:?}"
         );
+    }
+}
+
+#[test]
+fn a_verify_timeout_longer_than_the_upload_urls_validity_is_named_with_both_settings() {
+    // An upload that starts after its presigned URL expired never lands: waiting longer is vain.
+    for (verify, presign) in [
+        (Some("1441"), None),
+        (None, Some("2")),
+        (Some("61"), Some("1")),
+    ] {
+        let mut vars = minimal();
+        if let Some(verify) = verify {
+            vars.insert("VERIFY_TIMEOUT_MINUTES", verify);
+        }
+        if let Some(presign) = presign {
+            vars.insert("PRESIGN_EXPIRY_HOURS", presign);
+        }
+        let problems = problems(&vars);
+        assert_eq!(problems.len(), 1, "{verify:?} {presign:?}: {problems:?}");
+        assert_eq!(problems[0].0, "VERIFY_TIMEOUT_MINUTES");
+        assert!(
+            problems[0].1.contains("PRESIGN_EXPIRY_HOURS"),
+            "{problems:?}"
+        );
+    }
+    for (verify, presign) in [
+        (None, None),
+        (Some("1440"), None),
+        (None, Some("3")),
+        (Some("60"), Some("1")),
+        (Some("10080"), Some("168")),
+    ] {
+        let mut vars = minimal();
+        if let Some(verify) = verify {
+            vars.insert("VERIFY_TIMEOUT_MINUTES", verify);
+        }
+        if let Some(presign) = presign {
+            vars.insert("PRESIGN_EXPIRY_HOURS", presign);
+        }
+        assert!(read(&vars).is_ok(), "{verify:?} {presign:?}");
+    }
+    // A value that is already refused is not compared with the other as well.
+    for (verify, presign, named) in [
+        ("5000", "x", "PRESIGN_EXPIRY_HOURS"),
+        ("99999", "1", "VERIFY_TIMEOUT_MINUTES"),
+    ] {
+        let mut vars = minimal();
+        vars.insert("VERIFY_TIMEOUT_MINUTES", verify);
+        vars.insert("PRESIGN_EXPIRY_HOURS", presign);
+        assert_eq!(settings_named(read(&vars).unwrap_err()), vec![named]);
     }
 }
