@@ -60,6 +60,7 @@ pub struct Options {
     /// against the rate limit and (on `202`) starts its export on arrival; only the answer waits.
     pub export_answer_delay: Duration,
     /// Base of the URLs written into answers (`Link`, `web_url`); defaults to [`Standin::base_url`].
+    /// Another origin plays a GitLab behind a proxy, whose links name the address it was reached at.
     pub public_base: Option<String>,
     /// Port to bind on 127.0.0.1; 0 picks a free one.
     pub port: u16,

@@ -430,6 +430,43 @@ async fn link_urls_are_built_on_the_public_base_and_replace_page_in_place() {
 }
 
 #[tokio::test]
+async fn behind_a_proxy_links_name_another_origin_whose_path_and_query_page_on_at_the_standin() {
+    // GitLab reached as http://gitlab.internal by a proxy writes its links on that origin; the
+    // backup asks for their path and query at its own GITLAB_URL, here the stand-in's address.
+    let options = Options {
+        public_base: Some("http://gitlab.internal:8080".to_owned()),
+        ..quick()
+    };
+    let standin = start(Seed::generated(1, 5), options).await;
+    let first = get(
+        &standin,
+        "/api/v4/groups/team-0/projects?per_page=2&order_by=id&sort=asc",
+    )
+    .await;
+    let next = url::Url::parse(&first.links()["next"]).unwrap();
+    assert_eq!(
+        (next.scheme(), next.host_str(), next.port()),
+        ("http", Some("gitlab.internal"), Some(8080))
+    );
+    let rebuilt = format!(
+        "{}{}?{}",
+        standin.base_url(),
+        next.path(),
+        next.query().unwrap()
+    );
+    let second = get(&standin, &rebuilt).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.header("x-page"), Some("2"));
+    let (page_1, page_2) = (first.ids(), second.ids());
+    assert_eq!(page_1.len(), 2);
+    assert!(!page_2.is_empty());
+    assert!(
+        page_1.iter().max() < page_2.iter().min(),
+        "{page_1:?} {page_2:?}"
+    );
+}
+
+#[tokio::test]
 async fn per_page_defaults_to_20_and_is_clamped_to_100() {
     let standin = start(Seed::generated(1, 250), quick()).await;
     let default = get(&standin, "/api/v4/groups/team-0/projects").await;
