@@ -87,6 +87,10 @@ impl Default for Options {
 pub struct Faults {
     /// Every Nth listing request (`GET /groups/:id/projects`, counting all) answers 500.
     pub listing_5xx_every: Option<u32>,
+    /// Listing pages (`GET /groups/:id/projects`, 200) send their status, headers and this many
+    /// bytes of the body, then nothing more: the body never ends, until the client gives up (or
+    /// [`Standin::stop`] cuts the connection).
+    pub stall_listing_body_after_bytes: Option<usize>,
     /// 429 answers carry no `Retry-After` header.
     pub omit_retry_after: bool,
     /// Exports of these project ids fail to build and end `failed`; nothing is uploaded.
