@@ -9,7 +9,7 @@ use crate::secret::Secret;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthError {
-    /// No `ADMIN_TOKEN` is set: the API is closed.
+    /// No `ADMIN_TOKEN` is set (or it is blank): the API is closed.
     NotConfigured,
     /// No `Authorization: Bearer …` header.
     Missing,
@@ -34,7 +34,11 @@ pub fn check_bearer(
     authorization: Option<&str>,
     admin_token: Option<&Secret>,
 ) -> Result<(), AuthError> {
-    let expected = admin_token.ok_or(AuthError::NotConfigured)?;
+    // Trimmed like the presented token; a blank one opens nothing (config also refuses it).
+    let expected = admin_token
+        .map(|token| token.expose().trim())
+        .filter(|token| !token.is_empty())
+        .ok_or(AuthError::NotConfigured)?;
     let presented = authorization
         .and_then(|value| {
             let (scheme, token) = value.trim().split_once(' ')?;
@@ -43,7 +47,7 @@ pub fn check_bearer(
                 .then_some(token.trim())
         })
         .ok_or(AuthError::Missing)?;
-    if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
+    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(())
     } else {
         Err(AuthError::Wrong)
@@ -157,6 +161,34 @@ mod tests {
             check_bearer(Some(&long), Some(&token)),
             Err(AuthError::Wrong)
         );
+    }
+
+    #[test]
+    fn a_configured_token_with_a_trailing_newline_still_matches() {
+        // `echo token | wrangler secret put ADMIN_TOKEN` stores the newline too.
+        let token = Secret::new("s3cret-admin\n");
+        assert_eq!(
+            check_bearer(Some("Bearer s3cret-admin"), Some(&token)),
+            Ok(())
+        );
+        assert_eq!(
+            check_bearer(Some("Bearer s3cret-admin2"), Some(&token)),
+            Err(AuthError::Wrong)
+        );
+    }
+
+    #[test]
+    fn a_blank_configured_token_opens_nothing() {
+        for blank in ["", " ", "\n", "\t\r\n"] {
+            let token = Secret::new(blank);
+            for header in ["Bearer ", "Bearer", "Bearer x", "Bearer \n"] {
+                assert_eq!(
+                    check_bearer(Some(header), Some(&token)),
+                    Err(AuthError::NotConfigured),
+                    "{blank:?} {header:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -507,6 +507,14 @@ fn documented_defaults_are_what_the_code_does_without_the_setting() {
     }
 }
 
+/// Settings bounded by another one too (config: `VERIFY_TIMEOUT_MINUTES` at most
+/// `PRESIGN_EXPIRY_HOURS`): (setting, the other, the other's value that leaves the whole range
+/// room). Their rows must name the other.
+const BOUNDED_BY: &[(&str, &str, &str)] = &[
+    ("VERIFY_TIMEOUT_MINUTES", "PRESIGN_EXPIRY_HOURS", "168"),
+    ("PRESIGN_EXPIRY_HOURS", "VERIFY_TIMEOUT_MINUTES", "1"),
+];
+
 #[test]
 fn documented_ranges_are_the_ranges_the_code_accepts() {
     let rows = table(&readme(), SETTINGS_HEADER);
@@ -516,6 +524,13 @@ fn documented_ranges_are_the_ranges_the_code_accepts() {
         let Some((_, range)) = row[2].split_once("(from ") else {
             continue;
         };
+        let bound = BOUNDED_BY.iter().find(|(setting, _, _)| *setting == name);
+        if let Some((_, other, _)) = bound {
+            assert!(
+                row[2].contains(&format!("`{other}`")),
+                "{name} is bounded by {other} too: its row must say so"
+            );
+        }
         let (low, high) = range
             .split_once(')')
             .and_then(|(r, _)| r.split_once(" to "))
@@ -524,6 +539,9 @@ fn documented_ranges_are_the_ranges_the_code_accepts() {
         let with = |value: u64| {
             let mut vars = required_examples();
             vars.insert(name.to_owned(), value.to_string());
+            if let Some((_, other, room)) = bound {
+                vars.insert(other.to_string(), room.to_string());
+            }
             problem_names(configure(&vars))
         };
         assert_eq!(with(low), Vec::<&str>::new(), "{name} = {low} is refused");

@@ -89,6 +89,8 @@ fuzz_target!(|data: &[u8]| {
             "PRESIGN_EXPIRY_HOURS",
             (input.expiry_hours % 168 + 1).to_string(),
         ),
+        // At most the shortest expiry, so that every expiry forms a configuration.
+        ("VERIFY_TIMEOUT_MINUTES", "60".to_owned()),
     ]);
     if let Some(prefix) = input.prefix {
         vars.insert("S3_PREFIX", prefix);

@@ -280,6 +280,22 @@ fn check_region(region: &str, on_aws: bool) -> Result<(), String> {
     })
 }
 
+/// `ADMIN_TOKEN` from its raw value: trimmed, as the presented bearer token is (`echo token |
+/// wrangler secret put ADMIN_TOKEN` stores a trailing newline), `None` when unset. Set but blank
+/// is a problem, not a token. The fetch handler reads it alone, so that the API answers even when
+/// other settings are wrong.
+pub fn admin_token(raw: Option<&str>) -> Result<Option<Secret>, Problem> {
+    match raw.map(str::trim) {
+        None => Ok(None),
+        Some("") => Err(Problem {
+            setting: "ADMIN_TOKEN",
+            message: "is set but blank: give it a long random value, or delete the secret to close the HTTP API"
+                .to_owned(),
+        }),
+        Some(token) => Ok(Some(Secret::new(token))),
+    }
+}
+
 impl Config {
     /// Reads and checks every setting through `lookup` (an environment, `wrangler` vars and
     /// secrets, a test map). Returns every problem found, not only the first.
@@ -419,13 +435,35 @@ impl Config {
             include_subgroups: r.boolean("INCLUDE_SUBGROUPS", true),
             include_archived: r.boolean("INCLUDE_ARCHIVED", true),
         };
-        let admin_token = r.optional("ADMIN_TOKEN").map(Secret::new);
+        let admin_token = match admin_token((r.lookup)("ADMIN_TOKEN").as_deref()) {
+            Ok(token) => token,
+            Err(problem) => {
+                r.problems.push(problem);
+                None
+            }
+        };
         let verify_minutes = r.number(
             "VERIFY_TIMEOUT_MINUTES",
             DEFAULT_VERIFY_TIMEOUT_MINUTES,
             (1, 7 * 24 * 60),
         );
         let max_attempts = r.number("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, (1, 10));
+        // GitLab must start uploading before the presigned URL expires: waiting longer for the
+        // object is waiting for nothing. Values already refused are not compared as well.
+        let refused = |setting: &str| r.problems.iter().any(|p| p.setting == setting);
+        if !refused("PRESIGN_EXPIRY_HOURS")
+            && !refused("VERIFY_TIMEOUT_MINUTES")
+            && verify_minutes > presign_hours * 60
+        {
+            r.problem(
+                "VERIFY_TIMEOUT_MINUTES",
+                format!(
+                    "{verify_minutes} minutes is longer than PRESIGN_EXPIRY_HOURS ({presign_hours} h): \
+                     an upload GitLab starts after its URL expired never lands; shorten \
+                     VERIFY_TIMEOUT_MINUTES or lengthen PRESIGN_EXPIRY_HOURS"
+                ),
+            );
+        }
 
         match (
             gitlab_url,

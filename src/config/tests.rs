@@ -215,7 +215,8 @@ fn empty_values_of_required_settings_are_named_and_of_optional_ones_mean_the_def
         }
     }
     let mut vars = minimal();
-    for (name, _) in SETTINGS {
+    // A blank ADMIN_TOKEN is a problem, not a default (an_admin_token_that_is_set_but_blank_is_named).
+    for (name, _) in SETTINGS.iter().filter(|(name, _)| *name != "ADMIN_TOKEN") {
         vars.entry(name).or_insert("  ");
     }
     let config = read(&vars).unwrap();
@@ -529,6 +530,12 @@ fn every_numeric_setting_names_itself_when_out_of_range_or_not_a_number() {
             let mut vars = minimal();
             let value = leak(format!(" {good} "));
             vars.insert(setting, value);
+            // Each end of the range, with the other setting of the pair where it leaves room.
+            match setting {
+                "PRESIGN_EXPIRY_HOURS" => vars.insert("VERIFY_TIMEOUT_MINUTES", "1"),
+                "VERIFY_TIMEOUT_MINUTES" => vars.insert("PRESIGN_EXPIRY_HOURS", "168"),
+                _ => None,
+            };
             assert!(read(&vars).is_ok(), "{setting}={value:?}");
         }
     }
@@ -570,4 +577,94 @@ fn bad_group_lists_are_named() {
     vars.insert("GROUPS_TO_BACKUP", "42,,12");
     let err = read(&vars).unwrap_err();
     assert_eq!(settings_named(err), vec!["GROUPS_TO_BACKUP"]);
+}
+
+#[test]
+fn tokens_put_with_a_trailing_newline_are_trimmed() {
+    // `echo token | wrangler secret put NAME` stores the newline too.
+    let mut vars = minimal();
+    vars.insert("GITLAB_TOKEN", "glpat-x\n");
+    vars.insert("ADMIN_TOKEN", " s3cret-admin\r\n");
+    let config = read(&vars).unwrap();
+    assert_eq!(config.gitlab_token.expose(), "glpat-x");
+    assert_eq!(
+        config.admin_token.as_ref().map(Secret::expose),
+        Some("s3cret-admin")
+    );
+    // The worker's fetch handler reads ADMIN_TOKEN alone, with the same rule.
+    assert_eq!(
+        admin_token(Some("s3cret-admin\n"))
+            .unwrap()
+            .as_ref()
+            .map(Secret::expose),
+        Some("s3cret-admin")
+    );
+    assert!(admin_token(None).unwrap().is_none());
+}
+
+#[test]
+fn an_admin_token_that_is_set_but_blank_is_named() {
+    for blank in ["", " ", "\n", "\t\r\n"] {
+        let mut vars = minimal();
+        vars.insert("ADMIN_TOKEN", blank);
+        let problems = problems(&vars);
+        assert_eq!(problems.len(), 1, "{blank:?}: {problems:?}");
+        assert_eq!(problems[0].0, "ADMIN_TOKEN", "{blank:?}");
+        assert_eq!(
+            admin_token(Some(blank)).unwrap_err().setting,
+            "ADMIN_TOKEN",
+            "{blank:?}"
+        );
+    }
+}
+
+#[test]
+fn a_verify_timeout_longer_than_the_upload_urls_validity_is_named_with_both_settings() {
+    // An upload that starts after its presigned URL expired never lands: waiting longer is vain.
+    for (verify, presign) in [
+        (Some("1441"), None),
+        (None, Some("2")),
+        (Some("61"), Some("1")),
+    ] {
+        let mut vars = minimal();
+        if let Some(verify) = verify {
+            vars.insert("VERIFY_TIMEOUT_MINUTES", verify);
+        }
+        if let Some(presign) = presign {
+            vars.insert("PRESIGN_EXPIRY_HOURS", presign);
+        }
+        let problems = problems(&vars);
+        assert_eq!(problems.len(), 1, "{verify:?} {presign:?}: {problems:?}");
+        assert_eq!(problems[0].0, "VERIFY_TIMEOUT_MINUTES");
+        assert!(
+            problems[0].1.contains("PRESIGN_EXPIRY_HOURS"),
+            "{problems:?}"
+        );
+    }
+    for (verify, presign) in [
+        (None, None),
+        (Some("1440"), None),
+        (None, Some("3")),
+        (Some("60"), Some("1")),
+        (Some("10080"), Some("168")),
+    ] {
+        let mut vars = minimal();
+        if let Some(verify) = verify {
+            vars.insert("VERIFY_TIMEOUT_MINUTES", verify);
+        }
+        if let Some(presign) = presign {
+            vars.insert("PRESIGN_EXPIRY_HOURS", presign);
+        }
+        assert!(read(&vars).is_ok(), "{verify:?} {presign:?}");
+    }
+    // A value that is already refused is not compared with the other as well.
+    for (verify, presign, named) in [
+        ("5000", "x", "PRESIGN_EXPIRY_HOURS"),
+        ("99999", "1", "VERIFY_TIMEOUT_MINUTES"),
+    ] {
+        let mut vars = minimal();
+        vars.insert("VERIFY_TIMEOUT_MINUTES", verify);
+        vars.insert("PRESIGN_EXPIRY_HOURS", presign);
+        assert_eq!(settings_named(read(&vars).unwrap_err()), vec![named]);
+    }
 }

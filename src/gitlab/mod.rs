@@ -169,8 +169,8 @@ pub enum GitLabError {
     ProjectGone,
     /// An answer that does not read as GitLab's API documents it.
     BadAnswer(String),
-    /// A `Link` header pointed outside the configured GitLab; not followed, so the token
-    /// never leaves it.
+    /// A `Link` header pointed outside the configured GitLab's API path (or held credentials);
+    /// not followed, so the token never leaves it.
     ForeignLink(String),
 }
 
@@ -194,7 +194,7 @@ impl fmt::Display for GitLabError {
             GitLabError::BadAnswer(why) => write!(f, "unexpected answer from GitLab: {why}"),
             GitLabError::ForeignLink(url) => write!(
                 f,
-                "GitLab's pagination points outside GITLAB_URL ({url}); not followed"
+                "GitLab's pagination points outside GITLAB_URL's API ({url}); not followed"
             ),
         }
     }
@@ -303,7 +303,8 @@ impl GitLab {
         self.request(Method::Get, page, None)
     }
 
-    /// Reads a listing page; follows `Link: rel="next"` only within the configured GitLab.
+    /// Reads a listing page; follows `Link: rel="next"` only within the configured GitLab's API
+    /// path, and only on its origin (a link on another origin is rebuilt there).
     pub fn read_projects_page(&self, answer: &HttpResponse) -> Result<ProjectsPage, GitLabError> {
         match answer.status {
             200 => {}
@@ -367,16 +368,22 @@ impl GitLab {
             return Ok(None);
         };
         let target = next.target;
-        let same_origin = target.origin() == self.api.origin();
         // A user name or password in the link would travel with the token to whoever they are
         // for: that is not the configured GitLab either.
         let credentials = !target.username().is_empty() || target.password().is_some();
-        if !same_origin || credentials || !target.path().starts_with(self.api.path()) {
+        let http = matches!(target.scheme(), "http" | "https");
+        if credentials || !http || !target.path().starts_with(self.api.path()) {
             return Err(GitLabError::ForeignLink(excerpt(&redact_url(
                 &without_credentials(target),
             ))));
         }
-        Ok(Some(target))
+        // Behind a proxy GitLab may write its links with the scheme and host it was reached at
+        // (`http://gitlab.internal/api/v4/…`): the page is asked for at GITLAB_URL's origin,
+        // with the link's path and query, so the token goes nowhere else.
+        let mut url = self.api.clone();
+        url.set_path(target.path());
+        url.set_query(target.query());
+        Ok(Some(url))
     }
 
     /// Asks GitLab to export a project and upload the archive to `upload_url` with a PUT.

@@ -157,12 +157,14 @@ fn the_last_page_has_no_next() {
 
 #[test]
 fn a_next_link_to_another_host_or_outside_the_api_is_not_followed() {
+    // The token goes to GITLAB_URL's origin only: a link outside the API is refused, one to
+    // another origin inside it is rebuilt on GITLAB_URL (as behind a proxy), never followed.
     let gl = gitlab("https://gitlab.example.com/gitlab/");
     for link in [
         "<https://evil.example.net/api/v4/groups/1/projects?page=2>; rel=\"next\"",
-        "<http://gitlab.example.com/gitlab/api/v4/groups/1/projects?page=2>; rel=\"next\"",
-        "<https://gitlab.example.com:8443/gitlab/api/v4/groups/1/projects?page=2>; rel=\"next\"",
         "<https://gitlab.example.com/other/api/v4/groups/1/projects?page=2>; rel=\"next\"",
+        "<http://gitlab.example.com/other/api/v4/groups/1/projects?page=2>; rel=\"next\"",
+        "<https://evil.example.net/gitlab/api/v4evil/groups>; rel=\"next\"",
     ] {
         let err = gl
             .read_projects_page(&answer(200, &[("Link", link)], "[]"))
@@ -172,6 +174,94 @@ fn a_next_link_to_another_host_or_outside_the_api_is_not_followed() {
             "{link}: {err:?}"
         );
     }
+    for link in [
+        "<http://gitlab.example.com/gitlab/api/v4/groups/1/projects?page=2>; rel=\"next\"",
+        "<https://gitlab.example.com:8443/gitlab/api/v4/groups/1/projects?page=2>; rel=\"next\"",
+        "<https://evil.example.net/gitlab/api/v4/groups/1/projects?page=2>; rel=\"next\"",
+        "<http://127.0.0.1:9/gitlab/api/v4/groups/1/projects?page=2>; rel=\"next\"",
+    ] {
+        let next = gl
+            .read_projects_page(&answer(200, &[("Link", link)], "[]"))
+            .unwrap_or_else(|e| panic!("{link}: {e:?}"))
+            .next
+            .unwrap();
+        let request = gl.projects_page_request(next);
+        assert_eq!(
+            request.url.origin(),
+            Url::parse("https://gitlab.example.com/").unwrap().origin(),
+            "{link}"
+        );
+        assert!(request.url.path().starts_with("/gitlab/api/v4/"), "{link}");
+    }
+}
+
+#[test]
+fn a_next_link_on_another_origin_inside_the_api_is_rebuilt_on_gitlab_url() {
+    // A proxy in front of GitLab: GitLab writes its links with the address it was reached at.
+    let gl = gitlab("https://gitlab.example.com/");
+    for (link, next) in [
+        (
+            "<http://gitlab.internal/api/v4/groups/7/projects?page=2&per_page=100>; rel=\"next\"",
+            "https://gitlab.example.com/api/v4/groups/7/projects?page=2&per_page=100",
+        ),
+        (
+            "<http://gitlab.internal:8080/api/v4/groups/team%2Fsub/projects?per_page=100&page=3#top>; rel=\"next\"",
+            "https://gitlab.example.com/api/v4/groups/team%2Fsub/projects?per_page=100&page=3",
+        ),
+        (
+            "<//gitlab.internal/api/v4/groups/7/projects?page=2>; rel=\"next\"",
+            "https://gitlab.example.com/api/v4/groups/7/projects?page=2",
+        ),
+        (
+            "<https://gitlab.example.com./api/v4/groups/7/projects>; rel=\"next\"",
+            "https://gitlab.example.com/api/v4/groups/7/projects",
+        ),
+        (
+            "<https://gitlab.example.com.evil.net/api/v4/groups>; rel=\"next\"",
+            "https://gitlab.example.com/api/v4/groups",
+        ),
+        (
+            "<https://127.0.0.1/api/v4/groups/7/projects?page=2>; rel=\"next\"",
+            "https://gitlab.example.com/api/v4/groups/7/projects?page=2",
+        ),
+        (
+            "<https://gitlab.example.com/api/v4/groups?page=1>; rel=\"first\", \
+             <https://evil.example.net/api/v4/groups?page=2>; rel=\"next\"",
+            "https://gitlab.example.com/api/v4/groups?page=2",
+        ),
+    ] {
+        let page = gl
+            .read_projects_page(&answer(200, &[("Link", link)], "[]"))
+            .unwrap_or_else(|e| panic!("{link}: {e:?}"));
+        assert_eq!(page.next.as_ref().map(Url::as_str), Some(next), "{link}");
+    }
+    // With a path prefix, the link's path must be under it too.
+    let gl = gitlab("https://gitlab.example.com/gitlab/");
+    let page = gl
+        .read_projects_page(&answer(
+            200,
+            &[(
+                "Link",
+                "<http://10.0.0.5/gitlab/api/v4/groups/7/projects?page=2>; rel=\"next\"",
+            )],
+            "[]",
+        ))
+        .unwrap();
+    assert_eq!(
+        page.next.unwrap().as_str(),
+        "https://gitlab.example.com/gitlab/api/v4/groups/7/projects?page=2"
+    );
+    let err = gl
+        .read_projects_page(&answer(
+            200,
+            &[(
+                "Link",
+                "<http://10.0.0.5/api/v4/groups/7/projects?page=2>; rel=\"next\"",
+            )],
+            "[]",
+        ))
+        .unwrap_err();
+    assert!(matches!(err, GitLabError::ForeignLink(_)), "{err:?}");
 }
 
 #[test]
@@ -558,19 +648,21 @@ fn a_next_link_with_credentials_or_escaping_the_api_is_not_followed() {
     for link in [
         "<https://user:pw@gitlab.example.com/gitlab/api/v4/groups/1/projects?page=2>; rel=\"next\"",
         "<https://glpat@gitlab.example.com/gitlab/api/v4/groups/1/projects?page=2>; rel=\"next\"",
-        "<//evil.example.net/gitlab/api/v4/groups/1/projects?page=2>; rel=\"next\"",
+        "<https://user:pw@evil.example.net/gitlab/api/v4/groups/1/projects?page=2>; rel=\"next\"",
+        "<//evil.example.net/other/api/v4/groups/1/projects?page=2>; rel=\"next\"",
         "</other/api/v4/groups/1/projects?page=2>; rel=\"next\"",
         "<https://gitlab.example.com/gitlab/api/v4/../../other/api/v4/x>; rel=\"next\"",
         "<https://gitlab.example.com/gitlab/api/v4/%2e%2e/%2E%2E/x>; rel=\"next\"",
         "<https://gitlab.example.com/gitlab/api/v4evil/groups>; rel=\"next\"",
-        "<https://gitlab.example.com./gitlab/api/v4/groups/1/projects>; rel=\"next\"",
-        "<https://gitlab.example.com.evil.net/gitlab/api/v4/groups>; rel=\"next\"",
+        "<https://gitlab.example.com./gitlab/api/v4evil/groups/1/projects>; rel=\"next\"",
+        "<https://gitlab.example.com.evil.net/gitlab/other/groups>; rel=\"next\"",
         "<https://evil.net\\@gitlab.example.com/gitlab/api/v4/groups>; rel=\"next\"",
         "<data:text/plain,hello>; rel=\"next\"",
         "<file:///gitlab/api/v4/groups>; rel=\"next\"",
-        "<https://127.0.0.1/gitlab/api/v4/groups>; rel=\"next\"",
+        "<ftp://gitlab.example.com/gitlab/api/v4/groups>; rel=\"next\"",
+        "<https://127.0.0.1/gitlab/groups>; rel=\"next\"",
         "<https://gitlab.example.com/gitlab/api/v4/groups?page=1>; rel=\"first\", \
-         <https://evil.example.net/gitlab/api/v4/groups?page=2>; rel=\"next\"",
+         <https://evil.example.net/api/v4/groups?page=2>; rel=\"next\"",
     ] {
         let err = gl
             .read_projects_page(&answer(200, &[("link", link)], "[]"))

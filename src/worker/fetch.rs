@@ -1,6 +1,6 @@
-//! Sends the core's [`HttpRequest`]s with the runtime's `fetch`, with a timeout, and hands the
-//! answers back as [`HttpResponse`]s. Redirects are not followed, so no header (the GitLab token)
-//! is ever carried to another address.
+//! Sends the core's [`HttpRequest`]s with the runtime's `fetch`, with one timeout for the headers
+//! and the whole body, and hands the answers back as [`HttpResponse`]s. Redirects are not
+//! followed, so no header (the GitLab token) is ever carried to another address.
 
 use std::time::Duration;
 
@@ -37,8 +37,11 @@ pub async fn send(request: &HttpRequest, timeout: Duration) -> HttpResult {
     let signal = controller.signal();
     let fetch = Fetch::Request(outgoing);
     let sending = Box::pin(fetch.send_with_signal(&signal));
-    let mut response = match select(sending, Delay::from(timeout)).await {
-        Either::Left((answer, _)) => answer.map_err(describe)?,
+    // One deadline for the headers and the whole body: a body that stalls half-way must not
+    // hold the tick (and the object's tick flag) forever.
+    let deadline = Delay::from(timeout);
+    let (mut response, deadline) = match select(sending, deadline).await {
+        Either::Left((answer, deadline)) => (answer.map_err(describe)?, deadline),
         Either::Right(_) => {
             controller.abort();
             return Err(format!(
@@ -49,14 +52,28 @@ pub async fn send(request: &HttpRequest, timeout: Duration) -> HttpResult {
             ));
         }
     };
+    let status = response.status_code();
     let headers = response
         .headers()
         .entries()
         .map(|(name, value)| (name.to_ascii_lowercase(), value))
         .collect();
-    let body = response.bytes().await.map_err(describe)?;
+    let body = match select(Box::pin(response.bytes()), deadline).await {
+        Either::Left((body, _)) => body.map_err(describe)?,
+        Either::Right(_) => {
+            // Aborting also cancels the body's stream, and with it the connection.
+            controller.abort();
+            return Err(format!(
+                "{} {}: the answer's body stalled: status {status} and headers came, the whole \
+                 body not within {} s",
+                request.method.as_str(),
+                request.url.host_str().unwrap_or(""),
+                timeout.as_secs()
+            ));
+        }
+    };
     Ok(HttpResponse {
-        status: response.status_code(),
+        status,
         headers,
         body,
     })

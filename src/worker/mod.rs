@@ -12,7 +12,7 @@ use worker::{
 };
 
 use crate::api::{route, Route};
-use crate::secret::Secret;
+use crate::config::admin_token;
 
 /// The Durable Object binding in wrangler.toml.
 const COORDINATOR_BINDING: &str = "COORDINATOR";
@@ -74,9 +74,10 @@ fn json_error(status: u16, message: &str) -> Result<Response> {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    let admin_token = setting(&env, "ADMIN_TOKEN")
-        .filter(|t| !t.trim().is_empty())
-        .map(Secret::new);
+    // A blank one closes the API here; the coordinator reports it as a configuration problem.
+    let admin_token = admin_token(setting(&env, "ADMIN_TOKEN").as_deref())
+        .ok()
+        .flatten();
     let headers = req.headers();
     let decision = route(
         req.method().as_ref(),

@@ -5,14 +5,15 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{OriginalUri, Path, Query, RawQuery, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 use url::Url;
 
@@ -212,7 +213,26 @@ async fn group_projects(
         Json(page).into_response()
     };
     let request_url = Url::parse(&format!("{base}{uri}")).map_err(|_| ApiError::Internal)?;
+    let body = match shared.with_faults(|faults| faults.stall_listing_body_after_bytes) {
+        Some(bytes) => stalled_after(body, bytes).await?,
+        None => body,
+    };
     Ok((AppendHeaders(pagination.headers(&request_url)), body).into_response())
+}
+
+/// `answer` with its status and headers, whose body sends its first `bytes` bytes and then
+/// stalls: it never ends.
+async fn stalled_after(answer: Response, bytes: usize) -> Result<Response, ApiError> {
+    let (parts, body) = answer.into_parts();
+    let whole = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    let first = whole.slice(..bytes.min(whole.len()));
+    let stalling = stream::iter([Ok::<_, std::io::Error>(first)]).chain(stream::pending());
+    let mut parts = parts;
+    // The length would let a client see that the body is short.
+    parts.headers.remove(CONTENT_LENGTH);
+    Ok(Response::from_parts(parts, Body::from_stream(stalling)))
 }
 
 /// `GET /api/v4/projects/:id/export`.

@@ -60,6 +60,7 @@ pub struct Options {
     /// against the rate limit and (on `202`) starts its export on arrival; only the answer waits.
     pub export_answer_delay: Duration,
     /// Base of the URLs written into answers (`Link`, `web_url`); defaults to [`Standin::base_url`].
+    /// Another origin plays a GitLab behind a proxy, whose links name the address it was reached at.
     pub public_base: Option<String>,
     /// Port to bind on 127.0.0.1; 0 picks a free one.
     pub port: u16,
@@ -86,6 +87,10 @@ impl Default for Options {
 pub struct Faults {
     /// Every Nth listing request (`GET /groups/:id/projects`, counting all) answers 500.
     pub listing_5xx_every: Option<u32>,
+    /// Listing pages (`GET /groups/:id/projects`, 200) send their status, headers and this many
+    /// bytes of the body, then nothing more: the body never ends, until the client gives up (or
+    /// [`Standin::stop`] cuts the connection).
+    pub stall_listing_body_after_bytes: Option<usize>,
     /// 429 answers carry no `Retry-After` header.
     pub omit_retry_after: bool,
     /// Exports of these project ids fail to build and end `failed`; nothing is uploaded.

@@ -430,6 +430,108 @@ async fn link_urls_are_built_on_the_public_base_and_replace_page_in_place() {
 }
 
 #[tokio::test]
+async fn behind_a_proxy_links_name_another_origin_whose_path_and_query_page_on_at_the_standin() {
+    // GitLab reached as http://gitlab.internal by a proxy writes its links on that origin; the
+    // backup asks for their path and query at its own GITLAB_URL, here the stand-in's address.
+    let options = Options {
+        public_base: Some("http://gitlab.internal:8080".to_owned()),
+        ..quick()
+    };
+    let standin = start(Seed::generated(1, 5), options).await;
+    let first = get(
+        &standin,
+        "/api/v4/groups/team-0/projects?per_page=2&order_by=id&sort=asc",
+    )
+    .await;
+    let next = url::Url::parse(&first.links()["next"]).unwrap();
+    assert_eq!(
+        (next.scheme(), next.host_str(), next.port()),
+        ("http", Some("gitlab.internal"), Some(8080))
+    );
+    let rebuilt = format!(
+        "{}{}?{}",
+        standin.base_url(),
+        next.path(),
+        next.query().unwrap()
+    );
+    let second = get(&standin, &rebuilt).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.header("x-page"), Some("2"));
+    let (page_1, page_2) = (first.ids(), second.ids());
+    assert_eq!(page_1.len(), 2);
+    assert!(!page_2.is_empty());
+    assert!(
+        page_1.iter().max() < page_2.iter().min(),
+        "{page_1:?} {page_2:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_listing_body_can_stall_after_its_first_bytes() {
+    let standin = start(Seed::generated(1, 5), quick()).await;
+    let url = format!(
+        "{}/api/v4/groups/team-0/projects?per_page=100",
+        standin.base_url()
+    );
+    let client = reqwest::Client::new();
+    let whole = client
+        .get(&url)
+        .header("PRIVATE-TOKEN", TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(whole.len() > 10, "{whole:?}");
+    standin.set_faults(Faults {
+        stall_listing_body_after_bytes: Some(10),
+        ..Faults::default()
+    });
+
+    // The status and headers arrive, then the first 10 bytes of the body, then nothing more.
+    let mut response = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get(&url).header("PRIVATE-TOKEN", TOKEN).send(),
+    )
+    .await
+    .expect("the headers arrive")
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().contains_key("x-total"));
+    let mut received = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), response.chunk()).await {
+            Ok(Ok(Some(chunk))) => received.extend_from_slice(&chunk),
+            Ok(Ok(None)) => panic!("the body ended after {received:?}"),
+            Ok(Err(error)) => panic!("the body failed: {error}"),
+            Err(_stalled) => break,
+        }
+    }
+    assert_eq!(received, whole[..10]);
+
+    // A client with a short overall timeout gets the headers, then times out on the body.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let response = impatient
+        .get(&url)
+        .header("PRIVATE-TOKEN", TOKEN)
+        .send()
+        .await
+        .expect("the headers arrive in time");
+    let error = response.bytes().await.unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+
+    // Other endpoints are not concerned, and the fault can be lifted.
+    assert_eq!(get(&standin, "/api/v4/user").await.status, StatusCode::OK);
+    standin.set_faults(Faults::default());
+    let listing = get(&standin, "/api/v4/groups/team-0/projects?per_page=100").await;
+    assert!(!listing.ids().is_empty());
+}
+
+#[tokio::test]
 async fn per_page_defaults_to_20_and_is_clamped_to_100() {
     let standin = start(Seed::generated(1, 250), quick()).await;
     let default = get(&standin, "/api/v4/groups/team-0/projects").await;
