@@ -19,6 +19,12 @@ fn run_folder(prefix: &str, run_started: SystemTime) -> String {
     format!("{prefix}_runs/{}/", key_timestamp(run_started))
 }
 
+/// The object that marks `prefix` as this deployment's: another deployment finding it stops,
+/// so two never overwrite or "verify" each other's runs.
+pub fn deployment_key(prefix: &str) -> String {
+    format!("{prefix}_deployment.json")
+}
+
 /// The small object the preflight writes to prove the bucket accepts the worker's PUTs.
 pub fn probe_key(prefix: &str, run_started: SystemTime) -> String {
     format!("{}preflight.json", run_folder(prefix, run_started))

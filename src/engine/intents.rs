@@ -21,6 +21,8 @@ pub(crate) enum Intent {
     /// HEAD the preflight's own object: the key must read back what it writes, or no backup
     /// can ever be proven.
     ReadBackProbe,
+    /// Write the marker of this deployment's `S3_PREFIX`: the bucket has none yet.
+    PutMarker,
 }
 
 /// What GitLab's export status said before a `HEAD` looks in the bucket.

@@ -68,6 +68,8 @@ enum Purpose {
     CheckUser,
     Probe,
     ReadBackProbe,
+    CheckMarker,
+    PutMarker,
     ListPage {
         position: u64,
         page: u64,
@@ -139,6 +141,8 @@ pub struct Tick<'a, S: Sql> {
     export_limit: u32,
     /// Whether the token was checked in this tick (preflight).
     token_checked: bool,
+    /// Whether the prefix's marker was found to be this deployment's, in this tick (preflight).
+    prefix_ours: bool,
     /// `(due_ms, project_id)` of the last project this tick checked: the next check comes after.
     checked_after: (u64, u64),
     intents: Intents,
@@ -204,6 +208,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 gitlab_said,
             } => self.head_step(project, gitlab_said, now_ms),
             Intent::ReadBackProbe => self.read_back_step(now_ms),
+            Intent::PutMarker => self.put_marker_step(now_ms),
         }
     }
 
@@ -297,6 +302,8 @@ impl<'a, S: Sql> Tick<'a, S> {
             Purpose::CheckUser => self.on_user(answer, now_ms),
             Purpose::Probe => self.on_probe(answer, now_ms),
             Purpose::ReadBackProbe => self.on_read_back(answer, now_ms),
+            Purpose::CheckMarker => self.on_marker(answer, now_ms),
+            Purpose::PutMarker => self.on_marker_put(answer, now_ms),
             Purpose::ListPage {
                 position,
                 page,

@@ -33,6 +33,24 @@ impl<S: Sql> Tick<'_, S> {
         if !self.gates.s3.is_open() {
             return Ok(None);
         }
+        if !self.prefix_ours {
+            let key = manifest::deployment_key(&self.config.s3_prefix);
+            let url = self.config.bucket.object_url(&region, &key);
+            return match self
+                .signer(&region, now_ms)
+                .signed_request(Method::Get, &url, None)
+            {
+                Ok(request) => Ok(Some(Step {
+                    request,
+                    purpose: Purpose::CheckMarker,
+                })),
+                Err(e) => {
+                    self.gates.s3 = S3Gate::Resting;
+                    self.note_error(&e.to_string(), now_ms)?;
+                    Ok(None)
+                }
+            };
+        }
         let key = manifest::probe_key(&self.config.s3_prefix, self.run_started());
         let body = serde_json::json!({
             "run": self.run.id,
@@ -105,16 +123,29 @@ impl<S: Sql> Tick<'_, S> {
 
     pub(super) fn on_probe(&mut self, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
         match answer {
-            Ok(a) if a.status == 200 => self.intents.push(Intent::ReadBackProbe),
+            Ok(a) if a.status == 200 => {
+                self.intents.push(Intent::ReadBackProbe);
+                Ok(())
+            }
+            answer => self.preflight_put_failed("the preflight PUT", answer, now_ms),
+        }
+    }
+
+    /// The worker's own PUT in preflight was not taken: a refusal stops the run with advice;
+    /// S3 failing or not answering rests it until the next tick.
+    fn preflight_put_failed(
+        &mut self,
+        what: &str,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        match answer {
             Ok(a) if a.status >= 500 => {
                 self.gates.s3 = S3Gate::Resting;
                 self.note_error(
-                    &format!(
-                        "S3 answered {} to the preflight PUT; trying again later",
-                        a.status
-                    ),
+                    &format!("S3 answered {} to {what}; trying again later", a.status),
                     now_ms,
-                )?;
+                )
             }
             Ok(a) => {
                 let reason = format!(
@@ -123,14 +154,90 @@ impl<S: Sql> Tick<'_, S> {
                     a.status,
                     s3_error(&a)
                 );
-                self.stop_run(&reason, now_ms)?;
+                self.stop_run(&reason, now_ms)
             }
             Err(e) => {
                 self.gates.s3 = S3Gate::Resting;
-                self.note_error(&format!("S3 did not answer the preflight PUT: {e}"), now_ms)?;
+                self.note_error(&format!("S3 did not answer {what}: {e}"), now_ms)
+            }
+        }
+    }
+
+    /// The marker of `S3_PREFIX`: this deployment's (go on), another's (stop: both would
+    /// overwrite each other's run records and "verify" each other's uploads), or none yet.
+    pub(super) fn on_marker(&mut self, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+        let key = manifest::deployment_key(&self.config.s3_prefix);
+        match answer {
+            Ok(a) if a.status == 200 => {
+                let ours = self.store.deployment_id()?;
+                let theirs = serde_json::from_slice::<serde_json::Value>(&a.body)
+                    .ok()
+                    .and_then(|marker| marker["deployment"].as_str().map(str::to_owned));
+                match theirs {
+                    Some(theirs) if theirs == ours => self.prefix_ours = true,
+                    theirs => {
+                        let whose = theirs.map_or_else(
+                            || "an unreadable marker".to_owned(),
+                            |id| format!("deployment {id}"),
+                        );
+                        let reason = format!(
+                            "S3_PREFIX is used by another deployment ({key} names {whose}, this one is {ours}): give each deployment its own prefix"
+                        );
+                        self.stop_run(&reason, now_ms)?;
+                    }
+                }
+            }
+            // Missing: 404 when the key may list the bucket, 403 when it may not.
+            Ok(a) if a.status == 404 || a.status == 403 => self.intents.push(Intent::PutMarker),
+            Ok(a) => {
+                self.gates.s3 = S3Gate::Resting;
+                self.note_error(
+                    &format!("S3 answered {} reading {key}; trying again later", a.status),
+                    now_ms,
+                )?;
+            }
+            Err(e) => {
+                self.gates.s3 = S3Gate::Resting;
+                self.note_error(&format!("S3 did not answer reading {key}: {e}"), now_ms)?;
             }
         }
         Ok(())
+    }
+
+    /// A PUT of this deployment's marker (its first run with this prefix).
+    pub(super) fn put_marker_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        let Some(region) = self.region.clone() else {
+            return Ok(None);
+        };
+        let key = manifest::deployment_key(&self.config.s3_prefix);
+        let body = serde_json::json!({
+            "deployment": self.store.deployment_id()?,
+            "since": rfc3339(self.run.started_ms),
+            "purpose": "gitlab-backup: this prefix belongs to one deployment",
+        })
+        .to_string();
+        self.s3_put(
+            &region,
+            &key,
+            body,
+            "application/json",
+            now_ms,
+            Purpose::PutMarker,
+        )
+    }
+
+    pub(super) fn on_marker_put(
+        &mut self,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        match answer {
+            Ok(a) if a.status == 200 => {
+                self.prefix_ours = true;
+                Ok(())
+            }
+            answer => self.preflight_put_failed("the PUT of the prefix's marker", answer, now_ms),
+        }
     }
 
     /// A HEAD of the object the preflight just wrote, signed in its headers.

@@ -248,6 +248,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             window: Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?,
             export_limit,
             token_checked: false,
+            prefix_ours: false,
             checked_after: (0, 0),
             intents,
             timers: TimerTable::default(),

@@ -152,10 +152,12 @@ pub enum MetaKey {
     LastScheduledStart,
     /// Today's use of the Durable Object's daily allowances (`engine::allowance`, as JSON).
     DailyUsage,
+    /// This deployment's random id, which marks its `S3_PREFIX` in the bucket.
+    DeploymentId,
 }
 
 impl MetaKey {
-    pub const ALL: [MetaKey; 14] = [
+    pub const ALL: [MetaKey; 15] = [
         MetaKey::SchemaVersion,
         MetaKey::ExportWindow,
         MetaKey::ExportsBlockedUntil,
@@ -170,6 +172,7 @@ impl MetaKey {
         MetaKey::Intents,
         MetaKey::LastScheduledStart,
         MetaKey::DailyUsage,
+        MetaKey::DeploymentId,
     ];
 
     /// The key as stored.
@@ -189,6 +192,7 @@ impl MetaKey {
             MetaKey::Intents => "intents",
             MetaKey::LastScheduledStart => "last_scheduled_start_ms",
             MetaKey::DailyUsage => "daily_usage",
+            MetaKey::DeploymentId => "deployment_id",
         }
     }
 }
@@ -279,6 +283,18 @@ impl<S: Sql> Store<S> {
             &[key.as_str().into(), value.into()],
         )?;
         Ok(())
+    }
+
+    /// This deployment's id: made once, at random, by SQLite.
+    pub fn deployment_id(&self) -> Result<String, StoreError> {
+        self.rows(
+            "INSERT INTO meta (key, value) VALUES (?, lower(hex(randomblob(16))))
+             ON CONFLICT (key) DO NOTHING",
+            &[MetaKey::DeploymentId.as_str().into()],
+        )?;
+        self.meta(&[MetaKey::DeploymentId])?
+            .text(MetaKey::DeploymentId)?
+            .ok_or_else(|| StoreError("the deployment id was not kept".into()))
     }
 
     pub fn delete_meta(&self, key: MetaKey) -> Result<(), StoreError> {

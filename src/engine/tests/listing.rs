@@ -258,11 +258,11 @@ fn with_cpu_to_spare_pages_are_read_ahead_up_to_the_subrequest_budget() {
     ]);
     assert_ticks_within_budget(&h.ticks, 50, 6);
     let ticks = listing_ticks(&h);
-    // 3 preflight requests (token, PUT, read-back) and 100 pages: 47 + 50 + 3 (then exports
-    // in the same tick).
+    // 5 preflight requests (token, the prefix's marker read and written, the probe's PUT and
+    // read-back) and 100 pages: 45 + 50 + 5 (then exports in the same tick).
     assert_eq!(
         ticks.iter().map(|t| pages_listed(t)).collect::<Vec<_>>(),
-        vec![47, 50, 3]
+        vec![45, 50, 5]
     );
     // Pages of one group are read ahead of the cursor once GitLab gave the page count.
     let acme: Vec<u64> = h

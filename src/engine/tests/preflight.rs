@@ -1,6 +1,8 @@
 //! Preflight: the token, the bucket and its region, before any export.
 
-use super::sim::{assert_landed_and_proven, config, one_group, Harness, World, BUCKET, HOUR, T0};
+use super::sim::{
+    assert_landed_and_proven, config, one_group, Harness, World, BUCKET, DAY, HOUR, T0,
+};
 use crate::engine::Event;
 use crate::store::MetaKey;
 use crate::store::Phase;
@@ -152,7 +154,77 @@ fn a_key_that_may_put_but_not_read_stops_the_run_in_preflight_naming_s3_get_obje
         "{error}"
     );
     assert!(h.world.gitlab.exports.is_empty(), "no export");
-    assert_eq!(h.world.s3.puts.len(), 1, "only the probe");
+    assert_eq!(
+        h.world.s3.puts.len(),
+        2,
+        "only the prefix's marker and the probe"
+    );
     assert_eq!(h.world.s3.heads.len(), 1, "its read-back");
     assert!(h.world.s3.heads[0].1.ends_with("preflight.json"));
+}
+
+#[test]
+fn the_first_run_marks_the_prefix_and_later_runs_find_it_their_own() {
+    let (gitlab, _) = one_group(3, 6);
+    let mut h = Harness::new(config(&[]), World::new(gitlab));
+    let first = h.run_until_finished(T0 + HOUR);
+    assert_landed_and_proven(&h, &first);
+    let marker = format!("/{}", crate::manifest::deployment_key(""));
+    let marks: Vec<&String> = h
+        .world
+        .s3
+        .puts
+        .iter()
+        .filter(|put| put.1 == marker)
+        .map(|put| &put.2)
+        .collect();
+    assert_eq!(marks.len(), 1, "one marker");
+    let ours = h.store().deployment_id().unwrap();
+    assert_eq!(ours.len(), 32, "{ours}");
+    let body: serde_json::Value = serde_json::from_str(marks[0]).unwrap();
+    assert_eq!(body["deployment"], ours.as_str());
+    h.run_until(T0 + DAY + HOUR, |h| {
+        h.latest_run()
+            .is_some_and(|r| r.id > first.id && r.phase == Phase::Finished)
+    });
+    let second = h.latest_run().unwrap();
+    assert_eq!(second.error, None);
+    assert_eq!((second.listed, second.verified), (3, 3));
+    assert_eq!(
+        h.world.s3.puts.iter().filter(|put| put.1 == marker).count(),
+        1,
+        "found, not written again"
+    );
+    assert_eq!(
+        h.world.s3.gets.iter().map(|g| g.2).collect::<Vec<_>>(),
+        vec![404, 200]
+    );
+}
+
+#[test]
+fn a_prefix_marked_by_another_deployment_stops_the_run_in_preflight() {
+    let (gitlab, _) = one_group(3, 6);
+    let mut h = Harness::new(config(&[]), World::new(gitlab));
+    let url = h
+        .config
+        .bucket
+        .object_url("eu-west-1", &crate::manifest::deployment_key(""));
+    h.world.s3.put_foreign_body(
+        &url,
+        r#"{"deployment":"0123456789abcdef0123456789abcdef"}"#,
+        T0 - DAY,
+    );
+    let run = h.run_until_finished(T0 + HOUR);
+    let error = run.error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("stopped before any export: S3_PREFIX is used by another deployment")
+            && error.contains("0123456789abcdef0123456789abcdef"),
+        "{error}"
+    );
+    assert!(h.world.gitlab.exports.is_empty());
+    assert!(
+        h.world.s3.puts.is_empty(),
+        "nothing written: {:?}",
+        h.world.s3.puts
+    );
 }

@@ -52,9 +52,24 @@ fn an_export_in_flight_when_the_worker_died_counts_until_it_must_have_reached_gi
     // window, not for one counted from the send.
     let (gitlab, ids) = one_group(2, 1);
     let mut world = World::new(gitlab);
-    // The user check, the preflight PUT, its read-back and the listing page (two legs each),
-    // then the export.
-    world.scripted_legs = [100, 100, 100, 100, 100, 100, 100, 100, 25 * SECOND].into();
+    // The user check, the marker's GET and PUT, the preflight PUT, its read-back and the
+    // listing page (two legs each), then the export.
+    world.scripted_legs = [
+        100,
+        100,
+        100,
+        100,
+        100,
+        100,
+        100,
+        100,
+        100,
+        100,
+        100,
+        100,
+        25 * SECOND,
+    ]
+    .into();
     let mut h = Harness::new(config(&[("EXPORTS_PER_MINUTE", "1")]), world);
     let mut exports = 0;
     h.crash = Box::new(move |request| {

@@ -14,6 +14,10 @@ pub(crate) struct SimS3 {
     pub(crate) probes: Vec<(u64, Url)>,
     /// Objects by host and path: their size and when they were written.
     objects: BTreeMap<(String, String), (u64, u64)>,
+    /// The bodies of the objects the worker (or someone else) PUT, by host and path.
+    bodies: BTreeMap<(String, String), String>,
+    /// The worker's GETs: (arrival, path, status answered).
+    pub(crate) gets: Vec<(u64, String, u16)>,
     /// The worker's PUTs: (arrival, path, body).
     pub(crate) puts: Vec<(u64, String, String)>,
     /// The worker's HEADs: (arrival, path, status answered).
@@ -67,6 +71,13 @@ impl SimS3 {
         self.objects.insert(object_id(url), (size, at_ms));
     }
 
+    /// An object with this body, written by someone else.
+    pub(crate) fn put_foreign_body(&mut self, url: &Url, body: &str, at_ms: u64) {
+        self.objects
+            .insert(object_id(url), (body.len() as u64, at_ms));
+        self.bodies.insert(object_id(url), body.to_owned());
+    }
+
     pub(crate) fn serve(&mut self, request: &HttpRequest, at_ms: u64) -> HttpResponse {
         let presigned = request
             .url
@@ -79,6 +90,7 @@ impl SimS3 {
                 let body = request.body.clone().unwrap_or_default();
                 self.objects
                     .insert(object_id(&request.url), (body.len() as u64, at_ms));
+                self.bodies.insert(object_id(&request.url), body.clone());
                 self.puts.push((at_ms, request.url.path().to_owned(), body));
                 return HttpResponse {
                     status,
@@ -91,6 +103,25 @@ impl SimS3 {
                 headers: vec![("content-type".into(), "application/xml".into())],
                 body: b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
                     .to_vec(),
+            };
+        }
+        if request.method == Method::Get {
+            Self::assert_header_signed(request);
+            let body = self.bodies.get(&object_id(&request.url)).cloned();
+            let status = match (self.head_status, &body) {
+                (Some(status), _) => status,
+                (None, Some(_)) => 200,
+                (None, None) => 404,
+            };
+            self.gets
+                .push((at_ms, request.url.path().to_owned(), status));
+            return HttpResponse {
+                status,
+                headers: Vec::new(),
+                body: body
+                    .filter(|_| status == 200)
+                    .unwrap_or_default()
+                    .into_bytes(),
             };
         }
         assert_eq!(request.method, Method::Head, "{request:?}");
