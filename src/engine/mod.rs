@@ -42,8 +42,8 @@ pub use export::{EXPORT_WINDOW, LEARNED_LIMIT_HOLDS, UNANSWERED_PER_ATTEMPT};
 pub use gates::{BACKOFF_MAX, BACKOFF_STEP, RETRY_AFTER_SLACK};
 pub use listing::{LISTING_CONCURRENCY, LISTING_PAGE_CPU_MS};
 pub use schedule::{
-    arrival, run_due, schedule_anchor, Arrival, Begin, Start, BUSY_RETRY, PRUNE_BATCH, RUNS_KEPT,
-    RUNS_KEPT_IN_DETAIL,
+    arrival, run_due, schedule_anchor, Arrival, Begin, Start, BACKUPS_REMEMBERED, BUSY_RETRY,
+    PRUNE_BATCH, RUNS_KEPT, RUNS_KEPT_IN_DETAIL,
 };
 pub use timers::{Timer, TimerTable};
 pub use verify::{CHECK_EVERY, CLOCK_SKEW, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF};

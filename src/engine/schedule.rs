@@ -24,6 +24,9 @@ pub const RUNS_KEPT: u64 = 30;
 /// N projects takes at least N / 6 ticks (GitLab's export limit), so pruning the run it
 /// replaces keeps up.
 pub const PRUNE_BATCH: u64 = 20;
+/// How long a project's last verified backup stays known after its last backup: more than a
+/// year, since restoring deleted projects is a main reason to have backups.
+pub const BACKUPS_REMEMBERED: Duration = Duration::from_secs(400 * 24 * 3600);
 /// A run started while another tick is busy is advanced this much later by the alarm.
 pub const BUSY_RETRY: Duration = Duration::from_secs(5);
 
@@ -147,7 +150,14 @@ impl<'a, S: Sql> Tick<'a, S> {
             if meta.u64(MetaKey::PrunedBelow)? == Some(newest) {
                 return Ok(());
             }
-            if store.prune(newest, RUNS_KEPT_IN_DETAIL, RUNS_KEPT, PRUNE_BATCH)? {
+            let forget_before = now_ms.saturating_sub(ms(BACKUPS_REMEMBERED));
+            if store.prune(
+                newest,
+                RUNS_KEPT_IN_DETAIL,
+                RUNS_KEPT,
+                PRUNE_BATCH,
+                forget_before,
+            )? {
                 store.set_meta(MetaKey::PrunedBelow, newest)?;
             }
             Ok(())

@@ -126,6 +126,7 @@ impl<S: Sql> Store<S> {
         keep_detailed: u64,
         keep_runs: u64,
         batch: u64,
+        forget_backups_before_ms: u64,
     ) -> Result<bool, StoreError> {
         // Run ids are consecutive (rows are only ever deleted from the oldest end), so the
         // oldest run kept is found from the newest without walking the table.
@@ -148,7 +149,17 @@ impl<S: Sql> Store<S> {
         if let Some(runs_from) = oldest_kept(keep_runs) {
             self.rows("DELETE FROM runs WHERE id < ?", &[runs_from.into()])?;
         }
-        Ok(projects < batch)
+        // A project's last backup is refreshed by every run that backs it up: one this old
+        // belongs to a project deleted (or failing) for that long, and is forgotten.
+        let backups = self
+            .rows(
+                "DELETE FROM last_backups WHERE project_id IN (
+                     SELECT project_id FROM last_backups WHERE at_ms < ? ORDER BY at_ms LIMIT ?)
+                 RETURNING 1",
+                &[forget_backups_before_ms.into(), batch.into()],
+            )?
+            .len() as u64;
+        Ok(projects < batch && backups < batch)
     }
 
     /// Up to `limit` groups of the run whose listing is not complete, in configured order.

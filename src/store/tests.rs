@@ -173,19 +173,19 @@ fn pruning_keeps_the_newest_runs_in_detail_and_says_when_it_is_done() {
     };
     // Keep 2 runs in detail and 3 runs at all, 20 projects at a time: runs 1 and 2 hold
     // 50 projects, so three calls, the last one done.
-    assert!(!store.prune(4, 2, 3, 20).unwrap());
+    assert!(!store.prune(4, 2, 3, 20, 0).unwrap());
     assert_eq!(count("SELECT COUNT(*) FROM projects"), 80);
     assert_eq!(
         count("SELECT MIN(id) FROM runs"),
         2,
         "run 1 goes, runs 2 to 4 stay"
     );
-    assert!(!store.prune(4, 2, 3, 20).unwrap());
-    assert!(store.prune(4, 2, 3, 20).unwrap());
+    assert!(!store.prune(4, 2, 3, 20, 0).unwrap());
+    assert!(store.prune(4, 2, 3, 20, 0).unwrap());
     assert_eq!(count("SELECT COUNT(*) FROM projects"), 50);
     assert_eq!(count("SELECT MIN(run_id) FROM projects"), 3);
     assert_eq!(count("SELECT COUNT(*) FROM listings WHERE run_id < 3"), 0);
-    assert!(store.prune(4, 2, 3, 20).unwrap(), "nothing more to do");
+    assert!(store.prune(4, 2, 3, 20, 0).unwrap(), "nothing more to do");
 }
 
 #[test]
@@ -315,4 +315,33 @@ fn every_state_and_phase_the_sql_names_is_one_of_the_enums() {
         named > 10,
         "only {named} values found: the markers no longer match the SQL"
     );
+}
+
+#[test]
+fn last_backups_older_than_the_cutoff_are_forgotten_a_batch_at_a_time() {
+    let db = HostSql::in_memory();
+    let store = Store::open(&db).unwrap();
+    let day = 86_400_000;
+    for id in 1..=5u64 {
+        store
+            .record_backup(&Backup {
+                project_id: id,
+                path: format!("g/p{id}"),
+                key: format!("g/p{id}/k.tar.gz"),
+                run_id: 1,
+                at_ms: id * 100 * day,
+                size: 10,
+            })
+            .unwrap();
+    }
+    // Backups before day 350 go, two at a time; the newer stay.
+    assert!(!store.prune(1, 2, 3, 2, 350 * day).unwrap(), "a full batch");
+    assert!(store.prune(1, 2, 3, 2, 350 * day).unwrap(), "done");
+    let kept: Vec<u64> = store
+        .recent_backups(10)
+        .unwrap()
+        .into_iter()
+        .map(|b| b.project_id)
+        .collect();
+    assert_eq!(kept, vec![5, 4]);
 }
