@@ -23,6 +23,12 @@ pub(crate) enum Intent {
     ReadBackProbe,
     /// Write the marker of this deployment's `S3_PREFIX`: the bucket has none yet.
     PutMarker,
+    /// Ask GitLab how big the project is before reporting that its upload never arrived
+    /// after every attempt: above S3's single-PUT limit, that is the likely cause.
+    SizeHint {
+        project: ClaimedProject,
+        reason: String,
+    },
 }
 
 /// What GitLab's export status said before a `HEAD` looks in the bucket.

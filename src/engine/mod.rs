@@ -70,6 +70,10 @@ enum Purpose {
     ReadBackProbe,
     CheckMarker,
     PutMarker,
+    ProjectSize {
+        project: ClaimedProject,
+        reason: String,
+    },
     ListPage {
         position: u64,
         page: u64,
@@ -209,6 +213,18 @@ impl<'a, S: Sql> Tick<'a, S> {
             } => self.head_step(project, gitlab_said, now_ms),
             Intent::ReadBackProbe => self.read_back_step(now_ms),
             Intent::PutMarker => self.put_marker_step(now_ms),
+            Intent::SizeHint { project, reason } => {
+                // A word on the size is worth a request, not a wait: while GitLab is held
+                // back, the attempt fails with the reason as it stands.
+                if self.gates.gitlab.hold.gate(now_ms) != Gate::Open {
+                    self.attempt_failed(&project, &reason, now_ms)?;
+                    return Ok(None);
+                }
+                Ok(Some(Step {
+                    request: self.gitlab.project_size_request(project.project_id),
+                    purpose: Purpose::ProjectSize { project, reason },
+                }))
+            }
         }
     }
 
@@ -304,6 +320,9 @@ impl<'a, S: Sql> Tick<'a, S> {
             Purpose::ReadBackProbe => self.on_read_back(answer, now_ms),
             Purpose::CheckMarker => self.on_marker(answer, now_ms),
             Purpose::PutMarker => self.on_marker_put(answer, now_ms),
+            Purpose::ProjectSize { project, reason } => {
+                self.on_project_size(project, reason, answer, now_ms)
+            }
             Purpose::ListPage {
                 position,
                 page,

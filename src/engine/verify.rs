@@ -24,6 +24,8 @@ pub const NONE_GRACE: Duration = Duration::from_secs(120);
 /// How much older than its export request an object may look and still be that attempt's:
 /// GitLab's, S3's and the worker's clocks differ a little.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// The largest object S3 takes in one PUT (5 GiB); GitLab uploads an export in one PUT.
+pub const S3_SINGLE_PUT_MAX: u64 = 5 << 30;
 /// Waits before the 2nd, 3rd, 4th and later attempts of a failed export.
 pub const RETRY_BACKOFF: [Duration; 4] = [
     Duration::from_secs(60),
@@ -238,6 +240,8 @@ impl<S: Sql> Tick<'_, S> {
             403 | 404 => {
                 let minutes = self.config.verify_timeout.as_secs() / 60;
                 let status = answer.status;
+                let never_arrived =
+                    !matches!(gitlab_said, GitLabSaid::Status(ExportStatus::InProgress));
                 let reason = match gitlab_said {
                     GitLabSaid::Status(ExportStatus::InProgress) => format!(
                         "GitLab's export stayed queued or started for more than {minutes} minutes"
@@ -252,6 +256,11 @@ impl<S: Sql> Tick<'_, S> {
                         "the upload never arrived within {minutes} minutes (GitLab's export status was unreadable: {why}; S3 answers {status})"
                     ),
                 };
+                if never_arrived && self.last_attempt_overdue(&project, now_ms) {
+                    // The usual cause of an upload that never lands is its size: ask first.
+                    self.intents.push(Intent::SizeHint { project, reason });
+                    return Ok(());
+                }
                 self.not_there_yet(&project, &reason, now_ms)
             }
             status => self.not_there_yet(
@@ -260,6 +269,36 @@ impl<S: Sql> Tick<'_, S> {
                 now_ms,
             ),
         }
+    }
+
+    /// Whether the deadline of the project's last attempt has passed.
+    fn last_attempt_overdue(&self, project: &ClaimedProject, now_ms: u64) -> bool {
+        let exported_ms = project.exported_ms.unwrap_or(now_ms);
+        now_ms >= exported_ms + ms(self.config.verify_timeout)
+            && project.attempts.max(1) >= self.config.max_attempts
+    }
+
+    /// The project's size came (or not): its last attempt fails, with a word on the size when
+    /// it is over what S3 takes in one PUT.
+    pub(super) fn on_project_size(
+        &mut self,
+        project: ClaimedProject,
+        reason: String,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let size = answer
+            .map_err(GitLabError::Unavailable)
+            .and_then(|a| self.gitlab.read_project_size(&a));
+        let reason = match size {
+            Ok(size) if size > S3_SINGLE_PUT_MAX => format!(
+                "{reason}; the project holds {:.1} GiB of repository, wiki, LFS objects and uploads: its archive is likely over S3's 5 GB single-PUT limit (GitLab uploads in one PUT)",
+                size as f64 / (1u64 << 30) as f64
+            ),
+            // Without the size (or below the limit) the reason stands as it is.
+            _ => reason,
+        };
+        self.attempt_failed(&project, &reason, now_ms)
     }
 
     /// The proof is not there yet: look again later, or, once `VERIFY_TIMEOUT_MINUTES` passed

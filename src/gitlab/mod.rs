@@ -428,6 +428,57 @@ impl GitLab {
     }
 
     /// Asks where the caller's latest export of a project stands.
+    /// `GET /projects/:id?statistics=true`: how much the project holds.
+    pub fn project_size_request(&self, project_id: u64) -> HttpRequest {
+        let mut url = self.endpoint(&["projects", &project_id.to_string()]);
+        url.query_pairs_mut().append_pair("statistics", "true");
+        self.request(Method::Get, url, None)
+    }
+
+    /// The bytes of what a project export carries (repository, wiki, LFS objects, uploads,
+    /// snippets), from `GET /projects/:id?statistics=true`.
+    pub fn read_project_size(&self, answer: &HttpResponse) -> Result<u64, GitLabError> {
+        #[derive(Deserialize)]
+        struct Statistics {
+            #[serde(default)]
+            repository_size: u64,
+            #[serde(default)]
+            wiki_size: u64,
+            #[serde(default)]
+            lfs_objects_size: u64,
+            #[serde(default)]
+            uploads_size: u64,
+            #[serde(default)]
+            snippets_size: u64,
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            statistics: Option<Statistics>,
+        }
+        match answer.status {
+            200 => {}
+            404 => return Err(GitLabError::ProjectGone),
+            _ => return Err(self.unexpected(answer)),
+        }
+        let body: Body = serde_json::from_slice(&answer.body).map_err(|e| {
+            GitLabError::BadAnswer(format!(
+                "project statistics: {}: {}",
+                excerpt(&e.to_string()),
+                answer.body_excerpt()
+            ))
+        })?;
+        let s = body.statistics.ok_or_else(|| {
+            GitLabError::BadAnswer(
+                "the project has no statistics (the token needs Reporter)".into(),
+            )
+        })?;
+        Ok(s.repository_size
+            .saturating_add(s.wiki_size)
+            .saturating_add(s.lfs_objects_size)
+            .saturating_add(s.uploads_size)
+            .saturating_add(s.snippets_size))
+    }
+
     pub fn export_status_request(&self, project_id: u64) -> HttpRequest {
         let url = self.endpoint(&["projects", &project_id.to_string(), "export"]);
         self.request(Method::Get, url, None)

@@ -880,3 +880,23 @@ fn export_answers_are_classified_as_the_issue_asks() {
         ExportAnswer::Retry(GitLabError::Unauthorized)
     );
 }
+
+#[test]
+fn a_projects_size_is_what_its_export_carries() {
+    let gl = gitlab("https://gitlab.example.com/");
+    assert_eq!(
+        gl.project_size_request(9).url.as_str(),
+        "https://gitlab.example.com/api/v4/projects/9?statistics=true"
+    );
+    let body = r#"{"id":9,"statistics":{"commit_count":3,"storage_size":999,"repository_size":100,
+        "wiki_size":20,"lfs_objects_size":3000,"job_artifacts_size":500,"uploads_size":4,"snippets_size":1}}"#;
+    assert_eq!(gl.read_project_size(&answer(200, &[], body)), Ok(3125));
+    assert_eq!(
+        gl.read_project_size(&answer(404, &[], "{}")),
+        Err(GitLabError::ProjectGone)
+    );
+    assert!(matches!(
+        gl.read_project_size(&answer(200, &[], r#"{"id":9}"#)),
+        Err(GitLabError::BadAnswer(_))
+    ));
+}

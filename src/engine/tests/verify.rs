@@ -272,3 +272,40 @@ fn an_object_older_than_the_attempts_export_request_is_no_proof() {
         failures[0].2
     );
 }
+
+#[test]
+fn an_upload_that_never_lands_after_every_attempt_names_a_size_over_s3s_single_put_limit() {
+    let (mut gitlab, ids) = one_group(2, 6);
+    gitlab.lost_uploads.insert(ids[0]);
+    gitlab.lost_uploads.insert(ids[1]);
+    gitlab.sizes.insert(ids[0], 6 << 30);
+    let mut h = Harness::new(
+        config(&[("VERIFY_TIMEOUT_MINUTES", "10"), ("MAX_ATTEMPTS", "2")]),
+        World::new(gitlab),
+    );
+    let run = h.run_until_finished(T0 + 2 * HOUR);
+    assert_eq!((run.verified, run.failed), (0, 2));
+    let reasons: BTreeMap<u64, String> = h
+        .store()
+        .failures(run.id, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _, reason)| (id, reason))
+        .collect();
+    assert!(
+        reasons[&ids[0]].contains("the project holds 6.0 GiB")
+            && reasons[&ids[0]].contains("likely over S3's 5 GB single-PUT limit")
+            && reasons[&ids[0]].ends_with("(after 2 attempts)"),
+        "{}",
+        reasons[&ids[0]]
+    );
+    assert!(
+        !reasons[&ids[1]].contains("GiB") && reasons[&ids[1]].ends_with("(after 2 attempts)"),
+        "a small project's reason stands: {}",
+        reasons[&ids[1]]
+    );
+    // Asked once per project, after its last attempt, not before.
+    let asked: Vec<u64> = h.world.gitlab.size_checks.iter().map(|c| c.1).collect();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(ids.iter().all(|id| asked.contains(id)));
+}

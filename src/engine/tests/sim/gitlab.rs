@@ -79,6 +79,11 @@ pub(crate) struct SimGitLab {
     pub(crate) delete_after_listings: Option<(usize, u64)>,
     /// Faults of the other GitLab requests (`GET /user`, `GET /projects/:id/export`).
     pub(crate) status_faults: FaultPlan,
+    /// What `GET /projects/:id?statistics=true` reports a project holds, in bytes (default: a
+    /// small project).
+    pub(crate) sizes: BTreeMap<u64, u64>,
+    /// Those requests: (arrival, project id).
+    pub(crate) size_checks: Vec<(u64, u64)>,
     /// How long GitLab takes to build an export and upload it, in ms (inclusive range).
     pub(crate) build_ms: (u64, u64),
     pub(crate) build_rng: Rng,
@@ -165,6 +170,8 @@ impl SimGitLab {
             listings: Vec::new(),
             delete_after_listings: None,
             status_faults: FaultPlan::default(),
+            sizes: BTreeMap::new(),
+            size_checks: Vec::new(),
             build_ms: (2 * SECOND, 8 * SECOND),
             build_rng: Rng::new(0xB1D),
             build_failures: BTreeSet::new(),
@@ -319,6 +326,19 @@ impl SimGitLab {
             }
             (Method::Get, ["projects", project, "export"]) => {
                 self.export_status(project, at_ms, fault)
+            }
+            (Method::Get, ["projects", project]) => {
+                let id: u64 = project.parse().unwrap_or(0);
+                self.size_checks.push((at_ms, id));
+                if !self.projects.iter().any(|p| p.id == id) {
+                    return error_answer(404);
+                }
+                let size = self.sizes.get(&id).copied().unwrap_or(10_000 + id);
+                json_answer(
+                    200,
+                    json!({"id": id, "statistics": {"repository_size": size, "wiki_size": 0,
+                        "lfs_objects_size": 0, "uploads_size": 0, "snippets_size": 0}}),
+                )
             }
             (Method::Get, ["user"]) => {
                 self.user_checks.push(at_ms);
