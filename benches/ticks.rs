@@ -247,6 +247,13 @@ impl Sql for &Metered {
         }
         Ok(rows)
     }
+
+    fn transaction(
+        &self,
+        body: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        (&self.db).transaction(body)
+    }
 }
 
 fn thread_cpu_ns() -> u64 {

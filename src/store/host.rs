@@ -57,4 +57,26 @@ impl Sql for &HostSql {
         self.1.set(self.1.get() + scanned as u64);
         Ok(out)
     }
+
+    fn transaction(
+        &self,
+        body: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let err = |e: rusqlite::Error| StoreError(e.to_string());
+        self.0
+            .execute_batch("SAVEPOINT store_transaction")
+            .map_err(err)?;
+        match body() {
+            Ok(()) => self
+                .0
+                .execute_batch("RELEASE store_transaction")
+                .map_err(err),
+            Err(e) => {
+                self.0
+                    .execute_batch("ROLLBACK TO store_transaction; RELEASE store_transaction")
+                    .map_err(err)?;
+                Err(e)
+            }
+        }
+    }
 }

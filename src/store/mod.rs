@@ -94,9 +94,18 @@ impl Value {
 /// A row as positional values, in the order of the query's columns.
 pub type Row = Vec<Value>;
 
-/// Runs one SQL statement with positional `?` parameters and returns its rows.
+/// Runs one SQL statement with positional `?` parameters and returns its rows; runs a batch
+/// of them atomically.
 pub trait Sql {
     fn exec(&self, query: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
+
+    /// Runs `body` (which runs its statements through [`Sql::exec`]) as one transaction: when
+    /// it fails, none of its statements took effect. The Durable Object refuses `BEGIN` and
+    /// `COMMIT`, so this is the glue's `transactionSync`, and a savepoint on the host.
+    fn transaction(
+        &self,
+        body: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
 }
 
 /// A storage failure (the statement was refused, or a row did not have the expected shape).

@@ -63,6 +63,13 @@ impl Sql for &Counting<'_> {
         self.1.set(self.1.get() + 1);
         self.0.exec(query, params)
     }
+
+    fn transaction(
+        &self,
+        body: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.0.transaction(body)
+    }
 }
 
 #[test]
@@ -89,6 +96,24 @@ fn an_opened_store_checks_its_schema_in_one_statement_and_restores_what_is_missi
     store.record_only_page(run.id, 0, &[(1, "a/1")]).unwrap();
     store.record_failure(run.id, 1, "gone", None).unwrap();
     assert_eq!(store.active_run().unwrap().unwrap().failed, 1);
+}
+
+#[test]
+fn a_transaction_that_fails_leaves_none_of_its_statements() {
+    let db = HostSql::in_memory();
+    Store::open(&db).unwrap();
+    let sql = &db;
+    let insert = |key: &str| sql.exec("INSERT INTO meta (key, value) VALUES (?, 1)", &[key.into()]);
+    let failed = sql.transaction(&mut || {
+        insert("written then undone")?;
+        Err(StoreError("the batch fails".into()))
+    });
+    assert_eq!(failed, Err(StoreError("the batch fails".into())));
+    sql.transaction(&mut || insert("kept").map(drop)).unwrap();
+    let keys: Vec<Row> = sql
+        .exec("SELECT key FROM meta WHERE value = 1", &[])
+        .unwrap();
+    assert_eq!(keys, vec![vec![Value::Text("kept".into())]]);
 }
 
 #[test]

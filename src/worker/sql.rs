@@ -1,9 +1,26 @@
 //! The Durable Object's SQLite storage behind the core's [`Sql`] trait.
 
 use crate::store::{Row, Sql, StoreError, Value};
-use worker::{SqlStorage, SqlStorageValue};
+use worker::js_sys::{Function, Reflect};
+use worker::wasm_bindgen::closure::ScopedClosure;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::{SqlStorage, SqlStorageValue, Storage};
 
-pub struct DurableSql(pub SqlStorage);
+/// The object's storage: its SQL, and the storage API whose `transactionSync` makes a batch of
+/// statements atomic (the SQL API refuses `BEGIN` and `COMMIT`).
+pub struct DurableSql {
+    sql: SqlStorage,
+    storage: Storage,
+}
+
+impl DurableSql {
+    pub fn new(storage: Storage) -> DurableSql {
+        DurableSql {
+            sql: storage.sql(),
+            storage,
+        }
+    }
+}
 
 impl Sql for DurableSql {
     fn exec(&self, query: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
@@ -17,7 +34,7 @@ impl Sql for DurableSql {
             })
             .collect();
         let cursor = self
-            .0
+            .sql
             .exec(query, bindings)
             .map_err(|e| StoreError(e.to_string()))?;
         cursor
@@ -38,5 +55,40 @@ impl Sql for DurableSql {
                     .collect()
             })
             .collect()
+    }
+
+    /// `ctx.storage.transactionSync(body)`: the runtime rolls back every write of `body` when
+    /// it throws, which the closure does when `body` fails.
+    fn transaction(
+        &self,
+        body: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let storage: &JsValue = self.storage.as_raw();
+        let transaction_sync = Reflect::get(storage, &JsValue::from_str("transactionSync"))
+            .ok()
+            .and_then(|f| f.dyn_into::<Function>().ok())
+            .ok_or_else(|| StoreError("the storage has no transactionSync".into()))?;
+        let mut failure = None;
+        let mut run = || -> Result<(), JsValue> {
+            body().map_err(|e| {
+                let thrown = JsValue::from_str(&e.0);
+                failure = Some(e);
+                thrown
+            })
+        };
+        // Borrowed, not owned: `transactionSync` calls it before it returns, and the closure
+        // is invalidated when dropped here.
+        let callback = ScopedClosure::<dyn FnMut() -> Result<(), JsValue>>::borrow_mut(&mut run);
+        let outcome = transaction_sync.call1(storage, callback.as_js_value());
+        drop(callback);
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(thrown) => Err(failure.unwrap_or_else(|| {
+                StoreError(format!(
+                    "transactionSync failed: {}",
+                    thrown.as_string().unwrap_or_else(|| format!("{thrown:?}"))
+                ))
+            })),
+        }
     }
 }
