@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+mod migrations;
 mod projects;
 mod rows;
 mod runs;
@@ -15,13 +16,14 @@ mod schema;
 #[cfg(any(test, feature = "host-sql"))]
 pub mod host;
 #[cfg(test)]
+pub(crate) mod migration_tests;
+#[cfg(test)]
 mod tests;
 
 pub use rows::{
     Backup, ClaimedProject, ListedPage, ListingRow, ManifestEntry, Phase, ProjectState, Remaining,
     RunRow,
 };
-use schema::{schema_version, SCHEMA};
 
 /// A value bound to, or read from, a query.
 #[derive(Clone, Debug, PartialEq)]
@@ -129,8 +131,8 @@ fn column(row: &Row, index: usize) -> Result<&Value, StoreError> {
 /// rename one (a deployed store keeps its rows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MetaKey {
-    /// A digest of [`SCHEMA`]: any change to it makes an existing store run the statements again
-    /// (each adds only what is missing).
+    /// A digest of the schema, which stores kept before their schema had a version number
+    /// ([`MetaKey::SchemaNumber`]); the first migration step a store goes through deletes it.
     SchemaVersion,
     /// The rate window's requests (`engine::window::Window`, as JSON).
     ExportWindow,
@@ -154,10 +156,13 @@ pub enum MetaKey {
     /// Follow-up requests a tick recorded but had no budget left to send (`engine::Intent`, as
     /// JSON): the next tick sends them first.
     Intents,
+    /// The schema's version number: the last migration step (`store/migrations.rs`) the store
+    /// went through.
+    SchemaNumber,
 }
 
 impl MetaKey {
-    pub const ALL: [MetaKey; 12] = [
+    pub const ALL: [MetaKey; 13] = [
         MetaKey::SchemaVersion,
         MetaKey::ExportWindow,
         MetaKey::ExportsBlockedUntil,
@@ -170,6 +175,7 @@ impl MetaKey {
         MetaKey::LastError,
         MetaKey::LastErrorAt,
         MetaKey::Intents,
+        MetaKey::SchemaNumber,
     ];
 
     /// The key as stored.
@@ -187,6 +193,7 @@ impl MetaKey {
             MetaKey::LastError => "last_error",
             MetaKey::LastErrorAt => "last_error_at_ms",
             MetaKey::Intents => "intents",
+            MetaKey::SchemaNumber => "schema_number",
         }
     }
 }
@@ -211,27 +218,13 @@ pub struct Store<S> {
 }
 
 impl<S: Sql> Store<S> {
-    /// Opens the store, creating the schema unless it is there in this version: one statement
-    /// when it is (an evicted Durable Object opens its store on every request).
+    /// Opens the store: one statement when its schema is at this version (an evicted Durable
+    /// Object opens its store on every request). A new store gets the schema; an older one the
+    /// migration steps it lacks, each in one transaction; a newer one is refused, untouched.
     pub fn open(sql: S) -> Result<Store<S>, StoreError> {
-        let version = schema_version();
-        // Before the first open there is no `meta` table, and the read fails.
-        let current = sql.exec(
-            "SELECT value FROM meta WHERE key = ?",
-            &[MetaKey::SchemaVersion.as_str().into()],
-        );
-        let up_to_date = matches!(
-            current.as_deref(),
-            Ok([row]) if row.first() == Some(&Value::Text(version.clone()))
-        );
         let store = Store { sql };
-        if !up_to_date {
-            for statement in SCHEMA {
-                store.sql.exec(statement, &[])?;
-            }
-            store.migrate_export_log()?;
-            store.set_meta(MetaKey::SchemaVersion, version)?;
-        }
+        let version = store.schema_version()?;
+        store.migrate(version)?;
         Ok(store)
     }
 
