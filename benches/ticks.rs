@@ -251,6 +251,13 @@ impl Sql for &Metered {
     fn rows_written(&self) -> u64 {
         (&self.db).rows_written()
     }
+
+    fn transaction(
+        &self,
+        body: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        (&self.db).transaction(body)
+    }
 }
 
 fn thread_cpu_ns() -> u64 {

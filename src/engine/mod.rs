@@ -145,7 +145,7 @@ pub struct Tick<'a, S: Sql> {
     export_limit: u32,
     /// Whether the token was checked in this tick (preflight).
     token_checked: bool,
-    /// Whether the prefix's marker was found to be this deployment's, in this tick (preflight).
+    /// Whether this run's preflight found the prefix's marker this deployment's.
     prefix_ours: bool,
     /// `(due_ms, project_id)` of the last project this tick checked: the next check comes after.
     checked_after: (u64, u64),

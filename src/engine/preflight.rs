@@ -174,7 +174,7 @@ impl<S: Sql> Tick<'_, S> {
                     .ok()
                     .and_then(|marker| marker["deployment"].as_str().map(str::to_owned));
                 match theirs {
-                    Some(theirs) if theirs == ours => self.prefix_ours = true,
+                    Some(theirs) if theirs == ours => self.prefix_checked()?,
                     theirs => {
                         let whose = theirs.map_or_else(
                             || "an unreadable marker".to_owned(),
@@ -202,6 +202,13 @@ impl<S: Sql> Tick<'_, S> {
             }
         }
         Ok(())
+    }
+
+    /// The prefix is this deployment's, for the rest of this run's preflight (which may take
+    /// several ticks on a small budget).
+    fn prefix_checked(&mut self) -> Result<(), StoreError> {
+        self.prefix_ours = true;
+        self.store.set_meta(MetaKey::PrefixCheckedRun, self.run.id)
     }
 
     /// A PUT of this deployment's marker (its first run with this prefix).
@@ -232,10 +239,7 @@ impl<S: Sql> Tick<'_, S> {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         match answer {
-            Ok(a) if a.status == 200 => {
-                self.prefix_ours = true;
-                Ok(())
-            }
+            Ok(a) if a.status == 200 => self.prefix_checked(),
             answer => self.preflight_put_failed("the PUT of the prefix's marker", answer, now_ms),
         }
     }

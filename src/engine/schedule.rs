@@ -31,7 +31,7 @@ pub const BACKUPS_REMEMBERED: Duration = Duration::from_secs(400 * 24 * 3600);
 pub const BUSY_RETRY: Duration = Duration::from_secs(5);
 
 /// The `meta` facts a tick reads, in its one `meta` statement.
-const TICK_FACTS: [MetaKey; 11] = [
+const TICK_FACTS: [MetaKey; 12] = [
     MetaKey::LearnedLimit,
     MetaKey::LearnedUntil,
     MetaKey::BucketRegion,
@@ -43,6 +43,7 @@ const TICK_FACTS: [MetaKey; 11] = [
     MetaKey::Intents,
     MetaKey::LastScheduledStart,
     MetaKey::DailyUsage,
+    MetaKey::PrefixCheckedRun,
 ];
 
 /// Whether a tick may start a new run.
@@ -258,7 +259,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             window: Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?,
             export_limit,
             token_checked: false,
-            prefix_ours: false,
+            prefix_ours: meta.u64(MetaKey::PrefixCheckedRun)? == Some(run.id),
             checked_after: (0, 0),
             intents,
             timers: TimerTable::default(),

@@ -290,6 +290,15 @@ impl<S: Sql> Tick<'_, S> {
         let size = answer
             .map_err(GitLabError::Unavailable)
             .and_then(|a| self.gitlab.read_project_size(&a));
+        // GitLab's answer counts as any other: a failure backs it off, a 429 holds it back.
+        match &size {
+            Err(GitLabError::RateLimited { retry_after }) => {
+                self.rate_limited(*retry_after, Limited::AllOfGitLab, now_ms)?
+            }
+            Err(e @ (GitLabError::Unauthorized | GitLabError::Unavailable(_))) => self
+                .gitlab_unavailable(&format!("asking the size of {}: {e}", project.path), now_ms)?,
+            _ => self.gitlab_answered()?,
+        }
         let reason = match size {
             Ok(size) if size > S3_SINGLE_PUT_MAX => format!(
                 "{reason}; the project holds {:.1} GiB of repository, wiki, LFS objects and uploads: its archive is likely over S3's 5 GB single-PUT limit (GitLab uploads in one PUT)",

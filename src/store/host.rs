@@ -14,6 +14,15 @@ impl HostSql {
         connection.set_prepared_statement_cache_capacity(64);
         HostSql(connection, std::cell::Cell::new(0))
     }
+
+    /// An in-memory database holding `dump`: SQL statements (a store's schema and its rows, as
+    /// the fixtures of `store/fixtures/` have them).
+    pub fn from_dump(dump: &str) -> Result<HostSql, StoreError> {
+        let db = HostSql::in_memory();
+        db.0.execute_batch(dump)
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(db)
+    }
 }
 
 impl rusqlite::ToSql for Value {
@@ -60,5 +69,27 @@ impl Sql for &HostSql {
 
     fn rows_written(&self) -> u64 {
         self.0.total_changes()
+    }
+
+    fn transaction(
+        &self,
+        body: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let err = |e: rusqlite::Error| StoreError(e.to_string());
+        self.0
+            .execute_batch("SAVEPOINT store_transaction")
+            .map_err(err)?;
+        match body() {
+            Ok(()) => self
+                .0
+                .execute_batch("RELEASE store_transaction")
+                .map_err(err),
+            Err(e) => {
+                self.0
+                    .execute_batch("ROLLBACK TO store_transaction; RELEASE store_transaction")
+                    .map_err(err)?;
+                Err(e)
+            }
+        }
     }
 }

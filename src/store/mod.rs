@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+mod migrations;
 mod projects;
 mod rows;
 mod runs;
@@ -15,13 +16,14 @@ mod schema;
 #[cfg(any(test, feature = "host-sql"))]
 pub mod host;
 #[cfg(test)]
+pub(crate) mod migration_tests;
+#[cfg(test)]
 mod tests;
 
 pub use rows::{
     Backup, ClaimedProject, ListedPage, ListingRow, ManifestEntry, Phase, ProjectState, Remaining,
     RunRow,
 };
-use schema::{schema_version, SCHEMA};
 
 /// A value bound to, or read from, a query.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,12 +96,21 @@ impl Value {
 /// A row as positional values, in the order of the query's columns.
 pub type Row = Vec<Value>;
 
-/// Runs one SQL statement with positional `?` parameters and returns its rows.
+/// Runs one SQL statement with positional `?` parameters and returns its rows; runs a batch
+/// of them atomically.
 pub trait Sql {
     fn exec(&self, query: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
     /// Rows written through this connection so far, as the platform bills them: the Durable
     /// Object's cursors report theirs; on the host, SQLite's count of changed rows.
     fn rows_written(&self) -> u64;
+
+    /// Runs `body` (which runs its statements through [`Sql::exec`]) as one transaction: when
+    /// it fails, none of its statements took effect. The Durable Object refuses `BEGIN` and
+    /// `COMMIT`, so this is the glue's `transactionSync`, and a savepoint on the host.
+    fn transaction(
+        &self,
+        body: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
 }
 
 /// A storage failure (the statement was refused, or a row did not have the expected shape).
@@ -123,8 +134,8 @@ fn column(row: &Row, index: usize) -> Result<&Value, StoreError> {
 /// rename one (a deployed store keeps its rows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MetaKey {
-    /// A digest of [`SCHEMA`]: any change to it makes an existing store run the statements again
-    /// (each adds only what is missing).
+    /// A digest of the schema, which stores kept before their schema had a version number
+    /// ([`MetaKey::SchemaNumber`]); the first migration step a store goes through deletes it.
     SchemaVersion,
     /// The rate window's requests (`engine::window::Window`, as JSON).
     ExportWindow,
@@ -154,10 +165,15 @@ pub enum MetaKey {
     DailyUsage,
     /// This deployment's random id, which marks its `S3_PREFIX` in the bucket.
     DeploymentId,
+    /// The run whose preflight found the prefix's marker this deployment's (or wrote it).
+    PrefixCheckedRun,
+    /// The schema's version number: the last migration step (`store/migrations.rs`) the store
+    /// went through.
+    SchemaNumber,
 }
 
 impl MetaKey {
-    pub const ALL: [MetaKey; 15] = [
+    pub const ALL: [MetaKey; 17] = [
         MetaKey::SchemaVersion,
         MetaKey::ExportWindow,
         MetaKey::ExportsBlockedUntil,
@@ -173,6 +189,8 @@ impl MetaKey {
         MetaKey::LastScheduledStart,
         MetaKey::DailyUsage,
         MetaKey::DeploymentId,
+        MetaKey::PrefixCheckedRun,
+        MetaKey::SchemaNumber,
     ];
 
     /// The key as stored.
@@ -193,6 +211,8 @@ impl MetaKey {
             MetaKey::LastScheduledStart => "last_scheduled_start_ms",
             MetaKey::DailyUsage => "daily_usage",
             MetaKey::DeploymentId => "deployment_id",
+            MetaKey::PrefixCheckedRun => "prefix_checked_run",
+            MetaKey::SchemaNumber => "schema_number",
         }
     }
 }
@@ -217,27 +237,13 @@ pub struct Store<S> {
 }
 
 impl<S: Sql> Store<S> {
-    /// Opens the store, creating the schema unless it is there in this version: one statement
-    /// when it is (an evicted Durable Object opens its store on every request).
+    /// Opens the store: one statement when its schema is at this version (an evicted Durable
+    /// Object opens its store on every request). A new store gets the schema; an older one the
+    /// migration steps it lacks, each in one transaction; a newer one is refused, untouched.
     pub fn open(sql: S) -> Result<Store<S>, StoreError> {
-        let version = schema_version();
-        // Before the first open there is no `meta` table, and the read fails.
-        let current = sql.exec(
-            "SELECT value FROM meta WHERE key = ?",
-            &[MetaKey::SchemaVersion.as_str().into()],
-        );
-        let up_to_date = matches!(
-            current.as_deref(),
-            Ok([row]) if row.first() == Some(&Value::Text(version.clone()))
-        );
         let store = Store { sql };
-        if !up_to_date {
-            for statement in SCHEMA {
-                store.sql.exec(statement, &[])?;
-            }
-            store.migrate_export_log()?;
-            store.set_meta(MetaKey::SchemaVersion, version)?;
-        }
+        let version = store.schema_version()?;
+        store.migrate(version)?;
         Ok(store)
     }
 

@@ -1,7 +1,17 @@
-//! The schema: its statements, its version, and the moves of data from older shapes.
+//! The schema a new store is created with, and the rule that keeps deployed stores working.
+//!
+//! **Every schema change is a new migration step plus a fixture of the schema before it.**
+//! A deployed store changes only through the steps of `store/migrations.rs` (`STEPS`: each
+//! applied once, in order, in one transaction), never through these statements: `CREATE …
+//! IF NOT EXISTS` adds no column to a table that exists. So a change here (a column, a table,
+//! an index, a trigger) comes with a step that turns the previous schema into this one
+//! (`ALTER TABLE … ADD COLUMN`, new objects, data moves), a dump of the previous schema with a
+//! run in the middle in `store/fixtures/` named after its version, and `SCHEMA_DIGEST` set to
+//! the new version and digest. `store::migration_tests` fails until all three are there: the
+//! digest pins these statements to the last step, and every fixture, migrated, must have
+//! exactly the shape of a new store.
 
-use super::{MetaKey, Sql, Store, StoreError};
-
+/// The schema of a new store, at version `migrations::LATEST`.
 pub(super) const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS runs (
         id INTEGER PRIMARY KEY,
@@ -83,33 +93,17 @@ pub(super) const SCHEMA: &[&str] = &[
         END",
 ];
 
-pub(super) fn schema_version() -> String {
+/// The version [`SCHEMA`] is at, and the digest of its statements
+/// ([`schema_digest`]): changing the statements without a new step fails
+/// `store::migration_tests`.
+#[cfg(test)]
+pub(super) const SCHEMA_DIGEST: (u64, &str) = (8, "570db941f8d0b394");
+
+/// The first 8 bytes of the SHA-256 of the statements, in hex (what stores before numbered
+/// versions kept as `schema_version`).
+#[cfg(test)]
+pub(super) fn schema_digest() -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(SCHEMA.concat().as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-impl<S: Sql> Store<S> {
-    /// Stores from before the rate window moved into `meta` kept it in a table
-    /// `export_log (id, at_ms)`: its requests join the window, so none of the last minute is
-    /// forgotten, and the table goes.
-    pub(super) fn migrate_export_log(&self) -> Result<(), StoreError> {
-        let old = self.rows(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'export_log'",
-            &[],
-        )?;
-        if old.is_empty() {
-            return Ok(());
-        }
-        self.rows(
-            "INSERT INTO meta (key, value)
-             SELECT ?, json_object('next', COALESCE(MAX(id), 0) + 1,
-                                   'requests', json_group_array(json_array(id, at_ms)))
-             FROM export_log WHERE id IS NOT NULL
-             ON CONFLICT (key) DO NOTHING",
-            &[MetaKey::ExportWindow.as_str().into()],
-        )?;
-        self.rows("DROP TABLE export_log", &[])?;
-        Ok(())
-    }
 }

@@ -67,10 +67,17 @@ impl Sql for &Counting<'_> {
     fn rows_written(&self) -> u64 {
         self.0.rows_written()
     }
+
+    fn transaction(
+        &self,
+        body: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.0.transaction(body)
+    }
 }
 
 #[test]
-fn an_opened_store_checks_its_schema_in_one_statement_and_restores_what_is_missing() {
+fn an_opened_store_checks_its_schema_in_one_statement_and_applies_only_the_steps_it_lacks() {
     let db = HostSql::in_memory();
     let counting = Counting(&db, std::cell::Cell::new(0));
     let opened = |expected: u64, why: &str| {
@@ -79,20 +86,42 @@ fn an_opened_store_checks_its_schema_in_one_statement_and_restores_what_is_missi
         assert_eq!(counting.1.get(), expected, "{why}");
         store
     };
-    // Checked, created, migrated from an older layout if there is one, version noted.
-    let created = 3 + SCHEMA.len() as u64;
-    opened(created, "a new store");
+    // The version read (no `meta` yet), the tables looked at, the schema created, the version
+    // noted (and the digest of older workers deleted).
+    opened(4 + schema::SCHEMA.len() as u64, "a new store");
     opened(1, "a store in this version: checked only");
-    // A store of an older version (here: without a trigger) gets what it lacks.
+    // Only the number is checked: a store without a trigger but at this version is left so.
     db.0.execute_batch("DROP TRIGGER count_outcome").unwrap();
     opened(1, "the version is what is checked");
-    db.0.execute_batch("UPDATE meta SET value = 'older' WHERE key = 'schema_version'")
+    // At version 6, steps 7 (the triggers, the dropped one restored) and 8 run, each in its
+    // transaction with the number and the digest's deletion.
+    db.0.execute_batch("UPDATE meta SET value = 6 WHERE key = 'schema_number'")
         .unwrap();
-    let store = opened(created, "another version: created again");
+    let steps_7_and_8 = 2 + 3;
+    let store = opened(1 + steps_7_and_8 + 2 * 2, "version 6: steps 7 and 8");
     let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
     store.record_only_page(run.id, 0, &[(1, "a/1")]).unwrap();
     store.record_failure(run.id, 1, "gone", None).unwrap();
     assert_eq!(store.active_run().unwrap().unwrap().failed, 1);
+    opened(1, "then checked only");
+}
+
+#[test]
+fn a_transaction_that_fails_leaves_none_of_its_statements() {
+    let db = HostSql::in_memory();
+    Store::open(&db).unwrap();
+    let sql = &db;
+    let insert = |key: &str| sql.exec("INSERT INTO meta (key, value) VALUES (?, 1)", &[key.into()]);
+    let failed = sql.transaction(&mut || {
+        insert("written then undone")?;
+        Err(StoreError("the batch fails".into()))
+    });
+    assert_eq!(failed, Err(StoreError("the batch fails".into())));
+    sql.transaction(&mut || insert("kept").map(drop)).unwrap();
+    let keys: Vec<Row> = sql
+        .exec("SELECT key FROM meta WHERE value = 1", &[])
+        .unwrap();
+    assert_eq!(keys, vec![vec![Value::Text("kept".into())]]);
 }
 
 #[test]

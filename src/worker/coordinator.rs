@@ -84,7 +84,7 @@ impl Coordinator {
     }
 
     fn store(&self) -> Result<Store<DurableSql>> {
-        let sql = DurableSql(self.state.storage().sql(), Cell::new(0));
+        let sql = DurableSql::new(self.state.storage());
         if self.schema_ready.get() {
             return Ok(Store::opened(sql));
         }

@@ -3,10 +3,29 @@
 use std::cell::Cell;
 
 use crate::store::{Row, Sql, StoreError, Value};
-use worker::{SqlStorage, SqlStorageValue};
+use worker::js_sys::{Function, Reflect};
+use worker::wasm_bindgen::closure::ScopedClosure;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::{SqlStorage, SqlStorageValue, Storage};
 
-/// The object's SQL storage, and the rows its cursors reported written.
-pub struct DurableSql(pub SqlStorage, pub Cell<u64>);
+/// The object's storage: its SQL, the storage API whose `transactionSync` makes a batch of
+/// statements atomic (the SQL API refuses `BEGIN` and `COMMIT`), and the rows its cursors
+/// reported written.
+pub struct DurableSql {
+    sql: SqlStorage,
+    storage: Storage,
+    rows_written: Cell<u64>,
+}
+
+impl DurableSql {
+    pub fn new(storage: Storage) -> DurableSql {
+        DurableSql {
+            sql: storage.sql(),
+            storage,
+            rows_written: Cell::new(0),
+        }
+    }
+}
 
 impl Sql for DurableSql {
     fn exec(&self, query: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
@@ -20,7 +39,7 @@ impl Sql for DurableSql {
             })
             .collect();
         let cursor = self
-            .0
+            .sql
             .exec(query, bindings)
             .map_err(|e| StoreError(e.to_string()))?;
         let rows: Result<Vec<Row>, StoreError> = cursor
@@ -42,11 +61,47 @@ impl Sql for DurableSql {
             })
             .collect();
         // Counted once the cursor is read to its end.
-        self.1.set(self.1.get() + cursor.rows_written() as u64);
+        self.rows_written
+            .set(self.rows_written.get() + cursor.rows_written() as u64);
         rows
     }
 
     fn rows_written(&self) -> u64 {
-        self.1.get()
+        self.rows_written.get()
+    }
+
+    /// `ctx.storage.transactionSync(body)`: the runtime rolls back every write of `body` when
+    /// it throws, which the closure does when `body` fails.
+    fn transaction(
+        &self,
+        body: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let storage: &JsValue = self.storage.as_raw();
+        let transaction_sync = Reflect::get(storage, &JsValue::from_str("transactionSync"))
+            .ok()
+            .and_then(|f| f.dyn_into::<Function>().ok())
+            .ok_or_else(|| StoreError("the storage has no transactionSync".into()))?;
+        let mut failure = None;
+        let mut run = || -> Result<(), JsValue> {
+            body().map_err(|e| {
+                let thrown = JsValue::from_str(&e.0);
+                failure = Some(e);
+                thrown
+            })
+        };
+        // Borrowed, not owned: `transactionSync` calls it before it returns, and the closure
+        // is invalidated when dropped here.
+        let callback = ScopedClosure::<dyn FnMut() -> Result<(), JsValue>>::borrow_mut(&mut run);
+        let outcome = transaction_sync.call1(storage, callback.as_js_value());
+        drop(callback);
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(thrown) => Err(failure.unwrap_or_else(|| {
+                StoreError(format!(
+                    "transactionSync failed: {}",
+                    thrown.as_string().unwrap_or_else(|| format!("{thrown:?}"))
+                ))
+            })),
+        }
     }
 }

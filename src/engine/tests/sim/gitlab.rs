@@ -562,6 +562,20 @@ impl SimGitLab {
         answer
     }
 
+    /// An export GitLab accepted before the simulation began (from a run a store was left in):
+    /// built a second later, its archive then PUT to `upload_url`.
+    pub(crate) fn accepted_before(&mut self, project_id: u64, accepted_ms: u64, upload_url: Url) {
+        self.jobs.push(ExportJob {
+            project_id,
+            accepted_ms,
+            ready_ms: accepted_ms + SECOND,
+            upload_url,
+            fails: false,
+            upload_lost: false,
+            delivered: false,
+        });
+    }
+
     /// Exports accepted (and answered as heard) per project.
     pub(crate) fn accepted_heard(&self) -> BTreeMap<u64, usize> {
         let mut counts = BTreeMap::new();

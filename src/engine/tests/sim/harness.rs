@@ -167,11 +167,17 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub(crate) fn new(config: Config, world: World) -> Harness {
+        let h = Harness::on_store(config, world, HostSql::in_memory());
+        Store::open(&h.db).expect("the schema is created");
+        h
+    }
+
+    /// A Durable Object whose store is already there (`db`, as an earlier version left it):
+    /// its first tick opens it, as the coordinator does.
+    pub(crate) fn on_store(config: Config, world: World, db: HostSql) -> Harness {
         let now = world.now;
-        let db = HostSql::in_memory();
         // The engine runs more distinct statements than rusqlite caches by default (16).
         db.0.set_prepared_statement_cache_capacity(128);
-        Store::open(&db).expect("the schema is created");
         Harness {
             db,
             config,
