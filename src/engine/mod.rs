@@ -46,7 +46,9 @@ pub use schedule::{
     RUNS_KEPT_IN_DETAIL,
 };
 pub use timers::{Timer, TimerTable};
-pub use verify::{CHECK_EVERY, CLOCK_SKEW, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF};
+pub use verify::{
+    next_check_ms, CHECK_STEPS, CLOCK_SKEW, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF,
+};
 
 use gates::{Budget, Gate, Gates};
 use intents::{Intent, Intents};

@@ -177,7 +177,7 @@ fn at_production_cadence_six_per_minute_exports_n_projects_in_about_n_over_6_min
         h.cron_jitter_ms = 2 * SECOND;
         // One minute more than the exports alone: the run finishes only once the last
         // exports are proven (first checked FIRST_CHECK_AFTER after GitLab accepted them,
-        // then every CHECK_EVERY), and their manifest and summary are written.
+        // then on the backoff of CHECK_STEPS), and their manifest and summary are written.
         let bound = (n.div_ceil(6) as u64 + 3) * MINUTE;
         let run = h.run_until_finished(T0 + bound);
         let took = run.finished_ms.unwrap() - run.started_ms;
