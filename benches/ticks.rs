@@ -15,7 +15,7 @@
 //! `cargo bench --bench ticks --features host-sql` (part of `cargo xtask bench`). Set
 //! `BENCH_SIZES=100,10000` to pick sizes, `BENCH_MODE=kept` or `evicted` to pick the object's
 //! mode (or `realistic` for the realistic runs alone), `BENCH_PROFILE=1` (or `all`) for the
-//! costliest statements and ticks.
+//! costliest statements and ticks, `BENCH_PROFILE=rows` for the statements by rows written.
 //!
 //! Last, the same runs against a GitLab whose exports take realistic times (seeded, median
 //! 2 min, 1 in 20 over 20 min) report what each exported project costs: rows written, index
@@ -99,8 +99,9 @@ impl Usage {
     }
 }
 
-/// Executions, pages touched, CPU ns and full-scan steps of one statement, summed.
-type StatementCost = (u64, u64, u64, u64);
+/// Executions, pages touched, CPU ns, full-scan steps and rows written (an entry per index
+/// counted) of one statement, summed.
+type StatementCost = (u64, u64, u64, u64, u64);
 
 struct Metered {
     db: HostSql,
@@ -186,17 +187,27 @@ impl Metered {
             return;
         };
         let mut rows: Vec<(String, StatementCost)> = profile.borrow().clone().into_iter().collect();
-        rows.sort_by_key(|(_, (_, _, cpu, scans))| std::cmp::Reverse((*scans > 0, *cpu)));
-        println!("\nstatements by CPU (executions, pages touched, CPU ms, full-scan steps):");
-        // `BENCH_PROFILE=all` lists every statement, otherwise the costliest dozen.
+        // `BENCH_PROFILE=all` lists every statement, otherwise the costliest dozen;
+        // `BENCH_PROFILE=rows` the writers, by rows written.
+        let by_rows = std::env::var("BENCH_PROFILE").as_deref() == Ok("rows");
+        if by_rows {
+            rows.retain(|(_, cost)| cost.4 > 0);
+            rows.sort_by_key(|(_, cost)| std::cmp::Reverse(cost.4));
+        } else {
+            rows.sort_by_key(|(_, (_, _, cpu, scans, _))| std::cmp::Reverse((*scans > 0, *cpu)));
+        }
+        println!(
+            "\nstatements by {} (executions, pages touched, CPU ms, full-scan steps, rows written with index entries):",
+            if by_rows { "rows written" } else { "CPU" }
+        );
         let shown = match std::env::var("BENCH_PROFILE").as_deref() {
-            Ok("all") => rows.len(),
+            Ok("all" | "rows") => rows.len(),
             _ => 12,
         };
-        for (query, (n, pages, cpu, scans)) in rows.iter().take(shown) {
+        for (query, (n, pages, cpu, scans, written)) in rows.iter().take(shown) {
             let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
             println!(
-                "{n:>8} {pages:>10} {:>10.1} {scans:>6}  {}",
+                "{n:>8} {pages:>10} {:>10.1} {scans:>6} {written:>8}  {}",
                 *cpu as f64 / 1e6,
                 &query[..query.len().min(140)]
             );
@@ -225,6 +236,14 @@ impl Sql for &Metered {
         let scans_before = self.db.1.get();
         let changes_before = self.db.0.total_changes();
         let rows = (&self.db).exec(query, params)?;
+        // `changes()` counts the statement's own rows; the rest of the total are the rows its
+        // triggers wrote (the run's counters: `runs` has no index of its own).
+        let written = written_table(query).map(|table| {
+            let changed = self.db.0.changes();
+            let by_triggers = (self.db.0.total_changes() - changes_before).saturating_sub(changed);
+            let indexes = self.indexes.get(table).copied().unwrap_or(0);
+            (changed + by_triggers, changed * (1 + indexes) + by_triggers)
+        });
         if let (Some(profile), Some(started)) = (&self.profile, profiled) {
             let cpu = thread_cpu_ns() - started;
             let pages = self.take_pages();
@@ -238,18 +257,14 @@ impl Sql for &Metered {
             entry.1 += pages;
             entry.2 += cpu;
             entry.3 += self.db.1.get() - scans_before;
+            entry.4 += written.map_or(0, |(_, with_indexes)| with_indexes);
         }
         let mut usage = self.usage.borrow_mut();
         usage.statements += 1;
         usage.rows_returned += rows.len() as u64;
-        if let Some(table) = written_table(query) {
-            // `changes()` counts the statement's own rows; the rest of the total are the rows
-            // its triggers wrote (the run's counters: `runs` has no index of its own).
-            let changed = self.db.0.changes();
-            let by_triggers = (self.db.0.total_changes() - changes_before).saturating_sub(changed);
-            usage.rows_written += changed + by_triggers;
-            let indexes = self.indexes.get(table).copied().unwrap_or(0);
-            usage.rows_written_with_indexes += changed * (1 + indexes) + by_triggers;
+        if let Some((rows_written, with_indexes)) = written {
+            usage.rows_written += rows_written;
+            usage.rows_written_with_indexes += with_indexes;
         }
         Ok(rows)
     }
@@ -606,6 +621,8 @@ struct RunFigures {
     minutes: u64,
     /// Ticks that set the object's alarm (Cloudflare bills each `setAlarm` as a row written).
     alarms: u64,
+    /// Alarms by the timer they were set for (`Debug` of `engine::Timer`).
+    alarms_for: std::collections::BTreeMap<String, u64>,
     /// Requests GitLab got, and the most of them within any 60 s.
     gitlab_requests: u64,
     peak_gitlab_per_minute: u64,
@@ -690,6 +707,10 @@ fn whole_run(
         if let Some(at) = report.wake_at_ms {
             alarm = Some(at);
             figures.alarms += 1;
+            *figures
+                .alarms_for
+                .entry(format!("{:?}", report.wake_for))
+                .or_default() += 1;
         }
         let mut usage = metered.take();
         usage.cpu_ns = cpu;
@@ -1029,5 +1050,12 @@ fn realistic_durations(sizes: &[u64]) {
             run.peak_gitlab_per_minute,
             mark(run.peak_gitlab_per_minute <= GITLAB_REQUESTS_PER_MINUTE),
         );
+        if std::env::var_os("BENCH_PROFILE").is_some() {
+            let idle = run.ticks.iter().filter(|(_, u)| u.subrequests == 0).count();
+            println!(
+                "  ticks without a subrequest {idle}; alarms by timer {:?}",
+                run.alarms_for
+            );
+        }
     }
 }
