@@ -27,7 +27,8 @@ pub const CHECK_STEPS: [Duration; 5] = [
 /// The first look at an accepted export (GitLab needs a while to build it).
 pub const FIRST_CHECK_AFTER: Duration = CHECK_STEPS[0];
 /// GitLab may read `none` for a while after the request; after this, look in the bucket anyway
-/// (some versions keep `none` for exports with an upload URL).
+/// (some versions keep `none` for exports with an upload URL, and GitLab deletes its export
+/// file after the upload). A `none` before it ends is looked at again when it ends.
 pub const NONE_GRACE: Duration = Duration::from_secs(120);
 /// How much older than its export request an object may look and still be that attempt's:
 /// GitLab's, S3's and the worker's clocks differ a little.
@@ -122,9 +123,15 @@ impl<S: Sql> Tick<'_, S> {
                 }
             }
             Ok(ExportStatus::None) if now_ms < exported_ms + ms(NONE_GRACE) => {
+                // Another `none` before the grace ends would change nothing: the next look is
+                // when it ends (GitLab deletes its export file after the upload, so a quick
+                // export reads `none` from then on).
                 self.gitlab_answered()?;
-                self.store
-                    .reschedule(self.run.id, project.project_id, check_again)?;
+                self.store.reschedule(
+                    self.run.id,
+                    project.project_id,
+                    exported_ms + ms(NONE_GRACE),
+                )?;
             }
             Ok(said @ (ExportStatus::None | ExportStatus::Finished)) => {
                 self.gitlab_answered()?;

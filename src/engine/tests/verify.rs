@@ -6,7 +6,7 @@ use super::sim::{
     assert_landed_and_proven, assert_no_export_after_a_heard_outcome_but_retries, config,
     one_group, Fault, FaultPlan, Harness, World, DAY, HOUR, MINUTE, SECOND, T0,
 };
-use crate::engine::{next_check_ms, CHECK_STEPS, FIRST_CHECK_AFTER, RETRY_BACKOFF};
+use crate::engine::{next_check_ms, CHECK_STEPS, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF};
 use crate::s3::object_key;
 use crate::time::ms;
 
@@ -110,6 +110,25 @@ fn an_accepted_export_is_checked_on_the_backoff_schedule_until_proven() {
     assert_eq!(h.world.gitlab.status_checks.len(), 5, "no other checks");
     let heads = backup_heads(&h);
     assert_eq!(heads.len(), 1, "one HEAD, after GitLab said finished");
+    assert_eq!(heads[0].2, 200);
+    assert_landed_and_proven(&h, &run);
+}
+
+#[test]
+fn a_quick_export_that_reads_none_after_its_upload_is_looked_at_again_when_the_grace_ends() {
+    // Built and uploaded in 30 s, after which GitLab reads `none`: the look at +40 s finds
+    // `none` within NONE_GRACE, the next comes when the grace ends (not at +1 min 40 s and
+    // +3 min 40 s) and sends the HEAD.
+    let (mut gitlab, ids) = one_group(1, 6);
+    gitlab.build_ms = (30 * SECOND, 30 * SECOND);
+    gitlab.none_when_built = true;
+    let mut h = Harness::new(config(&[]), World::new(gitlab));
+    let run = h.run_until_finished(T0 + HOUR);
+    assert_eq!((run.exported, run.verified, run.failed), (1, 1, 0));
+    let ages = check_ages_per_attempt(&h, ids[0]);
+    assert_on_schedule(&ages[0], &[10, 40, NONE_GRACE.as_secs()]);
+    let heads = backup_heads(&h);
+    assert_eq!(heads.len(), 1, "one HEAD, when the grace ended: {heads:?}");
     assert_eq!(heads[0].2, 200);
     assert_landed_and_proven(&h, &run);
 }
