@@ -47,7 +47,8 @@ pub use schedule::{
 };
 pub use timers::{Timer, TimerTable};
 pub use verify::{
-    next_check_ms, CHECK_STEPS, CLOCK_SKEW, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF,
+    next_check_ms, CHECK_SLACK, CHECK_STEPS, CLOCK_SKEW, FIRST_CHECK_AFTER, NONE_GRACE,
+    RETRY_BACKOFF,
 };
 
 use gates::{Budget, Gate, Gates};
@@ -250,7 +251,9 @@ impl<'a, S: Sql> Tick<'a, S> {
                 return Ok(Some(step));
             }
         }
-        let (left, run) = self.store.remaining(self.run.id)?;
+        let (left, run) = self
+            .store
+            .remaining(self.run.id, crate::time::ms(CHECK_SLACK))?;
         self.run = run;
         let exporting = left.pending_due.is_some() || left.exporting;
         let unproven = left.exported_due.is_some();
@@ -282,7 +285,11 @@ impl<'a, S: Sql> Tick<'a, S> {
             self.timers.set(Timer::RetryDue, due);
         }
         if let Some(due) = left.exported_due.filter(|&due| due > now_ms) {
-            self.timers.set(Timer::NextCheck, due);
+            // The checks due within CHECK_SLACK of the first share one tick, at the last of
+            // them (exports go out together, and so come their checks): a tick is a request
+            // and a row written, and so is its alarm.
+            let last = left.exported_due_last.unwrap_or(due).max(due);
+            self.timers.set(Timer::NextCheck, last);
         }
         Ok(None)
     }

@@ -24,6 +24,11 @@ pub const CHECK_STEPS: [Duration; 5] = [
     Duration::from_secs(2 * 60),
     Duration::from_secs(5 * 60),
 ];
+/// How much later than its schedule a look may come to share a tick with the looks due just
+/// after it (exports go out together, and so come their looks): a tick is a request and a
+/// row written, and so is its alarm. (A tick that got exports accepted still wakes for the
+/// first of their first looks on time.)
+pub const CHECK_SLACK: Duration = Duration::from_secs(10);
 /// The first look at an accepted export (GitLab needs a while to build it).
 pub const FIRST_CHECK_AFTER: Duration = CHECK_STEPS[0];
 /// GitLab may read `none` for a while after the request; after this, look in the bucket anyway

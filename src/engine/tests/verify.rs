@@ -6,7 +6,9 @@ use super::sim::{
     assert_landed_and_proven, assert_no_export_after_a_heard_outcome_but_retries, config,
     one_group, Fault, FaultPlan, Harness, World, DAY, HOUR, MINUTE, SECOND, T0,
 };
-use crate::engine::{next_check_ms, CHECK_STEPS, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF};
+use crate::engine::{
+    next_check_ms, CHECK_SLACK, CHECK_STEPS, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF,
+};
 use crate::s3::object_key;
 use crate::time::ms;
 
@@ -111,6 +113,57 @@ fn an_accepted_export_is_checked_on_the_backoff_schedule_until_proven() {
     let heads = backup_heads(&h);
     assert_eq!(heads.len(), 1, "one HEAD, after GitLab said finished");
     assert_eq!(heads[0].2, 200);
+    assert_landed_and_proven(&h, &run);
+}
+
+#[test]
+fn looks_due_within_check_slack_of_each_other_share_a_tick() {
+    // Three exports accepted in one tick, a second or two apart (slow answers): every later
+    // look of the three at the same point of the schedule shares one tick, at most CHECK_SLACK
+    // late, never early.
+    let (mut gitlab, ids) = one_group(3, 6);
+    gitlab.build_ms = (6 * MINUTE, 6 * MINUTE);
+    let mut world = World::new(gitlab);
+    world.leg_ms = (300, 1_000);
+    let mut h = Harness::new(config(&[]), world);
+    let run = h.run_until_finished(T0 + HOUR);
+    assert_eq!((run.exported, run.verified, run.failed), (3, 3, 0));
+    let mut by_point: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for &id in &ids {
+        let ages = check_ages_per_attempt(&h, id);
+        assert_eq!(ages.len(), 1);
+        assert_eq!(ages[0].len(), 5, "{ages:?}");
+        for (age, point) in ages[0].iter().zip([10, 40, 100, 220, 520]) {
+            // Never early; late by the answer's way back, the look's way there and the slack.
+            assert!(*age >= point * SECOND, "{ages:?}");
+            assert!(
+                age - point * SECOND < ms(CHECK_SLACK) + 2 * SECOND,
+                "{ages:?}"
+            );
+            by_point.entry(point).or_default().push(*age);
+        }
+    }
+    let tick_of = |at: u64| h.ticks.iter().rposition(|t| t.started_ms <= at).unwrap();
+    let ticks_at = |point: u64| -> std::collections::BTreeSet<usize> {
+        h.world
+            .gitlab
+            .status_checks
+            .iter()
+            .filter(|(at, id, _)| {
+                let accepted = h.world.gitlab.exports.iter().find(|e| e.project_id == *id);
+                let age = at - accepted.unwrap().at_ms;
+                (point * SECOND..point * SECOND + ms(CHECK_SLACK) + 2 * SECOND).contains(&age)
+            })
+            .map(|(at, _, _)| tick_of(*at))
+            .collect()
+    };
+    for point in [40, 100, 220, 520] {
+        assert_eq!(
+            ticks_at(point).len(),
+            1,
+            "looks at +{point} s: {by_point:?}"
+        );
+    }
     assert_landed_and_proven(&h, &run);
 }
 
