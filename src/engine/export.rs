@@ -92,7 +92,8 @@ impl<S: Sql> Tick<'_, S> {
         }))
     }
 
-    pub(super) fn save_window(&self) -> Result<(), StoreError> {
+    pub(super) fn save_window(&mut self) -> Result<(), StoreError> {
+        self.window_unsaved = false;
         self.store
             .set_meta(MetaKey::ExportWindow, self.window.to_json()?)
     }

@@ -137,6 +137,10 @@ pub struct Tick<'a, S: Sql> {
     gates: Gates,
     /// The rolling window of export requests.
     window: Window,
+    /// Whether an answer changed the window since it was last stored: it is stored with the
+    /// next claim, or at the end of the tick (until then the store counts the request as in
+    /// flight, which is the safe side).
+    window_unsaved: bool,
     /// Export requests allowed per rolling minute: EXPORTS_PER_MINUTE, or less if GitLab's
     /// 429s showed a lower limit in this run.
     export_limit: u32,
@@ -313,7 +317,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             } => self.on_page(position, page, group, answer, now_ms),
             Purpose::Export { project, log_id } => {
                 self.window.answered(log_id, now_ms, now_ms);
-                self.save_window()?;
+                self.window_unsaved = true;
                 self.on_export(project, answer, now_ms)
             }
             Purpose::ExportStatus { project } => self.on_export_status(project, answer, now_ms),
@@ -364,6 +368,9 @@ impl<'a, S: Sql> Tick<'a, S> {
             subrequests: self.report.subrequests,
             exports: self.report.exports,
         });
+        if self.window_unsaved {
+            self.save_window()?;
+        }
         let alarm = u64::from(self.report.wake_at_ms.is_some());
         let rows = self.store.rows_written() - self.rows_at_begin + 1 + alarm;
         self.usage.record(self.store, rows)?;
