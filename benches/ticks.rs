@@ -621,6 +621,8 @@ struct RunFigures {
     minutes: u64,
     /// Ticks that set the object's alarm (Cloudflare bills each `setAlarm` as a row written).
     alarms: u64,
+    /// Alarms set for the time of the alarm already pending.
+    alarms_pending_again: u64,
     /// Alarms by the timer they were set for (`Debug` of `engine::Timer`).
     alarms_for: std::collections::BTreeMap<String, u64>,
     /// Requests GitLab got, and the most of them within any 60 s.
@@ -705,6 +707,9 @@ fn whole_run(
         let report = tick.finish(now).expect("finish");
         cpu += thread_cpu_ns() - started;
         if let Some(at) = report.wake_at_ms {
+            if alarm == Some(at) && at > now {
+                figures.alarms_pending_again += 1;
+            }
             alarm = Some(at);
             figures.alarms += 1;
             *figures
@@ -1053,8 +1058,8 @@ fn realistic_durations(sizes: &[u64]) {
         if std::env::var_os("BENCH_PROFILE").is_some() {
             let idle = run.ticks.iter().filter(|(_, u)| u.subrequests == 0).count();
             println!(
-                "  ticks without a subrequest {idle}; alarms by timer {:?}",
-                run.alarms_for
+                "  ticks without a subrequest {idle}; alarms by timer {:?}; alarms set again for the time already pending {}",
+                run.alarms_for, run.alarms_pending_again
             );
         }
     }
