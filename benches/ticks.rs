@@ -14,7 +14,13 @@
 //!
 //! `cargo bench --bench ticks --features host-sql` (part of `cargo xtask bench`). Set
 //! `BENCH_SIZES=100,10000` to pick sizes, `BENCH_MODE=kept` or `evicted` to pick the object's
-//! mode, `BENCH_PROFILE=1` (or `all`) for the costliest statements and ticks.
+//! mode (or `realistic` for the realistic runs alone), `BENCH_PROFILE=1` (or `all`) for the
+//! costliest statements and ticks, `BENCH_PROFILE=rows` for the statements by rows written.
+//!
+//! Last, the same runs against a GitLab whose exports take realistic times (seeded, median
+//! 2 min, 1 in 20 over 20 min) report what each exported project costs: rows written, index
+//! entries and alarms counted (Cloudflare bills each `setAlarm` as a row written), Durable
+//! Object requests and GitLab requests, and GitLab's busiest minute.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -93,8 +99,9 @@ impl Usage {
     }
 }
 
-/// Executions, pages touched, CPU ns and full-scan steps of one statement, summed.
-type StatementCost = (u64, u64, u64, u64);
+/// Executions, pages touched, CPU ns, full-scan steps and rows written (an entry per index
+/// counted) of one statement, summed.
+type StatementCost = (u64, u64, u64, u64, u64);
 
 struct Metered {
     db: HostSql,
@@ -180,17 +187,27 @@ impl Metered {
             return;
         };
         let mut rows: Vec<(String, StatementCost)> = profile.borrow().clone().into_iter().collect();
-        rows.sort_by_key(|(_, (_, _, cpu, scans))| std::cmp::Reverse((*scans > 0, *cpu)));
-        println!("\nstatements by CPU (executions, pages touched, CPU ms, full-scan steps):");
-        // `BENCH_PROFILE=all` lists every statement, otherwise the costliest dozen.
+        // `BENCH_PROFILE=all` lists every statement, otherwise the costliest dozen;
+        // `BENCH_PROFILE=rows` the writers, by rows written.
+        let by_rows = std::env::var("BENCH_PROFILE").as_deref() == Ok("rows");
+        if by_rows {
+            rows.retain(|(_, cost)| cost.4 > 0);
+            rows.sort_by_key(|(_, cost)| std::cmp::Reverse(cost.4));
+        } else {
+            rows.sort_by_key(|(_, (_, _, cpu, scans, _))| std::cmp::Reverse((*scans > 0, *cpu)));
+        }
+        println!(
+            "\nstatements by {} (executions, pages touched, CPU ms, full-scan steps, rows written with index entries):",
+            if by_rows { "rows written" } else { "CPU" }
+        );
         let shown = match std::env::var("BENCH_PROFILE").as_deref() {
-            Ok("all") => rows.len(),
+            Ok("all" | "rows") => rows.len(),
             _ => 12,
         };
-        for (query, (n, pages, cpu, scans)) in rows.iter().take(shown) {
+        for (query, (n, pages, cpu, scans, written)) in rows.iter().take(shown) {
             let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
             println!(
-                "{n:>8} {pages:>10} {:>10.1} {scans:>6}  {}",
+                "{n:>8} {pages:>10} {:>10.1} {scans:>6} {written:>8}  {}",
                 *cpu as f64 / 1e6,
                 &query[..query.len().min(140)]
             );
@@ -219,6 +236,14 @@ impl Sql for &Metered {
         let scans_before = self.db.1.get();
         let changes_before = self.db.0.total_changes();
         let rows = (&self.db).exec(query, params)?;
+        // `changes()` counts the statement's own rows; the rest of the total are the rows its
+        // triggers wrote (the run's counters: `runs` has no index of its own).
+        let written = written_table(query).map(|table| {
+            let changed = self.db.0.changes();
+            let by_triggers = (self.db.0.total_changes() - changes_before).saturating_sub(changed);
+            let indexes = self.indexes.get(table).copied().unwrap_or(0);
+            (changed + by_triggers, changed * (1 + indexes) + by_triggers)
+        });
         if let (Some(profile), Some(started)) = (&self.profile, profiled) {
             let cpu = thread_cpu_ns() - started;
             let pages = self.take_pages();
@@ -232,18 +257,14 @@ impl Sql for &Metered {
             entry.1 += pages;
             entry.2 += cpu;
             entry.3 += self.db.1.get() - scans_before;
+            entry.4 += written.map_or(0, |(_, with_indexes)| with_indexes);
         }
         let mut usage = self.usage.borrow_mut();
         usage.statements += 1;
         usage.rows_returned += rows.len() as u64;
-        if let Some(table) = written_table(query) {
-            // `changes()` counts the statement's own rows; the rest of the total are the rows
-            // its triggers wrote (the run's counters: `runs` has no index of its own).
-            let changed = self.db.0.changes();
-            let by_triggers = (self.db.0.total_changes() - changes_before).saturating_sub(changed);
-            usage.rows_written += changed + by_triggers;
-            let indexes = self.indexes.get(table).copied().unwrap_or(0);
-            usage.rows_written_with_indexes += changed * (1 + indexes) + by_triggers;
+        if let Some((rows_written, with_indexes)) = written {
+            usage.rows_written += rows_written;
+            usage.rows_written_with_indexes += with_indexes;
         }
         Ok(rows)
     }
@@ -271,12 +292,63 @@ fn thread_cpu_ns() -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// An instant GitLab and S3 that accept everything.
+// A GitLab and S3 that accept everything: instant, or at realistic export durations.
+
+/// How long GitLab takes to build and upload an export.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durations {
+    /// `finished` at the first look, and the object is in the bucket at once.
+    Instant,
+    /// Log-normal per project, seeded: median 2 min, 1 in 20 over 20 min (`export_duration_ms`);
+    /// `started` until then, and `none` once the upload is in the bucket (GitLab deletes its
+    /// export file after the upload).
+    Realistic,
+}
+
+/// The median of realistic export durations.
+const MEDIAN_EXPORT_MS: u64 = 2 * MINUTE;
+/// σ of their logarithm: e^(1.645 σ) = 10, so 1 in 20 takes over 20 min.
+const EXPORT_SIGMA: f64 = 1.4;
+/// The longest realistic export: under VERIFY_TIMEOUT_MINUTES' default (180), so every export
+/// in the benchmark lands once.
+const LONGEST_EXPORT_MS: u64 = 150 * MINUTE;
+const SHORTEST_EXPORT_MS: u64 = 5 * SECOND;
+const DURATIONS_SEED: u64 = 0x5EED_0013;
+
+/// GitLab.com's limit of authenticated API requests per user and minute.
+const GITLAB_REQUESTS_PER_MINUTE: u64 = 2_000;
+/// The target: rows written per exported project, index entries and alarms counted.
+const ROWS_PER_PROJECT_TARGET: f64 = 11.0;
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A uniform number in (0, 1] from 53 bits of `x`.
+fn unit(x: u64) -> f64 {
+    ((x >> 11) + 1) as f64 / (1u64 << 53) as f64
+}
+
+/// The project's realistic export duration: a function of its id alone (Box–Muller on two
+/// seeded draws), so every run of the benchmark, whatever the engine's order, sees the same.
+fn export_duration_ms(project_id: u64) -> u64 {
+    let a = splitmix64(DURATIONS_SEED ^ project_id.wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let b = splitmix64(a);
+    let z = (-2.0 * unit(a).ln()).sqrt() * (std::f64::consts::TAU * unit(b)).cos();
+    let ms = MEDIAN_EXPORT_MS as f64 * (EXPORT_SIGMA * z).exp();
+    (ms as u64).clamp(SHORTEST_EXPORT_MS, LONGEST_EXPORT_MS)
+}
 
 struct World {
     projects: u64,
+    durations: Durations,
     /// Project id → when its export was accepted.
     exports: HashMap<u64, u64>,
+    /// When each GitLab request arrived, in order.
+    gitlab_requests: Vec<u64>,
 }
 
 fn json_answer(
@@ -329,12 +401,61 @@ fn simple_project(id: u64) -> serde_json::Value {
 }
 
 impl World {
+    fn new(projects: u64, durations: Durations) -> World {
+        World {
+            projects,
+            durations,
+            exports: HashMap::new(),
+            gitlab_requests: Vec::new(),
+        }
+    }
+
+    /// When the export of `id`, accepted at `accepted_ms`, is in the bucket.
+    fn landed_ms(&self, id: u64, accepted_ms: u64) -> u64 {
+        match self.durations {
+            Durations::Instant => accepted_ms,
+            Durations::Realistic => accepted_ms + export_duration_ms(id),
+        }
+    }
+
+    /// Whether the backup object a HEAD asks for is in the bucket (every accepted export lands,
+    /// once its duration has passed).
+    fn landed(&self, url: &url::Url, now_ms: u64) -> bool {
+        let id = url
+            .path_segments()
+            .into_iter()
+            .flatten()
+            .find_map(|s| s.strip_prefix("project-").and_then(|id| id.parse().ok()));
+        match id.and_then(|id| self.exports.get(&id).map(|at| (id, *at))) {
+            Some((id, accepted)) => self.landed_ms(id, accepted) <= now_ms,
+            None => true,
+        }
+    }
+
+    /// The most GitLab requests that arrived within any 60 s.
+    fn peak_gitlab_per_minute(&self) -> u64 {
+        let times = &self.gitlab_requests;
+        let mut first = 0;
+        let mut peak = 0;
+        for (last, &at) in times.iter().enumerate() {
+            while times[first] + MINUTE <= at {
+                first += 1;
+            }
+            peak = peak.max(last - first + 1);
+        }
+        peak as u64
+    }
+
     fn answer(&mut self, request: &HttpRequest, now_ms: u64) -> HttpResult {
         let url = &request.url;
         let host = url.host_str().unwrap_or_default();
         if host != "gitlab.example.com" {
-            // S3: the worker's own PUTs and the HEADs of backups (every accepted export lands).
+            // S3: the worker's own PUTs and the HEADs of backups.
             return Ok(match request.method {
+                Method::Head if !self.landed(url, now_ms) => HttpResponse {
+                    status: 404,
+                    ..HttpResponse::default()
+                },
                 Method::Head => HttpResponse {
                     status: 200,
                     headers: vec![("content-length".into(), "524288".into())],
@@ -346,6 +467,7 @@ impl World {
                 },
             });
         }
+        self.gitlab_requests.push(now_ms);
         let segments: Vec<&str> = url.path_segments().map(|s| s.collect()).unwrap_or_default();
         match (request.method, segments.as_slice()) {
             (Method::Get, ["api", "v4", "user"]) => Ok(json_answer(
@@ -365,9 +487,19 @@ impl World {
             }
             (Method::Get, ["api", "v4", "projects", id, "export"]) => {
                 let id: u64 = id.parse().expect("project id");
-                let status = match self.exports.get(&id) {
-                    Some(_) => "finished",
-                    None => "none",
+                let status = match (self.durations, self.exports.get(&id)) {
+                    (_, None) => "none",
+                    (Durations::Instant, Some(_)) => "finished",
+                    (Durations::Realistic, Some(&accepted)) => {
+                        if now_ms < accepted + SECOND {
+                            "queued"
+                        } else if now_ms < self.landed_ms(id, accepted) {
+                            "started"
+                        } else {
+                            // Uploaded: GitLab deleted its export file.
+                            "none"
+                        }
+                    }
                 };
                 Ok(json_answer(
                     200,
@@ -494,19 +626,33 @@ struct RunFigures {
     /// Each tick's costliest statements (with `BENCH_PROFILE`).
     top_statements: Vec<TopStatements>,
     minutes: u64,
+    /// Ticks that set the object's alarm (Cloudflare bills each `setAlarm` as a row written).
+    alarms: u64,
+    /// Alarms set for the time of the alarm already pending.
+    alarms_pending_again: u64,
+    /// Alarms by the timer they were set for (`Debug` of `engine::Timer`).
+    alarms_for: std::collections::BTreeMap<String, u64>,
+    /// Requests GitLab got, and the most of them within any 60 s.
+    gitlab_requests: u64,
+    peak_gitlab_per_minute: u64,
+    /// Projects of the run GitLab accepted an export of.
+    exported: u64,
 }
 
 /// One whole run: ticks fired by cron each minute and by the alarm, until the run is finished.
-fn whole_run(projects: u64, plan: Plan, listing_only: bool, cold: bool) -> RunFigures {
+fn whole_run(
+    projects: u64,
+    plan: Plan,
+    listing_only: bool,
+    cold: bool,
+    durations: Durations,
+) -> RunFigures {
     let config = config(plan);
     let mut metered = Metered::new();
     Store::open(&metered).expect("schema");
     metered.learn_indexes();
     prefill(&metered.db, projects);
-    let mut world = World {
-        projects,
-        exports: HashMap::new(),
-    };
+    let mut world = World::new(projects, durations);
     let mut figures = RunFigures::default();
     let mut now = T0;
     let mut next_cron = T0;
@@ -568,7 +714,15 @@ fn whole_run(projects: u64, plan: Plan, listing_only: bool, cold: bool) -> RunFi
         let report = tick.finish(now).expect("finish");
         cpu += thread_cpu_ns() - started;
         if let Some(at) = report.wake_at_ms {
+            if alarm == Some(at) && at > now {
+                figures.alarms_pending_again += 1;
+            }
             alarm = Some(at);
+            figures.alarms += 1;
+            *figures
+                .alarms_for
+                .entry(format!("{:?}", report.wake_for))
+                .or_default() += 1;
         }
         let mut usage = metered.take();
         usage.cpu_ns = cpu;
@@ -590,9 +744,12 @@ fn whole_run(projects: u64, plan: Plan, listing_only: bool, cold: bool) -> RunFi
         }
         if run.phase == Phase::Finished && run.started_ms >= T0 {
             figures.minutes = (now - T0).div_ceil(MINUTE);
+            figures.exported = run.exported;
             break;
         }
     }
+    figures.gitlab_requests = world.gitlab_requests.len() as u64;
+    figures.peak_gitlab_per_minute = world.peak_gitlab_per_minute();
     metered.print_profile();
     figures
 }
@@ -613,7 +770,7 @@ fn summarise(projects: u64, plan: Plan, repeats: usize, cold: bool) -> Summary {
     // Each tick's CPU in every repeat, for the profile.
     let mut cpu_by_repeat: Vec<Vec<u64>> = Vec::new();
     for _ in 0..repeats {
-        let run = whole_run(projects, plan, false, cold);
+        let run = whole_run(projects, plan, false, cold, Durations::Instant);
         cpu_by_repeat.push(run.ticks.iter().map(|(_, u)| u.cpu_ns).collect());
         best = Some(match best {
             None => run,
@@ -734,22 +891,28 @@ fn main() {
     // Warm-up, not measured: the first runs of a process pay for growing its heap and for cold
     // caches, which would land on the smallest size alone.
     // `BENCH_MODE=kept` or `evicted` measures one of the two.
+    // `BENCH_MODE=realistic` runs only the runs at realistic export durations.
     let modes: Vec<bool> = match std::env::var("BENCH_MODE").as_deref() {
         Ok("kept") => vec![false],
         Ok("evicted") => vec![true],
+        Ok("realistic") => {
+            realistic_durations(&sizes);
+            return;
+        }
         _ => vec![false, true],
     };
     for &cold in &modes {
         for _ in 0..3 {
-            whole_run(1_000, FREE, false, cold);
+            whole_run(1_000, FREE, false, cold, Durations::Instant);
         }
     }
     for &cold in &modes {
         free_plan_table(&sizes, cold);
     }
+    realistic_durations(&sizes);
     println!("\nListing on the paid plan (10,000 subrequests, 30 s CPU per invocation):");
     for &projects in sizes.iter().filter(|&&n| n >= 10_000) {
-        let run = whole_run(projects, PAID, true, false);
+        let run = whole_run(projects, PAID, true, false, Durations::Instant);
         let listing: Vec<(usize, &Usage)> = run
             .pages_listed
             .iter()
@@ -851,4 +1014,60 @@ fn free_plan_table(sizes: &[u64], cold: bool) {
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+/// Whole runs on the free plan against a GitLab whose exports take realistic times: what each
+/// exported project costs in rows written (index entries and alarms counted), Durable Object
+/// requests and GitLab requests, and GitLab's busiest minute.
+fn realistic_durations(sizes: &[u64]) {
+    let mut durations: Vec<u64> = (1..=sizes.iter().copied().max().unwrap_or(0))
+        .map(export_duration_ms)
+        .collect();
+    durations.sort_unstable();
+    let Some(&longest) = durations.last() else {
+        return;
+    };
+    let median = durations[durations.len() / 2];
+    let over_20 = durations.iter().filter(|&&d| d > 20 * MINUTE).count();
+    println!(
+        "\nAt realistic export durations (free plan, object kept in memory; seeded log-normal per project: median {:.1} min, {:.1} % over 20 min, longest {:.0} min; GitLab reads `none` once the upload is in):",
+        median as f64 / MINUTE as f64,
+        100.0 * over_20 as f64 / durations.len() as f64,
+        longest as f64 / MINUTE as f64,
+    );
+    for &projects in sizes {
+        let run = whole_run(projects, FREE, false, false, Durations::Realistic);
+        let exported = run.exported.max(1) as f64;
+        let rows: u64 = run.ticks.iter().map(|(_, u)| u.rows_written).sum();
+        let with_indexes: u64 = run
+            .ticks
+            .iter()
+            .map(|(_, u)| u.rows_written_with_indexes)
+            .sum();
+        let all = (with_indexes + run.alarms) as f64 / exported;
+        println!(
+            "- {projects} projects ({} exported, {} simulated min): per exported project {:.1} rows written by statements + {:.1} index entries at most + {:.1} alarms = {all:.1} rows written, all counted {} (target ≤ {ROWS_PER_PROJECT_TARGET}; without index entries {:.1})",
+            run.exported,
+            run.minutes,
+            rows as f64 / exported,
+            (with_indexes - rows) as f64 / exported,
+            run.alarms as f64 / exported,
+            mark(all <= ROWS_PER_PROJECT_TARGET),
+            (rows + run.alarms) as f64 / exported,
+        );
+        println!(
+            "- {projects} projects: per exported project {:.2} Durable Object requests (ticks), {:.2} GitLab requests; peak GitLab requests in any minute {} {} (GitLab.com allows {GITLAB_REQUESTS_PER_MINUTE} a minute per user)",
+            run.ticks.len() as f64 / exported,
+            run.gitlab_requests as f64 / exported,
+            run.peak_gitlab_per_minute,
+            mark(run.peak_gitlab_per_minute <= GITLAB_REQUESTS_PER_MINUTE),
+        );
+        if std::env::var_os("BENCH_PROFILE").is_some() {
+            let idle = run.ticks.iter().filter(|(_, u)| u.subrequests == 0).count();
+            println!(
+                "  ticks without a subrequest {idle}; alarms by timer {:?}; alarms set again for the time already pending {}",
+                run.alarms_for, run.alarms_pending_again
+            );
+        }
+    }
 }

@@ -12,7 +12,7 @@ use gitlab_backup::config::{
     Config, ConfigError, DEFAULT_EXPORTS_PER_MINUTE, DEFAULT_VERIFY_TIMEOUT_MINUTES,
     MAX_SUBREQUESTS_PER_INVOCATION, SETTINGS,
 };
-use gitlab_backup::engine::{Event, CHECK_EVERY, RETRY_AFTER_SLACK, RETRY_BACKOFF};
+use gitlab_backup::engine::{Event, CHECK_STEPS, RETRY_AFTER_SLACK, RETRY_BACKOFF};
 use gitlab_backup::manifest::{part_key, probe_key, summary_key, PART_SIZE};
 use gitlab_backup::s3::{object_key, DEFAULT_ENDPOINT_REGION};
 use gitlab_backup::store::{Phase, ProjectState};
@@ -934,10 +934,29 @@ fn numbers_quoted_from_the_code_are_the_codes() {
         &format!("`Retry-After` plus {} seconds", RETRY_AFTER_SLACK.as_secs()),
         "engine::RETRY_AFTER_SLACK",
     );
+    // "10 seconds after GitLab accepted it, then 30 seconds, 1 minute and 2 minutes after each
+    // look, then every 5 minutes".
+    let spoken = |d: &std::time::Duration| match d.as_secs() {
+        60 => "1 minute".to_owned(),
+        s if s % 60 == 0 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    };
+    let (first, rest) = CHECK_STEPS.split_first().unwrap();
+    let (every, between) = rest.split_last().unwrap();
+    let (last_between, before) = between.split_last().unwrap();
+    let between: Vec<String> = before.iter().map(spoken).collect();
+    let schedule = format!(
+        "{} after GitLab accepted it, then {} and {} after each look, then every {}",
+        spoken(first),
+        between.join(", "),
+        spoken(last_between),
+        spoken(every)
+    );
+    has(&readme, &schedule, "engine::CHECK_STEPS");
     has(
         &readme,
-        &format!("looks again every {} seconds", CHECK_EVERY.as_secs()),
-        "engine::CHECK_EVERY",
+        &format!("after the first few, every {}", spoken(every)),
+        "engine::CHECK_STEPS",
     );
     has(
         &readme,

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::store::{MetaKey, Sql, Store, StoreError};
 
 const DAY_MS: u64 = 24 * 3_600_000;
-/// Rows a tick may write at most, with room to spare (the benchmark's heaviest writes 121, its
+/// Rows a tick may write at most, with room to spare (the benchmark's heaviest writes 122, its
 /// alarm and this record included): a tick starts only while this much is left.
 pub const ROWS_RESERVE: u64 = 300;
 /// Requests the object gets a day that no tick counts: a cron tick every minute that finds

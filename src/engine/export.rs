@@ -13,7 +13,7 @@ use crate::s3::object_key;
 use crate::store::{ClaimedProject, MetaKey, Sql, StoreError};
 use crate::time::ms;
 
-use super::verify::FIRST_CHECK_AFTER;
+use super::verify::next_check_ms;
 
 /// GitLab counts export requests per user in windows of one minute.
 pub const EXPORT_WINDOW: Duration = Duration::from_secs(60);
@@ -92,7 +92,8 @@ impl<S: Sql> Tick<'_, S> {
         }))
     }
 
-    pub(super) fn save_window(&self) -> Result<(), StoreError> {
+    pub(super) fn save_window(&mut self) -> Result<(), StoreError> {
+        self.window_unsaved = false;
         self.store
             .set_meta(MetaKey::ExportWindow, self.window.to_json()?)
     }
@@ -110,7 +111,8 @@ impl<S: Sql> Tick<'_, S> {
         match answer {
             ExportAnswer::Accepted => {
                 self.gitlab_answered()?;
-                let first_check = now_ms + ms(FIRST_CHECK_AFTER);
+                let first_check =
+                    next_check_ms(now_ms, now_ms, now_ms + ms(self.config.verify_timeout));
                 self.store
                     .record_exported(self.run.id, project.project_id, now_ms, first_check)?;
                 self.timers.set(Timer::NextCheck, first_check);

@@ -46,7 +46,10 @@ pub use schedule::{
     PRUNE_BATCH, RUNS_KEPT, RUNS_KEPT_IN_DETAIL,
 };
 pub use timers::{Timer, TimerTable};
-pub use verify::{CHECK_EVERY, CLOCK_SKEW, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF};
+pub use verify::{
+    next_check_ms, CHECK_SLACK, CHECK_STEPS, CLOCK_SKEW, FIRST_CHECK_AFTER, NONE_GRACE,
+    RETRY_BACKOFF,
+};
 
 use gates::{Budget, Gate, Gates};
 use intents::{Intent, Intents};
@@ -140,6 +143,10 @@ pub struct Tick<'a, S: Sql> {
     gates: Gates,
     /// The rolling window of export requests.
     window: Window,
+    /// Whether an answer changed the window since it was last stored: it is stored with the
+    /// next claim, or at the end of the tick (until then the store counts the request as in
+    /// flight, which is the safe side).
+    window_unsaved: bool,
     /// Export requests allowed per rolling minute: EXPORTS_PER_MINUTE, or less if GitLab's
     /// 429s showed a lower limit in this run.
     export_limit: u32,
@@ -269,7 +276,9 @@ impl<'a, S: Sql> Tick<'a, S> {
                 return Ok(Some(step));
             }
         }
-        let (left, run) = self.store.remaining(self.run.id)?;
+        let (left, run) = self
+            .store
+            .remaining(self.run.id, crate::time::ms(CHECK_SLACK))?;
         self.run = run;
         let exporting = left.pending_due.is_some() || left.exporting;
         let unproven = left.exported_due.is_some();
@@ -301,7 +310,11 @@ impl<'a, S: Sql> Tick<'a, S> {
             self.timers.set(Timer::RetryDue, due);
         }
         if let Some(due) = left.exported_due.filter(|&due| due > now_ms) {
-            self.timers.set(Timer::NextCheck, due);
+            // The checks due within CHECK_SLACK of the first share one tick, at the last of
+            // them (exports go out together, and so come their checks): a tick is a request
+            // and a row written, and so is its alarm.
+            let last = left.exported_due_last.unwrap_or(due).max(due);
+            self.timers.set(Timer::NextCheck, last);
         }
         Ok(None)
     }
@@ -330,7 +343,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             } => self.on_page(position, page, group, answer, now_ms),
             Purpose::Export { project, log_id } => {
                 self.window.answered(log_id, now_ms, now_ms);
-                self.save_window()?;
+                self.window_unsaved = true;
                 self.on_export(project, answer, now_ms)
             }
             Purpose::ExportStatus { project } => self.on_export_status(project, answer, now_ms),
@@ -381,6 +394,9 @@ impl<'a, S: Sql> Tick<'a, S> {
             subrequests: self.report.subrequests,
             exports: self.report.exports,
         });
+        if self.window_unsaved {
+            self.save_window()?;
+        }
         let alarm = u64::from(self.report.wake_at_ms.is_some());
         let rows = self.store.rows_written() - self.rows_at_begin + 1 + alarm;
         self.usage.record(self.store, rows)?;

@@ -257,6 +257,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 s3: S3Gate::Open,
             },
             window: Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?,
+            window_unsaved: false,
             export_limit,
             token_checked: false,
             prefix_ours: meta.u64(MetaKey::PrefixCheckedRun)? == Some(run.id),

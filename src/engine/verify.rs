@@ -14,12 +14,26 @@ use crate::s3::object_key;
 use crate::store::{Backup, ClaimedProject, Sql, StoreError};
 use crate::time::{http_date_ms, ms, rfc3339};
 
+/// The looks at an accepted export back off, as real exports wait minutes in GitLab's queue:
+/// the first this long after GitLab accepted it, each later one a step after the one before,
+/// the last step repeating (see [`next_check_ms`]).
+pub const CHECK_STEPS: [Duration; 5] = [
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+    Duration::from_secs(2 * 60),
+    Duration::from_secs(5 * 60),
+];
+/// How much later than its schedule a look may come to share a tick with the looks due just
+/// after it (exports go out together, and so come their looks): a tick is a request and a
+/// row written, and so is its alarm. (A tick that got exports accepted still wakes for the
+/// first of their first looks on time.)
+pub const CHECK_SLACK: Duration = Duration::from_secs(10);
 /// The first look at an accepted export (GitLab needs a while to build it).
-pub const FIRST_CHECK_AFTER: Duration = Duration::from_secs(10);
-/// Later looks at an export that is not proven yet.
-pub const CHECK_EVERY: Duration = Duration::from_secs(30);
+pub const FIRST_CHECK_AFTER: Duration = CHECK_STEPS[0];
 /// GitLab may read `none` for a while after the request; after this, look in the bucket anyway
-/// (some versions keep `none` for exports with an upload URL).
+/// (some versions keep `none` for exports with an upload URL, and GitLab deletes its export
+/// file after the upload). A `none` before it ends is looked at again when it ends.
 pub const NONE_GRACE: Duration = Duration::from_secs(120);
 /// How much older than its export request an object may look and still be that attempt's:
 /// GitLab's, S3's and the worker's clocks differ a little.
@@ -34,7 +48,41 @@ pub const RETRY_BACKOFF: [Duration; 4] = [
     Duration::from_secs(30 * 60),
 ];
 
+/// When an export GitLab accepted at `exported_ms` is looked at next, after a look at `now_ms`:
+/// the first point of its schedule ([`CHECK_STEPS`] from `exported_ms`) after `now_ms`, but not
+/// after `deadline_ms` (`VERIFY_TIMEOUT_MINUTES` after `exported_ms`) while that is still to
+/// come, so the look that decides the attempt comes on time. The schedule is the export's age
+/// alone: nothing more is stored, and a late tick does not shift the looks after it.
+pub fn next_check_ms(exported_ms: u64, now_ms: u64, deadline_ms: u64) -> u64 {
+    let mut at = exported_ms;
+    for step in CHECK_STEPS {
+        at += ms(step);
+        if at > now_ms {
+            break;
+        }
+    }
+    if at <= now_ms {
+        let every = ms(CHECK_STEPS[CHECK_STEPS.len() - 1]);
+        at += ((now_ms - at) / every + 1) * every;
+    }
+    if deadline_ms > now_ms {
+        at.min(deadline_ms)
+    } else {
+        at
+    }
+}
+
 impl<S: Sql> Tick<'_, S> {
+    /// The next look at `project`'s export after one at `now_ms` ([`next_check_ms`]).
+    pub(super) fn next_check_at(&self, project: &ClaimedProject, now_ms: u64) -> u64 {
+        let exported_ms = project.exported_ms.unwrap_or(now_ms);
+        next_check_ms(
+            exported_ms,
+            now_ms,
+            exported_ms + ms(self.config.verify_timeout),
+        )
+    }
+
     /// GitLab's status of the accepted export whose check is most overdue (after the last this
     /// tick checked).
     pub(super) fn check_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
@@ -60,7 +108,7 @@ impl<S: Sql> Tick<'_, S> {
         let status = answer
             .map_err(GitLabError::Unavailable)
             .and_then(|a| self.gitlab.read_export_status(&a));
-        let check_again = now_ms + ms(CHECK_EVERY);
+        let check_again = self.next_check_at(&project, now_ms);
         let exported_ms = project.exported_ms.unwrap_or(now_ms);
         // Past VERIFY_TIMEOUT_MINUTES, whatever GitLab says, the bucket decides: the object is
         // looked for, and if it is not there the attempt fails. No answer of GitLab's can hold
@@ -82,9 +130,15 @@ impl<S: Sql> Tick<'_, S> {
                 }
             }
             Ok(ExportStatus::None) if now_ms < exported_ms + ms(NONE_GRACE) => {
+                // Another `none` before the grace ends would change nothing: the next look is
+                // when it ends (GitLab deletes its export file after the upload, so a quick
+                // export reads `none` from then on).
                 self.gitlab_answered()?;
-                self.store
-                    .reschedule(self.run.id, project.project_id, check_again)?;
+                self.store.reschedule(
+                    self.run.id,
+                    project.project_id,
+                    exported_ms + ms(NONE_GRACE),
+                )?;
             }
             Ok(said @ (ExportStatus::None | ExportStatus::Finished)) => {
                 self.gitlab_answered()?;
@@ -322,8 +376,9 @@ impl<S: Sql> Tick<'_, S> {
         if now_ms >= exported_ms + ms(self.config.verify_timeout) {
             return self.attempt_failed(project, reason, now_ms);
         }
+        let check_again = self.next_check_at(project, now_ms);
         self.store
-            .reschedule(self.run.id, project.project_id, now_ms + ms(CHECK_EVERY))
+            .reschedule(self.run.id, project.project_id, check_again)
     }
 
     /// An attempt failed: retried with backoff and a fresh URL, up to `MAX_ATTEMPTS`.

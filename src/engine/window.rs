@@ -1,7 +1,9 @@
 //! The rolling minute of export requests: a handful of `(id, time)` pairs kept as one `meta`
 //! row, read with the tick's other facts and written back in the same synchronous step as each
-//! claim and each answer. The tick therefore knows its room at any moment without asking the
-//! store, and a request costs one row written when it is made and one when it is answered.
+//! claim; the answers' times go with the next claim, or at the end of the tick (a tick that
+//! dies first leaves them in flight, on the safe side). The tick therefore knows its room at
+//! any moment without asking the store, and a request costs one row written when it is made,
+//! and the tick's answers one more.
 
 use serde::{Deserialize, Serialize};
 

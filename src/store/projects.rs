@@ -176,8 +176,9 @@ impl<S: Sql> Store<S> {
 
     /// What the run's projects still wait for, and the run with the counters its projects'
     /// outcomes keep, in one statement (the run by key, each other part a search of the
-    /// `projects_due` index).
-    pub fn remaining(&self, run_id: u64) -> Result<(Remaining, RunRow), StoreError> {
+    /// `projects_due` index). `slack_ms`: how far after the first check due the last one
+    /// [`Remaining::exported_due_last`] looks.
+    pub fn remaining(&self, run_id: u64, slack_ms: u64) -> Result<(Remaining, RunRow), StoreError> {
         let rows = self.rows(
             &format!(
                 "SELECT
@@ -186,11 +187,23 @@ impl<S: Sql> Store<S> {
                      EXISTS (SELECT 1 FROM projects WHERE run_id = ? AND state = 'exporting'),
                      (SELECT due_ms FROM projects WHERE run_id = ? AND state = 'exported'
                       ORDER BY due_ms LIMIT 1),
+                     (SELECT due_ms FROM projects WHERE run_id = ? AND state = 'exported'
+                          AND due_ms <= (SELECT due_ms FROM projects
+                              WHERE run_id = ? AND state = 'exported' ORDER BY due_ms LIMIT 1) + ?
+                      ORDER BY due_ms DESC LIMIT 1),
                      {}
                  FROM runs WHERE id = ?",
                 RunRow::COLUMNS
             ),
-            &[run_id.into(), run_id.into(), run_id.into(), run_id.into()],
+            &[
+                run_id.into(),
+                run_id.into(),
+                run_id.into(),
+                run_id.into(),
+                run_id.into(),
+                slack_ms.into(),
+                run_id.into(),
+            ],
         )?;
         let row = rows
             .first()
@@ -199,8 +212,9 @@ impl<S: Sql> Store<S> {
             pending_due: column(row, 0)?.as_opt_u64()?,
             exporting: column(row, 1)?.as_u64()? != 0,
             exported_due: column(row, 2)?.as_opt_u64()?,
+            exported_due_last: column(row, 3)?.as_opt_u64()?,
         };
-        let run: Row = row[3..].to_vec();
+        let run: Row = row[4..].to_vec();
         Ok((left, RunRow::read(&run)?))
     }
 

@@ -189,4 +189,6 @@ pub struct Remaining {
     pub exporting: bool,
     /// When the first exported project comes due for a check, if any awaits its proof.
     pub exported_due: Option<u64>,
+    /// When the last check due within the slack asked for after the first comes due.
+    pub exported_due_last: Option<u64>,
 }

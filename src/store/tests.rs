@@ -259,33 +259,46 @@ fn remaining_says_what_the_run_still_waits_for() {
         pending_due: None,
         exporting: false,
         exported_due: None,
+        exported_due_last: None,
     };
-    assert_eq!(store.remaining(run.id).unwrap().0, nothing);
+    assert_eq!(store.remaining(run.id, 10).unwrap().0, nothing);
     store
         .record_only_page(run.id, 0, &[(1, "a/1"), (2, "a/2")])
         .unwrap();
     store.claim_next(run.id, 0).unwrap().unwrap();
     assert_eq!(
-        store.remaining(run.id).unwrap().0,
+        store.remaining(run.id, 10).unwrap().0,
         Remaining {
             pending_due: Some(0),
             exporting: true,
             exported_due: None,
+            exported_due_last: None,
         }
     );
     store.record_exported(run.id, 1, 5, 65).unwrap();
     store.reschedule(run.id, 2, 900).unwrap();
     assert_eq!(
-        store.remaining(run.id).unwrap().0,
+        store.remaining(run.id, 10).unwrap().0,
         Remaining {
             pending_due: Some(900),
             exporting: false,
             exported_due: Some(65),
+            exported_due_last: Some(65),
         }
     );
+    // The last check due within the slack of the first.
+    store.claim_next(run.id, 900).unwrap().unwrap();
+    store.record_exported(run.id, 2, 6, 74).unwrap();
+    let left = |slack| store.remaining(run.id, slack).unwrap().0;
+    assert_eq!(
+        (left(10).exported_due, left(10).exported_due_last),
+        (Some(65), Some(74))
+    );
+    assert_eq!(left(8).exported_due_last, Some(65));
+    store.record_failure(run.id, 2, "retry", Some(900)).unwrap();
     store.record_verified(run.id, 1, 1).unwrap();
     store.record_failure(run.id, 2, "refused", None).unwrap();
-    assert_eq!(store.remaining(run.id).unwrap().0, nothing);
+    assert_eq!(store.remaining(run.id, 10).unwrap().0, nothing);
 }
 
 #[test]

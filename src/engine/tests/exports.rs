@@ -177,7 +177,7 @@ fn at_production_cadence_six_per_minute_exports_n_projects_in_about_n_over_6_min
         h.cron_jitter_ms = 2 * SECOND;
         // One minute more than the exports alone: the run finishes only once the last
         // exports are proven (first checked FIRST_CHECK_AFTER after GitLab accepted them,
-        // then every CHECK_EVERY), and their manifest and summary are written.
+        // then on the backoff of CHECK_STEPS), and their manifest and summary are written.
         let bound = (n.div_ceil(6) as u64 + 3) * MINUTE;
         let run = h.run_until_finished(T0 + bound);
         let took = run.finished_ms.unwrap() - run.started_ms;
@@ -353,4 +353,42 @@ fn a_project_whose_export_always_answers_500_goes_behind_the_others_then_fails_w
         "the next export after the 500 is another project"
     );
     assert_gitlab_window_respected(&h.world.gitlab.exports, 6);
+}
+
+#[test]
+fn the_answers_times_reach_the_stored_window_by_the_end_of_the_tick() {
+    // Six exports in one tick: the window is written with each claim, and the answers' times
+    // (sooner than the in-flight bound) with the next claim or when the tick ends, so the next
+    // tick frees the window on time.
+    let (gitlab, _) = one_group(6, 6);
+    let mut h = Harness::new(config(&[]), World::new(gitlab));
+    h.fire_next();
+    h.fire_next();
+    let tick = h.ticks.last().unwrap();
+    assert_eq!(tick.exports, 6);
+    let answered: Vec<u64> = h
+        .world
+        .sent
+        .iter()
+        .filter(|s| s.export)
+        .map(|s| s.done_ms)
+        .collect();
+    let stored = h.store().meta(&[MetaKey::ExportWindow]).unwrap();
+    let window =
+        crate::engine::window::Window::read(stored.text(MetaKey::ExportWindow).unwrap().as_deref())
+            .unwrap();
+    let now = *answered.last().unwrap();
+    assert_eq!(window.used(now), 6);
+    assert_eq!(
+        window.frees_at(now),
+        Some(answered[0] + MINUTE),
+        "the first answer's time, not its in-flight bound"
+    );
+    let last = answered[5];
+    assert_eq!(window.used(last + MINUTE - 1), 1);
+    assert_eq!(
+        window.used(last + MINUTE),
+        0,
+        "the last answer's time too, stored when the tick ended"
+    );
 }

@@ -6,7 +6,9 @@ use super::sim::{
     assert_landed_and_proven, assert_no_export_after_a_heard_outcome_but_retries, config,
     one_group, Fault, FaultPlan, Harness, World, DAY, HOUR, MINUTE, SECOND, T0,
 };
-use crate::engine::{CHECK_EVERY, FIRST_CHECK_AFTER, RETRY_BACKOFF};
+use crate::engine::{
+    next_check_ms, CHECK_SLACK, CHECK_STEPS, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF,
+};
 use crate::s3::object_key;
 use crate::time::ms;
 
@@ -21,36 +23,165 @@ fn backup_heads(h: &Harness) -> Vec<(u64, String, u16)> {
         .collect()
 }
 
+/// GitLab's export status checks of `id`, as ages since the export request they follow reached
+/// GitLab, one list per accepted export.
+fn check_ages_per_attempt(h: &Harness, id: u64) -> Vec<Vec<u64>> {
+    let gitlab = &h.world.gitlab;
+    let accepted: Vec<u64> = gitlab
+        .exports
+        .iter()
+        .filter(|e| e.project_id == id && e.status == 202)
+        .map(|e| e.at_ms)
+        .collect();
+    let mut ages = vec![Vec::new(); accepted.len()];
+    for &(at, checked, _) in &gitlab.status_checks {
+        if checked != id {
+            continue;
+        }
+        let attempt = accepted
+            .iter()
+            .rposition(|&a| a <= at)
+            .expect("no check before GitLab accepted the export");
+        ages[attempt].push(at - accepted[attempt]);
+    }
+    ages
+}
+
+/// Each age is its point of the schedule, plus the time the answer took back and the check
+/// took there (100 ms each in the simulation): no later, no sooner.
+fn assert_on_schedule(ages: &[u64], schedule_s: &[u64]) {
+    let expected: Vec<u64> = schedule_s.iter().map(|s| s * SECOND).collect();
+    assert_eq!(ages.len(), expected.len(), "{ages:?} ≠ {expected:?}");
+    for (age, point) in ages.iter().zip(&expected) {
+        assert!(
+            (*point..*point + SECOND).contains(age),
+            "{ages:?} ≠ {expected:?} (ms)"
+        );
+    }
+}
+
 #[test]
-fn an_accepted_export_is_checked_after_first_check_after_then_every_check_every_until_proven() {
-    // GitLab takes 100 s to build the export: the checks find it queued or started, then
-    // finished; only then does a HEAD look in the bucket.
+fn the_check_schedule_backs_off_from_the_export_request_and_keeps_to_the_deadline() {
+    let exported = T0;
+    let deadline = exported + 180 * MINUTE;
+    // The next look's age after a look at `age`.
+    let next = |age: u64| next_check_ms(exported, exported + age, deadline) - exported;
+    // 10 s, then 30 s, 1 min, 2 min, then every 5 min.
+    let mut age = 0;
+    let mut points = Vec::new();
+    for _ in 0..8 {
+        age = next(age);
+        points.push(age / SECOND);
+    }
+    assert_eq!(points, [10, 40, 100, 220, 520, 820, 1_120, 1_420]);
+    assert_eq!(
+        CHECK_STEPS.iter().map(|d| d.as_secs()).collect::<Vec<_>>(),
+        [10, 30, 60, 120, 300]
+    );
+    assert_eq!(FIRST_CHECK_AFTER, CHECK_STEPS[0]);
+    // From the age alone: a late look does not shift the ones after it.
+    assert_eq!(next(57 * SECOND), 100 * SECOND);
+    assert_eq!(next(100 * SECOND), 220 * SECOND, "a look on time");
+    assert_eq!(next(521 * SECOND), 820 * SECOND);
+    assert_eq!(next(3_000 * SECOND), 3_220 * SECOND);
+    // The last look before the deadline is at the deadline, not up to a step after it.
+    assert_eq!(next(10_720 * SECOND), 10_800 * SECOND);
+    assert_eq!(next(10_799 * SECOND), 10_800 * SECOND);
+    // Past it, whoever asks gets the next point (the engine decides there instead).
+    assert_eq!(next(10_800 * SECOND), 11_020 * SECOND);
+    // A deadline shorter than the steps.
+    assert_eq!(
+        next_check_ms(exported, exported + 40 * SECOND, exported + MINUTE) - exported,
+        MINUTE
+    );
+}
+
+#[test]
+fn an_accepted_export_is_checked_on_the_backoff_schedule_until_proven() {
+    // GitLab takes 6 min to build the export: the checks at +10 s, +40 s, +1 min 40 s and
+    // +3 min 40 s find it queued or started, the one at +8 min 40 s finished; only then does a
+    // HEAD look in the bucket.
     let (mut gitlab, ids) = one_group(1, 6);
-    gitlab.build_ms = (100 * SECOND, 100 * SECOND);
+    gitlab.build_ms = (6 * MINUTE, 6 * MINUTE);
     let mut h = Harness::new(config(&[]), World::new(gitlab));
     let run = h.run_until_finished(T0 + HOUR);
     assert_eq!((run.exported, run.verified, run.failed), (1, 1, 0));
-    let gitlab = &h.world.gitlab;
-    let accepted = gitlab.exports[0].at_ms;
-    let checks: Vec<u64> = gitlab
-        .status_checks
-        .iter()
-        .map(|(at, id, _)| {
-            assert_eq!(*id, ids[0]);
-            at - accepted
-        })
-        .collect();
-    assert_eq!(
-        checks.len(),
-        4,
-        "at +10 s, +40 s, +70 s, +100 s: {checks:?}"
-    );
-    assert!(checks[0] >= ms(FIRST_CHECK_AFTER));
-    for pair in checks.windows(2) {
-        assert!(pair[1] - pair[0] >= ms(CHECK_EVERY), "{checks:?}");
-    }
+    let ages = check_ages_per_attempt(&h, ids[0]);
+    assert_eq!(ages.len(), 1);
+    assert_on_schedule(&ages[0], &[10, 40, 100, 220, 520]);
+    assert_eq!(h.world.gitlab.status_checks.len(), 5, "no other checks");
     let heads = backup_heads(&h);
     assert_eq!(heads.len(), 1, "one HEAD, after GitLab said finished");
+    assert_eq!(heads[0].2, 200);
+    assert_landed_and_proven(&h, &run);
+}
+
+#[test]
+fn looks_due_within_check_slack_of_each_other_share_a_tick() {
+    // Three exports accepted in one tick, a second or two apart (slow answers): every later
+    // look of the three at the same point of the schedule shares one tick, at most CHECK_SLACK
+    // late, never early.
+    let (mut gitlab, ids) = one_group(3, 6);
+    gitlab.build_ms = (6 * MINUTE, 6 * MINUTE);
+    let mut world = World::new(gitlab);
+    world.leg_ms = (300, 1_000);
+    let mut h = Harness::new(config(&[]), world);
+    let run = h.run_until_finished(T0 + HOUR);
+    assert_eq!((run.exported, run.verified, run.failed), (3, 3, 0));
+    let mut by_point: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for &id in &ids {
+        let ages = check_ages_per_attempt(&h, id);
+        assert_eq!(ages.len(), 1);
+        assert_eq!(ages[0].len(), 5, "{ages:?}");
+        for (age, point) in ages[0].iter().zip([10, 40, 100, 220, 520]) {
+            // Never early; late by the answer's way back, the look's way there and the slack.
+            assert!(*age >= point * SECOND, "{ages:?}");
+            assert!(
+                age - point * SECOND < ms(CHECK_SLACK) + 2 * SECOND,
+                "{ages:?}"
+            );
+            by_point.entry(point).or_default().push(*age);
+        }
+    }
+    let tick_of = |at: u64| h.ticks.iter().rposition(|t| t.started_ms <= at).unwrap();
+    let ticks_at = |point: u64| -> std::collections::BTreeSet<usize> {
+        h.world
+            .gitlab
+            .status_checks
+            .iter()
+            .filter(|(at, id, _)| {
+                let accepted = h.world.gitlab.exports.iter().find(|e| e.project_id == *id);
+                let age = at - accepted.unwrap().at_ms;
+                (point * SECOND..point * SECOND + ms(CHECK_SLACK) + 2 * SECOND).contains(&age)
+            })
+            .map(|(at, _, _)| tick_of(*at))
+            .collect()
+    };
+    for point in [40, 100, 220, 520] {
+        assert_eq!(
+            ticks_at(point).len(),
+            1,
+            "looks at +{point} s: {by_point:?}"
+        );
+    }
+    assert_landed_and_proven(&h, &run);
+}
+
+#[test]
+fn a_quick_export_that_reads_none_after_its_upload_is_looked_at_again_when_the_grace_ends() {
+    // Built and uploaded in 30 s, after which GitLab reads `none`: the look at +40 s finds
+    // `none` within NONE_GRACE, the next comes when the grace ends (not at +1 min 40 s and
+    // +3 min 40 s) and sends the HEAD.
+    let (mut gitlab, ids) = one_group(1, 6);
+    gitlab.build_ms = (30 * SECOND, 30 * SECOND);
+    gitlab.none_when_built = true;
+    let mut h = Harness::new(config(&[]), World::new(gitlab));
+    let run = h.run_until_finished(T0 + HOUR);
+    assert_eq!((run.exported, run.verified, run.failed), (1, 1, 0));
+    let ages = check_ages_per_attempt(&h, ids[0]);
+    assert_on_schedule(&ages[0], &[10, 40, NONE_GRACE.as_secs()]);
+    let heads = backup_heads(&h);
+    assert_eq!(heads.len(), 1, "one HEAD, when the grace ended: {heads:?}");
     assert_eq!(heads[0].2, 200);
     assert_landed_and_proven(&h, &run);
 }
@@ -101,6 +232,13 @@ fn an_export_stuck_in_gitlabs_queue_fails_after_verify_timeout_and_the_run_ends(
         );
     }
     assert!(ids.iter().all(|id| h.world.gitlab.accepted()[id] == 2));
+    // Each attempt is looked at on the schedule, and last at its deadline (10 min), not at
+    // the next point (13 min 40 s).
+    for &id in &ids {
+        for ages in check_ages_per_attempt(&h, id) {
+            assert_on_schedule(&ages, &[10, 40, 100, 220, 520, 600]);
+        }
+    }
 }
 
 #[test]

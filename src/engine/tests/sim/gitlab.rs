@@ -91,6 +91,9 @@ pub(crate) struct SimGitLab {
     pub(crate) build_failures: BTreeSet<u64>,
     /// Projects whose uploads never reach the bucket although GitLab reports `finished`.
     pub(crate) lost_uploads: BTreeSet<u64>,
+    /// Whether a built export reads `none` (GitLab deleted its file after the upload) instead
+    /// of `finished`.
+    pub(crate) none_when_built: bool,
     /// Exports GitLab accepted, in the order it accepted them.
     pub(crate) jobs: Vec<ExportJob>,
     /// `GET /projects/:id/export` as GitLab saw them: (arrival, project, status answered).
@@ -176,6 +179,7 @@ impl SimGitLab {
             build_rng: Rng::new(0xB1D),
             build_failures: BTreeSet::new(),
             lost_uploads: BTreeSet::new(),
+            none_when_built: false,
             jobs: Vec::new(),
             status_checks: Vec::new(),
             user_checks: Vec::new(),
@@ -549,6 +553,7 @@ impl SimGitLab {
                     Some(job) if at_ms < job.accepted_ms + SECOND => "queued",
                     Some(job) if at_ms < job.ready_ms => "started",
                     Some(job) if job.fails => "failed",
+                    Some(_) if self.none_when_built => "none",
                     Some(_) => "finished",
                 };
                 json_answer(
