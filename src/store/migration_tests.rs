@@ -322,7 +322,7 @@ fn a_migrated_store_answers_the_queries_of_a_tick() {
         }
         let before = states();
         assert_eq!(before.len(), 11, "{why}");
-        let (left, counted) = store.remaining(run.id).unwrap();
+        let (left, counted) = store.remaining(run.id, 0).unwrap();
         assert!(
             left.pending_due.is_some() && !left.exporting && left.exported_due.is_some(),
             "{why}: {left:?}"
