@@ -35,37 +35,22 @@ impl<S: Sql> Tick<'_, S> {
         }
         if !self.prefix_ours {
             let key = manifest::deployment_key(&self.config.s3_prefix);
-            let url = self.config.bucket.object_url(&region, &key);
-            return match self
-                .signer(&region, now_ms)
-                .signed_request(Method::Get, &url, None)
-            {
-                Ok(request) => Ok(Some(Step {
-                    request,
-                    purpose: Purpose::CheckMarker,
-                })),
-                Err(e) => {
-                    self.gates.s3 = S3Gate::Resting;
-                    self.note_error(&e.to_string(), now_ms)?;
-                    Ok(None)
-                }
-            };
+            return self.s3_request(
+                &region,
+                Method::Get,
+                &key,
+                None,
+                now_ms,
+                Purpose::CheckMarker,
+            );
         }
         let key = manifest::probe_key(&self.config.s3_prefix, self.run_started());
         let body = serde_json::json!({
             "run": self.run.id,
             "started": rfc3339(self.run.started_ms),
             "purpose": "gitlab-backup checks that the bucket accepts its uploads",
-        })
-        .to_string();
-        self.s3_put(
-            &region,
-            &key,
-            body,
-            "application/json",
-            now_ms,
-            Purpose::Probe,
-        )
+        });
+        self.s3_put_json(&region, &key, &body, now_ms, Purpose::Probe)
     }
 
     /// A signed HEAD of the bucket, whose answer names its region (one per tick).
@@ -221,16 +206,8 @@ impl<S: Sql> Tick<'_, S> {
             "deployment": self.store.deployment_id()?,
             "since": rfc3339(self.run.started_ms),
             "purpose": "gitlab-backup: this prefix belongs to one deployment",
-        })
-        .to_string();
-        self.s3_put(
-            &region,
-            &key,
-            body,
-            "application/json",
-            now_ms,
-            Purpose::PutMarker,
-        )
+        });
+        self.s3_put_json(&region, &key, &body, now_ms, Purpose::PutMarker)
     }
 
     pub(super) fn on_marker_put(
@@ -250,21 +227,8 @@ impl<S: Sql> Tick<'_, S> {
             return Ok(None);
         };
         let key = manifest::probe_key(&self.config.s3_prefix, self.run_started());
-        let url = self.config.bucket.object_url(&region, &key);
-        match self
-            .signer(&region, now_ms)
-            .signed_request(Method::Head, &url, None)
-        {
-            Ok(request) => Ok(Some(Step {
-                request,
-                purpose: Purpose::ReadBackProbe,
-            })),
-            Err(e) => {
-                self.gates.s3 = S3Gate::Resting;
-                self.note_error(&e.to_string(), now_ms)?;
-                Ok(None)
-            }
-        }
+        let purpose = Purpose::ReadBackProbe;
+        self.s3_request(&region, Method::Head, &key, None, now_ms, purpose)
     }
 
     /// The bucket gave back what the preflight wrote: the run may list. A key that writes but

@@ -58,9 +58,37 @@ impl<S: Sql> Tick<'_, S> {
         now_ms: u64,
         purpose: Purpose,
     ) -> Result<Option<Step>, StoreError> {
+        let body = Some((body, content_type));
+        self.s3_request(region, Method::Put, key, body, now_ms, purpose)
+    }
+
+    /// A PUT of a small JSON object of the worker's own.
+    pub(super) fn s3_put_json(
+        &mut self,
+        region: &str,
+        key: &str,
+        body: &serde_json::Value,
+        now_ms: u64,
+        purpose: Purpose,
+    ) -> Result<Option<Step>, StoreError> {
+        let body = body.to_string();
+        self.s3_put(region, key, body, "application/json", now_ms, purpose)
+    }
+
+    /// A request for one of the worker's own objects, signed in its headers; a signing failure
+    /// rests S3 for the tick.
+    pub(super) fn s3_request(
+        &mut self,
+        region: &str,
+        method: Method,
+        key: &str,
+        body: Option<(String, &'static str)>,
+        now_ms: u64,
+        purpose: Purpose,
+    ) -> Result<Option<Step>, StoreError> {
         let url = self.config.bucket.object_url(region, key);
         let signer = self.signer(region, now_ms);
-        match signer.signed_request(Method::Put, &url, Some((body, content_type))) {
+        match signer.signed_request(method, &url, body) {
             Ok(request) => Ok(Some(Step { request, purpose })),
             Err(e) => {
                 self.gates.s3 = S3Gate::Resting;

@@ -455,18 +455,7 @@ impl GitLab {
         struct Body {
             statistics: Option<Statistics>,
         }
-        match answer.status {
-            200 => {}
-            404 => return Err(GitLabError::ProjectGone),
-            _ => return Err(self.unexpected(answer)),
-        }
-        let body: Body = serde_json::from_slice(&answer.body).map_err(|e| {
-            GitLabError::BadAnswer(format!(
-                "project statistics: {}: {}",
-                excerpt(&e.to_string()),
-                answer.body_excerpt()
-            ))
-        })?;
+        let body: Body = self.project_answer(answer, "project statistics")?;
         let s = body.statistics.ok_or_else(|| {
             GitLabError::BadAnswer(
                 "the project has no statistics (the token needs Reporter)".into(),
@@ -477,6 +466,26 @@ impl GitLab {
             .saturating_add(s.lfs_objects_size)
             .saturating_add(s.uploads_size)
             .saturating_add(s.snippets_size))
+    }
+
+    /// The JSON body of an answer about one project: a 404 means the project is gone.
+    fn project_answer<T: serde::de::DeserializeOwned>(
+        &self,
+        answer: &HttpResponse,
+        what: &str,
+    ) -> Result<T, GitLabError> {
+        match answer.status {
+            200 => {}
+            404 => return Err(GitLabError::ProjectGone),
+            _ => return Err(self.unexpected(answer)),
+        }
+        serde_json::from_slice(&answer.body).map_err(|e| {
+            GitLabError::BadAnswer(format!(
+                "{what}: {}: {}",
+                excerpt(&e.to_string()),
+                answer.body_excerpt()
+            ))
+        })
     }
 
     pub fn export_status_request(&self, project_id: u64) -> HttpRequest {
@@ -490,18 +499,7 @@ impl GitLab {
         struct Body {
             export_status: String,
         }
-        match answer.status {
-            200 => {}
-            404 => return Err(GitLabError::ProjectGone),
-            _ => return Err(self.unexpected(answer)),
-        }
-        let body: Body = serde_json::from_slice(&answer.body).map_err(|e| {
-            GitLabError::BadAnswer(format!(
-                "export status: {}: {}",
-                excerpt(&e.to_string()),
-                answer.body_excerpt()
-            ))
-        })?;
+        let body: Body = self.project_answer(answer, "export status")?;
         match body.export_status.as_str() {
             "none" => Ok(ExportStatus::None),
             "queued" | "started" | "regeneration_in_progress" => Ok(ExportStatus::InProgress),
