@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use time::format_description::well_known::{Rfc2822, Rfc3339};
+use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::OffsetDateTime;
 
@@ -29,16 +29,14 @@ pub fn rfc3339(at_ms: u64) -> String {
 
 /// An HTTP date (`Last-Modified: Sun, 06 Nov 1994 08:49:37 GMT`) in milliseconds since 1970.
 pub fn http_date_ms(text: &str) -> Option<u64> {
-    let at = OffsetDateTime::parse(text.trim(), &Rfc2822).ok()?;
-    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+    let at = httpdate::parse_http_date(text.trim()).ok()?;
+    Some(ms(at.duration_since(SystemTime::UNIX_EPOCH).ok()?))
 }
 
 /// `at_ms` as an HTTP date, as S3 writes `Last-Modified` (the tests' simulated S3).
+#[cfg(test)]
 pub fn http_date(at_ms: u64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc2822).ok())
-        .unwrap_or_default()
+    httpdate::fmt_http_date(system_time(at_ms))
 }
 
 /// `%Y-%m-%d-%H-%M-%S` in UTC: the run's start in object keys and run folders.
