@@ -450,8 +450,13 @@ impl World {
         let url = &request.url;
         let host = url.host_str().unwrap_or_default();
         if host != "gitlab.example.com" {
-            // S3: the worker's own PUTs and the HEADs of backups.
+            // S3: the worker's own PUTs, the HEADs of backups and of the preflight's probe, and
+            // the GET of the prefix's marker (none yet: the worker writes it).
             return Ok(match request.method {
+                Method::Get => HttpResponse {
+                    status: 404,
+                    ..HttpResponse::default()
+                },
                 Method::Head if !self.landed(url, now_ms) => HttpResponse {
                     status: 404,
                     ..HttpResponse::default()
