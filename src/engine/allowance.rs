@@ -89,8 +89,17 @@ impl Usage {
         })
     }
 
-    /// Adds one request that wrote `rows` (its own record of them included), and records it.
-    pub fn record<S: Sql>(&mut self, store: &Store<S>, rows: u64) -> Result<(), StoreError> {
+    /// Adds one request that wrote `rows` (its own record of them included), and records it;
+    /// without a daily limit (both settings `0`, the paid plan) nothing is counted or written.
+    pub fn record<S: Sql>(
+        &mut self,
+        store: &Store<S>,
+        config: &Config,
+        rows: u64,
+    ) -> Result<(), StoreError> {
+        if config.do_rows_written_per_day == 0 && config.do_requests_per_day == 0 {
+            return Ok(());
+        }
         self.requests += 1;
         self.rows_written += rows;
         let json = serde_json::to_string(self)

@@ -399,7 +399,7 @@ impl<'a, S: Sql> Tick<'a, S> {
         }
         let alarm = u64::from(self.report.wake_at_ms.is_some());
         let rows = self.store.rows_written() - self.rows_at_begin + 1 + alarm;
-        self.usage.record(self.store, rows)?;
+        self.usage.record(self.store, self.config, rows)?;
         Ok(self.report)
     }
 

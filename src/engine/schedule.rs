@@ -189,7 +189,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                     // Idle ticks write nothing, unless pruning did: then it counts.
                     let rows = store.rows_written() - rows_at_begin;
                     if rows > 0 {
-                        usage.record(store, rows + 1)?;
+                        usage.record(store, config, rows + 1)?;
                     }
                     return Ok(Begin::Idle);
                 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::sim::{assert_landed_and_proven, config, one_group, Began, Harness, World, DAY, T0};
 use crate::engine::allowance::ROWS_RESERVE;
+use crate::store::MetaKey;
 
 #[test]
 fn with_a_small_daily_allowance_of_rows_the_run_pauses_each_day_within_it_and_completes() {
@@ -57,4 +58,25 @@ fn with_a_small_daily_allowance_of_rows_the_run_pauses_each_day_within_it_and_co
         let first = h.ticks.iter().find(|t| t.started_ms / DAY == *day).unwrap();
         assert_eq!(first.began, Began::Ran, "day {day}");
     }
+}
+
+#[test]
+fn without_a_daily_limit_nothing_is_counted_or_written_for_it() {
+    let (gitlab, ids) = one_group(3, 6);
+    let mut h = Harness::new(
+        config(&[
+            ("DO_ROWS_WRITTEN_PER_DAY", "0"),
+            ("DO_REQUESTS_PER_DAY", "0"),
+        ]),
+        World::new(gitlab),
+    );
+    let run = h.run_until_finished(T0 + DAY);
+    assert_eq!(run.verified, ids.len() as u64);
+    let usage = h
+        .store()
+        .meta(&[MetaKey::DailyUsage])
+        .unwrap()
+        .text(MetaKey::DailyUsage)
+        .unwrap();
+    assert_eq!(usage, None, "no usage row on the paid plan");
 }
