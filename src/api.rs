@@ -11,17 +11,19 @@ pub enum Route {
     StatusPage,
     /// `POST /run`: start a run now.
     Run,
+    /// `POST /run/cancel`: end the run that is going.
+    Cancel,
     /// `GET /status`: the run's report as JSON.
     Status,
 }
 
 impl Route {
-    pub const ALL: [Route; 3] = [Route::StatusPage, Route::Run, Route::Status];
+    pub const ALL: [Route; 4] = [Route::StatusPage, Route::Run, Route::Cancel, Route::Status];
 
     pub fn method(self) -> &'static str {
         match self {
             Route::StatusPage | Route::Status => "GET",
-            Route::Run => "POST",
+            Route::Run | Route::Cancel => "POST",
         }
     }
 
@@ -29,6 +31,7 @@ impl Route {
         match self {
             Route::StatusPage => "/",
             Route::Run => "/run",
+            Route::Cancel => "/run/cancel",
             Route::Status => "/status",
         }
     }
@@ -71,7 +74,7 @@ pub fn route(
     let Some(route) = Route::ALL.into_iter().find(|r| r.path() == path) else {
         return Err(refuse(
             404,
-            "no such route: the API is GET / (status page), POST /run and GET /status",
+            "no such route: the API is GET / (status page), POST /run, POST /run/cancel and GET /status",
         ));
     };
     if method != route.method() {

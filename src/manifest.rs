@@ -1,6 +1,6 @@
 //! The run's record in the bucket, next to the backups: `<S3_PREFIX>_runs/<run start>/` holds
-//! the preflight probe, `part-NNNNN.jsonl` (at most [`PART_SIZE`] projects each, written as
-//! projects reach their final outcome) and, at the end, `summary.json` with the totals and the
+//! the preflight probe, `part-NNNNN.jsonl` (at most [`PART_SIZE`] projects each, by id, written
+//! once every project has its outcome) and, at the end, `summary.json` with the totals and the
 //! list of parts. This module builds the keys and the bodies; the engine writes them.
 
 use std::time::SystemTime;
@@ -58,7 +58,7 @@ pub fn part_body(prefix: &str, run_started: SystemTime, entries: &[ManifestEntry
             path: &entry.path,
             key: object_key(prefix, &entry.path, run_started),
             size: entry.size,
-            outcome: if entry.verified { "verified" } else { "failed" },
+            outcome: entry.outcome.as_str(),
             attempts: entry.attempts,
             error: entry.error.as_deref(),
         };
@@ -77,6 +77,10 @@ struct Summary<'a> {
     exported: u64,
     verified: u64,
     failed: u64,
+    /// Projects without an outcome when the operator cancelled the run.
+    cancelled: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancelled_at: Option<String>,
     group_errors: Vec<GroupError<'a>>,
     parts: Vec<String>,
 }
@@ -103,6 +107,10 @@ pub fn summary_body(
         exported: run.exported,
         verified: run.verified,
         failed: run.failed,
+        cancelled: run
+            .cancelled_ms
+            .map_or(0, |_| run.listed.saturating_sub(run.verified + run.failed)),
+        cancelled_at: run.cancelled_ms.map(rfc3339),
         group_errors: group_errors
             .iter()
             .map(|(group, reason)| GroupError { group, reason })
@@ -146,7 +154,7 @@ mod tests {
             ManifestEntry {
                 project_id: 1,
                 path: "a/b".into(),
-                verified: true,
+                outcome: crate::store::Outcome::Verified,
                 attempts: 1,
                 size: Some(42),
                 error: None,
@@ -154,7 +162,7 @@ mod tests {
             ManifestEntry {
                 project_id: 2,
                 path: "a/c".into(),
-                verified: false,
+                outcome: crate::store::Outcome::Failed,
                 attempts: 3,
                 size: None,
                 error: Some("GitLab could not build the export".into()),

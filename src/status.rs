@@ -40,6 +40,8 @@ pub struct RunStatus {
     /// The key of the run's `summary.json` in the bucket, once written.
     pub summary_key: Option<String>,
     pub projects: Counts,
+    /// When the operator cancelled the run, if they did.
+    pub cancelled: Option<String>,
     pub group_errors: Vec<GroupError>,
     pub failures: Vec<Failure>,
 }
@@ -50,8 +52,10 @@ pub struct Counts {
     pub exported: u64,
     pub verified: u64,
     pub failed: u64,
-    /// Not final yet: waiting for export or for proof.
+    /// Not final yet: waiting for export or for proof (in a cancelled run: `cancelled`).
     pub pending: u64,
+    /// Without an outcome when the run was cancelled.
+    pub cancelled: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,6 +97,8 @@ pub enum Plan {
     },
     /// Every export is requested; checking that each landed.
     Verify,
+    /// Every project has its outcome (or the run was cancelled): the manifest and summary.
+    Record,
     /// A daily allowance of the Durable Object is nearly spent: nothing until `until`.
     Paused {
         allowance: Allowance,
@@ -125,7 +131,13 @@ pub struct LastError {
 }
 
 impl RunStatus {
-    fn new<S: Sql>(store: &Store<S>, run: RunRow) -> Result<RunStatus, StoreError> {
+    /// `window`: the rate window with the exports under way, whose accepted exports the run's
+    /// counter has not counted yet (their rows are written at their outcome).
+    fn new<S: Sql>(
+        store: &Store<S>,
+        run: RunRow,
+        window: &Window,
+    ) -> Result<RunStatus, StoreError> {
         let group_errors = store
             .listing_errors(run.id)?
             .into_iter()
@@ -140,6 +152,10 @@ impl RunStatus {
                 reason,
             })
             .collect();
+        let mut flights = window.flights.clone();
+        flights.for_run(run.id);
+        let open = run.listed.saturating_sub(run.verified + run.failed);
+        let cancelled = run.cancelled_ms.is_some();
         Ok(RunStatus {
             id: run.id,
             started: rfc3339(run.started_ms),
@@ -149,11 +165,18 @@ impl RunStatus {
             summary_key: run.summary_key.clone(),
             projects: Counts {
                 listed: run.listed,
-                exported: run.exported,
+                exported: run.exported
+                    + if cancelled {
+                        0
+                    } else {
+                        flights.exported_uncounted()
+                    },
                 verified: run.verified,
                 failed: run.failed,
-                pending: run.listed.saturating_sub(run.verified + run.failed),
+                pending: if cancelled { 0 } else { open },
+                cancelled: if cancelled { open } else { 0 },
             },
+            cancelled: run.cancelled_ms.map(rfc3339),
             group_errors,
             failures,
         })
@@ -241,6 +264,7 @@ pub fn status<S: Sql>(
             (Ok(_), Some(run)) if run.phase == Phase::Preflight => Plan::Preflight,
             (Ok(_), Some(run)) if run.phase == Phase::Listing => Plan::ListProjects,
             (Ok(_), Some(run)) if run.phase == Phase::Verifying => Plan::Verify,
+            (Ok(_), Some(run)) if run.phase == Phase::Recording => Plan::Record,
             (Ok(config), Some(_)) => {
                 let free = config.exports_per_minute.saturating_sub(used);
                 match (free, frees_at) {
@@ -263,7 +287,9 @@ pub fn status<S: Sql>(
         None => meta.text(MetaKey::BucketRegion)?,
     };
     Ok(Status {
-        run: latest.map(|run| RunStatus::new(store, run)).transpose()?,
+        run: latest
+            .map(|run| RunStatus::new(store, run, &window))
+            .transpose()?,
         last_backups: store
             .recent_backups(BACKUPS_SHOWN)?
             .into_iter()
@@ -291,6 +317,7 @@ pub fn status<S: Sql>(
 mod tests {
     use super::*;
     use crate::store::host::HostSql;
+    use crate::store::ClaimedProject;
 
     fn config_var(name: &str) -> Option<String> {
         match name {
@@ -333,9 +360,14 @@ mod tests {
         store
             .record_listing_error(run.id, 1, "the group does not exist")
             .unwrap();
-        let one = store.claim_next(run.id, 0).unwrap().unwrap();
+        let one = ClaimedProject {
+            project_id: 1,
+            path: "a/1".into(),
+            attempts: 0,
+            exported_ms: None,
+        };
         store
-            .record_failure(run.id, one.project_id, "project gone", None)
+            .record_failure(run.id, &one, "project gone", None)
             .unwrap();
         let status = status(&store, Ok(&config()), 20).unwrap();
         let shown = status.run.unwrap();
@@ -377,7 +409,6 @@ mod tests {
         store.set_phase(run.id, Phase::Exporting, 0).unwrap();
         let mut window = Window::default();
         for _ in 0..6 {
-            store.claim_next(run.id, 0).unwrap().unwrap();
             let id = window.request(30_000, 0);
             window.answered(id, 1_000, 1_000);
         }

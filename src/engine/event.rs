@@ -40,6 +40,9 @@ macro_rules! events {
 
 events! {
     RunStarted = "run_started" { run: u64, groups: Vec<String>, manual: bool }
+    /// The operator cancelled the run (`POST /run/cancel`): projects without an outcome are
+    /// `cancelled` in its record.
+    RunCancelled = "run_cancelled" { run: u64, listed: u64, verified: u64, failed: u64 }
     PageListed = "page_listed" { run: u64, group: String, projects: usize, new: u64, more: bool }
     GroupFailed = "group_failed" { run: u64, group: String, reason: String }
     ExportRequested = "export_requested" {

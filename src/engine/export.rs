@@ -55,10 +55,15 @@ impl<S: Sql> Tick<'_, S> {
             return Ok(None);
         }
         let in_flight_until = now_ms + ms(REQUEST_TIMEOUT);
-        let Some(project) = self.store.claim_next(self.run.id, now_ms)? else {
+        let under_way = self.window.flights.under_way();
+        let claims = self.window.flights.claims(&under_way);
+        let Some(claimable) = self.store.claim_next(self.run.id, now_ms, claims)? else {
             return Ok(None);
         };
-        // Logged in the window in the same synchronous step as the claim.
+        let project = claimable.project.clone();
+        // The claim and the request's place in the window are one row, written before the
+        // request goes out.
+        self.window.flights.claim(claimable);
         let log_id = self.window.request(in_flight_until, now_ms);
         self.save_window()?;
         let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
@@ -113,8 +118,11 @@ impl<S: Sql> Tick<'_, S> {
                 self.gitlab_answered()?;
                 let first_check =
                     next_check_ms(now_ms, now_ms, now_ms + ms(self.config.verify_timeout));
-                self.store
-                    .record_exported(self.run.id, project.project_id, now_ms, first_check)?;
+                self.window
+                    .flights
+                    .accepted(project.project_id, now_ms, first_check);
+                // Stored at once: a tick that dies now must not export the project again.
+                self.save_window()?;
                 self.timers.set(Timer::NextCheck, first_check);
                 self.report.events.push(Event::Exported {
                     run: self.run.id,
@@ -132,8 +140,8 @@ impl<S: Sql> Tick<'_, S> {
                 self.gates.exports.shut();
                 match e {
                     GitLabError::RateLimited { retry_after } => {
-                        self.store
-                            .release_project(self.run.id, project.project_id)?;
+                        self.window.flights.release(project.project_id);
+                        self.window_unsaved = true;
                         self.learn_limit(now_ms)?;
                         self.rate_limited(retry_after, Limited::Exports, now_ms)?
                     }
@@ -156,6 +164,8 @@ impl<S: Sql> Tick<'_, S> {
     ) -> Result<(), StoreError> {
         let reason = format!("exporting {}: {error}", project.path);
         let behind = now_ms + ms(super::BACKOFF_STEP);
+        self.window.flights.end(project.project_id);
+        self.window_unsaved = true;
         let (in_a_row, attempts) = self.store.export_unanswered(
             self.run.id,
             project.project_id,

@@ -72,6 +72,9 @@ pub(crate) struct GitLabGate {
     pub hold: Hold,
     /// GitLab's failures in a row, over ticks (the backoff grows with them).
     failures: u64,
+    /// Whether a request of the batch being handled failed: an answer to another request sent
+    /// with it does not end the backoff (it left before the failure was known).
+    pub failed_in_batch: bool,
 }
 
 impl GitLabGate {
@@ -79,6 +82,7 @@ impl GitLabGate {
         GitLabGate {
             hold: Hold::new(not_before, Timer::GitLabBackoff),
             failures,
+            failed_in_batch: false,
         }
     }
 }
@@ -171,6 +175,7 @@ impl<S: Sql> Tick<'_, S> {
         self.gates.exports.not_before = until;
         if limited == Limited::AllOfGitLab {
             self.gates.gitlab.hold.shut();
+            self.gates.gitlab.failed_in_batch = true;
             self.gates.gitlab.hold.not_before = self.gates.gitlab.hold.not_before.max(until);
             self.store.set_meta(
                 MetaKey::GitLabBackoffUntil,
@@ -195,6 +200,7 @@ impl<S: Sql> Tick<'_, S> {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         self.gates.gitlab.hold.shut();
+        self.gates.gitlab.failed_in_batch = true;
         let failures = self.gates.gitlab.failures + 1;
         let backoff = BACKOFF_STEP
             .saturating_mul(1 << (failures - 1).min(16) as u32)
@@ -215,7 +221,7 @@ impl<S: Sql> Tick<'_, S> {
 
     /// GitLab answered as documented: any backoff ends.
     pub(super) fn gitlab_answered(&mut self) -> Result<(), StoreError> {
-        if self.gates.gitlab.failures > 0 {
+        if self.gates.gitlab.failures > 0 && !self.gates.gitlab.failed_in_batch {
             self.store.delete_meta(MetaKey::GitLabFailures)?;
             self.store.delete_meta(MetaKey::GitLabBackoffUntil)?;
             self.gates.gitlab.failures = 0;

@@ -45,7 +45,7 @@ impl<S: Sql> Tick<'_, S> {
                 self.budget.end();
                 return Ok(Vec::new());
             }
-            return Ok(self.run_step(now_ms)?.into_iter().collect());
+            return self.run_steps(now_ms);
         }
         if room == 0 {
             self.budget.end();

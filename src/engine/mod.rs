@@ -14,6 +14,7 @@
 pub mod allowance;
 mod event;
 mod export;
+mod flights;
 mod gates;
 mod intents;
 mod listing;
@@ -32,7 +33,6 @@ use std::time::{Duration, SystemTime};
 use crate::config::Config;
 use crate::gitlab::GitLab;
 use crate::http::{HttpRequest, HttpResult};
-use crate::manifest::PART_SIZE;
 use crate::s3::Signer;
 use crate::store::{ClaimedProject, MetaKey, Phase, RunRow, Sql, Store, StoreError};
 use crate::time::system_time;
@@ -42,8 +42,8 @@ pub use export::{EXPORT_WINDOW, LEARNED_LIMIT_HOLDS, UNANSWERED_PER_ATTEMPT};
 pub use gates::{BACKOFF_MAX, BACKOFF_STEP, RETRY_AFTER_SLACK};
 pub use listing::{LISTING_CONCURRENCY, LISTING_PAGE_CPU_MS};
 pub use schedule::{
-    arrival, run_due, schedule_anchor, Arrival, Begin, Start, BACKUPS_REMEMBERED, BUSY_RETRY,
-    PRUNE_BATCH, RUNS_KEPT, RUNS_KEPT_IN_DETAIL,
+    arrival, cancel, run_due, schedule_anchor, Arrival, Begin, Cancel, Start, BACKUPS_REMEMBERED,
+    BUSY_RETRY, PRUNE_BATCH, RUNS_KEPT, RUNS_KEPT_IN_DETAIL,
 };
 pub use timers::{Timer, TimerTable};
 pub use verify::{
@@ -95,7 +95,8 @@ enum Purpose {
     },
     ManifestPart {
         key: String,
-        project_ids: Vec<u64>,
+        last_project_id: u64,
+        projects: usize,
     },
     Summary {
         key: String,
@@ -187,6 +188,7 @@ impl<'a, S: Sql> Tick<'a, S> {
     /// [`Tick::handle`] in the order of the steps. This is the one place requests are built:
     /// the intents the handlers recorded first, then the phase's own work.
     pub fn next_steps(&mut self, now_ms: u64) -> Result<Vec<Step>, StoreError> {
+        self.gates.gitlab.failed_in_batch = false;
         let mut steps = Vec::new();
         while self.budget.can_send() {
             let Some(intent) = self.intents.pop() else {
@@ -200,7 +202,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             let phase_steps = match self.run.phase {
                 Phase::Preflight => self.preflight_step(now_ms)?.into_iter().collect(),
                 Phase::Listing => self.listing_steps(now_ms)?,
-                Phase::Exporting | Phase::Verifying => self.run_step(now_ms)?.into_iter().collect(),
+                Phase::Exporting | Phase::Verifying | Phase::Recording => self.run_steps(now_ms)?,
                 Phase::Finished => Vec::new(),
             };
             steps = phase_steps
@@ -253,68 +255,63 @@ impl<'a, S: Sql> Tick<'a, S> {
         }
     }
 
-    /// Exports first (never delayed by checks), then checks of accepted exports, then the
-    /// manifest; the run finishes when every project has its final outcome.
-    fn run_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
+    /// Exports first (never delayed by checks), then checks of accepted exports; once every
+    /// project has its outcome, the run's record ([`Tick::record_step`]). What the checks'
+    /// answers change in the exports under way is stored with the next claim or at the end of
+    /// the tick: a tick that dies first asks GitLab about those exports again, nothing more.
+    fn run_steps(&mut self, now_ms: u64) -> Result<Vec<Step>, StoreError> {
         let Some(region) = self.region.clone() else {
-            return self.region_probe(now_ms);
+            return Ok(self.region_probe(now_ms)?.into_iter().collect());
         };
-        // A manifest part is a tick's whole work (a page of rows, like a listing tick): first
-        // thing in a tick, and the tick ends after it; the alarm goes on at once.
-        if self.report.subrequests == 0
-            && self.gates.s3.is_open()
-            && self.run.manifest_waiting >= PART_SIZE
-        {
-            return self.manifest_part_step(&region, now_ms);
+        if self.run.phase == Phase::Recording {
+            return Ok(self.record_step(&region, now_ms)?.into_iter().collect());
         }
         let gitlab = self.gates.gitlab.hold.gate(now_ms);
         if self.pass(gitlab) {
             if let Some(step) = self.export_step(&region, now_ms)? {
-                return Ok(Some(step));
+                return Ok(vec![step]);
             }
+            // One at a time, like every GitLab request of a tick: an answer that holds GitLab
+            // back (a 5xx, a 429) is known before the next request goes out.
             if let Some(step) = self.check_step(now_ms)? {
-                return Ok(Some(step));
+                return Ok(vec![step]);
             }
         }
-        let (left, run) = self
-            .store
-            .remaining(self.run.id, crate::time::ms(CHECK_SLACK))?;
+        Ok(self.settle(&region, now_ms)?.into_iter().collect())
+    }
+
+    /// Nothing to send for the exports or checks now: the run's phase follows what is left,
+    /// and the timers say when to come back.
+    fn settle(&mut self, region: &str, now_ms: u64) -> Result<Option<Step>, StoreError> {
+        let under_way = self.window.flights.under_way();
+        let claims = self.window.flights.claims(&under_way);
+        let (pending_due, run) = self.store.remaining(self.run.id, claims)?;
         self.run = run;
-        let exporting = left.pending_due.is_some() || left.exporting;
-        let unproven = left.exported_due.is_some();
-        let phase = if exporting {
+        let checks = self.window.flights.checks_due(crate::time::ms(CHECK_SLACK));
+        let phase = if self.run.cancelled_ms.is_some() {
+            Phase::Recording
+        } else if pending_due.is_some() || self.window.flights.requesting() {
             Phase::Exporting
-        } else {
+        } else if checks.is_some() {
             Phase::Verifying
+        } else {
+            Phase::Recording
         };
         if phase != self.run.phase {
             self.set_phase(phase, now_ms)?;
         }
-        if !self.gates.s3.is_open() {
-            return Ok(None);
-        }
-        let done = !exporting && !unproven;
-        if self.run.manifest_waiting >= PART_SIZE || (done && self.run.manifest_waiting > 0) {
-            if self.report.subrequests > 0 {
-                // This tick did other work: the next one, at once, starts with the part.
-                self.budget.end();
-                return Ok(None);
-            }
-            return self.manifest_part_step(&region, now_ms);
-        }
-        if done {
-            return self.summary_step(&region, now_ms);
+        if phase == Phase::Recording {
+            return self.record_step(region, now_ms);
         }
         // Nothing to do now: wake when the next retry or check comes due.
-        if let Some(due) = left.pending_due.filter(|&due| due > now_ms) {
+        if let Some(due) = pending_due.filter(|&due| due > now_ms) {
             self.timers.set(Timer::RetryDue, due);
         }
-        if let Some(due) = left.exported_due.filter(|&due| due > now_ms) {
+        if let Some((first, last)) = checks.filter(|&(first, _)| first > now_ms) {
             // The checks due within CHECK_SLACK of the first share one tick, at the last of
             // them (exports go out together, and so come their checks): a tick is a request
             // and a row written, and so is its alarm.
-            let last = left.exported_due_last.unwrap_or(due).max(due);
-            self.timers.set(Timer::NextCheck, last);
+            self.timers.set(Timer::NextCheck, last.max(first));
         }
         Ok(None)
     }
@@ -351,9 +348,11 @@ impl<'a, S: Sql> Tick<'a, S> {
                 project,
                 gitlab_said,
             } => self.on_head(project, gitlab_said, answer, now_ms),
-            Purpose::ManifestPart { key, project_ids } => {
-                self.on_manifest_part(key, project_ids, answer, now_ms)
-            }
+            Purpose::ManifestPart {
+                key,
+                last_project_id,
+                projects,
+            } => self.on_manifest_part(key, last_project_id, projects, answer, now_ms),
             Purpose::Summary { key } => self.on_summary(key, answer, now_ms),
             Purpose::FindRegion => self.on_region(answer, now_ms),
         }
@@ -379,6 +378,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 Phase::Exporting | Phase::Verifying => {
                     self.gates.exports.is_shut() && !self.gates.s3.is_open()
                 }
+                Phase::Recording => !self.gates.s3.is_open(),
                 Phase::Finished => true,
             };
         if self.budget.cut() && !stopped {

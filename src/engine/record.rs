@@ -1,5 +1,6 @@
-//! The run's record in the bucket: a manifest part per `PART_SIZE` final outcomes (a tick's
-//! whole work), then `summary.json`, which finishes the run. The worker's own PUTs are signed
+//! The run's record in the bucket, once every project has its outcome: a manifest part per
+//! `PART_SIZE` projects by id (a tick's whole work), then `summary.json`, which finishes the
+//! run. The worker's own PUTs are signed
 //! in their headers, body hash included.
 
 use super::gates::S3Gate;
@@ -9,23 +10,43 @@ use crate::manifest::{self, PART_SIZE};
 use crate::store::{Sql, StoreError};
 
 impl<S: Sql> Tick<'_, S> {
-    pub(super) fn manifest_part_step(
+    /// The run's record once every project has its outcome (or the run was cancelled): the
+    /// next manifest part, a page of the run's projects by id, as a tick's whole work; once
+    /// every project is in a part, the summary.
+    pub(super) fn record_step(
         &mut self,
         region: &str,
         now_ms: u64,
     ) -> Result<Option<Step>, StoreError> {
-        let entries = self.store.manifest_entries(self.run.id, PART_SIZE)?;
+        if !self.gates.s3.is_open() {
+            return Ok(None);
+        }
+        if self.report.subrequests > 0 {
+            // This tick did other work: the next one, at once, starts with the record.
+            self.budget.end();
+            return Ok(None);
+        }
+        let entries =
+            self.store
+                .manifest_entries(self.run.id, self.run.manifest_after, PART_SIZE)?;
+        let Some(last) = entries.last() else {
+            return self.summary_step(region, now_ms);
+        };
+        let last_project_id = last.project_id;
         let part = self.run.manifest_parts + 1;
         let key = manifest::part_key(&self.config.s3_prefix, self.run_started(), part);
         let body = manifest::part_body(&self.config.s3_prefix, self.run_started(), &entries);
-        let project_ids = entries.iter().map(|e| e.project_id).collect();
         self.s3_put(
             region,
             &key.clone(),
             body,
             "application/x-ndjson",
             now_ms,
-            Purpose::ManifestPart { key, project_ids },
+            Purpose::ManifestPart {
+                key,
+                last_project_id,
+                projects: entries.len(),
+            },
         )
     }
 
@@ -101,23 +122,23 @@ impl<S: Sql> Tick<'_, S> {
     pub(super) fn on_manifest_part(
         &mut self,
         key: String,
-        project_ids: Vec<u64>,
+        last_project_id: u64,
+        projects: usize,
         answer: HttpResult,
         now_ms: u64,
     ) -> Result<(), StoreError> {
         if !self.s3_put_succeeded(&key, answer, now_ms)? {
             return Ok(());
         }
-        let part = self.run.manifest_parts + 1;
         self.run = self
             .store
-            .record_manifest_part(self.run.id, part, &project_ids)?;
+            .record_manifest_part(self.run.id, last_project_id)?;
         // A part is the tick's whole work: the next tick goes on at once.
         self.budget.end();
         self.report.events.push(Event::ManifestWritten {
             run: self.run.id,
             key,
-            projects: project_ids.len(),
+            projects,
         });
         Ok(())
     }

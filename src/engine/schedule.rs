@@ -13,7 +13,7 @@ use super::window::Window;
 use super::{Event, Tick, TickReport};
 use crate::config::Config;
 use crate::gitlab::GitLab;
-use crate::store::{MetaKey, Phase, Sql, Store, StoreError};
+use crate::store::{MetaKey, Phase, RunRow, Sql, Store, StoreError};
 use crate::time::ms;
 
 /// Runs whose per-project rows are kept (the current and the previous one).
@@ -53,6 +53,45 @@ pub enum Start {
     IfDue,
     /// `POST /run`: now, unless a run is going.
     Now,
+}
+
+/// What `POST /run/cancel` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cancel {
+    /// The run goes straight to writing its record; the event is for the log.
+    Cancelled(RunRow, Event),
+    /// No run is going.
+    NoRun,
+    /// The run was cancelled already and is writing its record.
+    AlreadyCancelled(RunRow),
+}
+
+/// The operator ends the active run: its exports under way and follow-ups are dropped (GitLab
+/// may still upload what it accepted; the record does not count it), and its projects without
+/// an outcome are `cancelled` in its manifest and summary, which the next ticks write. The
+/// schedule is untouched: the next run starts when it would have.
+pub fn cancel<S: Sql>(store: &Store<S>, now_ms: u64) -> Result<Cancel, StoreError> {
+    let Some(run) = store.active_run()? else {
+        return Ok(Cancel::NoRun);
+    };
+    let Some(run) = store.cancel_run(run.id, now_ms)? else {
+        return Ok(Cancel::AlreadyCancelled(run));
+    };
+    let meta = store.meta(&[MetaKey::ExportWindow])?;
+    let mut window = Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?;
+    window.flights.for_run(run.id);
+    if window.flights.len() > 0 {
+        window.flights.clear();
+        store.set_meta(MetaKey::ExportWindow, window.to_json()?)?;
+    }
+    store.delete_meta(MetaKey::Intents)?;
+    let event = Event::RunCancelled {
+        run: run.id,
+        listed: run.listed,
+        verified: run.verified,
+        failed: run.failed,
+    };
+    Ok(Cancel::Cancelled(run, event))
 }
 
 /// How a tick begins.
@@ -172,9 +211,6 @@ impl<'a, S: Sql> Tick<'a, S> {
                 if matches!(run.phase, Phase::Exporting | Phase::Verifying) {
                     prune(run.id)?;
                 }
-                // Only one tick runs at a time, so an `exporting` project belongs to a tick that
-                // died before it recorded the answer.
-                store.requeue_interrupted(run.id)?;
                 run
             }
             (None, _) => {
@@ -235,6 +271,12 @@ impl<'a, S: Sql> Tick<'a, S> {
             None => meta.text(MetaKey::BucketRegion)?,
         };
         let intents = Intents::read(meta.text(MetaKey::Intents)?.as_deref(), run.id)?;
+        let mut window = Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?;
+        window.flights.for_run(run.id);
+        // Only one tick runs at a time, so a request under way without its answer belongs to a
+        // tick that died before it recorded the answer: back in line (stored with the next
+        // claim, or at the end of the tick).
+        let window_unsaved = !fresh_run && window.flights.release_interrupted() > 0;
         Ok(Begin::Tick(Box::new(Tick {
             store,
             config,
@@ -256,8 +298,8 @@ impl<'a, S: Sql> Tick<'a, S> {
                 ),
                 s3: S3Gate::Open,
             },
-            window: Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?,
-            window_unsaved: false,
+            window,
+            window_unsaved,
             export_limit,
             token_checked: false,
             prefix_ours: meta.u64(MetaKey::PrefixCheckedRun)? == Some(run.id),

@@ -86,9 +86,7 @@ impl<S: Sql> Tick<'_, S> {
     /// GitLab's status of the accepted export whose check is most overdue (after the last this
     /// tick checked).
     pub(super) fn check_step(&mut self, now_ms: u64) -> Result<Option<Step>, StoreError> {
-        let Some((project, due_ms)) =
-            self.store
-                .next_check(self.run.id, now_ms, self.checked_after)?
+        let Some((project, due_ms)) = self.window.flights.next_check(now_ms, self.checked_after)
         else {
             return Ok(None);
         };
@@ -125,8 +123,7 @@ impl<S: Sql> Tick<'_, S> {
                         gitlab_said: GitLabSaid::Status(in_progress),
                     });
                 } else {
-                    self.store
-                        .reschedule(self.run.id, project.project_id, check_again)?;
+                    self.reschedule(&project, check_again);
                 }
             }
             Ok(ExportStatus::None) if now_ms < exported_ms + ms(NONE_GRACE) => {
@@ -134,11 +131,7 @@ impl<S: Sql> Tick<'_, S> {
                 // when it ends (GitLab deletes its export file after the upload, so a quick
                 // export reads `none` from then on).
                 self.gitlab_answered()?;
-                self.store.reschedule(
-                    self.run.id,
-                    project.project_id,
-                    exported_ms + ms(NONE_GRACE),
-                )?;
+                self.reschedule(&project, exported_ms + ms(NONE_GRACE));
             }
             Ok(said @ (ExportStatus::None | ExportStatus::Finished)) => {
                 self.gitlab_answered()?;
@@ -173,8 +166,7 @@ impl<S: Sql> Tick<'_, S> {
                         gitlab_said: GitLabSaid::Unreadable(e.to_string()),
                     });
                 } else {
-                    self.store
-                        .reschedule(self.run.id, project.project_id, check_again)?;
+                    self.reschedule(&project, check_again);
                 }
             }
         }
@@ -197,8 +189,14 @@ impl<S: Sql> Tick<'_, S> {
             });
             return Ok(());
         }
-        self.store
-            .reschedule(self.run.id, project.project_id, check_again)
+        self.reschedule(&project, check_again);
+        Ok(())
+    }
+
+    /// When an accepted export is checked next (kept with the exports under way: no row).
+    fn reschedule(&mut self, project: &ClaimedProject, due_ms: u64) {
+        self.window.flights.reschedule(project.project_id, due_ms);
+        self.window_unsaved = true;
     }
 
     /// A HEAD of the backup's object, signed in its headers.
@@ -271,8 +269,12 @@ impl<S: Sql> Tick<'_, S> {
                     return self.not_there_yet(&project, &reason, now_ms);
                 }
                 let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
-                self.store
-                    .record_verified(self.run.id, project.project_id, size)?;
+                self.end_flight(&project);
+                if !self.store.record_verified(self.run.id, &project, size)? {
+                    // Verified or failed already, by a tick that died before it stored that
+                    // the export was no longer under way.
+                    return Ok(());
+                }
                 self.store.record_backup(&Backup {
                     project_id: project.project_id,
                     path: project.path.clone(),
@@ -377,8 +379,8 @@ impl<S: Sql> Tick<'_, S> {
             return self.attempt_failed(project, reason, now_ms);
         }
         let check_again = self.next_check_at(project, now_ms);
-        self.store
-            .reschedule(self.run.id, project.project_id, check_again)
+        self.reschedule(project, check_again);
+        Ok(())
     }
 
     /// An attempt failed: retried with backoff and a fresh URL, up to `MAX_ATTEMPTS`.
@@ -395,8 +397,13 @@ impl<S: Sql> Tick<'_, S> {
         }
         let wait = RETRY_BACKOFF[(attempts as usize - 1).min(RETRY_BACKOFF.len() - 1)];
         let at_ms = now_ms + ms(wait);
-        self.store
-            .record_failure(self.run.id, project.project_id, reason, Some(at_ms))?;
+        self.end_flight(project);
+        if !self
+            .store
+            .record_failure(self.run.id, project, reason, Some(at_ms))?
+        {
+            return Ok(());
+        }
         self.note_error(&format!("{}: {reason}", project.path), now_ms)?;
         self.report.events.push(Event::RetryScheduled {
             run: self.run.id,
@@ -409,6 +416,12 @@ impl<S: Sql> Tick<'_, S> {
         Ok(())
     }
 
+    /// The project's export is no longer under way.
+    fn end_flight(&mut self, project: &ClaimedProject) {
+        self.window.flights.end(project.project_id);
+        self.window_unsaved = true;
+    }
+
     /// The project's final outcome is `failed`, for `reason`.
     pub(super) fn fail_for_good(
         &mut self,
@@ -416,8 +429,13 @@ impl<S: Sql> Tick<'_, S> {
         reason: &str,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.store
-            .record_failure(self.run.id, project.project_id, reason, None)?;
+        self.end_flight(project);
+        if !self
+            .store
+            .record_failure(self.run.id, project, reason, None)?
+        {
+            return Ok(());
+        }
         self.note_error(&format!("{}: {reason}", project.path), now_ms)?;
         self.report.events.push(Event::ExportFailed {
             run: self.run.id,

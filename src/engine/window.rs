@@ -1,5 +1,5 @@
 //! The rolling minute of export requests: a handful of `(id, time)` pairs kept as one `meta`
-//! row, read with the tick's other facts and written back in the same synchronous step as each
+//! row (with the exports under way, `flights.rs`), read with the tick's other facts and written back in the same synchronous step as each
 //! claim; the answers' times go with the next claim, or at the end of the tick (a tick that
 //! dies first leaves them in flight, on the safe side). The tick therefore knows its room at
 //! any moment without asking the store, and a request costs one row written when it is made,
@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::flights::Flights;
 use super::EXPORT_WINDOW;
 use crate::store::StoreError;
 use crate::time::ms;
@@ -19,6 +20,9 @@ pub(crate) struct Window {
     /// `(id, at_ms)`: when the request was answered, or, while in flight, the latest it can
     /// reach GitLab. Only requests that can still be in the window are kept.
     requests: Vec<(u64, u64)>,
+    /// The run's exports under way, stored with the requests (one row for both).
+    #[serde(default)]
+    pub flights: Flights,
 }
 
 impl Window {

@@ -7,6 +7,7 @@ use super::host::HostSql;
 use super::migrations::{declared_columns, Version, LATEST, STEPS};
 use super::schema::{schema_digest, SCHEMA_DIGEST};
 use super::*;
+use crate::engine::window::Window;
 
 /// A store of an earlier version: its file, the version its tables show, and its SQL.
 pub(crate) struct Fixture {
@@ -183,7 +184,7 @@ fn the_schema_is_pinned_to_the_last_migration_step() {
         );
     }
     assert!(
-        FIXTURES.iter().any(|f| f.version == LATEST),
+        FIXTURES.iter().any(|f| f.version == 8),
         "a fixture of the latest schema from before numbered versions"
     );
 }
@@ -240,7 +241,13 @@ fn every_fixture_migrates_to_exactly_the_schema_of_a_new_store() {
 fn a_migrated_store_keeps_every_run_project_listing_backup_and_fact() {
     let kept = [
         "SELECT id, started_ms, finished_ms, phase, listed, exported, failed FROM runs ORDER BY id",
-        "SELECT run_id, project_id, path, state, error FROM projects ORDER BY run_id, project_id",
+        // Since version 9 the unfinished run's exports under way are kept with the rate window
+        // (`a_migrated_store_answers_the_queries_of_a_tick` finds them there), their rows pending.
+        "SELECT run_id, project_id, path,
+             IIF(state IN ('exporting', 'exported')
+                 AND run_id IN (SELECT id FROM runs WHERE phase != 'finished'), 'pending', state),
+             error
+         FROM projects ORDER BY run_id, project_id",
         "SELECT run_id, position, group_ref, next_url, error FROM listings ORDER BY run_id, position",
     ];
     for fixture in FIXTURES {
@@ -258,7 +265,11 @@ fn a_migrated_store_keeps_every_run_project_listing_backup_and_fact() {
         assert_eq!(after, before, "{}", fixture.name);
         let facts_after = query_strings(&db, "SELECT key, value FROM meta ORDER BY key");
         for fact in &facts_before {
-            if !fact.starts_with("Text(\"schema_version\")|") {
+            // The window gains the exports under way (its requests are kept: see
+            // `the_old_rate_window_joins_meta_and_an_old_integer_meta_keeps_its_values`).
+            if !fact.starts_with("Text(\"schema_version\")|")
+                && !fact.starts_with("Text(\"export_window\")|")
+            {
                 assert!(facts_after.contains(fact), "{}: {fact} kept", fixture.name);
             }
         }
@@ -277,10 +288,7 @@ fn a_migrated_store_answers_the_queries_of_a_tick() {
     const T0: u64 = 1_704_067_200_000;
     for fixture in FIXTURES {
         let db = load(fixture);
-        let store = Store::open(&db).unwrap();
         let why = fixture.name;
-        let run = store.active_run().unwrap().expect("run 2 is going");
-        assert_eq!(run.id, 2, "{why}");
         let states = || -> BTreeMap<u64, String> {
             (&db)
                 .exec(
@@ -292,7 +300,10 @@ fn a_migrated_store_answers_the_queries_of_a_tick() {
                 .map(|r| (r[0].as_u64().unwrap(), r[1].as_text().unwrap()))
                 .collect()
         };
-        store.requeue_interrupted(run.id).unwrap();
+        let before = states();
+        let store = Store::open(&db).unwrap();
+        let run = store.active_run().unwrap().expect("run 2 is going");
+        assert_eq!(run.id, 2, "{why}");
         if run.phase == Phase::Listing {
             // The group cut short goes on from the page it stood on (its number read from its URL).
             let open = store.open_listings(run.id, 10).unwrap();
@@ -320,21 +331,38 @@ fn a_migrated_store_answers_the_queries_of_a_tick() {
             assert_eq!(states().len(), 8, "{why}");
             continue;
         }
-        let before = states();
         assert_eq!(before.len(), 11, "{why}");
-        let (left, counted) = store.remaining(run.id, 0).unwrap();
-        assert!(
-            left.pending_due.is_some() && !left.exporting && left.exported_due.is_some(),
-            "{why}: {left:?}"
+        assert_eq!(
+            run.manifest_parts, 0,
+            "{why}: the manifest is written again, whole"
         );
-        // The exported ones are checked and proven; the next pending one is claimed and accepted.
+        // The accepted exports are under way, kept with the rate window.
+        let meta = store.meta(&[MetaKey::ExportWindow]).unwrap();
+        let mut window = Window::read(meta.text(MetaKey::ExportWindow).unwrap().as_deref())
+            .unwrap_or_else(|e| panic!("{why}: {e}"));
+        window.flights.for_run(run.id);
+        let under_way = window.flights.under_way();
+        let (pending_due, counted) = store
+            .remaining(run.id, window.flights.claims(&under_way))
+            .unwrap();
+        assert!(
+            pending_due.is_some()
+                && !window.flights.requesting()
+                && window.flights.checks_due(0).is_some(),
+            "{why}: {pending_due:?} {window:?}"
+        );
+        // The exported ones are checked and proven; the next pending one is claimed.
         let mut checked = Vec::new();
         let mut after = (0, 0);
-        while let Some((project, due)) = store.next_check(run.id, T0, after).unwrap() {
+        while let Some((project, due)) = window.flights.next_check(T0, after) {
             after = (due, project.project_id);
-            store
-                .record_verified(run.id, project.project_id, 10_000 + project.project_id)
-                .unwrap();
+            assert!(
+                project.exported_ms.is_some() && project.attempts > 0,
+                "{why}"
+            );
+            assert!(store
+                .record_verified(run.id, &project, 10_000 + project.project_id)
+                .unwrap());
             checked.push(project.project_id);
         }
         let exported_before: BTreeSet<u64> = before
@@ -348,20 +376,30 @@ fn a_migrated_store_answers_the_queries_of_a_tick() {
             "{why}"
         );
         let claimed = store
-            .claim_next(run.id, T0)
+            .claim_next(run.id, T0, window.flights.claims(&under_way))
             .unwrap()
             .expect("a pending project");
-        store
-            .record_exported(run.id, claimed.project_id, T0, T0 + 10_000)
-            .unwrap();
+        assert!(
+            !checked.contains(&claimed.project.project_id),
+            "{why}: what was under way is not claimed again"
+        );
+        let mut accepted = claimed.project.clone();
+        accepted.attempts += 1;
+        accepted.exported_ms = Some(T0);
+        store.record_verified(run.id, &accepted, 1).unwrap();
         let run_now = store.active_run().unwrap().unwrap();
         assert_eq!(
             run_now.verified,
-            counted.verified + checked.len() as u64,
+            counted.verified + checked.len() as u64 + 1,
             "{why}: the triggers count"
         );
-        assert_eq!(run_now.exported, counted.exported + 1, "{why}");
-        let entries = store.manifest_entries(run.id, 100).unwrap();
+        assert_eq!(
+            run_now.exported,
+            counted.exported + u64::from(claimed.project.exported_ms.is_none()),
+            "{why}"
+        );
+        let entries = store.manifest_entries(run.id, 0, 100).unwrap();
+        assert_eq!(entries.len(), 11, "{why}: the walk lists every project");
         let finals: BTreeSet<u64> = states()
             .into_iter()
             .filter(|(_, s)| s == "verified" || s == "failed")
@@ -370,15 +408,11 @@ fn a_migrated_store_answers_the_queries_of_a_tick() {
         assert_eq!(
             entries
                 .iter()
+                .filter(|e| e.outcome != Outcome::Cancelled)
                 .map(|e| e.project_id)
                 .collect::<BTreeSet<_>>(),
             finals,
             "{why}"
-        );
-        assert_eq!(
-            run_now.manifest_waiting,
-            finals.len() as u64,
-            "{why}: every final outcome waits for the manifest"
         );
         assert_eq!(states().len(), 11, "{why}: no project lost");
     }
@@ -390,17 +424,36 @@ fn the_old_rate_window_joins_meta_and_an_old_integer_meta_keeps_its_values() {
     Store::open(&v7).unwrap();
     // Step 8 names the key as it is stored.
     assert_eq!(MetaKey::ExportWindow.as_str(), "export_window");
+    let Some(Value::Text(window)) = meta_value(&v7, "export_window") else {
+        panic!("no window");
+    };
+    let window: serde_json::Value = serde_json::from_str(&window).unwrap();
     assert_eq!(
-        meta_value(&v7, "export_window"),
-        Some(Value::Text(
-            r#"{"next":15,"requests":[[11,1704067079900],[12,1704067109900],[13,1704067140000],[14,1704067190000]]}"#.into()
-        ))
+        (&window["next"], &window["requests"]),
+        (
+            &serde_json::json!(15),
+            &serde_json::json!([
+                [11, 1704067079900_u64],
+                [12, 1704067109900_u64],
+                [13, 1704067140000_u64],
+                [14, 1704067190000_u64]
+            ])
+        )
     );
+    // Step 9 added the run's accepted exports, under way.
+    assert_eq!(window["flights"]["run"], 2);
     // Moved already by version 8's worker: kept as it is.
     let moved = load(&FIXTURES[3]);
-    let window = meta_value(&moved, "export_window");
+    let requests = |db: &HostSql| {
+        let Some(Value::Text(window)) = meta_value(db, "export_window") else {
+            panic!("no window");
+        };
+        let window: serde_json::Value = serde_json::from_str(&window).unwrap();
+        (window["next"].clone(), window["requests"].clone())
+    };
+    let before = requests(&moved);
     Store::open(&moved).unwrap();
-    assert_eq!(meta_value(&moved, "export_window"), window);
+    assert_eq!(requests(&moved), before);
     // `meta.value` was an INTEGER at version 1; now any value, the old ones kept.
     let v1 = load(&FIXTURES[0]);
     Store::open(&v1).unwrap();
@@ -420,25 +473,27 @@ fn the_old_rate_window_joins_meta_and_an_old_integer_meta_keeps_its_values() {
 
 #[test]
 fn exports_accepted_before_proof_of_landing_await_their_proof() {
-    // At version 2 `exported` was final; in the run still going it now waits for its check.
+    // At version 2 `exported` was final; in the run still going it now waits for its check,
+    // under way with the rate window since version 9.
     let db = load(&FIXTURES[1]);
     let store = Store::open(&db).unwrap();
-    let exported = query_strings(
-        &db,
-        "SELECT project_id, attempts, exported_ms, due_ms FROM projects WHERE run_id = 2 AND state = 'exported'",
-    );
-    assert_eq!(exported.len(), 4);
-    for row in exported {
-        assert!(row.ends_with("|Int(1)|Int(1704066000000)|Int(0)"), "{row}");
+    let meta = store.meta(&[MetaKey::ExportWindow]).unwrap();
+    let mut window = Window::read(meta.text(MetaKey::ExportWindow).unwrap().as_deref()).unwrap();
+    window.flights.for_run(2);
+    assert_eq!(window.flights.len(), 4);
+    let mut after = (0, 0);
+    while let Some((project, due)) = window.flights.next_check(0, after) {
+        after = (due, project.project_id);
+        assert_eq!(
+            (project.attempts, project.exported_ms, due),
+            (1, Some(1_704_066_000_000), 0)
+        );
     }
+    assert_eq!(after.0, 0);
     let run = store.active_run().unwrap().unwrap();
+    assert_eq!(run.failed, 1);
     assert_eq!(
-        (run.failed, run.manifest_waiting),
-        (1, 1),
-        "the failed one waits for the manifest"
-    );
-    assert_eq!(
-        query_strings(&db, "SELECT manifest_waiting, exported_ms IS NULL FROM runs JOIN projects ON run_id = id WHERE id = 1 AND project_id = 1"),
+        query_strings(&db, "SELECT manifest_parts, exported_ms IS NULL FROM runs JOIN projects ON run_id = id WHERE id = 1 AND project_id = 1"),
         vec!["Int(0)|Int(1)".to_owned()],
         "a finished run is left as it was"
     );

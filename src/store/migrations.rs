@@ -14,6 +14,7 @@
 //! | 6 | 4fbd802 | `projects.unanswered` |
 //! | 7 | ec006b5 | the counters' triggers; the digest `schema_version` in `meta` |
 //! | 8 | 6a83cee | the rate window in `meta` instead of the table `export_log` |
+//! | 9 | (this) | exports under way in `meta`; `projects_queued`; the manifest's walk; cancel |
 //!
 //! Stores from before the numbers have none: their version is read from `sqlite_master`
 //! ([`detect`]), by the columns their tables declare. Their `CREATE … IF NOT EXISTS` added new
@@ -162,6 +163,61 @@ pub(super) const STEPS: &[Step] = &[
              FROM export_log WHERE id IS NOT NULL
              ON CONFLICT (key) DO NOTHING",
             "DROP TABLE export_log",
+        ],
+    },
+    Step {
+        version: 9,
+        change: "exports under way kept with the rate window; the manifest walked at the end; cancel",
+        statements: &[
+            // A project's export under way (claimed, accepted, its checks) lives in `meta`
+            // with the rate window, no longer in its row and two indexes.
+            "DROP INDEX IF EXISTS projects_due",
+            "DROP INDEX IF EXISTS projects_for_manifest",
+            "CREATE INDEX IF NOT EXISTS projects_queued ON projects (run_id, due_ms, project_id)
+        WHERE state = 'pending' AND due_ms > 0",
+            "ALTER TABLE runs ADD COLUMN manifest_after INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE runs ADD COLUMN cancelled_ms INTEGER",
+            "DROP TRIGGER IF EXISTS count_exported",
+            "DROP TRIGGER IF EXISTS count_outcome",
+            "CREATE TRIGGER IF NOT EXISTS count_outcome AFTER UPDATE OF state, exported_ms ON projects
+        WHEN (NEW.state IN ('verified', 'failed') AND OLD.state NOT IN ('verified', 'failed'))
+            OR (OLD.exported_ms IS NULL AND NEW.exported_ms IS NOT NULL)
+        BEGIN
+            UPDATE runs SET
+                exported = exported + (OLD.exported_ms IS NULL AND NEW.exported_ms IS NOT NULL),
+                verified = verified
+                    + (NEW.state = 'verified' AND OLD.state NOT IN ('verified', 'failed')),
+                failed = failed
+                    + (NEW.state = 'failed' AND OLD.state NOT IN ('verified', 'failed'))
+            WHERE id = NEW.run_id;
+        END",
+            // A claim whose answer was never recorded goes back in line, as a tick would have.
+            "UPDATE projects SET state = 'pending' WHERE state = 'exporting'
+             AND run_id IN (SELECT id FROM runs WHERE phase != 'finished')",
+            // The unfinished run's accepted exports join the exports under way, each with its
+            // next check; their rows wait as pending (a claim skips what is under way).
+            "INSERT INTO meta (key, value)
+             SELECT 'export_window', json_object('next', 0, 'requests', json_array())
+             WHERE EXISTS (SELECT 1 FROM runs WHERE phase != 'finished')
+             ON CONFLICT (key) DO NOTHING",
+            "UPDATE meta SET value = json_set(value, '$.flights', json_object(
+                 'run', r.id,
+                 'new_after', COALESCE(
+                     (SELECT MIN(project_id) - 1 FROM projects
+                      WHERE run_id = r.id AND state = 'pending' AND due_ms = 0),
+                     (SELECT MAX(project_id) FROM projects WHERE run_id = r.id), 0),
+                 'list', (SELECT json_group_array(json_object(
+                         'project', json_object('project_id', project_id, 'path', path,
+                             'attempts', attempts, 'exported_ms', exported_ms),
+                         'due_ms', due_ms, 'counted', json('true')))
+                     FROM projects WHERE run_id = r.id AND state = 'exported')))
+             FROM (SELECT id FROM runs WHERE phase != 'finished' ORDER BY id DESC LIMIT 1) AS r
+             WHERE key = 'export_window'",
+            // (In runs finished before version 3, `exported` was final; those rows stay.)
+            "UPDATE projects SET state = 'pending' WHERE state = 'exported'
+             AND run_id IN (SELECT id FROM runs WHERE phase != 'finished')",
+            // The unfinished run's manifest is written again, whole, by the walk at its end.
+            "UPDATE runs SET manifest_parts = 0, manifest_waiting = 0 WHERE phase != 'finished'",
         ],
     },
 ];

@@ -21,8 +21,8 @@ pub(crate) mod migration_tests;
 mod tests;
 
 pub use rows::{
-    Backup, ClaimedProject, ListedPage, ListingRow, ManifestEntry, Phase, ProjectState, Remaining,
-    RunRow,
+    Backup, Claimable, ClaimedProject, Claims, ListedPage, ListingRow, ManifestEntry, Outcome,
+    Phase, ProjectState, RunRow,
 };
 
 /// A value bound to, or read from, a query.

@@ -2,139 +2,155 @@
 //! project's last backup.
 
 use super::{
-    column, Backup, ClaimedProject, ManifestEntry, ProjectState, Remaining, Row, RunRow, Sql,
-    Store, StoreError,
+    column, Backup, Claimable, ClaimedProject, Claims, ManifestEntry, Outcome, ProjectState, Row,
+    RunRow, Sql, Store, StoreError,
 };
 
 impl<S: Sql> Store<S> {
-    /// Puts projects left `exporting` by a tick that died back in line.
-    pub fn requeue_interrupted(&self, run_id: u64) -> Result<u64, StoreError> {
-        let rows = self.rows(
-            // Through the index: an UPDATE of `state` filtered on `state` itself makes SQLite
-            // walk the run's primary key instead (a scan of the run, seen with `cargo xtask bench`).
-            "UPDATE projects SET state = 'pending' WHERE run_id = ? AND project_id IN (
-                 SELECT project_id FROM projects WHERE run_id = ? AND state = 'exporting')
-             RETURNING project_id",
-            &[run_id.into(), run_id.into()],
-        )?;
-        Ok(rows.len() as u64)
-    }
-
-    /// Claims the next pending project that is due: new ones by id, then retries as they come
-    /// due. (The engine logs the request in the rate window in the same synchronous step.)
+    /// The next pending project to export that is due and not under way: new ones by id, then
+    /// retries as they come due. Nothing is written: the claim is the export's entry in the
+    /// exports under way, stored with the rate window (`engine/flights.rs`).
     pub fn claim_next(
         &self,
         run_id: u64,
         now_ms: u64,
-    ) -> Result<Option<ClaimedProject>, StoreError> {
-        self.rows(
+        claims: Claims<'_>,
+    ) -> Result<Option<Claimable>, StoreError> {
+        // A new project is the next by id (a walk of the primary key from the last one taken),
+        // a retry the first due in `projects_queued`.
+        let rows = self.rows(
             &format!(
-                "UPDATE projects SET state = 'exporting'
-                 WHERE run_id = ? AND project_id = (
-                     SELECT project_id FROM projects WHERE run_id = ? AND state = 'pending' AND due_ms <= ?
+                "SELECT * FROM (SELECT {columns}, 1 FROM projects
+                     WHERE run_id = ? AND project_id > ? AND state = 'pending' AND due_ms = 0
+                         AND project_id NOT IN (SELECT value FROM json_each(?))
+                     ORDER BY project_id LIMIT 1)
+                 UNION ALL
+                 SELECT * FROM (SELECT {columns}, 0 FROM projects INDEXED BY projects_queued
+                     WHERE run_id = ? AND state = 'pending' AND due_ms > 0 AND due_ms <= ?
+                         AND project_id NOT IN (SELECT value FROM json_each(?))
                      ORDER BY due_ms, project_id LIMIT 1)
-                 RETURNING {}",
-                ClaimedProject::COLUMNS
+                 LIMIT 1",
+                columns = ClaimedProject::COLUMNS
             ),
-            &[run_id.into(), run_id.into(), now_ms.into()],
-        )?
-        .first()
-        .map(ClaimedProject::read)
-        .transpose()
-    }
-
-    /// GitLab accepted an export: the project awaits its proof, first checked at `check_at_ms`.
-    pub fn record_exported(
-        &self,
-        run_id: u64,
-        project_id: u64,
-        now_ms: u64,
-        check_at_ms: u64,
-    ) -> Result<(), StoreError> {
-        // The run counts it (trigger `count_exported`) at its first accepted export.
-        self.rows(
-            "UPDATE projects SET state = 'exported', attempts = attempts + 1, exported_ms = ?, due_ms = ?,
-                 unanswered = 0
-             WHERE run_id = ? AND project_id = ?",
-            &[now_ms.into(), check_at_ms.into(), run_id.into(), project_id.into()],
+            &[
+                run_id.into(),
+                claims.new_after.into(),
+                claims.under_way.into(),
+                run_id.into(),
+                now_ms.into(),
+                claims.under_way.into(),
+            ],
         )?;
-        Ok(())
+        rows.first()
+            .map(|row| {
+                Ok(Claimable {
+                    project: ClaimedProject::read(row)?,
+                    new: column(row, 4)?.as_u64()? == 1,
+                })
+            })
+            .transpose()
     }
 
-    /// The exported project whose check is most overdue, after `after` (`(due_ms, project_id)`
-    /// of the one this tick checked last; `(0, 0)` at first), and its due time. Nothing is
-    /// written: every outcome of the check moves the project (verified, failed, pending or
-    /// due later), and a tick that dies before it leaves the check due for the next one.
-    pub fn next_check(
+    /// When the first pending project that is not under way comes due for its export (0: a
+    /// new one is waiting), and the run with the counters its projects' outcomes keep, in one
+    /// statement (the run by key, a new project by a short walk of the primary key, a retry
+    /// from `projects_queued`).
+    pub fn remaining(
         &self,
         run_id: u64,
-        now_ms: u64,
-        after: (u64, u64),
-    ) -> Result<Option<(ClaimedProject, u64)>, StoreError> {
-        self.rows(
+        claims: Claims<'_>,
+    ) -> Result<(Option<u64>, RunRow), StoreError> {
+        let rows = self.rows(
             &format!(
-                "SELECT {}, due_ms FROM projects
-                 WHERE run_id = ? AND state = 'exported' AND due_ms <= ?
-                     AND (due_ms, project_id) > (?, ?)
-                 ORDER BY due_ms, project_id LIMIT 1",
-                ClaimedProject::COLUMNS
+                "SELECT
+                     COALESCE(
+                         (SELECT 0 FROM projects
+                          WHERE run_id = ? AND project_id > ? AND state = 'pending' AND due_ms = 0
+                              AND project_id NOT IN (SELECT value FROM json_each(?))
+                          ORDER BY project_id LIMIT 1),
+                         (SELECT due_ms FROM projects INDEXED BY projects_queued
+                          WHERE run_id = ? AND state = 'pending' AND due_ms > 0
+                              AND project_id NOT IN (SELECT value FROM json_each(?))
+                          ORDER BY due_ms LIMIT 1)),
+                     {}
+                 FROM runs WHERE id = ?",
+                RunRow::COLUMNS
             ),
-            &[run_id.into(), now_ms.into(), after.0.into(), after.1.into()],
-        )?
-        .first()
-        .map(|row| Ok((ClaimedProject::read(row)?, column(row, 4)?.as_u64()?)))
-        .transpose()
-    }
-
-    /// Sets when a project is next looked at (pending: exported; exported: checked).
-    pub fn reschedule(&self, run_id: u64, project_id: u64, due_ms: u64) -> Result<(), StoreError> {
-        self.rows(
-            "UPDATE projects SET due_ms = ? WHERE run_id = ? AND project_id = ?",
-            &[due_ms.into(), run_id.into(), project_id.into()],
+            &[
+                run_id.into(),
+                claims.new_after.into(),
+                claims.under_way.into(),
+                run_id.into(),
+                claims.under_way.into(),
+                run_id.into(),
+            ],
         )?;
-        Ok(())
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError("the run is not in the store".into()))?;
+        let pending_due = column(row, 0)?.as_opt_u64()?;
+        let run: Row = row[1..].to_vec();
+        Ok((pending_due, RunRow::read(&run)?))
     }
 
-    /// The backup is proven: the object is in the bucket with `size` bytes (the run counts it:
-    /// trigger `count_outcome`).
+    /// The backup is proven: the object is in the bucket with `size` bytes, from the attempt
+    /// `project` describes (the run counts it: trigger `count_outcome`).
+    /// Returns false when the project already had its outcome (a tick that died before it
+    /// stored the end of the export under way) and nothing changed.
     pub fn record_verified(
         &self,
         run_id: u64,
-        project_id: u64,
+        project: &ClaimedProject,
         size: u64,
-    ) -> Result<(), StoreError> {
-        self.rows(
-            "UPDATE projects SET state = 'verified', size = ?, error = NULL WHERE run_id = ? AND project_id = ?",
-            &[size.into(), run_id.into(), project_id.into()],
+    ) -> Result<bool, StoreError> {
+        let rows = self.rows(
+            "UPDATE projects SET state = 'verified', size = ?, error = NULL, attempts = ?,
+                 exported_ms = ?, unanswered = 0
+             WHERE run_id = ? AND project_id = ? AND state = 'pending' RETURNING 1",
+            &[
+                size.into(),
+                project.attempts.into(),
+                project.exported_ms.into(),
+                run_id.into(),
+                project.project_id.into(),
+            ],
         )?;
-        Ok(())
+        Ok(!rows.is_empty())
     }
 
     /// An attempt failed: back in line at `retry_at_ms`, or, without one, failed for good.
+    /// The row keeps the attempts `project` used and when the last was accepted. Returns false
+    /// when the project already had its outcome and nothing changed.
     pub fn record_failure(
         &self,
         run_id: u64,
-        project_id: u64,
+        project: &ClaimedProject,
         reason: &str,
         retry_at_ms: Option<u64>,
-    ) -> Result<(), StoreError> {
-        match retry_at_ms {
-            Some(due) => {
-                self.rows(
-                    "UPDATE projects SET state = 'pending', due_ms = ?, error = ? WHERE run_id = ? AND project_id = ?",
-                    &[due.into(), reason.into(), run_id.into(), project_id.into()],
-                )?;
-                Ok(())
-            }
-            None => {
-                // The run counts it: trigger `count_outcome`.
-                self.rows(
-                    "UPDATE projects SET state = 'failed', error = ? WHERE run_id = ? AND project_id = ?",
-                    &[reason.into(), run_id.into(), project_id.into()],
-                )?;
-                Ok(())
-            }
-        }
+    ) -> Result<bool, StoreError> {
+        // The run counts a final failure: trigger `count_outcome`.
+        let (state, due) = match retry_at_ms {
+            Some(due) => ("pending", due.max(1)),
+            None => ("failed", 0),
+        };
+        let rows = self.rows(
+            // An accepted attempt ends a series of export requests without an answer.
+            "UPDATE projects SET state = ?, due_ms = ?, error = ?, attempts = ?,
+                 exported_ms = COALESCE(?, exported_ms),
+                 unanswered = IIF(? IS NULL, unanswered, 0)
+             WHERE run_id = ? AND project_id = ? AND state = 'pending' RETURNING 1",
+            &[
+                state.into(),
+                due.into(),
+                reason.into(),
+                project.attempts.into(),
+                project.exported_ms.into(),
+                project.exported_ms.into(),
+                run_id.into(),
+                project.project_id.into(),
+            ],
+        )?;
+        Ok(!rows.is_empty())
     }
 
     /// An export request got no usable answer (5xx, timeout, network): the project goes back in
@@ -148,11 +164,11 @@ impl<S: Sql> Store<S> {
         per_attempt: u64,
     ) -> Result<(u64, u64), StoreError> {
         let rows = self.rows(
-            "UPDATE projects SET state = 'pending', due_ms = ?, unanswered = unanswered + 1,
+            "UPDATE projects SET due_ms = ?, unanswered = unanswered + 1,
                  attempts = attempts + ((unanswered + 1) % ? = 0)
              WHERE run_id = ? AND project_id = ? RETURNING unanswered, attempts",
             &[
-                due_ms.into(),
+                due_ms.max(1).into(),
                 per_attempt.into(),
                 run_id.into(),
                 project_id.into(),
@@ -164,81 +180,30 @@ impl<S: Sql> Store<S> {
         Ok((column(row, 0)?.as_u64()?, column(row, 1)?.as_u64()?))
     }
 
-    /// Puts a claimed project back in line, keeping its place (the export is to be tried again
-    /// later without counting an attempt).
-    pub fn release_project(&self, run_id: u64, project_id: u64) -> Result<(), StoreError> {
-        self.rows(
-            "UPDATE projects SET state = 'pending' WHERE run_id = ? AND project_id = ?",
-            &[run_id.into(), project_id.into()],
-        )?;
-        Ok(())
-    }
-
-    /// What the run's projects still wait for, and the run with the counters its projects'
-    /// outcomes keep, in one statement (the run by key, each other part a search of the
-    /// `projects_due` index). `slack_ms`: how far after the first check due the last one
-    /// [`Remaining::exported_due_last`] looks.
-    pub fn remaining(&self, run_id: u64, slack_ms: u64) -> Result<(Remaining, RunRow), StoreError> {
-        let rows = self.rows(
-            &format!(
-                "SELECT
-                     (SELECT due_ms FROM projects WHERE run_id = ? AND state = 'pending'
-                      ORDER BY due_ms LIMIT 1),
-                     EXISTS (SELECT 1 FROM projects WHERE run_id = ? AND state = 'exporting'),
-                     (SELECT due_ms FROM projects WHERE run_id = ? AND state = 'exported'
-                      ORDER BY due_ms LIMIT 1),
-                     (SELECT due_ms FROM projects WHERE run_id = ? AND state = 'exported'
-                          AND due_ms <= (SELECT due_ms FROM projects
-                              WHERE run_id = ? AND state = 'exported' ORDER BY due_ms LIMIT 1) + ?
-                      ORDER BY due_ms DESC LIMIT 1),
-                     {}
-                 FROM runs WHERE id = ?",
-                RunRow::COLUMNS
-            ),
-            &[
-                run_id.into(),
-                run_id.into(),
-                run_id.into(),
-                run_id.into(),
-                run_id.into(),
-                slack_ms.into(),
-                run_id.into(),
-            ],
-        )?;
-        let row = rows
-            .first()
-            .ok_or_else(|| StoreError("the run is not in the store".into()))?;
-        let left = Remaining {
-            pending_due: column(row, 0)?.as_opt_u64()?,
-            exporting: column(row, 1)?.as_u64()? != 0,
-            exported_due: column(row, 2)?.as_opt_u64()?,
-            exported_due_last: column(row, 3)?.as_opt_u64()?,
-        };
-        let run: Row = row[4..].to_vec();
-        Ok((left, RunRow::read(&run)?))
-    }
-
-    /// Up to `limit` projects with a final outcome that no manifest part lists yet.
+    /// Up to `limit` projects of the run after `after`, by id, with their outcome: the manifest's
+    /// walk, once every project has one (in a cancelled run, those without are `cancelled`).
     pub fn manifest_entries(
         &self,
         run_id: u64,
+        after: u64,
         limit: u64,
     ) -> Result<Vec<ManifestEntry>, StoreError> {
         self.rows(
-            // SQLite would rather walk the run's primary key (same order) than the partial index.
-            "SELECT project_id, path, state, attempts, size, error
-             FROM projects INDEXED BY projects_for_manifest
-             WHERE run_id = ? AND manifest_part IS NULL AND state IN ('verified', 'failed')
-             ORDER BY project_id LIMIT ?",
-            &[run_id.into(), limit.into()],
+            "SELECT project_id, path, state, attempts, size, error FROM projects
+             WHERE run_id = ? AND project_id > ? ORDER BY project_id LIMIT ?",
+            &[run_id.into(), after.into(), limit.into()],
         )?
         .iter()
         .map(|row| {
+            let outcome = match ProjectState::parse(&column(row, 2)?.as_text()?)? {
+                ProjectState::Verified => Outcome::Verified,
+                ProjectState::Failed => Outcome::Failed,
+                ProjectState::Pending => Outcome::Cancelled,
+            };
             Ok(ManifestEntry {
                 project_id: column(row, 0)?.as_u64()?,
                 path: column(row, 1)?.as_text()?,
-                verified: ProjectState::parse(&column(row, 2)?.as_text()?)?
-                    == ProjectState::Verified,
+                outcome,
                 attempts: column(row, 3)?.as_u64()?,
                 size: column(row, 4)?.as_opt_u64()?,
                 error: column(row, 5)?.as_opt_text()?,
@@ -247,24 +212,15 @@ impl<S: Sql> Store<S> {
         .collect()
     }
 
-    /// A manifest part listing `project_ids` was written as part number `part`.
+    /// A manifest part listing the run's projects up to `last_project_id` was written.
     pub fn record_manifest_part(
         &self,
         run_id: u64,
-        part: u64,
-        project_ids: &[u64],
+        last_project_id: u64,
     ) -> Result<RunRow, StoreError> {
-        let ids = serde_json::to_string(project_ids)
-            .map_err(|e| StoreError(format!("encoding project ids: {e}")))?;
-        self.rows(
-            "UPDATE projects SET manifest_part = ?
-             WHERE run_id = ? AND project_id IN (SELECT value FROM json_each(?))",
-            &[part.into(), run_id.into(), ids.into()],
-        )?;
         self.run_returned(
-            "UPDATE runs SET manifest_parts = manifest_parts + 1, manifest_waiting = manifest_waiting - ?
-             WHERE id = ?",
-            &[(project_ids.len() as u64).into(), run_id.into()],
+            "UPDATE runs SET manifest_parts = manifest_parts + 1, manifest_after = ? WHERE id = ?",
+            &[last_project_id.into(), run_id.into()],
         )
     }
 

@@ -48,6 +48,9 @@ stored_enum! {
         Exporting = "exporting",
         /// Every export is requested; proofs are awaited.
         Verifying = "verifying",
+        /// Every project has its outcome (or the run was cancelled): the manifest and the
+        /// summary are written.
+        Recording = "recording",
         Finished = "finished",
     }
 }
@@ -56,12 +59,10 @@ stored_enum! {
     /// Where one project of a run stands (`projects.state`); the store's SQL names no other
     /// (`store::tests`).
     ProjectState ("project state") {
-        /// Listed, waiting for its export (or for a retry's backoff to pass).
+        /// Listed, waiting for its export (or for a retry's backoff to pass), or with its
+        /// export under way (kept in `meta`: `engine/flights.rs`). Stores before version 9
+        /// also had `exporting` and `exported`, which step 9 moved there.
         Pending = "pending",
-        /// Claimed for an export request whose answer is not recorded yet.
-        Exporting = "exporting",
-        /// GitLab accepted the export; waiting for proof that it landed.
-        Exported = "exported",
         /// The object is in the bucket.
         Verified = "verified",
         /// Final: no attempt left, or GitLab refuses this project.
@@ -83,17 +84,19 @@ pub struct RunRow {
     pub failed: u64,
     /// Why the run stopped early (preflight), if it did.
     pub error: Option<String>,
-    /// Projects with a final outcome not yet written to a manifest part.
-    pub manifest_waiting: u64,
     pub manifest_parts: u64,
     /// The run's `summary.json`, once written.
     pub summary_key: Option<String>,
+    /// The last project (by id) the manifest parts written so far list.
+    pub manifest_after: u64,
+    /// When the operator cancelled the run, if they did.
+    pub cancelled_ms: Option<u64>,
 }
 
 impl RunRow {
     pub(super) const COLUMNS: &'static str =
         "id, started_ms, finished_ms, phase, listed, exported, verified, \
-         failed, error, manifest_waiting, manifest_parts, summary_key";
+         failed, error, manifest_parts, summary_key, manifest_after, cancelled_ms";
 
     pub(super) fn read(row: &Row) -> Result<RunRow, StoreError> {
         Ok(RunRow {
@@ -106,9 +109,10 @@ impl RunRow {
             verified: column(row, 6)?.as_u64()?,
             failed: column(row, 7)?.as_u64()?,
             error: column(row, 8)?.as_opt_text()?,
-            manifest_waiting: column(row, 9)?.as_u64()?,
-            manifest_parts: column(row, 10)?.as_u64()?,
-            summary_key: column(row, 11)?.as_opt_text()?,
+            manifest_parts: column(row, 9)?.as_u64()?,
+            summary_key: column(row, 10)?.as_opt_text()?,
+            manifest_after: column(row, 11)?.as_u64()?,
+            cancelled_ms: column(row, 12)?.as_opt_u64()?,
         })
     }
 }
@@ -158,12 +162,32 @@ impl ClaimedProject {
     }
 }
 
+/// A project's outcome in the run's record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Verified,
+    Failed,
+    /// The run was cancelled before the project had its outcome.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Verified => "verified",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// One line of a manifest part.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestEntry {
     pub project_id: u64,
     pub path: String,
-    pub verified: bool,
+    pub outcome: Outcome,
     pub attempts: u64,
     pub size: Option<u64>,
     pub error: Option<String>,
@@ -180,15 +204,18 @@ pub struct Backup {
     pub size: u64,
 }
 
-/// What a run's projects still wait for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Remaining {
-    /// When the first pending project comes due for its export, if any is pending.
-    pub pending_due: Option<u64>,
-    /// Whether a project is claimed for an export whose answer is not recorded.
-    pub exporting: bool,
-    /// When the first exported project comes due for a check, if any awaits its proof.
-    pub exported_due: Option<u64>,
-    /// When the last check due within the slack asked for after the first comes due.
-    pub exported_due_last: Option<u64>,
+/// Where the claims of a run's pending projects stand: the exports under way are not
+/// claimed again, and every project up to `new_after` was claimed as new already.
+#[derive(Clone, Copy, Debug)]
+pub struct Claims<'a> {
+    /// The ids of the projects whose export is under way, as a JSON array.
+    pub under_way: &'a str,
+    pub new_after: u64,
+}
+
+/// A pending project that may be claimed, and whether it was never tried (taken by id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimable {
+    pub project: ClaimedProject,
+    pub new: bool,
 }

@@ -103,6 +103,34 @@ impl<S: Sql> Store<S> {
         )
     }
 
+    /// The operator ends the run: it goes straight to writing its record, in which every
+    /// project without an outcome is `cancelled`, and groups not fully listed say so. `None`
+    /// when the run is finished (or cancelled) already.
+    pub fn cancel_run(&self, run_id: u64, now_ms: u64) -> Result<Option<RunRow>, StoreError> {
+        let run = self
+            .rows(
+                &format!(
+                    "UPDATE runs SET cancelled_ms = ?, phase = 'recording'
+                     WHERE id = ? AND phase != 'finished' AND cancelled_ms IS NULL
+                     RETURNING {}",
+                    RunRow::COLUMNS
+                ),
+                &[now_ms.into(), run_id.into()],
+            )?
+            .first()
+            .map(RunRow::read)
+            .transpose()?;
+        if run.is_some() {
+            self.rows(
+                "UPDATE listings SET next_url = NULL,
+                     error = 'the run was cancelled before this group was fully listed'
+                 WHERE run_id = ? AND next_url IS NOT NULL",
+                &[run_id.into()],
+            )?;
+        }
+        Ok(run)
+    }
+
     /// The newest runs, newest first.
     pub fn recent_runs(&self, limit: u64) -> Result<Vec<RunRow>, StoreError> {
         self.rows(

@@ -25,7 +25,9 @@ pub(super) const SCHEMA: &[&str] = &[
         error TEXT,
         manifest_waiting INTEGER NOT NULL DEFAULT 0,
         manifest_parts INTEGER NOT NULL DEFAULT 0,
-        summary_key TEXT
+        summary_key TEXT,
+        manifest_after INTEGER NOT NULL DEFAULT 0,
+        cancelled_ms INTEGER
     )",
     // One row per configured group of a run: where its listing stands. `next_url` is the next
     // page to read (NULL: done), `page` its number, `pages_total` the page count GitLab gave
@@ -41,9 +43,13 @@ pub(super) const SCHEMA: &[&str] = &[
         PRIMARY KEY (run_id, position)
     ) WITHOUT ROWID",
     // One row per project of a run; the primary key makes a project reached through two
-    // groups one row. `state`: pending → exporting → exported → verified, or failed; a failed
-    // attempt goes back to pending until MAX_ATTEMPTS. `due_ms`: a pending project's earliest
-    // export (retry backoff), an exported one's next check.
+    // groups one row. `state`: pending → verified, or failed; a failed attempt goes back to
+    // pending until MAX_ATTEMPTS. A row is written when it is listed and when it reaches an
+    // outcome, rarely in between: a project's export under way (claimed, accepted, its checks)
+    // is kept with the rate window in `meta` (`engine/flights.rs`). `due_ms`: 0 for a project
+    // never tried (taken by id), else its next try (retry backoff, or behind the others).
+    // `manifest_part` and `runs.manifest_waiting` are unused since version 9 (the manifest is
+    // written by a walk of the run's projects at its end; dropping a column rewrites a table).
     "CREATE TABLE IF NOT EXISTS projects (
         run_id INTEGER NOT NULL,
         project_id INTEGER NOT NULL,
@@ -58,10 +64,10 @@ pub(super) const SCHEMA: &[&str] = &[
         unanswered INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (run_id, project_id)
     ) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS projects_due ON projects (run_id, state, due_ms, project_id)",
-    // Projects with their final outcome that no manifest part lists yet.
-    "CREATE INDEX IF NOT EXISTS projects_for_manifest ON projects (run_id, project_id)
-        WHERE manifest_part IS NULL AND state IN ('verified', 'failed')",
+    // Pending projects to try again, by when: only projects whose attempt failed have an
+    // entry (an index entry is a row written).
+    "CREATE INDEX IF NOT EXISTS projects_queued ON projects (run_id, due_ms, project_id)
+        WHERE state = 'pending' AND due_ms > 0",
     // Small facts that outlive a run: the rate window's requests, the rate limit's block, the
     // backoff, the bucket's region, the last error. Values are integers or text.
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
@@ -76,19 +82,19 @@ pub(super) const SCHEMA: &[&str] = &[
     )",
     "CREATE INDEX IF NOT EXISTS last_backups_by_time ON last_backups (at_ms)",
     // The run's counters follow its projects' states by construction, in the statement that
-    // changes the project: a project counts as exported at its first accepted export, and once
-    // when it reaches its final outcome (which also waits for its manifest part).
-    "CREATE TRIGGER IF NOT EXISTS count_exported AFTER UPDATE OF exported_ms ON projects
-        WHEN OLD.exported_ms IS NULL AND NEW.exported_ms IS NOT NULL
+    // changes the project: a project counts as exported once its row records an accepted export
+    // of it, and once when it reaches its final outcome.
+    // One trigger, so an outcome is one row written for the run, not two.
+    "CREATE TRIGGER IF NOT EXISTS count_outcome AFTER UPDATE OF state, exported_ms ON projects
+        WHEN (NEW.state IN ('verified', 'failed') AND OLD.state NOT IN ('verified', 'failed'))
+            OR (OLD.exported_ms IS NULL AND NEW.exported_ms IS NOT NULL)
         BEGIN
-            UPDATE runs SET exported = exported + 1 WHERE id = NEW.run_id;
-        END",
-    "CREATE TRIGGER IF NOT EXISTS count_outcome AFTER UPDATE OF state ON projects
-        WHEN NEW.state IN ('verified', 'failed') AND OLD.state NOT IN ('verified', 'failed')
-        BEGIN
-            UPDATE runs SET verified = verified + (NEW.state = 'verified'),
-                failed = failed + (NEW.state = 'failed'),
-                manifest_waiting = manifest_waiting + 1
+            UPDATE runs SET
+                exported = exported + (OLD.exported_ms IS NULL AND NEW.exported_ms IS NOT NULL),
+                verified = verified
+                    + (NEW.state = 'verified' AND OLD.state NOT IN ('verified', 'failed')),
+                failed = failed
+                    + (NEW.state = 'failed' AND OLD.state NOT IN ('verified', 'failed'))
             WHERE id = NEW.run_id;
         END",
 ];
@@ -97,7 +103,7 @@ pub(super) const SCHEMA: &[&str] = &[
 /// ([`schema_digest`]): changing the statements without a new step fails
 /// `store::migration_tests`.
 #[cfg(test)]
-pub(super) const SCHEMA_DIGEST: (u64, &str) = (8, "570db941f8d0b394");
+pub(super) const SCHEMA_DIGEST: (u64, &str) = (9, "980c1fb39fba7901");
 
 /// The first 8 bytes of the SHA-256 of the statements, in hex (what stores before numbered
 /// versions kept as `schema_version`).

@@ -29,31 +29,84 @@ fn a_project_reached_through_two_groups_is_one_row() {
     assert_eq!(store.open_listings(run.id, 10).unwrap(), vec![]);
 }
 
+/// A claim as the engine makes it: the projects under way are skipped, and a new one moves
+/// the line.
+fn claim(
+    store: &Store<&HostSql>,
+    run: u64,
+    now_ms: u64,
+    under_way: &[u64],
+    new_after: &mut u64,
+) -> Option<Claimable> {
+    let ids = serde_json::to_string(under_way).unwrap();
+    let claimed = store
+        .claim_next(
+            run,
+            now_ms,
+            Claims {
+                under_way: &ids,
+                new_after: *new_after,
+            },
+        )
+        .unwrap()?;
+    if claimed.new {
+        *new_after = claimed.project.project_id;
+    }
+    Some(claimed)
+}
+
+fn project(project_id: u64, attempts: u64, exported_ms: Option<u64>) -> ClaimedProject {
+    ClaimedProject {
+        project_id,
+        path: format!("a/{project_id}"),
+        attempts,
+        exported_ms,
+    }
+}
+
 #[test]
-fn claims_go_in_id_order_and_never_repeat() {
+fn claims_go_in_id_order_then_retries_as_they_come_due_and_skip_what_is_under_way() {
     let db = HostSql::in_memory();
     let store = Store::open(&db).unwrap();
     let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
     store
         .record_only_page(run.id, 0, &[(9, "a/9"), (3, "a/3"), (5, "a/5")])
         .unwrap();
-    let claimed: Vec<u64> = std::iter::from_fn(|| store.claim_next(run.id, 0).unwrap())
-        .map(|p| p.project_id)
-        .collect();
-    assert_eq!(claimed, vec![3, 5, 9]);
+    let mut new_after = 0;
+    let mut under_way = Vec::new();
+    while let Some(c) = claim(&store, run.id, 0, &under_way, &mut new_after) {
+        assert!(c.new);
+        under_way.push(c.project.project_id);
+    }
+    assert_eq!(under_way, vec![3, 5, 9]);
+    let rows_before = (&db).rows_written();
+    // 5 failed an attempt: it comes back when due, not before; 3 is still under way.
+    assert!(store
+        .record_failure(run.id, &project(5, 1, Some(1)), "not there", Some(500))
+        .unwrap());
+    assert!(store
+        .record_verified(run.id, &project(9, 1, Some(1)), 10)
+        .unwrap());
+    let under_way = [3];
+    assert_eq!(claim(&store, run.id, 499, &under_way, &mut new_after), None);
+    let retry = claim(&store, run.id, 500, &under_way, &mut new_after).unwrap();
+    assert_eq!((retry.project.project_id, retry.new), (5, false));
+    assert_eq!(retry.project.attempts, 1);
+    assert_eq!(
+        claim(&store, run.id, 500, &[3, 5], &mut new_after),
+        None,
+        "a verified project is never claimed again"
+    );
+    // The claims wrote nothing: two outcomes (each with its counters), and 5's entry in
+    // `projects_queued`.
+    assert!((&db).rows_written() - rows_before <= 6);
 }
 
-#[test]
-fn interrupted_claims_are_requeued() {
-    let db = HostSql::in_memory();
-    let store = Store::open(&db).unwrap();
-    let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
-    store.record_only_page(run.id, 0, &[(1, "a/1")]).unwrap();
-    store.claim_next(run.id, 0).unwrap().unwrap();
-    assert!(store.claim_next(run.id, 0).unwrap().is_none());
-    assert_eq!(store.requeue_interrupted(run.id).unwrap(), 1);
-    assert_eq!(store.claim_next(run.id, 0).unwrap().unwrap().project_id, 1);
-}
+/// Takes a new store back to the columns and indexes of version 8 (its triggers are those of
+/// version 9, which step 9 drops and creates again).
+const UNDO_STEP_9: &str = "ALTER TABLE runs DROP COLUMN manifest_after;
+    ALTER TABLE runs DROP COLUMN cancelled_ms;
+    DROP INDEX projects_queued;";
 
 /// Counts the statements run through it.
 struct Counting<'a>(&'a HostSql, std::cell::Cell<u64>);
@@ -93,15 +146,21 @@ fn an_opened_store_checks_its_schema_in_one_statement_and_applies_only_the_steps
     // Only the number is checked: a store without a trigger but at this version is left so.
     db.0.execute_batch("DROP TRIGGER count_outcome").unwrap();
     opened(1, "the version is what is checked");
-    // At version 6, steps 7 (the triggers, the dropped one restored) and 8 run, each in its
-    // transaction with the number and the digest's deletion.
-    db.0.execute_batch("UPDATE meta SET value = 6 WHERE key = 'schema_number'")
-        .unwrap();
-    let steps_7_and_8 = 2 + 3;
-    let store = opened(1 + steps_7_and_8 + 2 * 2, "version 6: steps 7 and 8");
+    // At version 8 (what step 9 adds taken away again), step 9 runs (the trigger restored), in
+    // its transaction with the number and the digest's deletion.
+    db.0.execute_batch(&format!(
+        "{UNDO_STEP_9} UPDATE meta SET value = 8 WHERE key = 'schema_number'"
+    ))
+    .unwrap();
+    let step_9 = migrations::STEPS[migrations::STEPS.len() - 1]
+        .statements
+        .len() as u64;
+    let store = opened(1 + step_9 + 2, "version 8: step 9");
     let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
     store.record_only_page(run.id, 0, &[(1, "a/1")]).unwrap();
-    store.record_failure(run.id, 1, "gone", None).unwrap();
+    store
+        .record_failure(run.id, &project(1, 0, None), "gone", None)
+        .unwrap();
     assert_eq!(store.active_run().unwrap().unwrap().failed, 1);
     opened(1, "then checked only");
 }
@@ -129,11 +188,12 @@ fn a_store_that_kept_its_window_in_a_table_keeps_its_requests_in_meta() {
     let db = HostSql::in_memory();
     Store::open(&db).unwrap();
     // As the earlier schema left it: the window in `export_log`.
-    db.0.execute_batch(
-        "CREATE TABLE export_log (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
+    db.0.execute_batch(&format!(
+        "{UNDO_STEP_9}
+         CREATE TABLE export_log (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
          INSERT INTO export_log (id, at_ms) VALUES (41, 1000), (42, 2000);
-         DELETE FROM meta;",
-    )
+         DELETE FROM meta;"
+    ))
     .unwrap();
     let store = Store::open(&db).unwrap();
     let window = store
@@ -154,35 +214,6 @@ fn a_store_that_kept_its_window_in_a_table_keeps_its_requests_in_meta() {
         )
         .unwrap();
     assert!(tables.is_empty(), "the old table is gone");
-}
-
-#[test]
-fn checks_go_most_overdue_first_each_once_a_tick_and_write_nothing() {
-    let db = HostSql::in_memory();
-    let store = Store::open(&db).unwrap();
-    let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
-    store
-        .record_only_page(run.id, 0, &[(1, "a/1"), (2, "a/2"), (3, "a/3"), (4, "a/4")])
-        .unwrap();
-    for (id, due) in [(1, 50), (2, 20), (3, 20), (4, 500)] {
-        store.record_exported(run.id, id, 0, due).unwrap();
-    }
-    let changes = db.0.total_changes();
-    let mut after = (0, 0);
-    let mut checked = Vec::new();
-    while let Some((project, due)) = store.next_check(run.id, 100, after).unwrap() {
-        after = (due, project.project_id);
-        checked.push(project.project_id);
-    }
-    assert_eq!(
-        checked,
-        vec![2, 3, 1],
-        "by due time, then id; not yet due: none"
-    );
-    assert_eq!(db.0.total_changes(), changes, "nothing written");
-    // The next tick starts over: unchanged projects are due again.
-    let (first, _) = store.next_check(run.id, 100, (0, 0)).unwrap().unwrap();
-    assert_eq!(first.project_id, 2);
 }
 
 #[test]
@@ -227,78 +258,131 @@ fn run_counters_follow_project_states_once_each() {
         .unwrap();
     let counts = || {
         let run = store.active_run().unwrap().unwrap();
-        (run.exported, run.verified, run.failed, run.manifest_waiting)
+        (run.exported, run.verified, run.failed)
     };
-    // Project 1: exported, checked, a second export (a retry), verified twice over.
-    store.record_exported(run.id, 1, 10, 20).unwrap();
-    assert_eq!(counts(), (1, 0, 0, 0));
+    // Project 1: an accepted export that failed its check (a retry), then a second one,
+    // verified twice over (a tick that died before it stored the end of the export).
     store
-        .record_failure(run.id, 1, "not there", Some(30))
+        .record_failure(run.id, &project(1, 1, Some(10)), "not there", Some(30))
         .unwrap();
-    store.record_exported(run.id, 1, 40, 50).unwrap();
-    assert_eq!(counts(), (1, 0, 0, 0), "exported once, at the first export");
-    store.record_verified(run.id, 1, 100).unwrap();
-    store.record_verified(run.id, 1, 100).unwrap();
-    assert_eq!(counts(), (1, 1, 0, 1), "verified once");
-    // Project 2: failed for good without an export; project 3 untouched.
-    store.record_failure(run.id, 2, "refused", None).unwrap();
-    store.record_failure(run.id, 2, "refused", None).unwrap();
-    assert_eq!(counts(), (1, 1, 1, 2));
-    // Moving a project between waiting states counts nothing.
-    store.claim_next(run.id, 100).unwrap().unwrap();
-    store.requeue_interrupted(run.id).unwrap();
-    assert_eq!(counts(), (1, 1, 1, 2));
+    assert_eq!(
+        counts(),
+        (1, 0, 0),
+        "exported at its first accepted attempt"
+    );
+    assert!(store
+        .record_verified(run.id, &project(1, 2, Some(40)), 100)
+        .unwrap());
+    assert!(!store
+        .record_verified(run.id, &project(1, 2, Some(40)), 100)
+        .unwrap());
+    assert_eq!(counts(), (1, 1, 0), "exported and verified once");
+    // Project 2: failed for good without an export, twice over; project 3 untouched.
+    assert!(store
+        .record_failure(run.id, &project(2, 0, None), "refused", None)
+        .unwrap());
+    assert!(!store
+        .record_failure(run.id, &project(2, 0, None), "refused", None)
+        .unwrap());
+    assert_eq!(counts(), (1, 1, 1));
+    // An outcome is final: a late answer of an old attempt changes nothing.
+    assert!(!store
+        .record_failure(run.id, &project(1, 3, Some(90)), "late", Some(99))
+        .unwrap());
+    assert_eq!(counts(), (1, 1, 1));
 }
 
 #[test]
-fn remaining_says_what_the_run_still_waits_for() {
+fn remaining_says_when_the_next_pending_project_not_under_way_comes_due() {
     let db = HostSql::in_memory();
     let store = Store::open(&db).unwrap();
     let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
-    let nothing = Remaining {
-        pending_due: None,
-        exporting: false,
-        exported_due: None,
-        exported_due_last: None,
+    let left = |under_way: &[u64], new_after: u64| {
+        let ids = serde_json::to_string(under_way).unwrap();
+        let claims = Claims {
+            under_way: &ids,
+            new_after,
+        };
+        store.remaining(run.id, claims).unwrap().0
     };
-    assert_eq!(store.remaining(run.id, 10).unwrap().0, nothing);
+    assert_eq!(left(&[], 0), None);
     store
         .record_only_page(run.id, 0, &[(1, "a/1"), (2, "a/2")])
         .unwrap();
-    store.claim_next(run.id, 0).unwrap().unwrap();
+    assert_eq!(left(&[], 0), Some(0), "a new one waits");
+    assert_eq!(left(&[2], 1), None, "1 was taken, 2 is under way");
+    store
+        .record_failure(run.id, &project(2, 1, Some(5)), "retry", Some(900))
+        .unwrap();
+    assert_eq!(left(&[], 2), Some(900));
+    assert_eq!(left(&[2], 2), None, "under way again");
+    store
+        .record_verified(run.id, &project(1, 1, Some(1)), 1)
+        .unwrap();
+    store
+        .record_failure(run.id, &project(2, 2, Some(950)), "refused", None)
+        .unwrap();
+    assert_eq!(left(&[], 0), None);
+    let (_, counted) = store
+        .remaining(
+            run.id,
+            Claims {
+                under_way: "[]",
+                new_after: 0,
+            },
+        )
+        .unwrap();
+    assert_eq!((counted.verified, counted.failed), (1, 1));
+}
+
+#[test]
+fn the_manifest_walks_the_run_by_id_and_a_cancelled_run_says_cancelled() {
+    let db = HostSql::in_memory();
+    let store = Store::open(&db).unwrap();
+    let run = store
+        .start_run(0, &[("a".into(), "u".into()), ("b".into(), "v".into())])
+        .unwrap();
+    store
+        .record_only_page(run.id, 0, &[(4, "a/4"), (2, "a/2"), (7, "a/7")])
+        .unwrap();
+    store
+        .record_verified(run.id, &project(2, 1, Some(1)), 5)
+        .unwrap();
+    store
+        .record_failure(run.id, &project(7, 0, None), "refused", None)
+        .unwrap();
+    let cancelled = store.cancel_run(run.id, 99).unwrap().unwrap();
     assert_eq!(
-        store.remaining(run.id, 10).unwrap().0,
-        Remaining {
-            pending_due: Some(0),
-            exporting: true,
-            exported_due: None,
-            exported_due_last: None,
-        }
+        (cancelled.phase, cancelled.cancelled_ms),
+        (Phase::Recording, Some(99))
     );
-    store.record_exported(run.id, 1, 5, 65).unwrap();
-    store.reschedule(run.id, 2, 900).unwrap();
+    assert_eq!(store.cancel_run(run.id, 100).unwrap(), None, "once");
     assert_eq!(
-        store.remaining(run.id, 10).unwrap().0,
-        Remaining {
-            pending_due: Some(900),
-            exporting: false,
-            exported_due: Some(65),
-            exported_due_last: Some(65),
-        }
+        store.listing_errors(run.id).unwrap(),
+        vec![(
+            "b".to_owned(),
+            "the run was cancelled before this group was fully listed".to_owned()
+        )]
     );
-    // The last check due within the slack of the first.
-    store.claim_next(run.id, 900).unwrap().unwrap();
-    store.record_exported(run.id, 2, 6, 74).unwrap();
-    let left = |slack| store.remaining(run.id, slack).unwrap().0;
+    let first = store.manifest_entries(run.id, 0, 2).unwrap();
+    let outcomes: Vec<(u64, Outcome)> = first.iter().map(|e| (e.project_id, e.outcome)).collect();
     assert_eq!(
-        (left(10).exported_due, left(10).exported_due_last),
-        (Some(65), Some(74))
+        outcomes,
+        vec![(2, Outcome::Verified), (4, Outcome::Cancelled)]
     );
-    assert_eq!(left(8).exported_due_last, Some(65));
-    store.record_failure(run.id, 2, "retry", Some(900)).unwrap();
-    store.record_verified(run.id, 1, 1).unwrap();
-    store.record_failure(run.id, 2, "refused", None).unwrap();
-    assert_eq!(store.remaining(run.id, 10).unwrap().0, nothing);
+    let after = store.record_manifest_part(run.id, 4).unwrap();
+    assert_eq!((after.manifest_parts, after.manifest_after), (1, 4));
+    let rest = store.manifest_entries(run.id, 4, 2).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(
+        (
+            rest[0].project_id,
+            rest[0].outcome,
+            rest[0].error.as_deref()
+        ),
+        (7, Outcome::Failed, Some("refused"))
+    );
+    assert!(store.manifest_entries(run.id, 7, 2).unwrap().is_empty());
 }
 
 #[test]

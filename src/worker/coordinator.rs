@@ -3,19 +3,22 @@
 //! time: the core decides, this file carries the decisions out.
 
 use std::cell::Cell;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 
 use serde_json::json;
 use worker::{
-    durable_object, wasm_bindgen, Date, DurableObject, Env, Request, Response, Result, State,
+    durable_object, wasm_bindgen, Date, Delay, DurableObject, Env, Request, Response, Result, State,
 };
 
 use super::fetch::send;
 use super::setting;
 use super::sql::DurableSql;
 use crate::config::{Config, ConfigError};
-use crate::engine::{arrival, Arrival, Begin, Start, Tick, TickReport, REQUEST_TIMEOUT};
+use crate::engine::{
+    arrival, cancel, Arrival, Begin, Cancel, Start, Tick, TickReport, REQUEST_TIMEOUT,
+};
 use crate::status::status;
 use crate::store::{Store, StoreError};
 
@@ -66,6 +69,7 @@ impl DurableObject for Coordinator {
         match req.path().as_str() {
             "/tick" => self.tick(Start::IfDue).await,
             "/run" => self.tick(Start::Now).await,
+            "/run/cancel" => self.cancel().await,
             "/status" => self.status(),
             _ => Response::error("Not Found", 404),
         }
@@ -97,6 +101,37 @@ impl Coordinator {
         let config = self.config();
         let report = status(&self.store()?, config.as_ref(), now_ms()).map_err(storage_error)?;
         Response::from_json(&report)
+    }
+
+    /// Cancels the run that is going, once a tick that is running ended (its answers are
+    /// recorded first), then goes on with the run's record at once.
+    async fn cancel(&self) -> Result<Response> {
+        let began = now_ms();
+        while self.ticking.get() {
+            // A tick's requests time out after REQUEST_TIMEOUT.
+            if now_ms().saturating_sub(began) > 2 * REQUEST_TIMEOUT.as_millis() as u64 {
+                return Ok(Response::from_json(
+                    &json!({"error": "a tick is running; try again in a minute"}),
+                )?
+                .with_status(503));
+            }
+            Delay::from(Duration::from_millis(100)).await;
+        }
+        let store = self.store()?;
+        match cancel(&store, now_ms()).map_err(storage_error)? {
+            Cancel::NoRun => Ok(Response::from_json(&json!({"error": "no run is going"}))?
+                .with_status(409)),
+            Cancel::AlreadyCancelled(run) => Ok(Response::from_json(
+                &json!({"error": "the run is cancelled already and is writing its record", "run": run.id}),
+            )?
+            .with_status(409)),
+            Cancel::Cancelled(run, event) => {
+                log(serde_json::to_value(&event)?);
+                // The record is written by ticks from now on: the first one at once.
+                self.state.storage().set_alarm(0).await?;
+                Response::from_json(&json!({"cancelled": run.id, "run": run}))
+            }
+        }
     }
 
     async fn tick(&self, start: Start) -> Result<Response> {

@@ -88,7 +88,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     );
     match decision {
         Ok(Route::StatusPage) => status_page(),
-        Ok(route @ Route::Run) => ask_coordinator(&env, Method::Post, route.path()).await,
+        Ok(route @ (Route::Run | Route::Cancel)) => {
+            ask_coordinator(&env, Method::Post, route.path()).await
+        }
         Ok(route @ Route::Status) => ask_coordinator(&env, Method::Get, route.path()).await,
         Err(refusal) => {
             let mut response = json_error(refusal.status, &refusal.message)?;

@@ -349,7 +349,10 @@ fn assert_waits_kept(sent: &[Sent]) {
         .enumerate()
         .filter(|(_, s)| s.heard && s.to_gitlab)
     {
-        let mut later = sent[i + 1..].iter().filter(|n| n.to_gitlab);
+        // Requests sent together with it went out before its answer came.
+        let mut later = sent[i + 1..]
+            .iter()
+            .filter(|n| n.to_gitlab && n.batch != s.batch);
         if s.answer == Ok(429) {
             let until = s.done_ms + s.retry_after_s.unwrap_or(60) * SECOND + ms(RETRY_AFTER_SLACK);
             let held_back = s.export;
@@ -379,9 +382,21 @@ fn assert_waits_kept(sent: &[Sent]) {
             if let Some(next) = later.next() {
                 assert!(
                     next.sent_ms >= until,
-                    "GitLab was asked {} ms into the backoff after {:?}",
+                    "GitLab was asked {} ms into the backoff after {:?}: {:?}",
                     until - next.sent_ms,
-                    s.answer
+                    s.answer,
+                    sent[i..]
+                        .iter()
+                        .take_while(|n| n.sent_ms <= next.sent_ms)
+                        .map(|n| (
+                            n.sent_ms - s.sent_ms,
+                            n.batch,
+                            n.to_gitlab,
+                            n.export,
+                            n.heard,
+                            n.answer.clone()
+                        ))
+                        .collect::<Vec<_>>()
                 );
             }
         }

@@ -111,6 +111,7 @@ fn drive_begun(
         if steps.is_empty() {
             break;
         }
+        world.batch += 1;
         // The steps of one call go out together; their answers are handled in step order.
         let mut answered = Vec::new();
         for step in steps {
@@ -222,19 +223,35 @@ impl Harness {
             .unwrap() as u64
     }
 
+    /// Each project's state: its row's, or, while its export is under way (kept with the rate
+    /// window), `exporting` until GitLab's answer is recorded and `exported` after.
     pub(crate) fn states(&self, run: u64) -> BTreeMap<u64, String> {
         let mut statement = self
             .db
             .0
             .prepare("SELECT project_id, state FROM projects WHERE run_id = ?1")
             .unwrap();
-        statement
+        let mut states: BTreeMap<u64, String> = statement
             .query_map([run as i64], |row| {
                 Ok((row.get::<_, i64>(0)? as u64, row.get::<_, String>(1)?))
             })
             .unwrap()
             .map(Result::unwrap)
-            .collect()
+            .collect();
+        let store = Store::opened(&self.db);
+        let meta = store.meta(&[MetaKey::ExportWindow]).unwrap();
+        let mut window = crate::engine::window::Window::read(
+            meta.text(MetaKey::ExportWindow).unwrap().as_deref(),
+        )
+        .unwrap();
+        window.flights.for_run(run);
+        for (project_id, accepted) in window.flights.states() {
+            if states.get(&project_id).map(String::as_str) == Some("pending") {
+                let state = if accepted { "exported" } else { "exporting" };
+                states.insert(project_id, state.to_owned());
+            }
+        }
+        states
     }
 
     /// Runs a tick now (a manual call, or one the test times itself).

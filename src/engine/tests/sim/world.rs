@@ -20,6 +20,8 @@ pub(crate) struct Sent {
     pub(crate) retry_after_s: Option<u64>,
     /// Whether the worker lived to see the answer (or the failure).
     pub(crate) heard: bool,
+    /// The `next_steps` call that asked for it: the requests of one go out together.
+    pub(crate) batch: u64,
 }
 
 /// A request on its way to its server, sent by a worker that died before the answer.
@@ -35,6 +37,8 @@ pub(crate) struct World {
     pub(crate) gitlab: SimGitLab,
     pub(crate) s3: SimS3,
     pub(crate) rng: Rng,
+    /// Counts the worker's `next_steps` calls (the harness moves it).
+    pub(crate) batch: u64,
     /// Latency of one leg (to the server, or back), in ms, inclusive range.
     pub(crate) leg_ms: (u64, u64),
     /// Chance (percent) that a leg takes up to 40 s, past the worker's request timeout.
@@ -53,6 +57,7 @@ impl World {
             gitlab,
             s3: SimS3::default(),
             rng: Rng::new(1),
+            batch: 0,
             leg_ms: (100, 100),
             slow_percent: 0,
             scripted_legs: VecDeque::new(),
@@ -190,6 +195,7 @@ impl World {
         };
         self.now = done_ms;
         self.sent.push(Sent {
+            batch: self.batch,
             sent_ms,
             done_ms,
             to_gitlab: self.to_gitlab(request),
@@ -221,6 +227,7 @@ impl World {
         }
         self.now = sent_ms + self.rng.upto(up.min(ms(REQUEST_TIMEOUT)));
         self.sent.push(Sent {
+            batch: self.batch,
             sent_ms,
             done_ms: self.now,
             to_gitlab: self.to_gitlab(request),
