@@ -185,3 +185,74 @@ fn a_manual_run_during_a_schedule_of_intervals_counts_as_the_last_start() {
         "{next:?}"
     );
 }
+
+#[test]
+fn a_cancelled_run_records_each_project_without_an_outcome_as_cancelled_and_the_next_starts_on_schedule(
+) {
+    let (gitlab, ids) = one_group(20, 6);
+    let mut h = Harness::new(config(&[]), World::new(gitlab));
+    // Preflight and the listing, then the first exports.
+    h.fire_next();
+    h.fire_next();
+    let store = h.store();
+    assert!(store.active_run().unwrap().unwrap().listed == 20);
+    let cancelled = match crate::engine::cancel(&store, h.world.now).unwrap() {
+        crate::engine::Cancel::Cancelled(run, Event::RunCancelled { run: id, .. }) => {
+            assert_eq!(id, run.id);
+            run
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(cancelled.phase, Phase::Recording);
+    assert!(matches!(
+        crate::engine::cancel(&store, h.world.now).unwrap(),
+        crate::engine::Cancel::AlreadyCancelled(_)
+    ));
+    let exports_before = h.world.gitlab.exports.len();
+    let run = h.run_until_finished(T0 + HOUR);
+    assert_eq!(
+        h.world.gitlab.exports.len(),
+        exports_before,
+        "no export after the cancel"
+    );
+    assert!(run.cancelled_ms.is_some() && run.summary_key.is_some());
+    let lines: Vec<serde_json::Value> = h
+        .world
+        .s3
+        .puts
+        .iter()
+        .filter(|(_, path, _)| path.ends_with(".jsonl"))
+        .flat_map(|(_, _, body)| {
+            body.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let listed: Vec<u64> = lines.iter().map(|l| l["id"].as_u64().unwrap()).collect();
+    assert_eq!(listed, ids, "every project once, by id");
+    let cancelled_lines = lines.iter().filter(|l| l["outcome"] == "cancelled").count() as u64;
+    assert_eq!(cancelled_lines, 20 - run.verified - run.failed);
+    assert!(cancelled_lines > 0);
+    let summary = &h
+        .world
+        .s3
+        .puts
+        .iter()
+        .rev()
+        .find(|(_, p, _)| p.ends_with("summary.json"))
+        .unwrap()
+        .2;
+    let summary: serde_json::Value = serde_json::from_str(summary).unwrap();
+    assert_eq!(summary["cancelled"], cancelled_lines);
+    // The schedule is the cancelled run's: the next starts a day after it did.
+    assert!(!run_due(
+        &h.config,
+        Some(run.started_ms),
+        run.started_ms + DAY - MINUTE
+    ));
+    assert!(run_due(
+        &h.config,
+        Some(run.started_ms),
+        run.started_ms + DAY
+    ));
+}
