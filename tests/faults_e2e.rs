@@ -1120,3 +1120,87 @@ async fn unknown_groups_check(stack: &LocalStack, status: &Value) -> Result<Endi
     );
     Ok(Ending::all_verified())
 }
+
+// --- The operator cancels a run ---
+
+/// `POST /run/cancel` in the middle of the exports: the run finishes with what it proved
+/// `verified` and every other project `cancelled` in `/status`, its manifest and its summary;
+/// no export is asked after the cancel; a second cancel, and one once the run is finished,
+/// answer 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cancelled_mid_export_records_the_rest_cancelled_and_asks_no_more_exports(
+) -> Result<()> {
+    Case::new("faults-cancel", "cancel", Seed::generated(1, 12))
+        .limit(2)
+        .drive(async move |stack| {
+            let result = async {
+                let (code, body) = stack.start_run().await?;
+                ensure!(code == 202, "POST /run answered {code}: {body}");
+                let before = stack
+                    .wait_for_status(
+                        "a verified project",
+                        Some(CRON_EVERY),
+                        Duration::from_secs(120),
+                        |s| s["run"]["projects"]["verified"].as_u64() >= Some(1),
+                    )
+                    .await?;
+                let (code, body) = stack.cancel_run().await?;
+                ensure!(
+                    code == 200 && body["cancelled"] == before["run"]["id"],
+                    "POST /run/cancel answered {code}: {body}"
+                );
+                let cancelled_at = SystemTime::now();
+                let (code, body) = stack.cancel_run().await?;
+                ensure!(code == 409, "a second cancel answered {code}: {body}");
+                let status = finish(&stack, Duration::from_secs(120)).await?;
+                let late = after(&stack.standin.exports(), cancelled_at);
+                ensure!(late.is_empty(), "exports asked after the cancel: {late:?}");
+                let run = &status["run"];
+                let (listed, verified, failed, cancelled) = (
+                    count(&status, "listed")?,
+                    count(&status, "verified")?,
+                    count(&status, "failed")?,
+                    count(&status, "cancelled")?,
+                );
+                ensure!(
+                    run["cancelled"].is_string()
+                        && cancelled > 0
+                        && listed == verified + failed + cancelled
+                        && count(&status, "pending")? == 0,
+                    "the cancelled run's counts: {status:#}"
+                );
+                let summary_key = run["summary_key"].as_str().context("no summary_key")?;
+                let summary: Value = serde_json::from_slice(
+                    &std::fs::read(stack.s3.object_path(summary_key))
+                        .context("summary.json is not in S3")?,
+                )?;
+                ensure!(summary["cancelled"] == cancelled, "summary: {summary}");
+                let mut outcomes = BTreeMap::<String, u64>::new();
+                for part in summary["parts"].as_array().context("no parts")? {
+                    let key = part.as_str().context("part key")?;
+                    for line in std::fs::read_to_string(stack.s3.object_path(key))
+                        .with_context(|| format!("{key} is not in S3"))?
+                        .lines()
+                    {
+                        let line: Value = serde_json::from_str(line)?;
+                        let outcome = line["outcome"].as_str().unwrap_or("?").to_owned();
+                        *outcomes.entry(outcome).or_default() += 1;
+                    }
+                }
+                ensure!(
+                    outcomes.get("cancelled") == Some(&cancelled)
+                        && outcomes.values().sum::<u64>() == listed,
+                    "manifest outcomes {outcomes:?} for {listed} listed, {cancelled} cancelled"
+                );
+                let (code, body) = stack.cancel_run().await?;
+                ensure!(
+                    code == 409,
+                    "a cancel with no run going answered {code}: {body}"
+                );
+                Ok((status, Ending::Stopped))
+            }
+            .await;
+            (Some(stack), result)
+        })
+        .await
+}

@@ -460,6 +460,26 @@ impl LocalStack {
         Ok((status, body))
     }
 
+    /// `POST /run/cancel` with the admin bearer: its status code and JSON body (200 with the
+    /// cancelled run's id, 409 when no run is going or it is cancelled already).
+    pub async fn cancel_run(&self) -> Result<(u16, serde_json::Value)> {
+        let response = reqwest::Client::new()
+            .post(format!("{}/run/cancel", self.wrangler.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .context("POST /run/cancel")?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .context("reading POST /run/cancel's answer")?;
+        let body = serde_json::from_str(&text)
+            .with_context(|| format!("POST /run/cancel answered {status} with no JSON: {text}"))?;
+        Ok((status, body))
+    }
+
     /// Polls `/status` until `run.phase` is `phase`, firing the cron trigger every `cron_every`
     /// (never with `None`: the worker's own alarms must carry the run); the status that showed
     /// it. Fails after `timeout`, showing the last status.
