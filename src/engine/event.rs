@@ -42,6 +42,10 @@ events! {
     RunStarted = "run_started" { run: u64, groups: Vec<String>, manual: bool }
     PageListed = "page_listed" { run: u64, group: String, projects: usize, new: u64, more: bool }
     GroupFailed = "group_failed" { run: u64, group: String, reason: String }
+    /// The group changed while it was listed (a project deleted, moved or archived shifts
+    /// GitLab's offsets, so a later page skips one): it is listed again from its first page,
+    /// for the `relists`th time in the run; what was listed stays.
+    GroupRelisted = "group_relisted" { run: u64, group: String, reason: String, relists: u64 }
     ExportRequested = "export_requested" {
         run: u64,
         project_id: u64,

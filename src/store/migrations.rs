@@ -14,6 +14,7 @@
 //! | 6 | 4fbd802 | `projects.unanswered` |
 //! | 7 | ec006b5 | the counters' triggers; the digest `schema_version` in `meta` |
 //! | 8 | 6a83cee | the rate window in `meta` instead of the table `export_log` |
+//! | 9 | | `listings.total`, `listings.relists`: a group listed again when it changed |
 //!
 //! Stores from before the numbers have none: their version is read from `sqlite_master`
 //! ([`detect`]), by the columns their tables declare. Their `CREATE … IF NOT EXISTS` added new
@@ -162,6 +163,14 @@ pub(super) const STEPS: &[Step] = &[
              FROM export_log WHERE id IS NOT NULL
              ON CONFLICT (key) DO NOTHING",
             "DROP TABLE export_log",
+        ],
+    },
+    Step {
+        version: 9,
+        change: "listings.total and listings.relists",
+        statements: &[
+            "ALTER TABLE listings ADD COLUMN total INTEGER",
+            "ALTER TABLE listings ADD COLUMN relists INTEGER NOT NULL DEFAULT 0",
         ],
     },
 ];

@@ -21,8 +21,8 @@ pub(crate) mod migration_tests;
 mod tests;
 
 pub use rows::{
-    Backup, ClaimedProject, ListedPage, ListingRow, ManifestEntry, Phase, ProjectState, Remaining,
-    RunRow,
+    Backup, ClaimedProject, ListedPage, ListingPass, ListingRow, ManifestEntry, Phase,
+    ProjectState, RecordedPage, Remaining, RunRow,
 };
 
 /// A value bound to, or read from, a query.

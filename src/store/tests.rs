@@ -30,6 +30,51 @@ fn a_project_reached_through_two_groups_is_one_row() {
 }
 
 #[test]
+fn a_pass_over_a_group_keeps_what_its_first_page_announced_and_a_relist_starts_another() {
+    let db = HostSql::in_memory();
+    let store = Store::open(&db).unwrap();
+    let first = "https://gitlab.example.com/api/v4/groups/a/projects?page=1";
+    let run = store.start_run(0, &[("a".into(), first.into())]).unwrap();
+    let page = |number: u64, projects: &[(u64, &str)], total: u64| {
+        let next = format!(
+            "https://gitlab.example.com/api/v4/groups/a/projects?page={}",
+            number + 1
+        );
+        store
+            .record_page(
+                run.id,
+                &ListedPage {
+                    position: 0,
+                    page: number,
+                    projects,
+                    next: Some((&next, number + 1)),
+                    pages_total: Some(3),
+                    total: Some(total),
+                },
+            )
+            .unwrap()
+    };
+    let pass = |announced: u64, relists: u64| {
+        Some(ListingPass {
+            announced: Some(announced),
+            relists,
+        })
+    };
+    assert_eq!(page(1, &[(1, "a/1"), (2, "a/2")], 6).cursor, pass(6, 0));
+    // A later page's count is not what the pass announced; a page read ahead moves nothing.
+    assert_eq!(page(2, &[(4, "a/4"), (5, "a/5")], 5).cursor, pass(6, 0));
+    let ahead = page(4, &[(9, "a/9")], 5);
+    assert_eq!((ahead.added, ahead.cursor), (1, None));
+    store.relist(run.id, 0, first).unwrap();
+    let open = store.open_listings(run.id, 10).unwrap();
+    assert_eq!((open[0].next_url.as_str(), open[0].page), (first, 1));
+    // The new pass: what was recorded stays once, the new page's projects join.
+    let again = page(1, &[(2, "a/2"), (3, "a/3")], 5);
+    assert_eq!((again.added, again.cursor), (1, pass(5, 1)));
+    assert_eq!(store.active_run().unwrap().unwrap().listed, 6);
+}
+
+#[test]
 fn claims_go_in_id_order_and_never_repeat() {
     let db = HostSql::in_memory();
     let store = Store::open(&db).unwrap();
@@ -76,6 +121,15 @@ impl Sql for &Counting<'_> {
     }
 }
 
+/// Takes a new store's tables back to version 8's: without the columns step 9 adds.
+fn back_to_version_8(db: &HostSql) {
+    db.0.execute_batch(
+        "ALTER TABLE listings DROP COLUMN total;
+         ALTER TABLE listings DROP COLUMN relists;",
+    )
+    .unwrap();
+}
+
 #[test]
 fn an_opened_store_checks_its_schema_in_one_statement_and_applies_only_the_steps_it_lacks() {
     let db = HostSql::in_memory();
@@ -93,12 +147,13 @@ fn an_opened_store_checks_its_schema_in_one_statement_and_applies_only_the_steps
     // Only the number is checked: a store without a trigger but at this version is left so.
     db.0.execute_batch("DROP TRIGGER count_outcome").unwrap();
     opened(1, "the version is what is checked");
-    // At version 6, steps 7 (the triggers, the dropped one restored) and 8 run, each in its
+    // At version 6, steps 7 (the triggers, the dropped one restored), 8 and 9 run, each in its
     // transaction with the number and the digest's deletion.
+    back_to_version_8(&db);
     db.0.execute_batch("UPDATE meta SET value = 6 WHERE key = 'schema_number'")
         .unwrap();
-    let steps_7_and_8 = 2 + 3;
-    let store = opened(1 + steps_7_and_8 + 2 * 2, "version 6: steps 7 and 8");
+    let steps_7_to_9 = 2 + 3 + 2;
+    let store = opened(1 + steps_7_to_9 + 3 * 2, "version 6: steps 7, 8 and 9");
     let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
     store.record_only_page(run.id, 0, &[(1, "a/1")]).unwrap();
     store.record_failure(run.id, 1, "gone", None).unwrap();
@@ -129,6 +184,7 @@ fn a_store_that_kept_its_window_in_a_table_keeps_its_requests_in_meta() {
     let db = HostSql::in_memory();
     Store::open(&db).unwrap();
     // As the earlier schema left it: the window in `export_log`.
+    back_to_version_8(&db);
     db.0.execute_batch(
         "CREATE TABLE export_log (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
          INSERT INTO export_log (id, at_ms) VALUES (41, 1000), (42, 2000);
