@@ -13,6 +13,10 @@
 //!   one but before the answer was persisted; restarted on the same local state;
 //! - S3 refusing the worker's key;
 //! - a project deleted and one renamed between listing and export;
+//! - a project deleted between two listing pages (the group is listed again);
+//! - an export status that always answers 500, and a lost archive over S3's 5 GB single-PUT limit;
+//! - a small daily allowance of the Durable Object's rows written (the run pauses, then resumes
+//!   once the allowance is lifted);
 //! - groups that do not exist or are not visible.
 //!
 //! Where the rate limit is not the subject, the stand-in allows far more than the worker sends, so
@@ -34,7 +38,7 @@ use serde_json::Value;
 use testkit::stack::LocalStack;
 use testkit::standin::{
     Burst429, ExportRecord, Faults, HoldExport, HoldStage, Options, Project, ProjectChange, Seed,
-    DEMO_GROUPS,
+    Statistics, DEMO_GROUPS,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -1203,4 +1207,235 @@ async fn a_run_cancelled_mid_export_records_the_rest_cancelled_and_asks_no_more_
             (Some(stack), result)
         })
         .await
+}
+
+// --- The world changes during the listing ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_deleted_between_two_listing_pages_makes_the_group_listed_again_and_none_skipped(
+) -> Result<()> {
+    // Two projects a page: page 1 is [p0, p1]; p0 goes, and page 2 would be [p3, p4].
+    let seed = Seed::generated(1, 6);
+    let gone = own_projects(&seed, &["team-0"])[0].id;
+    Case::new("faults-relisted", "deleted between listing pages", seed)
+        .options(Options {
+            max_per_page: 2,
+            ..options(UNLIMITED)
+        })
+        .limit(60)
+        .faults(Faults {
+            after_listing: vec![(1, ProjectChange::Delete(gone))],
+            ..Faults::default()
+        })
+        .run_to_the_end(Duration::from_secs(3 * 60), async move |stack, status| {
+            relisted_check(stack, status, gone).await
+        })
+        .await
+}
+
+async fn relisted_check(stack: &LocalStack, status: &Value, gone: u64) -> Result<Ending> {
+    // Pages 1 and 2, then the group again from its first page: 1, 2 and 3 of the 5 left.
+    let calls = stack.standin.listing_requests();
+    ensure!(calls == 5, "{calls} listing calls");
+    let events = engine_events(stack)?;
+    let relisted: Vec<(&str, u64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::GroupRelisted {
+                group,
+                reason,
+                relists,
+                ..
+            } if group == "team-0" => Some((reason.as_str(), *relists)),
+            _ => None,
+        })
+        .collect();
+    ensure!(
+        relisted
+            == [(
+                "GitLab counted 6 projects on the first page and 5 on page 2",
+                1
+            )],
+        "group_relisted events: {relisted:?}"
+    );
+    ensure!(
+        status["run"]["group_errors"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "group_errors: {status:#}"
+    );
+    // Every project is listed (the one deleted too, from page 1): no other was skipped.
+    Ok(Ending::Projects {
+        failed: BTreeMap::from([(gone, "project gone")]),
+        accepted: BTreeMap::new(),
+    })
+}
+
+// --- Checks that GitLab cannot answer, and an archive too large for one PUT ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_status_always_answering_500_and_a_lost_archive_over_5_gb_end_failed_and_the_run_finishes(
+) -> Result<()> {
+    // One project's export status always answers 500, and its upload is lost; another's upload
+    // is lost and it holds 6 GiB. One attempt each, checked for a minute at most.
+    let seed = Seed::generated(1, 6);
+    let ids: Vec<u64> = own_projects(&seed, &["team-0"])
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    let (unanswered, large) = (ids[1], ids[4]);
+    let seed = seed.with_statistics(
+        large,
+        Statistics {
+            repository_size: 6 << 30,
+            ..Statistics::default()
+        },
+    );
+    Case::new(
+        "faults-status-500",
+        "status 500 and a lost 6 GiB archive",
+        seed,
+    )
+    .limit(60)
+    .var("VERIFY_TIMEOUT_MINUTES", "1")
+    .var("MAX_ATTEMPTS", "1")
+    .faults(Faults {
+        export_status_5xx: [unanswered].into(),
+        fail_upload: [unanswered, large].into(),
+        ..Faults::default()
+    })
+    .run_to_the_end(Duration::from_secs(5 * 60), async move |stack, status| {
+        unanswered_check(stack, status, unanswered, large).await
+    })
+    .await
+}
+
+async fn unanswered_check(
+    stack: &LocalStack,
+    status: &Value,
+    unanswered: u64,
+    large: u64,
+) -> Result<Ending> {
+    let events = engine_events(stack)?;
+    let unavailable = retry_later_reasons(&events)
+        .into_iter()
+        .filter(|r| r.contains("checking the export of") && r.contains("500"))
+        .count();
+    ensure!(unavailable >= 1, "no retry_later for the status's 500s");
+    // The run is over and holds nothing: the next run starts when the schedule says (a day after
+    // this one started, by default), not never.
+    ensure!(
+        status["next_tick"] == serde_json::json!({"action": "start_run", "due": false}),
+        "next_tick: {status:#}"
+    );
+    Ok(Ending::Projects {
+        failed: BTreeMap::from([
+            (
+                unanswered,
+                "the upload never arrived within 1 minutes (GitLab's export status did not answer",
+            ),
+            (large, "likely over S3's 5 GB single-PUT limit"),
+        ]),
+        // Both were accepted once: their exports ran, their uploads did not land.
+        accepted: BTreeMap::from([(unanswered, 1), (large, 1)]),
+    })
+}
+
+// --- A small daily allowance ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_daily_allowance_of_rows_pauses_the_run_and_once_lifted_it_ends_with_nothing_lost(
+) -> Result<()> {
+    // The smallest allowance (2,000 rows a day) pauses the run with 300 left, before 250
+    // projects are all backed up.
+    Case::new(
+        "faults-allowance",
+        "small daily allowance",
+        Seed::generated(1, 250),
+    )
+    .limit(1000)
+    .var("DO_ROWS_WRITTEN_PER_DAY", "2000")
+    .drive(async |stack| allowance_check(stack).await)
+    .await
+}
+
+async fn allowance_check(stack: LocalStack) -> (Option<LocalStack>, Result<(Value, Ending)>) {
+    let paused = async {
+        let (code, body) = stack.start_run().await?;
+        ensure!(code == 202, "POST /run answered {code}: {body}");
+        let status = stack
+            .wait_for_status(
+                "a pause",
+                Some(CRON_EVERY),
+                Duration::from_secs(4 * 60),
+                |s| s["next_tick"]["action"] == "paused" || s["run"]["phase"] == "finished",
+            )
+            .await?;
+        let plan = &status["next_tick"];
+        ensure!(
+            plan["action"] == "paused"
+                && plan["allowance"] == "rows_written"
+                && plan["limit"] == 2000
+                && plan["used"]
+                    .as_u64()
+                    .is_some_and(|used| (1700..2000).contains(&used))
+                && plan["until"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with("T00:00:00Z")),
+            "not paused as expected: {status:#}"
+        );
+        ensure!(
+            status["run"]["phase"] != "finished" && count(&status, "pending")? > 0,
+            "the run should pause before its end: {status:#}"
+        );
+        // More ticks change nothing while paused.
+        let exports = stack.standin.exports().len();
+        for _ in 0..3 {
+            stack.wrangler.fire_cron().await?;
+        }
+        let again = stack.status().await?;
+        ensure!(
+            again["run"]["projects"] == status["run"]["projects"]
+                && stack.standin.exports().len() == exports,
+            "the run went on while paused: {again:#}"
+        );
+        let events = engine_events(&stack)?;
+        let pauses: Vec<(u64, u64)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::DailyAllowancePaused { used, limit, .. } => Some((*used, *limit)),
+                _ => None,
+            })
+            .collect();
+        ensure!(
+            !pauses.is_empty() && pauses.iter().all(|(_, limit)| *limit == 2000),
+            "daily_allowance_paused events: {pauses:?}"
+        );
+        eprintln!(
+            "paused at {} of 2000 rows written, {} of 250 projects verified",
+            plan["used"],
+            count(&status, "verified")?
+        );
+        Ok(status["run"]["id"].clone())
+    }
+    .await;
+    let run = match paused {
+        Ok(run) => run,
+        Err(e) => return (Some(stack), Err(e)),
+    };
+    // Resuming after 00:00 UTC cannot be waited for here (the host tests show it): the allowance
+    // is lifted instead (`0`, as on the paid plan), and the same run goes on to its end.
+    let mut stack = stack;
+    stack.vars.push(("DO_ROWS_WRITTEN_PER_DAY", "0".to_owned()));
+    let stack = match stack.crash_and_restart_worker().await {
+        Ok(stack) => stack,
+        Err(e) => return (None, Err(e.context("restarting the worker"))),
+    };
+    let result = async {
+        let status = finish(&stack, Duration::from_secs(4 * 60)).await?;
+        ensure!(status["run"]["id"] == run, "another run: {status:#}");
+        Ok((status, Ending::all_verified()))
+    }
+    .await;
+    (Some(stack), result)
 }

@@ -45,6 +45,10 @@ events! {
     RunCancelled = "run_cancelled" { run: u64, listed: u64, verified: u64, failed: u64 }
     PageListed = "page_listed" { run: u64, group: String, projects: usize, new: u64, more: bool }
     GroupFailed = "group_failed" { run: u64, group: String, reason: String }
+    /// The group changed while it was listed (a project deleted, moved or archived shifts
+    /// GitLab's offsets, so a later page skips one): it is listed again from its first page,
+    /// for the `relists`th time in the run; what was listed stays.
+    GroupRelisted = "group_relisted" { run: u64, group: String, reason: String, relists: u64 }
     ExportRequested = "export_requested" {
         run: u64,
         project_id: u64,

@@ -1,6 +1,13 @@
 //! Listing: each configured group's projects, page by page, several pages at once where GitLab
 //! gave the page count; a page moves its group's cursor only by compare-and-set on the page
 //! number, so pages read ahead or twice change nothing.
+//!
+//! GitLab's offset pagination is not a snapshot: a project deleted, moved or archived on a page
+//! already read shifts the later pages by one, and a project is skipped. A pass over the pages
+//! whose count (`X-Total`) changed is read again from the first page, at most [`MAX_RELISTS`]
+//! times a run; projects already listed stay, once each.
+
+use std::fmt;
 
 use url::Url;
 
@@ -9,7 +16,7 @@ use super::{Event, Purpose, Step, Tick};
 use crate::config::Config;
 use crate::gitlab::{page_number, with_page, GitLabError};
 use crate::http::HttpResult;
-use crate::store::{ListedPage, Phase, Sql, StoreError};
+use crate::store::{ListedPage, ListingPass, Phase, Sql, StoreError};
 
 /// Listing pages read at once: Cloudflare keeps at most six subrequests waiting for their
 /// answer per invocation, and queues the rest.
@@ -18,6 +25,33 @@ pub const LISTING_CONCURRENCY: u32 = 6;
 /// rows): the free plan's 10 ms reads one page per invocation. `cargo xtask bench` measures
 /// the real cost on the host.
 pub const LISTING_PAGE_CPU_MS: u32 = 10;
+
+/// How many times a run lists a group again from its first page when it changed under the
+/// listing: one that changes during every pass still ends, its last pass reported.
+pub const MAX_RELISTS: u64 = 3;
+
+/// The group's count of projects changed between the first page of a pass and a later one: a
+/// project on a page already read may have gone, and the later pages skipped one.
+///
+/// A pass that ends with fewer projects than its first page announced always shows it too: a
+/// pass holds exactly as many projects as its last page counted (every page before it is
+/// full), and GitLab counts on every page up to 10,000 projects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CountChanged {
+    announced: u64,
+    now: u64,
+    page: u64,
+}
+
+impl fmt::Display for CountChanged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "GitLab counted {} projects on the first page and {} on page {}",
+            self.announced, self.now, self.page
+        )
+    }
+}
 
 /// Listing pages one invocation reads at most, by its CPU budget.
 pub(super) fn pages_budget(config: &Config) -> u32 {
@@ -94,6 +128,7 @@ impl<S: Sql> Tick<'_, S> {
         position: u64,
         page_number_asked: u64,
         group: String,
+        asked: &Url,
         answer: HttpResult,
         now_ms: u64,
     ) -> Result<(), StoreError> {
@@ -112,7 +147,7 @@ impl<S: Sql> Tick<'_, S> {
                     let number = page_number(url).unwrap_or(page_number_asked + 1);
                     (url.as_str(), number)
                 });
-                let (new, run) = self.store.record_page(
+                let recorded = self.store.record_page(
                     self.run.id,
                     &ListedPage {
                         position,
@@ -120,18 +155,34 @@ impl<S: Sql> Tick<'_, S> {
                         projects: &projects,
                         next,
                         pages_total: page.total_pages,
+                        total: page.total,
                     },
                 )?;
-                if let Some(run) = run {
+                if let Some(run) = recorded.run {
                     self.run = run;
                 }
                 self.report.events.push(Event::PageListed {
                     run: self.run.id,
-                    group,
+                    group: group.clone(),
                     projects: projects.len(),
-                    new,
+                    new: recorded.added,
                     more: next.is_some(),
                 });
+                let changed = recorded.cursor.and_then(|pass| {
+                    let announced = pass.announced?;
+                    let now = page.total.filter(|now| *now != announced)?;
+                    Some((
+                        pass,
+                        CountChanged {
+                            announced,
+                            now,
+                            page: page_number_asked,
+                        },
+                    ))
+                });
+                if let Some((pass, changed)) = changed {
+                    self.relist(position, group, asked, &pass, changed, now_ms)?;
+                }
             }
             Err(GitLabError::RateLimited { retry_after }) => {
                 // Listing has its own, generous limit; wait as asked, exports included.
@@ -153,6 +204,39 @@ impl<S: Sql> Tick<'_, S> {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The pass over `group` may have skipped a project: the group is listed again from its
+    /// first page (the URL `asked`, at page 1), or past [`MAX_RELISTS`] the pass goes on and
+    /// the run reports the doubt.
+    fn relist(
+        &mut self,
+        position: u64,
+        group: String,
+        asked: &Url,
+        pass: &ListingPass,
+        changed: CountChanged,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        if pass.relists >= MAX_RELISTS {
+            let doubt = format!(
+                "the group changed during each of its {} listings ({changed}): this run may \
+                 miss a project of it",
+                pass.relists + 1
+            );
+            self.store
+                .record_listing_doubt(self.run.id, position, &doubt)?;
+            return self.note_error(&format!("group {group}: {doubt}"), now_ms);
+        }
+        self.store
+            .relist(self.run.id, position, with_page(asked, 1).as_str())?;
+        self.report.events.push(Event::GroupRelisted {
+            run: self.run.id,
+            group,
+            reason: changed.to_string(),
+            relists: pass.relists + 1,
+        });
         Ok(())
     }
 }

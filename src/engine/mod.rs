@@ -337,7 +337,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                 position,
                 page,
                 group,
-            } => self.on_page(position, page, group, answer, now_ms),
+            } => self.on_page(position, page, group, &step.request.url, answer, now_ms),
             Purpose::Export { project, log_id } => {
                 self.window.answered(log_id, now_ms, now_ms);
                 self.window_unsaved = true;

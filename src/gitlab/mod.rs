@@ -129,6 +129,10 @@ pub struct ProjectsPage {
     /// How many pages the listing has (`X-Total-Pages`), when GitLab counts them: it stops
     /// counting above 10,000 projects.
     pub total_pages: Option<u64>,
+    /// How many projects the listing has (`X-Total`) as this page was served, when GitLab
+    /// counts them: a count that changes between pages means the offsets moved under the
+    /// listing.
+    pub total: Option<u64>,
 }
 
 /// The page number a listing URL asks for (`page`, 1 when absent).
@@ -342,13 +346,12 @@ impl GitLab {
             Some(link) => self.next_link(link)?,
             None => None,
         };
-        let total_pages = answer
-            .header("x-total-pages")
-            .and_then(|v| v.trim().parse().ok());
+        let count = |name: &str| answer.header(name).and_then(|v| v.trim().parse().ok());
         Ok(ProjectsPage {
             projects,
             next,
-            total_pages,
+            total_pages: count("x-total-pages"),
+            total: count("x-total"),
         })
     }
 

@@ -156,6 +156,24 @@ fn the_last_page_has_no_next() {
 }
 
 #[test]
+fn a_page_carries_gitlabs_counts_when_it_gives_them() {
+    let gl = gitlab("https://gitlab.example.com/");
+    let counted = gl
+        .read_projects_page(&answer(
+            200,
+            &[("X-Total", "205"), ("X-Total-Pages", " 3 ")],
+            "[]",
+        ))
+        .unwrap();
+    assert_eq!((counted.total, counted.total_pages), (Some(205), Some(3)));
+    // Above 10,000 projects GitLab leaves both out; an unreadable count is no count.
+    for headers in [&[][..], &[("x-total", "many"), ("x-total-pages", "")][..]] {
+        let page = gl.read_projects_page(&answer(200, headers, "[]")).unwrap();
+        assert_eq!((page.total, page.total_pages), (None, None), "{headers:?}");
+    }
+}
+
+#[test]
 fn a_next_link_to_another_host_or_outside_the_api_is_not_followed() {
     // The token goes to GITLAB_URL's origin only: a link outside the API is refused, one to
     // another origin inside it is rebuilt on GITLAB_URL (as behind a proxy), never followed.

@@ -14,7 +14,7 @@
 //! | 6 | 4fbd802 | `projects.unanswered` |
 //! | 7 | ec006b5 | the counters' triggers; the digest `schema_version` in `meta` |
 //! | 8 | 6a83cee | the rate window in `meta` instead of the table `export_log` |
-//! | 9 | (this) | exports under way in `meta`; `projects_queued`; the manifest's walk; cancel |
+//! | 9 | (this) | exports under way in `meta`; `projects_queued`; the manifest's walk; cancel; `listings.total`, `listings.relists` |
 //!
 //! Stores from before the numbers have none: their version is read from `sqlite_master`
 //! ([`detect`]), by the columns their tables declare. Their `CREATE … IF NOT EXISTS` added new
@@ -167,7 +167,7 @@ pub(super) const STEPS: &[Step] = &[
     },
     Step {
         version: 9,
-        change: "exports under way kept with the rate window; the manifest walked at the end; cancel",
+        change: "exports under way kept with the rate window; the manifest walked at the end; cancel; a group listed again when it changed",
         statements: &[
             // A project's export under way (claimed, accepted, its checks) lives in `meta`
             // with the rate window, no longer in its row and two indexes.
@@ -218,6 +218,9 @@ pub(super) const STEPS: &[Step] = &[
              AND run_id IN (SELECT id FROM runs WHERE phase != 'finished')",
             // The unfinished run's manifest is written again, whole, by the walk at its end.
             "UPDATE runs SET manifest_parts = 0, manifest_waiting = 0 WHERE phase != 'finished'",
+            // A group listed again when its project count changed during its listing.
+            "ALTER TABLE listings ADD COLUMN total INTEGER",
+            "ALTER TABLE listings ADD COLUMN relists INTEGER NOT NULL DEFAULT 0",
         ],
     },
 ];

@@ -21,8 +21,8 @@ pub(crate) mod migration_tests;
 mod tests;
 
 pub use rows::{
-    Backup, Claimable, ClaimedProject, Claims, ListedPage, ListingRow, ManifestEntry, Outcome,
-    Phase, ProjectState, RunRow,
+    Backup, Claimable, ClaimedProject, Claims, ListedPage, ListingPass, ListingRow, ManifestEntry,
+    Outcome, Phase, ProjectState, RecordedPage, RunRow,
 };
 
 /// A value bound to, or read from, a query.

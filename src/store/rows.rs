@@ -136,6 +136,30 @@ pub struct ListedPage<'a> {
     /// The next page and its number; `None`: the listing is complete.
     pub next: Option<(&'a str, u64)>,
     pub pages_total: Option<u64>,
+    /// The projects GitLab counted as it served the page (`X-Total`), if it did.
+    pub total: Option<u64>,
+}
+
+/// What recording a page did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedPage {
+    /// Projects new to the run.
+    pub added: u64,
+    /// The run as it now stands, if its count changed.
+    pub run: Option<RunRow>,
+    /// Where this pass over the group stands, if the page moved its cursor (a page read ahead,
+    /// or read twice, does not).
+    pub cursor: Option<ListingPass>,
+}
+
+/// One pass over a group's pages, from its first: what its first page announced, and how many
+/// passes came before it in the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListingPass {
+    /// The count of projects the pass's first page announced (`X-Total`), if it did.
+    pub announced: Option<u64>,
+    /// The group was listed again from its first page this many times in the run.
+    pub relists: u64,
 }
 
 /// A project claimed for export or for a check.

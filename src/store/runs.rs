@@ -1,6 +1,9 @@
 //! Runs and their listings: start, phase, counters, pruning, and each group's cursor.
 
-use super::{column, ListedPage, ListingRow, Phase, RunRow, Sql, Store, StoreError, Value};
+use super::{
+    column, ListedPage, ListingPass, ListingRow, Phase, RecordedPage, RunRow, Sql, Store,
+    StoreError, Value,
+};
 
 impl<S: Sql> Store<S> {
     fn run_where(&self, condition: &str, params: &[Value]) -> Result<Option<RunRow>, StoreError> {
@@ -212,13 +215,13 @@ impl<S: Sql> Store<S> {
 
     /// Records one listed page: its projects join the run (once each, so a page read twice
     /// changes nothing), and the group's cursor moves past it if it stood on it (pages read
-    /// ahead, in parallel, move it only once the pages before them are in). Returns how many
-    /// projects were new, and the run as it now stands if that changed its count.
+    /// ahead, in parallel, move it only once the pages before them are in). The first page's
+    /// `X-Total` is what the pass over the group announced.
     pub fn record_page(
         &self,
         run_id: u64,
         listed: &ListedPage<'_>,
-    ) -> Result<(u64, Option<RunRow>), StoreError> {
+    ) -> Result<RecordedPage, StoreError> {
         // One statement for the page: its projects go in as one JSON array of [id, path].
         let page = serde_json::to_string(listed.projects)
             .map_err(|e| StoreError(format!("encoding a page of projects: {e}")))?;
@@ -242,19 +245,59 @@ impl<S: Sql> Store<S> {
             Some((url, page)) => (Some(url), page),
             None => (None, listed.page + 1),
         };
+        let first = listed.page == 1;
+        let cursor = self
+            .rows(
+                "UPDATE listings SET next_url = ?, page = ?, pages_total = COALESCE(?, pages_total),
+                     total = CASE WHEN ? THEN ? ELSE total END
+                 WHERE run_id = ? AND position = ? AND page = ? AND next_url IS NOT NULL
+                 RETURNING total, relists",
+                &[
+                    next_url.into(),
+                    next_page.into(),
+                    listed.pages_total.into(),
+                    u64::from(first).into(),
+                    listed.total.into(),
+                    run_id.into(),
+                    listed.position.into(),
+                    listed.page.into(),
+                ],
+            )?
+            .first()
+            .map(|row| {
+                Ok::<_, StoreError>(ListingPass {
+                    announced: column(row, 0)?.as_opt_u64()?,
+                    relists: column(row, 1)?.as_u64()?,
+                })
+            })
+            .transpose()?;
+        Ok(RecordedPage { added, run, cursor })
+    }
+
+    /// Lists a group again from its first page (`first_url`), in a new pass: what its pages
+    /// recorded stays (each project once).
+    pub fn relist(&self, run_id: u64, position: u64, first_url: &str) -> Result<(), StoreError> {
         self.rows(
-            "UPDATE listings SET next_url = ?, page = ?, pages_total = COALESCE(?, pages_total)
-             WHERE run_id = ? AND position = ? AND page = ? AND next_url IS NOT NULL",
-            &[
-                next_url.into(),
-                next_page.into(),
-                listed.pages_total.into(),
-                run_id.into(),
-                listed.position.into(),
-                listed.page.into(),
-            ],
+            "UPDATE listings SET next_url = ?, page = 1, total = NULL, relists = relists + 1
+             WHERE run_id = ? AND position = ?",
+            &[first_url.into(), run_id.into(), position.into()],
         )?;
-        Ok((added, run))
+        Ok(())
+    }
+
+    /// Records why a group's listing may miss projects, without ending it: the rest of its
+    /// pass is read unchecked, and the run reports the group with `error`.
+    pub fn record_listing_doubt(
+        &self,
+        run_id: u64,
+        position: u64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.rows(
+            "UPDATE listings SET total = NULL, error = ? WHERE run_id = ? AND position = ?",
+            &[error.into(), run_id.into(), position.into()],
+        )?;
+        Ok(())
     }
 
     /// Records a group's one and only page (tests).
@@ -273,9 +316,10 @@ impl<S: Sql> Store<S> {
                 projects,
                 next: None,
                 pages_total: Some(1),
+                total: Some(projects.len() as u64),
             },
         )
-        .map(|(added, _)| added)
+        .map(|recorded| recorded.added)
     }
 
     /// Ends a group's listing with an error that the run reports.

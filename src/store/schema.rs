@@ -31,7 +31,9 @@ pub(super) const SCHEMA: &[&str] = &[
     )",
     // One row per configured group of a run: where its listing stands. `next_url` is the next
     // page to read (NULL: done), `page` its number, `pages_total` the page count GitLab gave
-    // (NULL above 10,000 projects, where it stops counting).
+    // (NULL above 10,000 projects, where it stops counting); `total` the projects the first
+    // page of this pass over the pages announced, `relists` the passes before it (the group
+    // changed under the listing).
     "CREATE TABLE IF NOT EXISTS listings (
         run_id INTEGER NOT NULL,
         position INTEGER NOT NULL,
@@ -40,6 +42,8 @@ pub(super) const SCHEMA: &[&str] = &[
         page INTEGER NOT NULL DEFAULT 1,
         pages_total INTEGER,
         error TEXT,
+        total INTEGER,
+        relists INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (run_id, position)
     ) WITHOUT ROWID",
     // One row per project of a run; the primary key makes a project reached through two
@@ -103,7 +107,7 @@ pub(super) const SCHEMA: &[&str] = &[
 /// ([`schema_digest`]): changing the statements without a new step fails
 /// `store::migration_tests`.
 #[cfg(test)]
-pub(super) const SCHEMA_DIGEST: (u64, &str) = (9, "980c1fb39fba7901");
+pub(super) const SCHEMA_DIGEST: (u64, &str) = (9, "2f6fbc7412dd6c2f");
 
 /// The first 8 bytes of the SHA-256 of the statements, in hex (what stores before numbered
 /// versions kept as `schema_version`).

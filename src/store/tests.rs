@@ -65,6 +65,51 @@ fn project(project_id: u64, attempts: u64, exported_ms: Option<u64>) -> ClaimedP
 }
 
 #[test]
+fn a_pass_over_a_group_keeps_what_its_first_page_announced_and_a_relist_starts_another() {
+    let db = HostSql::in_memory();
+    let store = Store::open(&db).unwrap();
+    let first = "https://gitlab.example.com/api/v4/groups/a/projects?page=1";
+    let run = store.start_run(0, &[("a".into(), first.into())]).unwrap();
+    let page = |number: u64, projects: &[(u64, &str)], total: u64| {
+        let next = format!(
+            "https://gitlab.example.com/api/v4/groups/a/projects?page={}",
+            number + 1
+        );
+        store
+            .record_page(
+                run.id,
+                &ListedPage {
+                    position: 0,
+                    page: number,
+                    projects,
+                    next: Some((&next, number + 1)),
+                    pages_total: Some(3),
+                    total: Some(total),
+                },
+            )
+            .unwrap()
+    };
+    let pass = |announced: u64, relists: u64| {
+        Some(ListingPass {
+            announced: Some(announced),
+            relists,
+        })
+    };
+    assert_eq!(page(1, &[(1, "a/1"), (2, "a/2")], 6).cursor, pass(6, 0));
+    // A later page's count is not what the pass announced; a page read ahead moves nothing.
+    assert_eq!(page(2, &[(4, "a/4"), (5, "a/5")], 5).cursor, pass(6, 0));
+    let ahead = page(4, &[(9, "a/9")], 5);
+    assert_eq!((ahead.added, ahead.cursor), (1, None));
+    store.relist(run.id, 0, first).unwrap();
+    let open = store.open_listings(run.id, 10).unwrap();
+    assert_eq!((open[0].next_url.as_str(), open[0].page), (first, 1));
+    // The new pass: what was recorded stays once, the new page's projects join.
+    let again = page(1, &[(2, "a/2"), (3, "a/3")], 5);
+    assert_eq!((again.added, again.cursor), (1, pass(5, 1)));
+    assert_eq!(store.active_run().unwrap().unwrap().listed, 6);
+}
+
+#[test]
 fn claims_go_in_id_order_then_retries_as_they_come_due_and_skip_what_is_under_way() {
     let db = HostSql::in_memory();
     let store = Store::open(&db).unwrap();
@@ -102,12 +147,6 @@ fn claims_go_in_id_order_then_retries_as_they_come_due_and_skip_what_is_under_wa
     assert!((&db).rows_written() - rows_before <= 6);
 }
 
-/// Takes a new store back to the columns and indexes of version 8 (its triggers are those of
-/// version 9, which step 9 drops and creates again).
-const UNDO_STEP_9: &str = "ALTER TABLE runs DROP COLUMN manifest_after;
-    ALTER TABLE runs DROP COLUMN cancelled_ms;
-    DROP INDEX projects_queued;";
-
 /// Counts the statements run through it.
 struct Counting<'a>(&'a HostSql, std::cell::Cell<u64>);
 
@@ -129,6 +168,18 @@ impl Sql for &Counting<'_> {
     }
 }
 
+/// Takes a new store's tables back to version 8's: without the columns step 9 adds.
+fn back_to_version_8(db: &HostSql) {
+    db.0.execute_batch(
+        "ALTER TABLE listings DROP COLUMN total;
+         ALTER TABLE listings DROP COLUMN relists;
+         ALTER TABLE runs DROP COLUMN manifest_after;
+         ALTER TABLE runs DROP COLUMN cancelled_ms;
+         DROP INDEX projects_queued;",
+    )
+    .unwrap();
+}
+
 #[test]
 fn an_opened_store_checks_its_schema_in_one_statement_and_applies_only_the_steps_it_lacks() {
     let db = HostSql::in_memory();
@@ -146,16 +197,17 @@ fn an_opened_store_checks_its_schema_in_one_statement_and_applies_only_the_steps
     // Only the number is checked: a store without a trigger but at this version is left so.
     db.0.execute_batch("DROP TRIGGER count_outcome").unwrap();
     opened(1, "the version is what is checked");
-    // At version 8 (what step 9 adds taken away again), step 9 runs (the trigger restored), in
-    // its transaction with the number and the digest's deletion.
-    db.0.execute_batch(&format!(
-        "{UNDO_STEP_9} UPDATE meta SET value = 8 WHERE key = 'schema_number'"
-    ))
-    .unwrap();
-    let step_9 = migrations::STEPS[migrations::STEPS.len() - 1]
-        .statements
-        .len() as u64;
-    let store = opened(1 + step_9 + 2, "version 8: step 9");
+    // At version 6, steps 7 (the triggers, the dropped one restored), 8 and 9 run, each in its
+    // transaction with the number and the digest's deletion.
+    back_to_version_8(&db);
+    db.0.execute_batch("UPDATE meta SET value = 6 WHERE key = 'schema_number'")
+        .unwrap();
+    let steps_7_to_9 = 2
+        + 3
+        + migrations::STEPS[migrations::STEPS.len() - 1]
+            .statements
+            .len() as u64;
+    let store = opened(1 + steps_7_to_9 + 3 * 2, "version 6: steps 7, 8 and 9");
     let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
     store.record_only_page(run.id, 0, &[(1, "a/1")]).unwrap();
     store
@@ -188,12 +240,12 @@ fn a_store_that_kept_its_window_in_a_table_keeps_its_requests_in_meta() {
     let db = HostSql::in_memory();
     Store::open(&db).unwrap();
     // As the earlier schema left it: the window in `export_log`.
-    db.0.execute_batch(&format!(
-        "{UNDO_STEP_9}
-         CREATE TABLE export_log (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
+    back_to_version_8(&db);
+    db.0.execute_batch(
+        "CREATE TABLE export_log (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
          INSERT INTO export_log (id, at_ms) VALUES (41, 1000), (42, 2000);
-         DELETE FROM meta;"
-    ))
+         DELETE FROM meta;",
+    )
     .unwrap();
     let store = Store::open(&db).unwrap();
     let window = store

@@ -18,8 +18,8 @@ use serde_json::json;
 use url::Url;
 
 use super::export::{self, ExportParams};
-use super::listing::ListingQuery;
-use super::repr::{ExportStatusJson, GroupJson, ProjectJson, SimpleProjectJson};
+use super::listing::{boolean, ListingQuery};
+use super::repr::{ExportStatusJson, GroupJson, ProjectDetailJson, ProjectJson, SimpleProjectJson};
 use super::state::{ExportRecord, HeldRecord, ProjectRef, RateLimited, Shared};
 use super::HoldStage;
 
@@ -31,6 +31,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v4/user", get(current_user))
         .route("/api/v4/groups/{id}", get(group))
         .route("/api/v4/groups/{id}/projects", get(group_projects))
+        .route("/api/v4/projects/{id}", get(project))
         .route(
             "/api/v4/projects/{id}/export",
             get(export_status).post(schedule_export),
@@ -186,7 +187,8 @@ async fn group_projects(
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if shared.count_listing_request() {
+    let (request, fails) = shared.count_listing_request();
+    if fails {
         return Err(ApiError::Internal);
     }
     authenticate(&shared, &headers)?;
@@ -196,6 +198,7 @@ async fn group_projects(
     let group = shared.seed.find_group(&id).ok_or(ApiError::GroupNotFound)?;
 
     let projects = shared.current_projects(listing.select(&shared.seed, group.id));
+    shared.listed(request);
     let pagination = listing.pagination(projects.len());
     let page = pagination.slice(&projects);
     let (seed, base) = (&shared.seed, shared.public_base.as_str());
@@ -235,6 +238,30 @@ async fn stalled_after(answer: Response, bytes: usize) -> Result<Response, ApiEr
     Ok(Response::from_parts(parts, Body::from_stream(stalling)))
 }
 
+/// The query of `GET /projects/:id` the stand-in understands; others are ignored.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ProjectQuery {
+    statistics: Option<String>,
+}
+
+/// `GET /api/v4/projects/:id`, by numeric id or (URL-encoded) path: the full project, with its
+/// `statistics` when `statistics=true` (the token's user is a project member who may read them).
+async fn project(
+    State(shared): State<Arc<Shared>>,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<ProjectQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate(&shared, &headers)?;
+    let Path(id) = id?;
+    let Query(query) = query?;
+    let statistics = boolean("statistics", &query.statistics)?.unwrap_or(false);
+    let project = shared.find_project(&id).ok_or(ApiError::ProjectNotFound)?;
+    let json = ProjectDetailJson::new(&project, &shared.seed, &shared.public_base, statistics)
+        .ok_or(ApiError::Internal)?;
+    Ok(Json(json).into_response())
+}
+
 /// `GET /api/v4/projects/:id/export`.
 async fn export_status(
     State(shared): State<Arc<Shared>>,
@@ -244,6 +271,9 @@ async fn export_status(
     authenticate(&shared, &headers)?;
     let Path(id) = id?;
     let project = shared.find_project(&id).ok_or(ApiError::ProjectNotFound)?;
+    if shared.with_faults(|faults| faults.export_status_5xx.contains(&project.id)) {
+        return Err(ApiError::Internal);
+    }
     let status = shared.export_status(project.id);
     Ok(Json(ExportStatusJson::new(&project, status)).into_response())
 }

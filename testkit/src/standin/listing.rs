@@ -99,7 +99,7 @@ fn number<T: FromStr>(name: &str, value: &Option<String>) -> Result<Option<T>, A
 }
 
 /// GitLab's Boolean parameters accept `true`/`false` and `1`/`0`.
-fn boolean(name: &str, value: &Option<String>) -> Result<Option<bool>, ApiError> {
+pub fn boolean(name: &str, value: &Option<String>) -> Result<Option<bool>, ApiError> {
     present(value)
         .map(|value| match value.to_ascii_lowercase().as_str() {
             "true" | "1" => Ok(true),

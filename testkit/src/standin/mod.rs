@@ -1,6 +1,6 @@
 //! A GitLab REST v4 stand-in for end-to-end tests and the local demo: an HTTP server on 127.0.0.1 that
 //! serves a fixed [`Seed`] of groups and projects the way GitLab does for the endpoints the backup
-//! uses (`/user`, `/groups/:id`, `/groups/:id/projects`, `/projects/:id/export`), including offset
+//! uses (`/user`, `/groups/:id`, `/groups/:id/projects`, `/projects/:id`, `/projects/:id/export`), including offset
 //! pagination, the per-user export rate limit, and asynchronous exports that upload a real `.tar.gz`
 //! to the presigned `upload[url]`. [`Faults`] switch on GitLab misbehaviour; every export request and
 //! upload attempt is recorded for assertions, also over HTTP at `/__standin/exports` and
@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use repr::ExportStatus;
-pub use seed::{Group, Project, Seed, DEMO_GROUPS};
+pub use seed::{Group, Project, Seed, Statistics, DEMO_GROUPS};
 pub use state::{ExportRecord, HeldRecord, ProjectRef, UploadRecord};
 
 use state::Shared;
@@ -102,6 +102,9 @@ pub struct Faults {
     pub too_large: HashSet<u64>,
     /// Every Nth export request (`POST /projects/:id/export`, counting all) answers 500.
     pub export_5xx_every: Option<u32>,
+    /// The export status (`GET /projects/:id/export`) of these project ids always answers 500;
+    /// their exports still run (and upload) as usual.
+    pub export_status_5xx: HashSet<u64>,
     /// A burst of 429s on the export endpoint, as when another client of the same user spends its
     /// limit: see [`Burst429`].
     pub export_429_burst: Option<Burst429>,
@@ -116,6 +119,10 @@ pub struct Faults {
     /// answered: the backup has listed every group by then, so these happen "between listing and
     /// export".
     pub on_first_export: Vec<ProjectChange>,
+    /// Changes of the world applied once the `n`th listing request (`GET /groups/:id/projects`,
+    /// counting all, from 1) has read its page, before it is answered: the pages after it see
+    /// them, as when a project goes between two pages of a listing.
+    pub after_listing: Vec<(usize, ProjectChange)>,
 }
 
 /// From the `from_request`-th export request to arrive (counting all, from 1), every export

@@ -1,10 +1,10 @@
 //! JSON representations of seed entities, shaped like GitLab's API entities (`API::Entities::Group`,
-//! `BasicProjectDetails`/`Project`, `ProjectExportStatus`). Only fields a backup client could care
+//! `BasicProjectDetails`/`Project`, `ProjectStatistics`, `ProjectExportStatus`). Only fields a backup client could care
 //! about are filled; URLs are built on the stand-in's public base URL.
 
 use serde::Serialize;
 
-use super::seed::{Group, Project, Seed};
+use super::seed::{Group, Project, Seed, Statistics};
 
 /// Export state of a project for the requesting user, as in GitLab's `export_status` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -159,6 +159,59 @@ impl<'a> ProjectJson<'a> {
                 })
                 .collect(),
         })
+    }
+}
+
+/// `GET /projects/:id`: the full project, with its statistics when asked for (`statistics=true`).
+#[derive(Serialize)]
+pub struct ProjectDetailJson<'a> {
+    #[serde(flatten)]
+    project: ProjectJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    statistics: Option<StatisticsJson>,
+}
+
+impl<'a> ProjectDetailJson<'a> {
+    /// `None` only if the project's owning group is missing from the seed.
+    pub fn new(project: &'a Project, seed: &'a Seed, base: &str, statistics: bool) -> Option<Self> {
+        Some(ProjectDetailJson {
+            project: ProjectJson::new(project, seed, base)?,
+            statistics: statistics.then(|| StatisticsJson::new(&project.statistics)),
+        })
+    }
+}
+
+/// `API::Entities::ProjectStatistics`.
+#[derive(Serialize)]
+struct StatisticsJson {
+    commit_count: u64,
+    storage_size: u64,
+    repository_size: u64,
+    wiki_size: u64,
+    lfs_objects_size: u64,
+    job_artifacts_size: u64,
+    pipeline_artifacts_size: u64,
+    packages_size: u64,
+    snippets_size: u64,
+    uploads_size: u64,
+    container_registry_size: u64,
+}
+
+impl StatisticsJson {
+    fn new(s: &Statistics) -> Self {
+        StatisticsJson {
+            commit_count: s.commit_count,
+            storage_size: s.storage_size(),
+            repository_size: s.repository_size,
+            wiki_size: s.wiki_size,
+            lfs_objects_size: s.lfs_objects_size,
+            job_artifacts_size: s.job_artifacts_size,
+            pipeline_artifacts_size: s.pipeline_artifacts_size,
+            packages_size: s.packages_size,
+            snippets_size: s.snippets_size,
+            uploads_size: s.uploads_size,
+            container_registry_size: s.container_registry_size,
+        }
     }
 }
 

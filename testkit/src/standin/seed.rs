@@ -2,8 +2,9 @@
 //!
 //! A [`Seed`] is immutable once built. It is built only by [`Seed::demo`] (a small hand-written world
 //! for the demo and end-to-end tests) or [`Seed::generated`] (a big deterministic world for scale
-//! tests). The accessors answer the questions tests ask ("which projects does this group own?") and the
-//! ones the server needs to resolve `:id` path parameters.
+//! tests), and adjusted by [`Seed::with_statistics`] before the stand-in starts. The accessors
+//! answer the questions tests ask ("which projects does this group own?") and the ones the server
+//! needs to resolve `:id` path parameters.
 
 use std::collections::HashSet;
 
@@ -47,6 +48,65 @@ pub struct Project {
     pub shared_with: Vec<u64>,
     /// Synthetic ISO 8601 creation time, increasing with the id.
     pub created_at: String,
+    /// What the project holds, as `GET /projects/:id?statistics=true` reports it.
+    pub statistics: Statistics,
+}
+
+/// A project's statistics, in bytes but for the commit count (GitLab's
+/// `API::Entities::ProjectStatistics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Statistics {
+    pub commit_count: u64,
+    pub repository_size: u64,
+    pub wiki_size: u64,
+    pub lfs_objects_size: u64,
+    /// GitLab's `build_artifacts_size`, shown as `job_artifacts_size`.
+    pub job_artifacts_size: u64,
+    pub pipeline_artifacts_size: u64,
+    pub packages_size: u64,
+    pub snippets_size: u64,
+    pub uploads_size: u64,
+    pub container_registry_size: u64,
+}
+
+impl Statistics {
+    /// Small, varied and deterministic sizes for the project with this id.
+    fn seeded(id: u64) -> Statistics {
+        const KIB: u64 = 1024;
+        Statistics {
+            commit_count: 1 + id % 89,
+            repository_size: 256 * KIB + (id % 61) * 16 * KIB,
+            wiki_size: if id.is_multiple_of(2) { 12 * KIB } else { 0 },
+            lfs_objects_size: if id.is_multiple_of(5) {
+                3 * 1024 * KIB
+            } else {
+                0
+            },
+            job_artifacts_size: (id % 7) * 64 * KIB,
+            pipeline_artifacts_size: 0,
+            packages_size: 0,
+            snippets_size: 0,
+            uploads_size: (id % 3) * 8 * KIB,
+            container_registry_size: 0,
+        }
+    }
+
+    /// `storage_size`: the sum GitLab keeps of the components it counts
+    /// (`ProjectStatistics::STORAGE_SIZE_COMPONENTS`: repository, wiki, LFS objects, job
+    /// artifacts, packages, snippets and uploads).
+    pub fn storage_size(&self) -> u64 {
+        [
+            self.repository_size,
+            self.wiki_size,
+            self.lfs_objects_size,
+            self.job_artifacts_size,
+            self.packages_size,
+            self.snippets_size,
+            self.uploads_size,
+        ]
+        .iter()
+        .fold(0, |sum, size| sum.saturating_add(*size))
+    }
 }
 
 /// The top-level groups of [`Seed::demo`] that the demo and the end-to-end tests back up; the demo
@@ -137,6 +197,15 @@ impl Seed {
             }
         }
         seed
+    }
+
+    /// The same world, but the project with this id reports `statistics` (a project too large
+    /// for one S3 PUT, say). Unknown ids change nothing.
+    pub fn with_statistics(mut self, id: u64, statistics: Statistics) -> Seed {
+        if let Some(project) = self.projects.iter_mut().find(|project| project.id == id) {
+            project.statistics = statistics;
+        }
+        self
     }
 
     /// All groups, top-level and subgroups, in id order.
@@ -280,6 +349,7 @@ impl Seed {
             archived,
             shared_with: Vec::new(),
             created_at: synthetic_timestamp(id),
+            statistics: Statistics::seeded(id),
         });
     }
 

@@ -178,11 +178,30 @@ impl Shared {
         read(&self.lock().faults)
     }
 
-    /// Counts a listing request; true when the `listing_5xx_every` fault makes this one fail.
-    pub fn count_listing_request(&self) -> bool {
+    /// Counts a listing request: its place among them (from 1), and whether the
+    /// `listing_5xx_every` fault makes it fail.
+    pub fn count_listing_request(&self) -> (usize, bool) {
         let mut state = self.lock();
         state.listing_requests += 1;
-        is_nth(state.listing_requests, state.faults.listing_5xx_every)
+        let request = state.listing_requests;
+        (request, is_nth(request, state.faults.listing_5xx_every))
+    }
+
+    /// The `request`th listing request has read its page: applies the changes of
+    /// [`Faults::after_listing`] due after it.
+    pub fn listed(&self, request: usize) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let due: Vec<ProjectChange> = state
+            .faults
+            .after_listing
+            .iter()
+            .filter(|(after, _)| *after == request)
+            .map(|(_, change)| change.clone())
+            .collect();
+        for change in due {
+            state.apply(&self.seed, change);
+        }
     }
 
     pub fn listing_requests(&self) -> usize {

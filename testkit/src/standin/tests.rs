@@ -1507,3 +1507,170 @@ async fn a_revoked_token_is_refused_everywhere_until_restored() {
     standin.set_token_revoked(false);
     assert_eq!(get(&standin, "/api/v4/user").await.status, StatusCode::OK);
 }
+
+// --- A project's statistics ---
+
+#[tokio::test]
+async fn a_project_is_described_with_its_statistics_when_asked_and_is_404_once_gone() {
+    let seed = Seed::demo();
+    let api = project_id(&seed, "acme/api");
+    let big = project_id(&seed, "acme/website");
+    let huge = Statistics {
+        repository_size: 6 << 30,
+        lfs_objects_size: 1 << 30,
+        job_artifacts_size: 500,
+        container_registry_size: 7,
+        ..Statistics::default()
+    };
+    let standin = start(seed.with_statistics(big, huge), quick()).await;
+
+    let plain = get(&standin, &format!("/api/v4/projects/{api}")).await;
+    assert_eq!(plain.status, StatusCode::OK);
+    assert_eq!(plain.json["id"], api);
+    assert_eq!(plain.json["path_with_namespace"], "acme/api");
+    assert_eq!(plain.json["archived"], false);
+    assert!(plain.json.get("statistics").is_none(), "{}", plain.json);
+    let not_asked = get(
+        &standin,
+        &format!("/api/v4/projects/{api}?statistics=false"),
+    )
+    .await;
+    assert!(not_asked.json.get("statistics").is_none());
+
+    // By id or by encoded path; GitLab's fields, and the sum it keeps as storage_size.
+    let seeded = standin.seed().project(api).unwrap().statistics;
+    for key in [api.to_string(), "acme%2Fapi".to_owned()] {
+        let answer = get(&standin, &format!("/api/v4/projects/{key}?statistics=true")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{key}");
+        let statistics = &answer.json["statistics"];
+        let fields: Vec<&str> = statistics
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected = vec![
+            "commit_count",
+            "container_registry_size",
+            "job_artifacts_size",
+            "lfs_objects_size",
+            "packages_size",
+            "pipeline_artifacts_size",
+            "repository_size",
+            "snippets_size",
+            "storage_size",
+            "uploads_size",
+            "wiki_size",
+        ];
+        expected.sort_unstable();
+        let mut fields = fields;
+        fields.sort_unstable();
+        assert_eq!(fields, expected);
+        assert_eq!(statistics["repository_size"], seeded.repository_size);
+        let parts: u64 = [
+            "repository_size",
+            "wiki_size",
+            "lfs_objects_size",
+            "job_artifacts_size",
+            "packages_size",
+            "snippets_size",
+            "uploads_size",
+        ]
+        .iter()
+        .map(|name| statistics[name].as_u64().unwrap())
+        .sum();
+        assert!(parts > 0);
+        assert_eq!(statistics["storage_size"], parts);
+    }
+    let sized = get(&standin, &format!("/api/v4/projects/{big}?statistics=1")).await;
+    assert_eq!(sized.json["statistics"]["repository_size"], 6u64 << 30);
+    assert_eq!(
+        sized.json["statistics"]["storage_size"],
+        (6u64 << 30) + (1 << 30) + 500,
+        "the container registry is not in storage_size"
+    );
+
+    let bad = get(
+        &standin,
+        &format!("/api/v4/projects/{api}?statistics=maybe"),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json, json!({ "error": "statistics is invalid" }));
+    let unknown = get(&standin, "/api/v4/projects/999999?statistics=true").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json, json!({ "message": "404 Project Not Found" }));
+    standin.apply(ProjectChange::Delete(api));
+    let gone = get(&standin, &format!("/api/v4/projects/{api}?statistics=true")).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    standin.set_token_revoked(true);
+    let refused = get(&standin, &format!("/api/v4/projects/{big}")).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_project_deleted_after_a_listing_page_shifts_the_pages_after_it() {
+    let seed = Seed::generated(1, 6);
+    let ids: Vec<u64> = seed.own_projects("team-0").iter().map(|p| p.id).collect();
+    let standin = start(
+        seed,
+        Options {
+            max_per_page: 2,
+            ..quick()
+        },
+    )
+    .await;
+    standin.set_faults(Faults {
+        after_listing: vec![(1, ProjectChange::Delete(ids[0]))],
+        ..Faults::default()
+    });
+    let page = |n: u64| {
+        format!(
+            "/api/v4/groups/team-0/projects?include_subgroups=true&order_by=id&sort=asc&page={n}"
+        )
+    };
+    let first = get(&standin, &page(1)).await;
+    assert_eq!(first.ids(), ids[0..2]);
+    assert_eq!(first.header("x-total"), Some("6"));
+    // The first project went once page 1 was read: page 2 starts one further on.
+    let second = get(&standin, &page(2)).await;
+    assert_eq!(second.ids(), ids[3..5]);
+    assert_eq!(second.header("x-total"), Some("5"));
+    let again = get(&standin, &page(1)).await;
+    assert_eq!(again.ids(), ids[1..3]);
+    assert_eq!(
+        get(&standin, &format!("/api/v4/projects/{}", ids[0]))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn export_status_5xx_fault_answers_500_for_those_projects_and_their_exports_still_upload() {
+    let receiver = Receiver::start().await;
+    let standin = start(Seed::demo(), quick()).await;
+    let broken = project_id(standin.seed(), "acme/api");
+    let fine = project_id(standin.seed(), "acme/docs");
+    standin.set_faults(Faults {
+        export_status_5xx: HashSet::from([broken]),
+        ..Faults::default()
+    });
+    let upload_url = format!("{}/uploaded", receiver.base_url);
+    assert_eq!(
+        export(&standin, &broken.to_string(), Some(&upload_url))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    standin.wait_idle(IDLE_TIMEOUT).await.unwrap();
+    let status = get(&standin, &format!("/api/v4/projects/{broken}/export")).await;
+    assert_eq!(status.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        status.json,
+        json!({ "message": "500 Internal Server Error" })
+    );
+    assert_eq!(export_status(&standin, fine).await, "none");
+    assert_eq!(standin.export_status(broken), ExportStatus::Finished);
+    assert_eq!(receiver.received().len(), 1, "the export still uploaded");
+}

@@ -75,8 +75,8 @@ pub(crate) struct SimGitLab {
     pub(crate) listing_faults: FaultPlan,
     pub(crate) exports: Vec<ExportSeen>,
     pub(crate) listings: Vec<ListingSeen>,
-    /// After this many listing requests, this project is deleted (a change during a listing).
-    pub(crate) delete_after_listings: Option<(usize, u64)>,
+    /// After so many listing requests, this project is deleted (a change during a listing).
+    pub(crate) delete_after_listings: Vec<(usize, u64)>,
     /// Faults of the other GitLab requests (`GET /user`, `GET /projects/:id/export`).
     pub(crate) status_faults: FaultPlan,
     /// What `GET /projects/:id?statistics=true` reports a project holds, in bytes (default: a
@@ -171,7 +171,7 @@ impl SimGitLab {
             listing_faults: FaultPlan::default(),
             exports: Vec::new(),
             listings: Vec::new(),
-            delete_after_listings: None,
+            delete_after_listings: Vec::new(),
             status_faults: FaultPlan::default(),
             sizes: BTreeMap::new(),
             size_checks: Vec::new(),
@@ -446,7 +446,7 @@ impl SimGitLab {
         };
         seen.status = answer.status;
         self.listings.push(seen);
-        if let Some((after, project)) = self.delete_after_listings {
+        for (after, project) in self.delete_after_listings.clone() {
             if self.listings.len() == after {
                 self.projects.retain(|p| p.id != project);
             }
