@@ -356,10 +356,15 @@ impl<S: Sql> Tick<'_, S> {
             _ => self.gitlab_answered()?,
         }
         let reason = match size {
-            Ok(size) if size > S3_SINGLE_PUT_MAX => format!(
-                "{reason}; the project holds {:.1} GiB of repository, wiki, LFS objects and uploads: its archive is likely over S3's 5 GB single-PUT limit (GitLab uploads in one PUT)",
-                size as f64 / (1u64 << 30) as f64
-            ),
+            Ok(size) if size > S3_SINGLE_PUT_MAX => {
+                // In tenths of a GiB, by integers (no float printing in the bundle).
+                let tenths = size.saturating_mul(10) / (1u64 << 30);
+                format!(
+                    "{reason}; the project holds {}.{} GiB of repository, wiki, LFS objects and uploads: its archive is likely over S3's 5 GB single-PUT limit (GitLab uploads in one PUT)",
+                    tenths / 10,
+                    tenths % 10
+                )
+            }
             // Without the size (or below the limit) the reason stands as it is.
             _ => reason,
         };

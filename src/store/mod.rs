@@ -63,13 +63,25 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 }
 
 impl Value {
+    /// What the value is, for errors (a fractional number by its kind only: formatting a float
+    /// would put core's float printing in the worker's bundle).
+    fn describe(&self) -> String {
+        match self {
+            Value::Null => "NULL".to_owned(),
+            Value::Int(i) => format!("the integer {i}"),
+            Value::Real(_) => "a fractional or negative number".to_owned(),
+            Value::Text(t) => format!("the text {t:?}"),
+        }
+    }
+
     fn as_u64(&self) -> Result<u64, StoreError> {
         match self {
             Value::Int(i) if *i >= 0 => Ok(*i as u64),
             // JavaScript hands integers back as doubles.
             Value::Real(f) if *f >= 0.0 && f.fract() == 0.0 => Ok(*f as u64),
             other => Err(StoreError(format!(
-                "expected a whole number, found {other:?}"
+                "expected a whole number, found {}",
+                other.describe()
             ))),
         }
     }
@@ -82,7 +94,10 @@ impl Value {
     fn as_text(&self) -> Result<String, StoreError> {
         match self {
             Value::Text(s) => Ok(s.clone()),
-            other => Err(StoreError(format!("expected text, found {other:?}"))),
+            other => Err(StoreError(format!(
+                "expected text, found {}",
+                other.describe()
+            ))),
         }
     }
     fn as_opt_text(&self) -> Result<Option<String>, StoreError> {
@@ -275,7 +290,10 @@ impl<S: Sql> Store<S> {
                 let mut values = row.into_iter();
                 match (values.next(), values.next()) {
                     (Some(Value::Text(key)), Some(value)) => Ok((key, value)),
-                    other => Err(StoreError(format!("unexpected meta row {other:?}"))),
+                    (key, _) => Err(StoreError(format!(
+                        "unexpected meta row: its key is {}",
+                        key.map_or("missing".to_owned(), |k| k.describe())
+                    ))),
                 }
             })
             .collect::<Result<_, _>>()

@@ -3,13 +3,12 @@
 //! time: the core decides, this file carries the decisions out.
 
 use std::cell::Cell;
-use std::time::Duration;
 
 use futures_util::future::join_all;
 
 use serde_json::json;
 use worker::{
-    durable_object, wasm_bindgen, Date, Delay, DurableObject, Env, Request, Response, Result, State,
+    durable_object, wasm_bindgen, Date, DurableObject, Env, Request, Response, Result, State,
 };
 
 use super::fetch::send;
@@ -69,7 +68,14 @@ impl DurableObject for Coordinator {
         match req.path().as_str() {
             "/tick" => self.tick(Start::IfDue).await,
             "/run" => self.tick(Start::Now).await,
-            "/run/cancel" => self.cancel().await,
+            "/run/cancel" => {
+                let answer = self.cancel()?;
+                if answer.status_code() == 200 {
+                    // The run's record is written by ticks from now on: the first one at once.
+                    let _ = self.tick(Start::IfDue).await;
+                }
+                Ok(answer)
+            }
             "/status" => self.status(),
             _ => Response::error("Not Found", 404),
         }
@@ -103,19 +109,16 @@ impl Coordinator {
         Response::from_json(&report)
     }
 
-    /// Cancels the run that is going, once a tick that is running ended (its answers are
-    /// recorded first), then goes on with the run's record at once.
-    async fn cancel(&self) -> Result<Response> {
-        let began = now_ms();
-        while self.ticking.get() {
-            // A tick's requests time out after REQUEST_TIMEOUT.
-            if now_ms().saturating_sub(began) > 2 * REQUEST_TIMEOUT.as_millis() as u64 {
-                return Ok(Response::from_json(
-                    &json!({"error": "a tick is running; try again in a minute"}),
-                )?
-                .with_status(503));
-            }
-            Delay::from(Duration::from_millis(100)).await;
+    /// Cancels the run that is going; while a tick runs (its answers are recorded first), the
+    /// caller is asked to try again in a few seconds.
+    fn cancel(&self) -> Result<Response> {
+        if self.ticking.get() {
+            let mut response = Response::from_json(
+                &json!({"error": "a tick is running; try again in a few seconds"}),
+            )?
+            .with_status(503);
+            response.headers_mut().set("Retry-After", "5")?;
+            return Ok(response);
         }
         let store = self.store()?;
         match cancel(&store, now_ms()).map_err(storage_error)? {
@@ -127,8 +130,6 @@ impl Coordinator {
             .with_status(409)),
             Cancel::Cancelled(run, event) => {
                 log(serde_json::to_value(&event)?);
-                // The record is written by ticks from now on: the first one at once.
-                self.state.storage().set_alarm(0).await?;
                 Response::from_json(&json!({"cancelled": run.id, "run": run}))
             }
         }

@@ -462,14 +462,23 @@ impl LocalStack {
 
     /// `POST /run/cancel` with the admin bearer: its status code and JSON body (200 with the
     /// cancelled run's id, 409 when no run is going or it is cancelled already).
+    /// While a tick runs it answers 503 with `Retry-After`: asked again, as a client would.
     pub async fn cancel_run(&self) -> Result<(u16, serde_json::Value)> {
-        let response = reqwest::Client::new()
-            .post(format!("{}/run/cancel", self.wrangler.url))
-            .bearer_auth(ADMIN_TOKEN)
-            .timeout(Duration::from_secs(120))
-            .send()
-            .await
-            .context("POST /run/cancel")?;
+        let mut tries = 0;
+        let response = loop {
+            let response = reqwest::Client::new()
+                .post(format!("{}/run/cancel", self.wrangler.url))
+                .bearer_auth(ADMIN_TOKEN)
+                .timeout(Duration::from_secs(120))
+                .send()
+                .await
+                .context("POST /run/cancel")?;
+            tries += 1;
+            if response.status().as_u16() != 503 || tries == 24 {
+                break response;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        };
         let status = response.status().as_u16();
         let text = response
             .text()
