@@ -443,7 +443,19 @@ async fn ten_thousand_check(stack: &LocalStack) -> Result<()> {
         stack.standin.listing_requests()
     );
 
-    let events = engine_events(stack)?;
+    // `/status` can show the phase before wrangler has written the tick's log lines: wait for
+    // the line that ends the tick which finished the listing.
+    let waited = Instant::now();
+    let events = loop {
+        let events = engine_events(stack)?;
+        let ended = events.iter().any(|e| {
+            matches!(e, Event::TickEnded { phase, .. } if *phase != gitlab_backup::store::Phase::Listing && *phase != gitlab_backup::store::Phase::Preflight)
+        });
+        if ended || waited.elapsed() > Duration::from_secs(20) {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let ticks: Vec<&Event> = events
         .iter()
         .filter(|e| matches!(e, Event::TickEnded { .. }))
