@@ -183,8 +183,9 @@ fn the_schema_is_pinned_to_the_last_migration_step() {
         );
     }
     assert!(
-        FIXTURES.iter().any(|f| f.version == LATEST),
-        "a fixture of the latest schema from before numbered versions"
+        // Stores keep a number from version 8 on: none without one is newer.
+        FIXTURES.iter().any(|f| f.version == 8),
+        "a fixture of the last schema from before numbered versions"
     );
 }
 

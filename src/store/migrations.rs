@@ -14,6 +14,7 @@
 //! | 6 | 4fbd802 | `projects.unanswered` |
 //! | 7 | ec006b5 | the counters' triggers; the digest `schema_version` in `meta` |
 //! | 8 | 6a83cee | the rate window in `meta` instead of the table `export_log` |
+//! | 9 | | `runs.settings`: the settings a run started with |
 //!
 //! Stores from before the numbers have none: their version is read from `sqlite_master`
 //! ([`detect`]), by the columns their tables declare. Their `CREATE … IF NOT EXISTS` added new
@@ -164,6 +165,13 @@ pub(super) const STEPS: &[Step] = &[
             "DROP TABLE export_log",
         ],
     },
+    Step {
+        version: 9,
+        change: "runs.settings",
+        // The settings a run started with (`config::RunSettings`, as JSON). Runs begun before
+        // it keep NULL, and go on with the current settings, as they did.
+        statements: &["ALTER TABLE runs ADD COLUMN settings TEXT"],
+    },
 ];
 
 /// The version this worker's schema ([`SCHEMA`]) is at.
@@ -233,8 +241,11 @@ pub(super) fn detect(objects: &[Object]) -> Result<u64, StoreError> {
         6
     } else if table("export_log").is_some() {
         7
-    } else {
+    } else if !has(&runs, "settings") {
         8
+    } else {
+        // Stores keep a number from version 8 on; one that lost it shows its version so.
+        9
     };
     Ok(version)
 }

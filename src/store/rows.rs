@@ -88,12 +88,17 @@ pub struct RunRow {
     pub manifest_parts: u64,
     /// The run's `summary.json`, once written.
     pub summary_key: Option<String>,
+    /// The settings the run started with (`config::RunSettings`, as JSON), which it finishes
+    /// with; `None` for a run begun before runs kept them (it goes on with the current ones).
+    /// Not shown: it names URLs.
+    #[serde(skip)]
+    pub settings: Option<String>,
 }
 
 impl RunRow {
     pub(super) const COLUMNS: &'static str =
         "id, started_ms, finished_ms, phase, listed, exported, verified, \
-         failed, error, manifest_waiting, manifest_parts, summary_key";
+         failed, error, manifest_waiting, manifest_parts, summary_key, settings";
 
     pub(super) fn read(row: &Row) -> Result<RunRow, StoreError> {
         Ok(RunRow {
@@ -109,6 +114,7 @@ impl RunRow {
             manifest_waiting: column(row, 9)?.as_u64()?,
             manifest_parts: column(row, 10)?.as_u64()?,
             summary_key: column(row, 11)?.as_opt_text()?,
+            settings: column(row, 12)?.as_opt_text()?,
         })
     }
 }

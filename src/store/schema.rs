@@ -25,7 +25,8 @@ pub(super) const SCHEMA: &[&str] = &[
         error TEXT,
         manifest_waiting INTEGER NOT NULL DEFAULT 0,
         manifest_parts INTEGER NOT NULL DEFAULT 0,
-        summary_key TEXT
+        summary_key TEXT,
+        settings TEXT
     )",
     // One row per configured group of a run: where its listing stands. `next_url` is the next
     // page to read (NULL: done), `page` its number, `pages_total` the page count GitLab gave
@@ -97,7 +98,7 @@ pub(super) const SCHEMA: &[&str] = &[
 /// ([`schema_digest`]): changing the statements without a new step fails
 /// `store::migration_tests`.
 #[cfg(test)]
-pub(super) const SCHEMA_DIGEST: (u64, &str) = (8, "570db941f8d0b394");
+pub(super) const SCHEMA_DIGEST: (u64, &str) = (9, "b4253e6a4af15c9a");
 
 /// The first 8 bytes of the SHA-256 of the statements, in hex (what stores before numbered
 /// versions kept as `schema_version`).

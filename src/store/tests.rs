@@ -93,12 +93,15 @@ fn an_opened_store_checks_its_schema_in_one_statement_and_applies_only_the_steps
     // Only the number is checked: a store without a trigger but at this version is left so.
     db.0.execute_batch("DROP TRIGGER count_outcome").unwrap();
     opened(1, "the version is what is checked");
-    // At version 6, steps 7 (the triggers, the dropped one restored) and 8 run, each in its
-    // transaction with the number and the digest's deletion.
-    db.0.execute_batch("UPDATE meta SET value = 6 WHERE key = 'schema_number'")
-        .unwrap();
-    let steps_7_and_8 = 2 + 3;
-    let store = opened(1 + steps_7_and_8 + 2 * 2, "version 6: steps 7 and 8");
+    // At version 6 (without the column of step 9), steps 7 (the triggers, the dropped one
+    // restored), 8 and 9 run, each in its transaction with the number and the digest's deletion.
+    db.0.execute_batch(
+        "UPDATE meta SET value = 6 WHERE key = 'schema_number';
+         ALTER TABLE runs DROP COLUMN settings;",
+    )
+    .unwrap();
+    let steps_7_to_9 = 2 + 3 + 1;
+    let store = opened(1 + steps_7_to_9 + 3 * 2, "version 6: steps 7, 8 and 9");
     let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
     store.record_only_page(run.id, 0, &[(1, "a/1")]).unwrap();
     store.record_failure(run.id, 1, "gone", None).unwrap();
@@ -132,6 +135,7 @@ fn a_store_that_kept_its_window_in_a_table_keeps_its_requests_in_meta() {
     db.0.execute_batch(
         "CREATE TABLE export_log (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
          INSERT INTO export_log (id, at_ms) VALUES (41, 1000), (42, 2000);
+         ALTER TABLE runs DROP COLUMN settings;
          DELETE FROM meta;",
     )
     .unwrap();
