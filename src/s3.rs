@@ -711,6 +711,65 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_naming_another_region_or_redirecting_is_a_wrong_region() {
+        let answer =
+            |status: u16, headers: &[(&str, &str)], body: &str| crate::http::HttpResponse {
+                status,
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+                body: body.as_bytes().to_vec(),
+            };
+        let named = |region: &str| {
+            Some(WrongRegion {
+                named: Some(region.into()),
+            })
+        };
+        // A HEAD: no body, the header names the bucket's region.
+        let head = answer(301, &[("x-amz-bucket-region", "eu-central-1")], "");
+        assert_eq!(wrong_region(&head, "eu-west-3"), named("eu-central-1"));
+        let malformed = answer(
+            400,
+            &[],
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AuthorizationHeaderMalformed</Code><Message>The authorization header is malformed; the region 'us-east-1' is wrong; expecting 'ap-south-1'</Message><Region>ap-south-1</Region><RequestId>0</RequestId></Error>",
+        );
+        assert_eq!(wrong_region(&malformed, "us-east-1"), named("ap-south-1"));
+        let redirect = answer(301, &[], "<Error><Code>PermanentRedirect</Code></Error>");
+        assert_eq!(
+            wrong_region(&redirect, "eu-west-1"),
+            Some(WrongRegion { named: None })
+        );
+        // The region it was signed for, or none named on another refusal: not a region matter.
+        let denied = answer(
+            403,
+            &[("x-amz-bucket-region", "eu-west-1")],
+            "<Error><Code>AccessDenied</Code></Error>",
+        );
+        assert_eq!(wrong_region(&denied, "eu-west-1"), None);
+        assert_eq!(wrong_region(&answer(404, &[], ""), "eu-west-1"), None);
+        assert_eq!(wrong_region(&answer(200, &[], ""), "eu-west-1"), None);
+    }
+
+    #[test]
+    fn a_learned_region_is_used_only_for_its_endpoint_and_bucket() {
+        let aws = Bucket::new("backups", None, None).unwrap();
+        let kept = LearnedRegion::new(&aws, "eu-west-3").to_json();
+        assert_eq!(
+            LearnedRegion::read_for(Some(&kept), &aws).as_deref(),
+            Some("eu-west-3")
+        );
+        let other = Bucket::new("archive", None, None).unwrap();
+        assert_eq!(LearnedRegion::read_for(Some(&kept), &other), None);
+        let endpoint = Some(Url::parse("http://127.0.0.1:9000/").unwrap());
+        let elsewhere = Bucket::new("backups", None, endpoint).unwrap();
+        assert_eq!(LearnedRegion::read_for(Some(&kept), &elsewhere), None);
+        // As kept before regions named their bucket: learned again.
+        assert_eq!(LearnedRegion::read_for(Some("eu-west-3"), &aws), None);
+        assert_eq!(LearnedRegion::read_for(None, &aws), None);
+    }
+
+    #[test]
     fn the_region_is_read_from_any_answer_that_names_it() {
         let answer = |headers: &[(&str, &str)]| crate::http::HttpResponse {
             status: 403,
