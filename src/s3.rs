@@ -84,6 +84,10 @@ pub struct WrongRegion {
 
 /// Whether `answer`, to a request signed for `signed_for`, says the bucket is in another region.
 pub fn wrong_region(answer: &crate::http::HttpResponse, signed_for: &str) -> Option<WrongRegion> {
+    if (200..300).contains(&answer.status) {
+        // It was taken: whatever a header says, the region was right.
+        return None;
+    }
     let named = region_from_answer(answer).or_else(|| {
         // S3's error bodies are short; a long body is no S3 error.
         let body = &answer.body[..answer.body.len().min(2048)];
@@ -748,7 +752,8 @@ mod tests {
         );
         assert_eq!(wrong_region(&denied, "eu-west-1"), None);
         assert_eq!(wrong_region(&answer(404, &[], ""), "eu-west-1"), None);
-        assert_eq!(wrong_region(&answer(200, &[], ""), "eu-west-1"), None);
+        let taken = answer(200, &[("x-amz-bucket-region", "eu-central-1")], "");
+        assert_eq!(wrong_region(&taken, "eu-west-1"), None);
     }
 
     #[test]

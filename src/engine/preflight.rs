@@ -385,13 +385,14 @@ impl<S: Sql> Tick<'_, S> {
         Ok(true)
     }
 
-    /// The reason to stop when S3 says the bucket is not in the region the user set
-    /// (`AWS_REGION`, or the endpoint's default without it).
+    /// The reason to stop when AWS says the bucket is not in the region the user set
+    /// (`AWS_REGION`). An S3-compatible server (`S3_ENDPOINT`) may name regions of its own: its
+    /// answers are taken as they come.
     fn set_region_wrong(&self, answer: &HttpResult) -> Option<String> {
         let (Ok(answer), Some(signed_for)) = (answer, self.signed_for.as_deref()) else {
             return None;
         };
-        if self.settings.region_is_learned() {
+        if self.settings.region_is_learned() || self.settings.bucket.endpoint().is_some() {
             return None;
         }
         let wrong = wrong_region(answer, signed_for)?;
