@@ -73,7 +73,84 @@ pub fn region_from_answer(answer: &crate::http::HttpResponse) -> Option<String> 
         .map(str::to_owned)
 }
 
+/// What S3 answered a request signed for a region the bucket is not in: a `PermanentRedirect`
+/// (301), or any answer whose `x-amz-bucket-region` (or an error's `<Region>`, as in
+/// `AuthorizationHeaderMalformed`) names another region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrongRegion {
+    /// The region S3 named, if it did.
+    pub named: Option<String>,
+}
+
+/// Whether `answer`, to a request signed for `signed_for`, says the bucket is in another region.
+pub fn wrong_region(answer: &crate::http::HttpResponse, signed_for: &str) -> Option<WrongRegion> {
+    if (200..300).contains(&answer.status) {
+        // It was taken: whatever a header says, the region was right.
+        return None;
+    }
+    let named = region_from_answer(answer).or_else(|| {
+        // S3's error bodies are short; a long body is no S3 error.
+        let body = &answer.body[..answer.body.len().min(2048)];
+        let body = String::from_utf8_lossy(body);
+        let start = body.find("<Region>")? + "<Region>".len();
+        let end = body[start..].find("</Region>")? + start;
+        let region = body[start..end].trim();
+        let fits = !region.is_empty()
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !is_idna_label(region);
+        fits.then(|| region.to_owned())
+    });
+    match named {
+        Some(named) if named != signed_for => Some(WrongRegion { named: Some(named) }),
+        Some(_) => None,
+        None if answer.status == 301 => Some(WrongRegion { named: None }),
+        None => None,
+    }
+}
+
+/// A region learned by asking the bucket, with the bucket it is for (`meta`'s `bucket_region`,
+/// as JSON): a region learned for another endpoint or bucket is not used.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LearnedRegion {
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+}
+
+impl LearnedRegion {
+    pub fn new(bucket: &Bucket, region: &str) -> LearnedRegion {
+        LearnedRegion {
+            endpoint: bucket.endpoint().map(|e| e.to_string()),
+            bucket: bucket.name.clone(),
+            region: region.to_owned(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The region stored in `meta` if it was learned for `bucket`. A value that is not this
+    /// JSON (a bare region, as kept before regions named their bucket) names no bucket, and is
+    /// learned again.
+    pub fn read_for(stored: Option<&str>, bucket: &Bucket) -> Option<String> {
+        let learned: LearnedRegion = serde_json::from_str(stored?).ok()?;
+        let endpoint = bucket.endpoint().map(|e| e.to_string());
+        (learned.bucket == bucket.name && learned.endpoint == endpoint).then_some(learned.region)
+    }
+}
+
 impl Bucket {
+    /// `S3_ENDPOINT`, if the bucket is not on AWS.
+    pub fn endpoint(&self) -> Option<&Url> {
+        match &self.addressing {
+            Addressing::Endpoint(endpoint) => Some(endpoint),
+            Addressing::VirtualHosted | Addressing::PathStyle => None,
+        }
+    }
+
     /// Checks the bucket name and picks the addressing style. `endpoint` must end in `/`.
     ///
     /// A name has 3 to 63 characters, starts and ends with a letter or digit, has no `..` and
@@ -635,6 +712,66 @@ mod tests {
         );
         assert_ne!(auth(&put), auth(&head));
         assert!(!format!("{put:?}").contains("Signature="));
+    }
+
+    #[test]
+    fn an_answer_naming_another_region_or_redirecting_is_a_wrong_region() {
+        let answer =
+            |status: u16, headers: &[(&str, &str)], body: &str| crate::http::HttpResponse {
+                status,
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+                body: body.as_bytes().to_vec(),
+            };
+        let named = |region: &str| {
+            Some(WrongRegion {
+                named: Some(region.into()),
+            })
+        };
+        // A HEAD: no body, the header names the bucket's region.
+        let head = answer(301, &[("x-amz-bucket-region", "eu-central-1")], "");
+        assert_eq!(wrong_region(&head, "eu-west-3"), named("eu-central-1"));
+        let malformed = answer(
+            400,
+            &[],
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AuthorizationHeaderMalformed</Code><Message>The authorization header is malformed; the region 'us-east-1' is wrong; expecting 'ap-south-1'</Message><Region>ap-south-1</Region><RequestId>0</RequestId></Error>",
+        );
+        assert_eq!(wrong_region(&malformed, "us-east-1"), named("ap-south-1"));
+        let redirect = answer(301, &[], "<Error><Code>PermanentRedirect</Code></Error>");
+        assert_eq!(
+            wrong_region(&redirect, "eu-west-1"),
+            Some(WrongRegion { named: None })
+        );
+        // The region it was signed for, or none named on another refusal: not a region matter.
+        let denied = answer(
+            403,
+            &[("x-amz-bucket-region", "eu-west-1")],
+            "<Error><Code>AccessDenied</Code></Error>",
+        );
+        assert_eq!(wrong_region(&denied, "eu-west-1"), None);
+        assert_eq!(wrong_region(&answer(404, &[], ""), "eu-west-1"), None);
+        let taken = answer(200, &[("x-amz-bucket-region", "eu-central-1")], "");
+        assert_eq!(wrong_region(&taken, "eu-west-1"), None);
+    }
+
+    #[test]
+    fn a_learned_region_is_used_only_for_its_endpoint_and_bucket() {
+        let aws = Bucket::new("backups", None, None).unwrap();
+        let kept = LearnedRegion::new(&aws, "eu-west-3").to_json();
+        assert_eq!(
+            LearnedRegion::read_for(Some(&kept), &aws).as_deref(),
+            Some("eu-west-3")
+        );
+        let other = Bucket::new("archive", None, None).unwrap();
+        assert_eq!(LearnedRegion::read_for(Some(&kept), &other), None);
+        let endpoint = Some(Url::parse("http://127.0.0.1:9000/").unwrap());
+        let elsewhere = Bucket::new("backups", None, endpoint).unwrap();
+        assert_eq!(LearnedRegion::read_for(Some(&kept), &elsewhere), None);
+        // As kept before regions named their bucket: learned again.
+        assert_eq!(LearnedRegion::read_for(Some("eu-west-3"), &aws), None);
+        assert_eq!(LearnedRegion::read_for(None, &aws), None);
     }
 
     #[test]

@@ -4,10 +4,11 @@
 
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError, Problem};
+use crate::config::{Config, ConfigError, Problem, RunSettings};
 use crate::engine::allowance::{Allowance, Usage};
 use crate::engine::window::Window;
 use crate::engine::{run_due, schedule_anchor, Timer};
+use crate::s3::LearnedRegion;
 use crate::store::{MetaKey, Phase, RunRow, Sql, Store, StoreError};
 use crate::time::rfc3339;
 
@@ -27,6 +28,46 @@ pub struct Status {
     /// `AWS_REGION`, or the region the bucket named when asked.
     pub bucket_region: Option<String>,
     pub config_problems: Vec<Problem>,
+    /// Settings changed while the current run is going: it finishes with those it started
+    /// with, and the new ones apply from the next run.
+    pub settings_changed: Option<SettingsChanged>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct SettingsChanged {
+    pub run: u64,
+    /// The settings whose value is not the run's, by name (their values are not shown).
+    pub settings: Vec<&'static str>,
+    pub message: String,
+}
+
+impl SettingsChanged {
+    /// What changed in `config` since `run` started, if it is going and kept its settings.
+    fn of(run: &RunRow, config: &Config) -> Result<Option<SettingsChanged>, StoreError> {
+        let Some(json) = run
+            .settings
+            .as_deref()
+            .filter(|_| run.phase != Phase::Finished)
+        else {
+            return Ok(None);
+        };
+        let settings = RunSettings::from_json(json)
+            .map_err(StoreError)?
+            .changed_in(config);
+        if settings.is_empty() {
+            return Ok(None);
+        }
+        let message = format!(
+            "{} changed since run {} started: it finishes with the settings it started with, and the new ones apply from the next run",
+            settings.join(", "),
+            run.id
+        );
+        Ok(Some(SettingsChanged {
+            run: run.id,
+            settings,
+            message,
+        }))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -282,9 +323,15 @@ pub fn status<S: Sql>(
         at: meta.u64(MetaKey::LastErrorAt).ok().flatten().map(rfc3339),
         message,
     });
-    let bucket_region = match config.ok().and_then(|c| c.bucket.region.clone()) {
-        Some(region) => Some(region),
-        None => meta.text(MetaKey::BucketRegion)?,
+    let bucket_region = config.ok().and_then(|c| {
+        c.bucket.region.clone().or_else(|| {
+            let learned = meta.text(MetaKey::BucketRegion).ok().flatten();
+            LearnedRegion::read_for(learned.as_deref(), &c.bucket)
+        })
+    });
+    let settings_changed = match (&latest, config) {
+        (Some(run), Ok(config)) => SettingsChanged::of(run, config)?,
+        _ => None,
     };
     Ok(Status {
         run: latest
@@ -310,6 +357,7 @@ pub fn status<S: Sql>(
         last_error,
         bucket_region,
         config_problems: config.err().map(|e| e.problems.clone()).unwrap_or_default(),
+        settings_changed,
     })
 }
 
@@ -396,6 +444,62 @@ mod tests {
         let config = config();
         let shown = serde_json::to_string(&status(&store, Ok(&config), 0).unwrap()).unwrap();
         assert!(!shown.contains("glpat-secret-token") && !shown.contains("s3-secret-key"));
+    }
+
+    #[test]
+    fn settings_changed_during_a_run_are_named_and_said_to_apply_from_the_next_run() {
+        let db = HostSql::in_memory();
+        let store = Store::open(&db).unwrap();
+        let started = RunSettings::of(&config(), None).to_json();
+        let run = store
+            .start_run_with(0, &[("7".into(), "u".into())], Some(&started))
+            .unwrap();
+        assert_eq!(
+            status(&store, Ok(&config()), 10).unwrap().settings_changed,
+            None,
+            "nothing changed"
+        );
+        let changed = Config::from_lookup(|name| match name {
+            "GITLAB_URL" => Some("https://gitlab.elsewhere.example".to_owned()),
+            "S3_PREFIX" => Some("new".to_owned()),
+            other => config_var(other),
+        })
+        .unwrap();
+        let shown = status(&store, Ok(&changed), 10).unwrap();
+        let notice = shown
+            .settings_changed
+            .as_ref()
+            .expect("the change is shown");
+        assert_eq!(
+            (notice.run, notice.settings.as_slice()),
+            (run.id, &["GITLAB_URL", "S3_PREFIX"][..])
+        );
+        assert!(
+            notice
+                .message
+                .starts_with("GITLAB_URL, S3_PREFIX changed since run 1 started")
+                && notice.message.contains("apply from the next run"),
+            "{}",
+            notice.message
+        );
+        let json = serde_json::to_string(&shown).unwrap();
+        assert!(
+            !json.contains("elsewhere") && !json.contains("gitlab.com"),
+            "no URL: {json}"
+        );
+        // Once the run is over, the settings are simply the next run's.
+        store.stop_run(run.id, "done", 20).unwrap();
+        assert_eq!(
+            status(&store, Ok(&changed), 30).unwrap().settings_changed,
+            None
+        );
+        // A run begun before runs kept their settings goes on with the current ones.
+        let old = store.start_run(40, &[("7".into(), "u".into())]).unwrap();
+        assert_eq!(old.settings, None);
+        assert_eq!(
+            status(&store, Ok(&changed), 50).unwrap().settings_changed,
+            None
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //! - an export status that always answers 500, and a lost archive over S3's 5 GB single-PUT limit;
 //! - a small daily allowance of the Durable Object's rows written (the run pauses, then resumes
 //!   once the allowance is lifted);
-//! - groups that do not exist or are not visible.
+//! - groups that do not exist or are not visible;
+//! - `S3_PREFIX` changed mid-run: the run ends under its own prefix, the next one uses the new;
+//! - a run cancelled mid-export.
 //!
 //! Where the rate limit is not the subject, the stand-in allows far more than the worker sends, so
 //! that each case takes one to four minutes; the cases run in parallel (cargo's test threads).
@@ -1438,4 +1440,166 @@ async fn allowance_check(stack: LocalStack) -> (Option<LocalStack>, Result<(Valu
     }
     .await;
     (Some(stack), result)
+}
+
+// --- A setting changed mid-run ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_prefix_changed_mid_run_applies_from_the_next_run_and_the_run_ends_under_its_own(
+) -> Result<()> {
+    // 12 projects at 6 exports a minute: the run lasts two minutes, and the prefix changes (the
+    // worker restarted with the new vars, as a redeploy does) after the first six.
+    Case::new(
+        "faults-settings-changed",
+        "S3_PREFIX changed mid-run",
+        Seed::generated(1, 12),
+    )
+    .limit(6)
+    .drive(async |stack| settings_changed_check(stack).await)
+    .await
+}
+
+/// Every line of the run's manifest (from its `summary.json`) names a key that is in s3s-fs,
+/// under `prefix`; how many lines there are.
+fn ensure_manifest_keys_exist(stack: &LocalStack, status: &Value, prefix: &str) -> Result<usize> {
+    let summary_key = status["run"]["summary_key"]
+        .as_str()
+        .context("no summary_key")?;
+    ensure!(
+        summary_key.starts_with(&format!("{prefix}_runs/")),
+        "the summary is at {summary_key}, not under {prefix:?}"
+    );
+    let summary: Value = serde_json::from_slice(
+        &std::fs::read(stack.s3.object_path(summary_key)).context("summary.json is not in S3")?,
+    )?;
+    let mut lines = 0;
+    for part in summary["parts"].as_array().context("no parts")? {
+        let part = part.as_str().context("part key")?;
+        ensure!(
+            part.starts_with(prefix),
+            "the part {part} is not under {prefix:?}"
+        );
+        let text = std::fs::read_to_string(stack.s3.object_path(part))
+            .with_context(|| format!("{part} is not in S3"))?;
+        for line in text.lines() {
+            let entry: Value = serde_json::from_str(line)?;
+            let key = entry["key"]
+                .as_str()
+                .context("a manifest line without its key")?;
+            ensure!(
+                key.starts_with(prefix) && stack.s3.object_path(key).is_file(),
+                "the manifest lists {key}, which is not in s3s-fs under {prefix:?}"
+            );
+            lines += 1;
+        }
+    }
+    Ok(lines)
+}
+
+async fn settings_changed_check(
+    stack: LocalStack,
+) -> (Option<LocalStack>, Result<(Value, Ending)>) {
+    let before = async {
+        let (code, body) = stack.start_run().await?;
+        ensure!(code == 202, "POST /run answered {code}: {body}");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while stack.standin.exports().len() < 6 {
+            ensure!(
+                Instant::now() < deadline,
+                "fewer than 6 exports within 90 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let status = stack.status().await?;
+        ensure!(
+            status["run"]["phase"] == "exporting" && status["settings_changed"].is_null(),
+            "the change should come while exporting, unchanged until then: {status:#}"
+        );
+        Ok(status["run"]["id"].clone())
+    }
+    .await;
+    let run = match before {
+        Ok(run) => run,
+        Err(e) => return (Some(stack), Err(e)),
+    };
+    let stack = match stack
+        .restart_worker_with(&[("S3_PREFIX", "next".to_owned())])
+        .await
+    {
+        Ok(stack) => stack,
+        Err(e) => return (None, Err(e.context("restarting the worker with S3_PREFIX"))),
+    };
+    let result = after_settings_changed(&stack, &run).await;
+    (Some(stack), result)
+}
+
+async fn after_settings_changed(stack: &LocalStack, run: &Value) -> Result<(Value, Ending)> {
+    // `/status` says the settings differ from the run's, and from when they apply.
+    let status = stack.status().await?;
+    let changed = &status["settings_changed"];
+    ensure!(
+        status["run"]["id"] == *run
+            && changed["run"] == *run
+            && changed["settings"] == serde_json::json!(["S3_PREFIX"])
+            && changed["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("apply from the next run")),
+        "/status after the change: {status:#}"
+    );
+
+    // The run finishes under the prefix it started with: every object where the listing put it
+    // (no prefix), a manifest whose keys all exist, nothing under the new prefix.
+    let status = finish(stack, Duration::from_secs(5 * 60)).await?;
+    ensure!(status["run"]["id"] == *run, "another run: {status:#}");
+    ensure!(
+        status["settings_changed"].is_null(),
+        "a finished run has no settings of its own to differ from: {status:#}"
+    );
+    let seed = stack.standin.seed();
+    let projects: Vec<&Project> = seed.projects().iter().collect();
+    ensure_outcome(
+        stack,
+        &status,
+        &Outcome {
+            projects: projects.clone(),
+            failed: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+            limit: 6,
+        },
+    )?;
+    let lines = ensure_manifest_keys_exist(stack, &status, "")?;
+    ensure!(lines == projects.len(), "{lines} manifest lines");
+    let objects = stack.s3.objects()?;
+    ensure!(
+        objects.iter().all(|(key, _)| !key.starts_with("next/")),
+        "objects under the new prefix during the old run: {objects:?}"
+    );
+
+    // The next run uses the new prefix.
+    let (code, body) = stack.start_run().await?;
+    ensure!(code == 202, "POST /run answered {code}: {body}");
+    let next = finish(stack, Duration::from_secs(5 * 60)).await?;
+    ensure!(
+        next["run"]["id"] != *run && next["run"]["error"].is_null(),
+        "the next run: {next:#}"
+    );
+    ensure!(
+        count(&next, "verified")? == projects.len() as u64,
+        "the next run: {next:#}"
+    );
+    let lines = ensure_manifest_keys_exist(stack, &next, "next/")?;
+    ensure!(
+        lines == projects.len(),
+        "{lines} manifest lines in the next run"
+    );
+    let name = run_object_name(&next)?;
+    for project in &projects {
+        let key = format!("next/{}/{name}", project.path_with_namespace);
+        ensure!(
+            stack.s3.object_path(&key).is_file(),
+            "{key} is not in s3s-fs"
+        );
+    }
+    // Checked here, run by run: each project was exported once by each.
+    Ok((next, Ending::Stopped))
 }

@@ -10,6 +10,9 @@ use crate::gitlab::{GroupRef, ListingOptions};
 use crate::s3::{Bucket, Credentials};
 use crate::secret::Secret;
 
+mod run_settings;
+pub use run_settings::RunSettings;
+
 /// The GitLab instance the original tool used when `GITLAB_URL` is not set.
 pub const DEFAULT_GITLAB_URL: &str = "https://gitlab.com";
 /// GitLab's documented default limit for project exports, per user and minute.

@@ -76,6 +76,9 @@ events! {
     LimitLearned = "limit_learned" { run: u64, exports_per_minute: u32 }
     RetryLater = "retry_later" { run: u64, reason: String, not_before_ms: u64 }
     RegionFound = "region_found" { bucket: String, region: String }
+    /// S3 said the bucket is not in the region learned for it (`named`: the one it named, if
+    /// it did): the region is asked again.
+    RegionForgotten = "region_forgotten" { bucket: String, region: String, named: Option<String> }
     RunFinished = "run_finished" {
         run: u64,
         listed: u64,

@@ -66,8 +66,8 @@ impl<S: Sql> Tick<'_, S> {
         self.window.flights.claim(claimable);
         let log_id = self.window.request(in_flight_until, now_ms);
         self.save_window()?;
-        let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
-        let object = self.config.bucket.object_url(region, &key);
+        let key = object_key(&self.settings.s3_prefix, &project.path, self.run_started());
+        let object = self.settings.bucket.object_url(region, &key);
         let upload = match self.signer(region, now_ms).presign(
             Method::Put,
             &object,

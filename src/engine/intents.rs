@@ -31,6 +31,16 @@ pub(crate) enum Intent {
     },
 }
 
+impl Intent {
+    /// Whether the request is to the bucket (signed for its region).
+    pub fn needs_region(&self) -> bool {
+        match self {
+            Intent::Head { .. } | Intent::ReadBackProbe | Intent::PutMarker => true,
+            Intent::SizeHint { .. } => false,
+        }
+    }
+}
+
 /// What GitLab's export status said before a `HEAD` looks in the bucket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,6 +95,10 @@ impl Intents {
     pub fn push(&mut self, intent: Intent) {
         self.queue.push_back(intent);
         self.changed = true;
+    }
+
+    pub fn peek(&self) -> Option<&Intent> {
+        self.queue.front()
     }
 
     pub fn pop(&mut self) -> Option<Intent> {

@@ -30,7 +30,7 @@ mod tests;
 
 use std::time::{Duration, SystemTime};
 
-use crate::config::Config;
+use crate::config::{Config, RunSettings};
 use crate::gitlab::GitLab;
 use crate::http::{HttpRequest, HttpResult};
 use crate::s3::Signer;
@@ -136,10 +136,24 @@ pub struct TickReport {
 pub struct Tick<'a, S: Sql> {
     store: &'a Store<S>,
     config: &'a Config,
+    /// The run's GitLab: its origin with the current token.
     gitlab: GitLab,
     /// The run as last read from or written to the store (its counters are the store's).
     run: RunRow,
+    /// The settings the run started with (read from `run` once, when the tick begins): every
+    /// request and key of the run comes from them.
+    settings: RunSettings,
+    /// Whether the run keeps its settings in the store (runs begun before that go on with the
+    /// current settings).
+    pinned: bool,
+    /// The region the bucket is signed for, `None` until it is known (or after S3 said it is
+    /// another: then it is asked again).
     region: Option<String>,
+    /// The region the last steps' S3 requests were signed for.
+    signed_for: Option<String>,
+    /// Whether this tick forgot a region S3 said was wrong (once a tick: a second time, S3
+    /// rests until the next).
+    region_relearned: bool,
     budget: Budget,
     gates: Gates,
     /// The rolling window of export requests.
@@ -190,7 +204,13 @@ impl<'a, S: Sql> Tick<'a, S> {
     pub fn next_steps(&mut self, now_ms: u64) -> Result<Vec<Step>, StoreError> {
         self.gates.gitlab.failed_in_batch = false;
         let mut steps = Vec::new();
+        self.signed_for = self.region.clone();
         while self.budget.can_send() {
+            // What asks the bucket waits until its region is known (asked again after S3 said
+            // it is another): the phase's step asks it.
+            if self.region.is_none() && self.intents.peek().is_some_and(Intent::needs_region) {
+                break;
+            }
             let Some(intent) = self.intents.pop() else {
                 break;
             };

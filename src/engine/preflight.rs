@@ -11,7 +11,7 @@ use super::{Event, Purpose, Step, Tick};
 use crate::gitlab::GitLabError;
 use crate::http::{HttpRequest, HttpResult, Method};
 use crate::manifest;
-use crate::s3::region_from_answer;
+use crate::s3::{region_from_answer, wrong_region, LearnedRegion};
 use crate::store::{MetaKey, Phase, Sql, StoreError};
 use crate::time::rfc3339;
 
@@ -34,7 +34,7 @@ impl<S: Sql> Tick<'_, S> {
             return Ok(None);
         }
         if !self.prefix_ours {
-            let key = manifest::deployment_key(&self.config.s3_prefix);
+            let key = manifest::deployment_key(&self.settings.s3_prefix);
             return self.s3_request(
                 &region,
                 Method::Get,
@@ -44,7 +44,7 @@ impl<S: Sql> Tick<'_, S> {
                 Purpose::CheckMarker,
             );
         }
-        let key = manifest::probe_key(&self.config.s3_prefix, self.run_started());
+        let key = manifest::probe_key(&self.settings.s3_prefix, self.run_started());
         let body = serde_json::json!({
             "run": self.run.id,
             "started": rfc3339(self.run.started_ms),
@@ -61,7 +61,7 @@ impl<S: Sql> Tick<'_, S> {
         self.gates.s3 = S3Gate::ProbeSent;
         let url = match self.signer("us-east-1", now_ms).presign(
             Method::Head,
-            &self.config.bucket.region_probe_url(),
+            &self.settings.bucket.region_probe_url(),
             Duration::from_secs(60),
         ) {
             Ok(url) => url,
@@ -107,6 +107,10 @@ impl<S: Sql> Tick<'_, S> {
     }
 
     pub(super) fn on_probe(&mut self, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
+        if self.region_was_wrong(&answer, now_ms)? {
+            // Written again once the region is known.
+            return Ok(());
+        }
         match answer {
             Ok(a) if a.status == 200 => {
                 self.intents.push(Intent::ReadBackProbe);
@@ -135,7 +139,7 @@ impl<S: Sql> Tick<'_, S> {
             Ok(a) => {
                 let reason = format!(
                     "the bucket {} refused a signed PUT ({}): check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and the key's s3:PutObject permission — {}",
-                    self.config.bucket.name,
+                    self.settings.bucket.name,
                     a.status,
                     s3_error(&a)
                 );
@@ -151,7 +155,14 @@ impl<S: Sql> Tick<'_, S> {
     /// The marker of `S3_PREFIX`: this deployment's (go on), another's (stop: both would
     /// overwrite each other's run records and "verify" each other's uploads), or none yet.
     pub(super) fn on_marker(&mut self, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
-        let key = manifest::deployment_key(&self.config.s3_prefix);
+        let key = manifest::deployment_key(&self.settings.s3_prefix);
+        if self.region_was_wrong(&answer, now_ms)? {
+            // Read again once the region is known.
+            return Ok(());
+        }
+        if let Some(reason) = self.set_region_wrong(&answer) {
+            return self.stop_run(&reason, now_ms);
+        }
         match answer {
             Ok(a) if a.status == 200 => {
                 let ours = self.store.deployment_id()?;
@@ -201,7 +212,7 @@ impl<S: Sql> Tick<'_, S> {
         let Some(region) = self.region.clone() else {
             return Ok(None);
         };
-        let key = manifest::deployment_key(&self.config.s3_prefix);
+        let key = manifest::deployment_key(&self.settings.s3_prefix);
         let body = serde_json::json!({
             "deployment": self.store.deployment_id()?,
             "since": rfc3339(self.run.started_ms),
@@ -215,6 +226,10 @@ impl<S: Sql> Tick<'_, S> {
         answer: HttpResult,
         now_ms: u64,
     ) -> Result<(), StoreError> {
+        if self.region_was_wrong(&answer, now_ms)? {
+            // The marker is read (and written) again once the region is known.
+            return Ok(());
+        }
         match answer {
             Ok(a) if a.status == 200 => self.prefix_checked(),
             answer => self.preflight_put_failed("the PUT of the prefix's marker", answer, now_ms),
@@ -226,7 +241,7 @@ impl<S: Sql> Tick<'_, S> {
         let Some(region) = self.region.clone() else {
             return Ok(None);
         };
-        let key = manifest::probe_key(&self.config.s3_prefix, self.run_started());
+        let key = manifest::probe_key(&self.settings.s3_prefix, self.run_started());
         let purpose = Purpose::ReadBackProbe;
         self.s3_request(&region, Method::Head, &key, None, now_ms, purpose)
     }
@@ -238,6 +253,10 @@ impl<S: Sql> Tick<'_, S> {
         answer: HttpResult,
         now_ms: u64,
     ) -> Result<(), StoreError> {
+        if self.region_was_wrong(&answer, now_ms)? {
+            // The probe is written and read again once the region is known.
+            return Ok(());
+        }
         match answer {
             Ok(a) if a.status == 200 => self.set_phase(Phase::Listing, now_ms)?,
             Ok(a) if a.status >= 500 => {
@@ -253,7 +272,7 @@ impl<S: Sql> Tick<'_, S> {
             Ok(a) => {
                 let reason = format!(
                     "the bucket {} took a signed PUT but refused to read it back ({}): grant the key s3:GetObject, without which no backup can be proven — {}",
-                    self.config.bucket.name,
+                    self.settings.bucket.name,
                     a.status,
                     s3_error(&a)
                 );
@@ -271,16 +290,13 @@ impl<S: Sql> Tick<'_, S> {
     }
 
     pub(super) fn on_region(&mut self, answer: HttpResult, now_ms: u64) -> Result<(), StoreError> {
-        let bucket = self.config.bucket.name.clone();
+        let bucket = self.settings.bucket.name.clone();
         match answer.as_ref().ok().and_then(region_from_answer) {
             Some(region) => {
-                self.store
-                    .set_meta(MetaKey::BucketRegion, region.as_str())?;
-                self.report.events.push(Event::RegionFound {
-                    bucket,
-                    region: region.clone(),
-                });
-                self.region = Some(region);
+                self.keep_region(Some(&region))?;
+                self.report
+                    .events
+                    .push(Event::RegionFound { bucket, region });
                 // The probe paused S3 work only until the region was known.
                 self.gates.s3 = S3Gate::Open;
             }
@@ -298,6 +314,99 @@ impl<S: Sql> Tick<'_, S> {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the region the bucket named, or forgets it: in `meta`, for the bucket and endpoint
+    /// it is for (the next runs with them start with it), and in the run's settings.
+    fn keep_region(&mut self, region: Option<&str>) -> Result<(), StoreError> {
+        match region {
+            Some(region) => {
+                let learned = LearnedRegion::new(&self.settings.bucket, region);
+                self.store
+                    .set_meta(MetaKey::BucketRegion, learned.to_json())?;
+            }
+            None => self.store.delete_meta(MetaKey::BucketRegion)?,
+        }
+        self.settings.learned_region = region.map(str::to_owned);
+        self.region = self.settings.region().map(str::to_owned);
+        if self.pinned {
+            self.run = self
+                .store
+                .set_run_settings(self.run.id, &self.settings.to_json())?;
+        }
+        Ok(())
+    }
+
+    /// Whether S3 answered that the bucket is not in the region the request was signed for,
+    /// with a region learned by asking: the bucket moved (or the region was another bucket's),
+    /// and it is asked again, once a tick (a second time S3 rests until the next). The caller
+    /// sends its request again once the region is known. A region the user set
+    /// ([`Tick::set_region_wrong`]) is theirs to fix.
+    pub(super) fn region_was_wrong(
+        &mut self,
+        answer: &HttpResult,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let (Ok(answer), Some(signed_for)) = (answer, self.signed_for.clone()) else {
+            return Ok(false);
+        };
+        if !self.settings.region_is_learned() {
+            return Ok(false);
+        }
+        let Some(wrong) = wrong_region(answer, &signed_for) else {
+            return Ok(false);
+        };
+        // The answers to the other requests sent with it say the same: once is enough.
+        if self.region.as_deref() == Some(signed_for.as_str()) {
+            self.keep_region(None)?;
+            let bucket = self.settings.bucket.name.clone();
+            self.note_error(
+                &format!(
+                    "S3 answered {} for bucket {bucket}: it is not in {signed_for}{}; asking it again",
+                    answer.status,
+                    wrong
+                        .named
+                        .as_deref()
+                        .map(|r| format!(" but in {r}"))
+                        .unwrap_or_default()
+                ),
+                now_ms,
+            )?;
+            self.report.events.push(Event::RegionForgotten {
+                bucket,
+                region: signed_for,
+                named: wrong.named,
+            });
+            if self.region_relearned {
+                self.gates.s3 = S3Gate::Resting;
+            }
+            self.region_relearned = true;
+        }
+        Ok(true)
+    }
+
+    /// The reason to stop when AWS says the bucket is not in the region the user set
+    /// (`AWS_REGION`). An S3-compatible server (`S3_ENDPOINT`) may name regions of its own: its
+    /// answers are taken as they come.
+    fn set_region_wrong(&self, answer: &HttpResult) -> Option<String> {
+        let (Ok(answer), Some(signed_for)) = (answer, self.signed_for.as_deref()) else {
+            return None;
+        };
+        if self.settings.region_is_learned() || self.settings.bucket.endpoint().is_some() {
+            return None;
+        }
+        let wrong = wrong_region(answer, signed_for)?;
+        let bucket = &self.settings.bucket.name;
+        Some(match wrong.named {
+            Some(named) => format!(
+                "the bucket {bucket} is in {named}, not in AWS_REGION's {signed_for} (S3 answered {}): set AWS_REGION to {named}",
+                answer.status
+            ),
+            None => format!(
+                "the bucket {bucket} is not in AWS_REGION's {signed_for} (S3 answered {}): check AWS_REGION and S3_ENDPOINT",
+                answer.status
+            ),
+        })
     }
 
     /// The token or the bucket was refused: the run ends before any export, with the reason.

@@ -34,8 +34,8 @@ impl<S: Sql> Tick<'_, S> {
         };
         let last_project_id = last.project_id;
         let part = self.run.manifest_parts + 1;
-        let key = manifest::part_key(&self.config.s3_prefix, self.run_started(), part);
-        let body = manifest::part_body(&self.config.s3_prefix, self.run_started(), &entries);
+        let key = manifest::part_key(&self.settings.s3_prefix, self.run_started(), part);
+        let body = manifest::part_body(&self.settings.s3_prefix, self.run_started(), &entries);
         self.s3_put(
             region,
             &key.clone(),
@@ -56,9 +56,9 @@ impl<S: Sql> Tick<'_, S> {
         region: &str,
         now_ms: u64,
     ) -> Result<Option<Step>, StoreError> {
-        let key = manifest::summary_key(&self.config.s3_prefix, self.run_started());
+        let key = manifest::summary_key(&self.settings.s3_prefix, self.run_started());
         let errors = self.store.listing_errors(self.run.id)?;
-        let body = manifest::summary_body(&self.config.s3_prefix, &self.run, &errors, now_ms);
+        let body = manifest::summary_body(&self.settings.s3_prefix, &self.run, &errors, now_ms);
         self.s3_put(
             region,
             &key.clone(),
@@ -107,7 +107,7 @@ impl<S: Sql> Tick<'_, S> {
         now_ms: u64,
         purpose: Purpose,
     ) -> Result<Option<Step>, StoreError> {
-        let url = self.config.bucket.object_url(region, key);
+        let url = self.settings.bucket.object_url(region, key);
         let signer = self.signer(region, now_ms);
         match signer.signed_request(method, &url, body) {
             Ok(request) => Ok(Some(Step { request, purpose })),
@@ -171,6 +171,10 @@ impl<S: Sql> Tick<'_, S> {
         answer: HttpResult,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
+        if self.region_was_wrong(&answer, now_ms)? {
+            // Written again once the bucket's region is known.
+            return Ok(false);
+        }
         let why = match answer {
             Ok(a) if a.status == 200 => return Ok(true),
             Ok(a) => format!("S3 answered {}: {}", a.status, s3_error(&a)),

@@ -11,8 +11,9 @@ use super::listing::pages_budget;
 use super::timers::{Timer, TimerTable};
 use super::window::Window;
 use super::{Event, Tick, TickReport};
-use crate::config::Config;
+use crate::config::{Config, RunSettings};
 use crate::gitlab::GitLab;
+use crate::s3::{Bucket, LearnedRegion};
 use crate::store::{MetaKey, Phase, RunRow, Sql, Store, StoreError};
 use crate::time::ms;
 
@@ -202,7 +203,13 @@ impl<'a, S: Sql> Tick<'a, S> {
             }
             Ok(())
         };
-        let gitlab = GitLab::new(&config.gitlab_url, config.gitlab_token.clone());
+        // The region the bucket named when asked before, if it was this endpoint and bucket.
+        let learned_region = |bucket: &Bucket| -> Result<Option<String>, StoreError> {
+            Ok(LearnedRegion::read_for(
+                meta.text(MetaKey::BucketRegion)?.as_deref(),
+                bucket,
+            ))
+        };
         let mut events = Vec::new();
         let mut fresh_run = false;
         let run = match (store.active_run()?, start) {
@@ -229,6 +236,9 @@ impl<'a, S: Sql> Tick<'a, S> {
                     }
                     return Ok(Begin::Idle);
                 }
+                // The run keeps the settings it starts with to its end.
+                let settings = RunSettings::of(config, learned_region(&config.bucket)?);
+                let gitlab = GitLab::new(&settings.gitlab_url, config.gitlab_token.clone());
                 let groups: Vec<(String, String)> = config
                     .groups
                     .iter()
@@ -237,7 +247,7 @@ impl<'a, S: Sql> Tick<'a, S> {
                         (g.to_string(), first.to_string())
                     })
                     .collect();
-                let run = store.start_run(now_ms, &groups)?;
+                let run = store.start_run_with(now_ms, &groups, Some(&settings.to_json()))?;
                 match start {
                     Start::IfDue => store.set_meta(MetaKey::LastScheduledStart, now_ms)?,
                     // The first manual run of a store that never kept the record: none yet.
@@ -266,10 +276,19 @@ impl<'a, S: Sql> Tick<'a, S> {
             Some(learned) if holds => config.exports_per_minute.min(learned as u32).max(1),
             _ => config.exports_per_minute,
         };
-        let region = match &config.bucket.region {
-            Some(region) => Some(region.clone()),
-            None => meta.text(MetaKey::BucketRegion)?,
+        // Every request and key of the run comes from the settings it started with, read once
+        // a tick. A run begun before runs kept them (`settings` NULL) goes on with the current
+        // ones, as it did.
+        let (settings, pinned) = match run.settings.as_deref() {
+            Some(json) => (RunSettings::from_json(json).map_err(StoreError)?, true),
+            None => (
+                RunSettings::of(config, learned_region(&config.bucket)?),
+                false,
+            ),
         };
+        // Secrets are never kept: the token is the current one, sent only to the run's GitLab.
+        let gitlab = GitLab::new(&settings.gitlab_url, config.gitlab_token.clone());
+        let region = settings.region().map(str::to_owned);
         let intents = Intents::read(meta.text(MetaKey::Intents)?.as_deref(), run.id)?;
         let mut window = Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?;
         window.flights.for_run(run.id);
@@ -281,6 +300,10 @@ impl<'a, S: Sql> Tick<'a, S> {
             store,
             config,
             gitlab,
+            settings,
+            pinned,
+            signed_for: None,
+            region_relearned: false,
             region,
             budget: Budget::new(
                 config.subrequests_per_invocation,

@@ -209,8 +209,8 @@ impl<S: Sql> Tick<'_, S> {
         let Some(region) = self.region.clone() else {
             return Ok(None);
         };
-        let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
-        let url = self.config.bucket.object_url(&region, &key);
+        let key = object_key(&self.settings.s3_prefix, &project.path, self.run_started());
+        let url = self.settings.bucket.object_url(&region, &key);
         let signer = self.signer(&region, now_ms);
         match signer.signed_request(Method::Head, &url, None) {
             Ok(request) => Ok(Some(Step {
@@ -234,6 +234,14 @@ impl<S: Sql> Tick<'_, S> {
         answer: HttpResult,
         now_ms: u64,
     ) -> Result<(), StoreError> {
+        if self.region_was_wrong(&answer, now_ms)? {
+            // Looked for again once the bucket's region is known.
+            self.intents.push(Intent::Head {
+                project,
+                gitlab_said,
+            });
+            return Ok(());
+        }
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) => {
@@ -268,7 +276,7 @@ impl<S: Sql> Tick<'_, S> {
                     );
                     return self.not_there_yet(&project, &reason, now_ms);
                 }
-                let key = object_key(&self.config.s3_prefix, &project.path, self.run_started());
+                let key = object_key(&self.settings.s3_prefix, &project.path, self.run_started());
                 self.end_flight(&project);
                 if !self.store.record_verified(self.run.id, &project, size)? {
                     // Verified or failed already, by a tick that died before it stored that

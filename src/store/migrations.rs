@@ -14,7 +14,7 @@
 //! | 6 | 4fbd802 | `projects.unanswered` |
 //! | 7 | ec006b5 | the counters' triggers; the digest `schema_version` in `meta` |
 //! | 8 | 6a83cee | the rate window in `meta` instead of the table `export_log` |
-//! | 9 | (this) | exports under way in `meta`; `projects_queued`; the manifest's walk; cancel; `listings.total`, `listings.relists` |
+//! | 9 | (this) | exports under way in `meta`; `projects_queued`; the manifest's walk; cancel; `listings.total`, `listings.relists`; `runs.settings` |
 //!
 //! Stores from before the numbers have none: their version is read from `sqlite_master`
 //! ([`detect`]), by the columns their tables declare. Their `CREATE … IF NOT EXISTS` added new
@@ -167,7 +167,7 @@ pub(super) const STEPS: &[Step] = &[
     },
     Step {
         version: 9,
-        change: "exports under way kept with the rate window; the manifest walked at the end; cancel; a group listed again when it changed",
+        change: "exports under way kept with the rate window; the manifest walked at the end; cancel; a group listed again when it changed; runs.settings",
         statements: &[
             // A project's export under way (claimed, accepted, its checks) lives in `meta`
             // with the rate window, no longer in its row and two indexes.
@@ -221,6 +221,9 @@ pub(super) const STEPS: &[Step] = &[
             // A group listed again when its project count changed during its listing.
             "ALTER TABLE listings ADD COLUMN total INTEGER",
             "ALTER TABLE listings ADD COLUMN relists INTEGER NOT NULL DEFAULT 0",
+            // The settings a run started with (`config::RunSettings`, as JSON). Runs begun
+            // before it keep NULL, and go on with the current settings, as they did.
+            "ALTER TABLE runs ADD COLUMN settings TEXT",
         ],
     },
 ];
@@ -288,6 +291,10 @@ pub(super) fn detect(objects: &[Object]) -> Result<u64, StoreError> {
         // 4 or 5: they differ only by an index that version 5 stopped creating but never
         // dropped; step 5 drops it if it is there.
         4
+    } else if has(&runs, "settings") {
+        // Stores keep a number from version 8 on; one that lost it shows its version so (it
+        // has no trigger `count_exported` any more).
+        9
     } else if !(trigger("count_exported") && trigger("count_outcome")) {
         6
     } else if table("export_log").is_some() {

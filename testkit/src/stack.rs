@@ -373,6 +373,38 @@ impl LocalStack {
         })
     }
 
+    /// Stops wrangler and starts it again on the same state with `changes` to the worker's
+    /// settings (each replacing the setting of its name), as a redeploy with new vars does: the
+    /// run it was advancing goes on under the new configuration.
+    pub async fn restart_worker_with(
+        self,
+        changes: &[(&'static str, String)],
+    ) -> Result<LocalStack> {
+        let LocalStack {
+            tools,
+            dir,
+            standin,
+            s3,
+            wrangler,
+            mut vars,
+        } = self;
+        for (name, value) in changes {
+            vars.retain(|(set, _)| set != name);
+            vars.push((name, value.clone()));
+        }
+        wrangler.stop().await;
+        let log = dir.join(format!("wrangler-{}.log", free_port()?));
+        let wrangler = Wrangler::start(&tools, &vars, &dir.join("state"), &log).await?;
+        Ok(LocalStack {
+            tools,
+            dir,
+            standin,
+            s3,
+            wrangler,
+            vars,
+        })
+    }
+
     /// The values of the worker's secrets: none may ever appear in a log line or an answer.
     pub fn secrets(&self) -> Vec<&str> {
         self.vars

@@ -30,7 +30,8 @@
 //! The cases, by topic: `schedule.rs` (when runs start), `preflight.rs` (token, bucket and
 //! region), `listing.rs` (pages and groups), `exports.rs` (rate window, 429s, learned limit,
 //! backoff, refusals, unanswered exports), `verify.rs` (proof of landing, retries, timeouts),
-//! `restarts.rs` (a worker killed mid-tick), `pruning.rs` (old runs), `upgrades.rs` (a run left
+//! `restarts.rs` (a worker killed mid-tick), `pruning.rs` (old runs), `settings.rs` (settings
+//! pinned per run, the bucket's region learned again), `upgrades.rs` (a run left
 //! in the middle by every earlier schema, completed after its store is migrated), and
 //! `properties.rs` (the property tests).
 
@@ -44,5 +45,6 @@ mod properties;
 mod pruning;
 mod restarts;
 mod schedule;
+mod settings;
 mod upgrades;
 mod verify;

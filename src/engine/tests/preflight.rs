@@ -31,7 +31,7 @@ fn without_aws_region_the_first_export_tick_learns_the_region_and_signs_for_it()
             .text(MetaKey::BucketRegion)
             .unwrap()
             .as_deref(),
-        Some("eu-west-3")
+        Some(r#"{"endpoint":null,"bucket":"backups","region":"eu-west-3"}"#)
     );
     let run = h.run_until_finished(T0 + HOUR);
     assert_eq!((run.exported, run.verified), (8, 8));

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::sim::{
-    assert_gitlab_window_respected, config, Harness, SimGitLab, World, HOUR, MINUTE, SECOND, T0,
+    assert_gitlab_window_respected, config, Harness, SimGitLab, World, DAY, HOUR, MINUTE, SECOND,
+    T0,
 };
 use crate::config::Config;
 use crate::s3::object_key;
@@ -167,4 +168,50 @@ fn a_run_left_by_any_earlier_schema_completes_with_no_project_lost_or_exported_t
             "{why}"
         );
     }
+}
+
+#[test]
+fn a_run_begun_before_runs_kept_their_settings_goes_on_with_the_current_ones() {
+    // Version 8 kept no settings with a run: its run goes on with the settings as they are now
+    // (here another prefix than it began with), as it did before; the next run keeps its own.
+    let fixture = FIXTURES.iter().find(|f| f.name == "v8_exporting").unwrap();
+    let config = config(&[("S3_PREFIX", "now"), ("AWS_REGION", "")]);
+    let (mut world, _, _) = world_of(fixture, &config);
+    world.s3.region = Some("eu-west-1".into());
+    let db = HostSql::from_dump(fixture.dump).unwrap();
+    let mut h = Harness::on_store(config, world, db);
+    let run = h.run_until_finished(T0 + 6 * HOUR);
+    assert_eq!(
+        (run.id, run.error.as_deref()),
+        (2, None),
+        "{}",
+        h.describe()
+    );
+    assert_eq!(
+        run.settings, None,
+        "run 2 began before runs kept their settings"
+    );
+    assert!(run
+        .summary_key
+        .as_deref()
+        .unwrap()
+        .starts_with("now/_runs/"));
+    for export in &h.world.gitlab.exports {
+        let path = export.upload_url.as_ref().unwrap().path().to_owned();
+        assert!(path.starts_with("/now/acme/"), "{path}");
+    }
+    // The region it kept then named no bucket: it is asked again, for this one.
+    assert_eq!(h.world.s3.probes.len(), 1);
+
+    h.run_until(T0 + 2 * DAY, |h| {
+        h.latest_run()
+            .is_some_and(|r| r.id == 3 && r.phase == Phase::Finished)
+    });
+    let next = h.latest_run().unwrap();
+    let kept = crate::config::RunSettings::from_json(next.settings.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (kept.s3_prefix.as_str(), kept.learned_region.as_deref()),
+        ("now/", Some("eu-west-1"))
+    );
+    assert_eq!(h.world.s3.probes.len(), 1, "the next run knows the region");
 }

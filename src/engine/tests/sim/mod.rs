@@ -16,7 +16,7 @@ pub(crate) use checks::{
 pub(crate) use faults::{Fault, FaultPlan, Rng};
 pub(crate) use gitlab::{is_export, ExportSeen, SimGitLab};
 pub(crate) use harness::{config, one_group, Began, Crash, Harness, TickLog};
-pub(crate) use s3::SimS3;
+pub(crate) use s3::{bucket_and_region, SimS3};
 pub(crate) use world::{Sent, World};
 
 pub(crate) const SECOND: u64 = 1_000;

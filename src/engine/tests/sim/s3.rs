@@ -11,10 +11,14 @@ use crate::http::{HttpRequest, HttpResponse, Method};
 pub(crate) struct SimS3 {
     /// The region S3 names in `x-amz-bucket-region`; `None`: a server that does not say.
     pub(crate) region: Option<String>,
+    /// Where buckets are, when a test says: their probe names that region, and a request signed
+    /// for another is answered 301 `PermanentRedirect` naming it, as S3 does (a presigned
+    /// upload then lands nowhere). A bucket that moves keeps its objects.
+    pub(crate) bucket_regions: BTreeMap<String, String>,
     pub(crate) probes: Vec<(u64, Url)>,
-    /// Objects by host and path: their size and when they were written.
+    /// Objects by bucket and path: their size and when they were written.
     objects: BTreeMap<(String, String), (u64, u64)>,
-    /// The bodies of the objects the worker (or someone else) PUT, by host and path.
+    /// The bodies of the objects the worker (or someone else) PUT, by bucket and path.
     bodies: BTreeMap<(String, String), String>,
     /// The worker's GETs: (arrival, path, status answered).
     pub(crate) gets: Vec<(u64, String, u16)>,
@@ -24,6 +28,8 @@ pub(crate) struct SimS3 {
     pub(crate) heads: Vec<(u64, String, u16)>,
     /// GitLab's uploads: (arrival, path, size).
     pub(crate) uploads: Vec<(u64, String, u64)>,
+    /// The worker's requests answered 301 for a bucket in another region: (arrival, path).
+    pub(crate) wrong_region: Vec<(u64, String)>,
     /// A status S3 answers the worker's PUTs with instead of 200.
     pub(crate) put_status: Option<u16>,
     /// A status S3 answers the worker's HEADs of objects with, whatever it holds (403: a key
@@ -31,11 +37,20 @@ pub(crate) struct SimS3 {
     pub(crate) head_status: Option<u16>,
 }
 
+/// The bucket and region of a virtual-hosted URL (`<bucket>.s3.<region>.amazonaws.com`).
+pub(crate) fn bucket_and_region(url: &Url) -> (String, String) {
+    let host = url.host_str().unwrap_or_default();
+    let (bucket, rest) = host
+        .split_once(".s3.")
+        .unwrap_or_else(|| panic!("not a bucket's host: {url}"));
+    let region = rest
+        .strip_suffix(".amazonaws.com")
+        .unwrap_or_else(|| panic!("not a bucket's host: {url}"));
+    (bucket.to_owned(), region.to_owned())
+}
+
 fn object_id(url: &Url) -> (String, String) {
-    (
-        url.host_str().unwrap_or_default().to_owned(),
-        url.path().to_owned(),
-    )
+    (bucket_and_region(url).0, url.path().to_owned())
 }
 
 impl SimS3 {
@@ -47,11 +62,7 @@ impl SimS3 {
             .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
             .map(|(_, v)| v.as_str())
             .unwrap_or_else(|| panic!("an unsigned S3 request: {request:?}"));
-        let host = request.url.host_str().unwrap();
-        let region = host
-            .strip_prefix("backups.s3.")
-            .and_then(|h| h.strip_suffix(".amazonaws.com"))
-            .unwrap();
+        let (_, region) = bucket_and_region(&request.url);
         assert!(
             authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDSIMULATED/")
                 && authorization.contains(&format!("/{region}/s3/aws4_request")),
@@ -59,8 +70,38 @@ impl SimS3 {
         );
     }
 
+    /// The region the bucket of `url` is in, when it is not the one `url` is for.
+    fn elsewhere(&self, url: &Url) -> Option<String> {
+        let (bucket, region) = bucket_and_region(url);
+        self.bucket_regions
+            .get(&bucket)
+            .filter(|actual| **actual != region)
+            .cloned()
+    }
+
+    /// S3's answer to a request sent to another region than the bucket's.
+    fn redirect(bucket: &str, actual: &str, method: Method) -> HttpResponse {
+        let body = if method == Method::Head {
+            Vec::new()
+        } else {
+            format!(
+                "<Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message><Endpoint>{bucket}.s3.{actual}.amazonaws.com</Endpoint></Error>"
+            )
+            .into_bytes()
+        };
+        HttpResponse {
+            status: 301,
+            headers: vec![("x-amz-bucket-region".into(), actual.to_owned())],
+            body,
+        }
+    }
+
     pub(crate) fn upload(&mut self, url: &Url, size: u64, at_ms: u64) {
         assert!(url.query_pairs().any(|(n, _)| n == "X-Amz-Signature"));
+        if self.elsewhere(url).is_some() {
+            // Refused; GitLab only mails its user about it.
+            return;
+        }
         let id = object_id(url);
         self.uploads.push((at_ms, id.1.clone(), size));
         self.objects.insert(id, (size, at_ms));
@@ -83,6 +124,15 @@ impl SimS3 {
             .url
             .query_pairs()
             .any(|(n, _)| n == "X-Amz-Signature");
+        if !presigned {
+            if let Some(actual) = self.elsewhere(&request.url) {
+                Self::assert_header_signed(request);
+                self.wrong_region
+                    .push((at_ms, request.url.path().to_owned()));
+                let (bucket, _) = bucket_and_region(&request.url);
+                return Self::redirect(&bucket, &actual, request.method);
+            }
+        }
         if request.method == Method::Put {
             Self::assert_header_signed(request);
             let status = self.put_status.unwrap_or(200);
@@ -150,7 +200,8 @@ impl SimS3 {
             };
         }
         self.probes.push((at_ms, request.url.clone()));
-        match &self.region {
+        let (bucket, _) = bucket_and_region(&request.url);
+        match self.bucket_regions.get(&bucket).or(self.region.as_ref()) {
             Some(region) => HttpResponse {
                 status: if region == "us-east-1" { 200 } else { 301 },
                 headers: vec![("x-amz-bucket-region".into(), region.clone())],

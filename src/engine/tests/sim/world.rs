@@ -10,6 +10,10 @@ use crate::time::ms;
 /// A request as the worker sent it.
 #[derive(Clone, Debug)]
 pub(crate) struct Sent {
+    /// Where it went (its signature and query included).
+    pub(crate) url: url::Url,
+    /// Whether it carried GitLab's token.
+    pub(crate) with_token: bool,
     pub(crate) sent_ms: u64,
     pub(crate) done_ms: u64,
     pub(crate) to_gitlab: bool,
@@ -30,6 +34,13 @@ struct Delivery {
     arrival_ms: u64,
     request: HttpRequest,
     fault: Option<Fault>,
+}
+
+fn with_token(request: &HttpRequest) -> bool {
+    request
+        .headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("private-token"))
 }
 
 pub(crate) struct World {
@@ -196,6 +207,8 @@ impl World {
         self.now = done_ms;
         self.sent.push(Sent {
             batch: self.batch,
+            url: request.url.clone(),
+            with_token: with_token(request),
             sent_ms,
             done_ms,
             to_gitlab: self.to_gitlab(request),
@@ -228,6 +241,8 @@ impl World {
         self.now = sent_ms + self.rng.upto(up.min(ms(REQUEST_TIMEOUT)));
         self.sent.push(Sent {
             batch: self.batch,
+            url: request.url.clone(),
+            with_token: with_token(request),
             sent_ms,
             done_ms: self.now,
             to_gitlab: self.to_gitlab(request),
