@@ -15,6 +15,10 @@ use crate::time::ms;
 
 use super::verify::next_check_ms;
 
+/// Exports under way at most (claimed, or accepted and awaiting their proof): they are kept in
+/// one `meta` row, about 150 bytes each, and a Durable Object's value holds 2 MB. A run only
+/// reaches it with a high `EXPORTS_PER_MINUTE` and exports that sit in GitLab's queue.
+pub const MAX_EXPORTS_UNDER_WAY: usize = 5_000;
 /// GitLab counts export requests per user in windows of one minute.
 pub const EXPORT_WINDOW: Duration = Duration::from_secs(60);
 /// Export requests of one project left without a usable answer (5xx, timeout) in a row that
@@ -29,7 +33,8 @@ impl<S: Sql> Tick<'_, S> {
     /// Whether one more export request may go out now: the tick's export budget, GitLab's 429
     /// block, and room in the rolling window (closed until it frees).
     fn export_gate(&self, now_ms: u64) -> Gate {
-        if self.budget.exports_left == 0 {
+        if self.budget.exports_left == 0 || self.window.flights.len() >= MAX_EXPORTS_UNDER_WAY {
+            // (At the limit, the exports under way make room as their checks end them.)
             return Gate::Shut;
         }
         match self.gates.exports.gate(now_ms) {
@@ -164,14 +169,15 @@ impl<S: Sql> Tick<'_, S> {
     ) -> Result<(), StoreError> {
         let reason = format!("exporting {}: {error}", project.path);
         let behind = now_ms + ms(super::BACKOFF_STEP);
-        self.window.flights.end(project.project_id);
-        self.window_unsaved = true;
         let (in_a_row, attempts) = self.store.export_unanswered(
             self.run.id,
             project.project_id,
             behind,
             UNANSWERED_PER_ATTEMPT,
         )?;
+        // Ended once its row is back in line: a write that fails leaves it under way.
+        self.window.flights.end(project.project_id);
+        self.window_unsaved = true;
         self.gitlab_unavailable(&reason, now_ms)?;
         if in_a_row % UNANSWERED_PER_ATTEMPT == 0 {
             let why = format!(

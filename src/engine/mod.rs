@@ -38,7 +38,9 @@ use crate::store::{ClaimedProject, MetaKey, Phase, RunRow, Sql, Store, StoreErro
 use crate::time::system_time;
 
 pub use event::Event;
-pub use export::{EXPORT_WINDOW, LEARNED_LIMIT_HOLDS, UNANSWERED_PER_ATTEMPT};
+pub use export::{
+    EXPORT_WINDOW, LEARNED_LIMIT_HOLDS, MAX_EXPORTS_UNDER_WAY, UNANSWERED_PER_ATTEMPT,
+};
 pub use gates::{BACKOFF_MAX, BACKOFF_STEP, RETRY_AFTER_SLACK};
 pub use listing::{LISTING_CONCURRENCY, LISTING_PAGE_CPU_MS};
 pub use schedule::{

@@ -75,9 +75,19 @@ pub fn cancel<S: Sql>(store: &Store<S>, now_ms: u64) -> Result<Cancel, StoreErro
     let Some(run) = store.active_run()? else {
         return Ok(Cancel::NoRun);
     };
-    let Some(run) = store.cancel_run(run.id, now_ms)? else {
+    let preflight = run.phase == Phase::Preflight;
+    let Some(mut run) = store.cancel_run(run.id, now_ms)? else {
         return Ok(Cancel::AlreadyCancelled(run));
     };
+    if preflight {
+        // Nothing listed, and the bucket (or its prefix) not proven the run's: no record to
+        // write, and none written there.
+        run = store.stop_run(
+            run.id,
+            "cancelled by the operator before its preflight ended",
+            now_ms,
+        )?;
+    }
     let meta = store.meta(&[MetaKey::ExportWindow])?;
     let mut window = Window::read(meta.text(MetaKey::ExportWindow)?.as_deref())?;
     window.flights.for_run(run.id);

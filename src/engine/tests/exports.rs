@@ -392,3 +392,45 @@ fn the_answers_times_reach_the_stored_window_by_the_end_of_the_tick() {
         "the last answer's time too, stored when the tick ended"
     );
 }
+
+#[test]
+fn no_export_is_claimed_while_the_most_exports_under_way_await_their_proof() {
+    use crate::engine::window::Window;
+    use crate::store::{Claimable, ClaimedProject};
+    let (gitlab, _) = one_group(3, 6);
+    let mut h = Harness::new(config(&[]), World::new(gitlab));
+    // The preflight and the listing.
+    h.fire_next();
+    let run = h.store().active_run().unwrap().unwrap();
+    // As many accepted exports under way as the worker keeps (of projects of another run, so
+    // the run's own are untouched), none due for a check yet.
+    let mut window = Window::default();
+    window.flights.for_run(run.id);
+    for id in 0..crate::engine::MAX_EXPORTS_UNDER_WAY as u64 {
+        window.flights.claim(Claimable {
+            project: ClaimedProject {
+                project_id: 1_000_000 + id,
+                path: format!("elsewhere/{id}"),
+                attempts: 0,
+                exported_ms: None,
+            },
+            new: false,
+        });
+        window
+            .flights
+            .accepted(1_000_000 + id, h.world.now, h.world.now + HOUR);
+    }
+    h.store()
+        .set_meta(MetaKey::ExportWindow, window.to_json().unwrap())
+        .unwrap();
+    let exports_before = h.world.gitlab.exports.len();
+    h.tick(crate::engine::Start::IfDue);
+    assert_eq!(h.world.gitlab.exports.len(), exports_before, "no room");
+    // One of them ends: there is room for one export.
+    window.flights.end(1_000_000);
+    h.store()
+        .set_meta(MetaKey::ExportWindow, window.to_json().unwrap())
+        .unwrap();
+    h.tick(crate::engine::Start::IfDue);
+    assert_eq!(h.world.gitlab.exports.len(), exports_before + 1);
+}

@@ -256,3 +256,31 @@ fn a_cancelled_run_records_each_project_without_an_outcome_as_cancelled_and_the_
         run.started_ms + DAY
     ));
 }
+
+#[test]
+fn a_run_cancelled_in_its_preflight_ends_at_once_and_writes_no_record() {
+    let (gitlab, _) = one_group(5, 6);
+    let mut h = Harness::new(
+        config(&[("SUBREQUESTS_PER_INVOCATION", "2")]),
+        World::new(gitlab),
+    );
+    h.tick(Start::Now);
+    let store = h.store();
+    assert_eq!(store.active_run().unwrap().unwrap().phase, Phase::Preflight);
+    let run = match crate::engine::cancel(&store, h.world.now).unwrap() {
+        crate::engine::Cancel::Cancelled(run, _) => run,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(run.phase, Phase::Finished);
+    assert!(run.cancelled_ms.is_some());
+    assert!(run.error.unwrap().contains("cancelled by the operator"));
+    assert!(store.active_run().unwrap().is_none());
+    assert!(
+        !h.world
+            .s3
+            .puts
+            .iter()
+            .any(|(_, path, _)| path.ends_with("summary.json")),
+        "no record in a bucket the run never proved"
+    );
+}
