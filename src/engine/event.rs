@@ -69,6 +69,8 @@ events! {
     PreflightPassed = "preflight_passed" { run: u64, user: String }
     RunStopped = "run_stopped" { run: u64, reason: String }
     ManifestWritten = "manifest_written" { run: u64, key: String, projects: usize }
+    /// S3 refused the run's record for `RECORD_GIVE_UP`: the run ended without it.
+    RecordAbandoned = "record_abandoned" { run: u64, reason: String }
     ExportFailed = "export_failed" { run: u64, project_id: u64, path: String, reason: String }
     RateLimited = "rate_limited" { retry_after_s: u64 }
     /// GitLab refused an export with 429 while fewer than EXPORTS_PER_MINUTE were in the last

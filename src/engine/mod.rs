@@ -43,6 +43,7 @@ pub use export::{
 };
 pub use gates::{BACKOFF_MAX, BACKOFF_STEP, RETRY_AFTER_SLACK};
 pub use listing::{LISTING_CONCURRENCY, LISTING_PAGE_CPU_MS};
+pub use record::RECORD_GIVE_UP;
 pub use schedule::{
     arrival, cancel, run_due, schedule_anchor, Arrival, Begin, Cancel, Start, BACKUPS_REMEMBERED,
     BUSY_RETRY, PRUNE_BATCH, RUNS_KEPT, RUNS_KEPT_IN_DETAIL,
@@ -173,6 +174,8 @@ pub struct Tick<'a, S: Sql> {
     prefix_ours: bool,
     /// `(due_ms, project_id)` of the last project this tick checked: the next check comes after.
     checked_after: (u64, u64),
+    /// Since when S3 has refused the run's record in a row (see [`RECORD_GIVE_UP`]).
+    record_failing_since: Option<u64>,
     intents: Intents,
     timers: TimerTable,
     /// Today's use of the daily allowances, and the store's count of rows written when the

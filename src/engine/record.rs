@@ -3,11 +3,19 @@
 //! run. The worker's own PUTs are signed
 //! in their headers, body hash included.
 
+use std::time::Duration;
+
 use super::gates::S3Gate;
 use super::{Event, Purpose, Step, Tick};
 use crate::http::{HttpResponse, HttpResult, Method};
 use crate::manifest::{self, PART_SIZE};
-use crate::store::{Sql, StoreError};
+use crate::store::{MetaKey, Sql, StoreError};
+use crate::time::ms;
+
+/// How long S3 may refuse a run's record, in a row, before the run is finished without it
+/// (`record_abandoned`): its outcomes stay in the store and `/status`, its backups in the
+/// bucket, and the next run may start. Until then each tick tries the record again.
+pub const RECORD_GIVE_UP: Duration = Duration::from_secs(6 * 3600);
 
 impl<S: Sql> Tick<'_, S> {
     /// The run's record once every project has its outcome (or the run was cancelled): the
@@ -176,13 +184,50 @@ impl<S: Sql> Tick<'_, S> {
             return Ok(false);
         }
         let why = match answer {
-            Ok(a) if a.status == 200 => return Ok(true),
+            Ok(a) if a.status == 200 => {
+                if self.record_failing_since.take().is_some() {
+                    self.store.delete_meta(MetaKey::RecordFailingSince)?;
+                }
+                return Ok(true);
+            }
             Ok(a) => format!("S3 answered {}: {}", a.status, s3_error(&a)),
             Err(e) => e,
         };
         self.gates.s3 = S3Gate::Resting;
-        self.note_error(&format!("writing {key}: {why}"), now_ms)?;
+        let error = format!("writing {key}: {why}");
+        self.note_error(&error, now_ms)?;
+        let since = match self.record_failing_since {
+            Some(since) => since,
+            None => {
+                self.store.set_meta(MetaKey::RecordFailingSince, now_ms)?;
+                self.record_failing_since = Some(now_ms);
+                now_ms
+            }
+        };
+        if now_ms.saturating_sub(since) >= ms(RECORD_GIVE_UP) {
+            self.abandon_record(&error, now_ms)?;
+        }
         Ok(false)
+    }
+
+    /// S3 has refused the run's record for [`RECORD_GIVE_UP`]: the run is finished without
+    /// it, so that it no longer holds back the next run.
+    fn abandon_record(&mut self, error: &str, now_ms: u64) -> Result<(), StoreError> {
+        let hours = RECORD_GIVE_UP.as_secs() / 3600;
+        let reason = format!(
+            "S3 refused the run's record for {hours} h, so the run ended without it (last: \
+             {error}); {} of its manifest parts were written, its outcomes are in /status and \
+             its backups in the bucket",
+            self.run.manifest_parts
+        );
+        self.run = self.store.stop_run(self.run.id, &reason, now_ms)?;
+        self.store.delete_meta(MetaKey::RecordFailingSince)?;
+        self.record_failing_since = None;
+        self.report.events.push(Event::RecordAbandoned {
+            run: self.run.id,
+            reason,
+        });
+        Ok(())
     }
 }
 

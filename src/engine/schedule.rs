@@ -32,7 +32,7 @@ pub const BACKUPS_REMEMBERED: Duration = Duration::from_secs(400 * 24 * 3600);
 pub const BUSY_RETRY: Duration = Duration::from_secs(5);
 
 /// The `meta` facts a tick reads, in its one `meta` statement.
-const TICK_FACTS: [MetaKey; 12] = [
+const TICK_FACTS: [MetaKey; 13] = [
     MetaKey::LearnedLimit,
     MetaKey::LearnedUntil,
     MetaKey::BucketRegion,
@@ -45,6 +45,7 @@ const TICK_FACTS: [MetaKey; 12] = [
     MetaKey::LastScheduledStart,
     MetaKey::DailyUsage,
     MetaKey::PrefixCheckedRun,
+    MetaKey::RecordFailingSince,
 ];
 
 /// Whether a tick may start a new run.
@@ -306,6 +307,11 @@ impl<'a, S: Sql> Tick<'a, S> {
         // tick that died before it recorded the answer: back in line (stored with the next
         // claim, or at the end of the tick).
         let window_unsaved = !fresh_run && window.flights.release_interrupted() > 0;
+        // S3's refusals of a record count for the run that is writing it.
+        let mut record_failing_since = meta.u64(MetaKey::RecordFailingSince)?;
+        if fresh_run && record_failing_since.take().is_some() {
+            store.delete_meta(MetaKey::RecordFailingSince)?;
+        }
         Ok(Begin::Tick(Box::new(Tick {
             store,
             config,
@@ -337,6 +343,7 @@ impl<'a, S: Sql> Tick<'a, S> {
             token_checked: false,
             prefix_ours: meta.u64(MetaKey::PrefixCheckedRun)? == Some(run.id),
             checked_after: (0, 0),
+            record_failing_since,
             intents,
             timers: TimerTable::default(),
             usage,

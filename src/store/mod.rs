@@ -186,10 +186,13 @@ pub enum MetaKey {
     /// The schema's version number: the last migration step (`store/migrations.rs`) the store
     /// went through.
     SchemaNumber,
+    /// Since when S3 has refused the active run's record (its manifest parts or summary), in a
+    /// row; gone once S3 takes it.
+    RecordFailingSince,
 }
 
 impl MetaKey {
-    pub const ALL: [MetaKey; 17] = [
+    pub const ALL: [MetaKey; 18] = [
         MetaKey::SchemaVersion,
         MetaKey::ExportWindow,
         MetaKey::ExportsBlockedUntil,
@@ -207,6 +210,7 @@ impl MetaKey {
         MetaKey::DeploymentId,
         MetaKey::PrefixCheckedRun,
         MetaKey::SchemaNumber,
+        MetaKey::RecordFailingSince,
     ];
 
     /// The key as stored.
@@ -229,6 +233,7 @@ impl MetaKey {
             MetaKey::DeploymentId => "deployment_id",
             MetaKey::PrefixCheckedRun => "prefix_checked_run",
             MetaKey::SchemaNumber => "schema_number",
+            MetaKey::RecordFailingSince => "record_failing_since_ms",
         }
     }
 }

@@ -284,3 +284,78 @@ fn a_run_cancelled_in_its_preflight_ends_at_once_and_writes_no_record() {
         "no record in a bucket the run never proved"
     );
 }
+
+#[test]
+fn a_run_whose_record_s3_refuses_for_hours_ends_without_it_and_the_next_run_starts_when_due() {
+    let (gitlab, _) = one_group(3, 6);
+    let mut h = Harness::new(
+        config(&[("BACKUP_INTERVAL_HOURS", "6")]),
+        World::new(gitlab),
+    );
+    h.run_until(T0 + HOUR, |h| {
+        h.latest_run().is_some_and(|r| r.phase == Phase::Recording)
+    });
+    let run = h.latest_run().unwrap();
+    assert_eq!(run.verified, 3);
+    // S3 now refuses every PUT of the worker's: the record cannot be written.
+    h.world.s3.put_status = Some(403);
+    let refused_at = h.world.now;
+    let give_up = crate::time::ms(crate::engine::RECORD_GIVE_UP);
+    while h.world.now < refused_at + give_up - 2 * MINUTE {
+        h.fire_next();
+    }
+    let waiting = h.latest_run().unwrap();
+    assert_eq!(
+        (waiting.id, waiting.phase),
+        (run.id, Phase::Recording),
+        "a refused record is tried again, tick after tick, until RECORD_GIVE_UP"
+    );
+    h.run_until(refused_at + give_up + 2 * MINUTE, |h| {
+        h.store()
+            .recent_runs(5)
+            .unwrap()
+            .iter()
+            .any(|r| r.id == run.id && r.phase == Phase::Finished)
+    });
+    let ended = h
+        .store()
+        .recent_runs(5)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == run.id)
+        .unwrap();
+    let error = ended.error.clone().unwrap();
+    assert!(
+        error.contains("S3 refused the run's record for 6 h") && error.contains("AccessDenied"),
+        "{error}"
+    );
+    assert!(ended.summary_key.is_none(), "no summary was written");
+    assert_eq!(ended.verified, 3, "its outcomes stay");
+    let abandoned: Vec<&Event> = h
+        .ticks
+        .iter()
+        .flat_map(|t| t.events())
+        .filter(|e| matches!(e, Event::RecordAbandoned { run: id, .. } if *id == run.id))
+        .collect();
+    assert_eq!(abandoned.len(), 1, "logged once");
+    // The next run is no longer held back: S3 takes PUTs again, and it runs to its end.
+    h.world.s3.put_status = None;
+    h.run_until(refused_at + give_up + 2 * DAY, |h| {
+        h.latest_run()
+            .is_some_and(|r| r.id > run.id && r.phase == Phase::Finished)
+    });
+    let next = h.latest_run().unwrap();
+    assert!(
+        next.summary_key.is_some() && next.error.is_none(),
+        "{next:?}"
+    );
+    assert!(
+        h.store()
+            .meta(&[crate::store::MetaKey::RecordFailingSince])
+            .unwrap()
+            .u64(crate::store::MetaKey::RecordFailingSince)
+            .unwrap()
+            .is_none(),
+        "the refusals are forgotten with the run"
+    );
+}
