@@ -11,6 +11,7 @@ pub enum Method {
     Head,
     Post,
     Put,
+    Delete,
 }
 
 impl Method {
@@ -20,6 +21,7 @@ impl Method {
             Method::Head => "HEAD",
             Method::Post => "POST",
             Method::Put => "PUT",
+            Method::Delete => "DELETE",
         }
     }
 }

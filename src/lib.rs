@@ -13,6 +13,7 @@ pub mod engine;
 pub mod gitlab;
 pub mod http;
 pub mod manifest;
+pub mod restore;
 pub mod s3;
 pub mod secret;
 pub mod status;

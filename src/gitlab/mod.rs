@@ -10,6 +10,9 @@ use url::Url;
 use crate::http::{excerpt, quoted, redact_url, HttpRequest, HttpResponse, Method};
 use crate::secret::Secret;
 
+mod import;
+pub use import::{ImportAnswer, ImportState, ImportStatus};
+
 /// GitLab's maximum page size for offset pagination.
 pub const MAX_PER_PAGE: u32 = 100;
 /// How long GitLab asks a client to wait after a 429 when it sends no `Retry-After`

@@ -918,3 +918,103 @@ fn a_projects_size_is_what_its_export_carries() {
         Err(GitLabError::BadAnswer(_))
     ));
 }
+
+#[test]
+fn a_remote_import_never_overwrites_and_carries_the_archive_url_and_target() {
+    let g = gitlab("https://gitlab.example.com/");
+    let archive = Url::parse("https://backup.example.workers.dev/restore/archive/3/abc").unwrap();
+    let request = g.remote_import_request(&archive, "acme/tools", "cli-restored", Some("CLI & co"));
+    assert_eq!(request.method, Method::Post);
+    assert_eq!(
+        request.url.as_str(),
+        "https://gitlab.example.com/api/v4/projects/remote-import"
+    );
+    let form: Vec<(String, String)> =
+        url::form_urlencoded::parse(request.body.as_deref().unwrap().as_bytes())
+            .into_owned()
+            .collect();
+    let field = |name: &str| {
+        form.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(field("url"), Some(archive.as_str()));
+    assert_eq!(field("namespace"), Some("acme/tools"));
+    assert_eq!(field("path"), Some("cli-restored"));
+    assert_eq!(field("name"), Some("CLI & co"));
+    assert_eq!(
+        field("overwrite"),
+        None,
+        "a restore never replaces a project"
+    );
+}
+
+#[test]
+fn import_answers_read_as_accepted_refused_or_retry() {
+    let g = gitlab("https://gitlab.example.com/");
+    assert_eq!(
+        g.read_remote_import(&answer(
+            201,
+            &[],
+            r#"{"id": 91, "web_url": "https://gitlab.example.com/acme/x-restored", "import_status": "scheduled"}"#
+        )),
+        ImportAnswer::Accepted {
+            project_id: 91,
+            web_url: "https://gitlab.example.com/acme/x-restored".into()
+        }
+    );
+    match g.read_remote_import(&answer(
+        400,
+        &[],
+        r#"{"message": "Path has already been taken"}"#,
+    )) {
+        ImportAnswer::Refused(why) => assert!(why.contains("Path has already been taken"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        g.read_remote_import(&answer(429, &[("retry-after", "30")], "")),
+        ImportAnswer::Retry(GitLabError::RateLimited { .. })
+    ));
+    assert!(matches!(
+        g.read_remote_import(&answer(201, &[], "<html>login</html>")),
+        ImportAnswer::Retry(GitLabError::BadAnswer(_))
+    ));
+    let failed = g
+        .read_import_status(&answer(
+            200,
+            &[],
+            r#"{"id": 91, "import_status": "failed", "import_error": "Uploaded file is invalid",
+                "failed_relations": [{"relation_name": "issues", "exception_message": "boom"}]}"#,
+        ))
+        .unwrap();
+    assert_eq!(failed.status, ImportStatus::Failed);
+    let error = failed.error.unwrap();
+    assert!(
+        error.contains("Uploaded file is invalid") && error.contains("issues: boom"),
+        "{error}"
+    );
+    let done = g
+        .read_import_status(&answer(
+            200,
+            &[],
+            r#"{"import_status": "finished", "failed_relations": []}"#,
+        ))
+        .unwrap();
+    assert_eq!((done.status, done.error), (ImportStatus::Finished, None));
+    assert!(g
+        .read_import_status(&answer(200, &[], r#"{"import_status": "sideways"}"#))
+        .is_err());
+    assert_eq!(
+        g.read_import_status(&answer(404, &[], "")),
+        Err(GitLabError::ProjectGone)
+    );
+    assert_eq!(
+        g.read_delete(&answer(202, &[], r#"{"message": "202 Accepted"}"#)),
+        Ok(())
+    );
+    assert!(matches!(
+        g.read_delete(&answer(403, &[], r#"{"message": "403 Forbidden"}"#)),
+        Err(ImportAnswer::Refused(_))
+    ));
+    assert_eq!(g.delete_project_request(91).method, Method::Delete);
+}

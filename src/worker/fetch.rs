@@ -27,6 +27,7 @@ pub async fn send(request: &HttpRequest, timeout: Duration) -> HttpResult {
         Method::Head => worker::Method::Head,
         Method::Post => worker::Method::Post,
         Method::Put => worker::Method::Put,
+        Method::Delete => worker::Method::Delete,
     })
     .with_headers(headers)
     .with_redirect(RequestRedirect::Manual)
