@@ -401,7 +401,10 @@ impl Shared {
                     }
                     self.seed
                         .project_by_path(id_or_path)
-                        .filter(|project| !state.renamed.contains_key(&project.id))
+                        .filter(|project| {
+                            !state.renamed.contains_key(&project.id)
+                                && !state.deleted.contains(&project.id)
+                        })
                         .or_else(|| {
                             state.created.iter().find(|project| {
                                 !state.deleted.contains(&project.id)
