@@ -2187,18 +2187,27 @@ async fn an_aws_s3_head_is_accepted_whatever_its_status_and_headers() {
     assert_eq!(head.status, Some(403));
     assert_eq!(head.server.as_deref(), Some("AmazonS3"));
 
-    // Without the request id it is not taken for AWS, and checked.
-    let not_aws = ArchiveServer::start(Serving {
-        head_headers: vec![("server", "AmazonS3")],
-        ..aws
-    })
-    .await;
-    assert_refused(
-        &standin,
-        json!({ "url": not_aws.url, "path": "docs-2", "namespace": "initech" }),
-        "Content length is too small (should be at least 1 Byte)",
-    )
-    .await;
+    // Without the request id, or from another server, it is not taken for AWS, and checked.
+    for headers in [
+        vec![("server", "AmazonS3")],
+        vec![
+            ("server", "MinIO"),
+            ("x-amz-request-id", "4442587FB7D0A2F9"),
+        ],
+        vec![("x-amz-request-id", "4442587FB7D0A2F9")],
+    ] {
+        let not_aws = ArchiveServer::start(Serving {
+            head_headers: headers,
+            ..aws.clone()
+        })
+        .await;
+        assert_refused(
+            &standin,
+            json!({ "url": not_aws.url, "path": "docs-2", "namespace": "initech" }),
+            "Content length is too small (should be at least 1 Byte)",
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
