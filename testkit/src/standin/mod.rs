@@ -2,9 +2,12 @@
 //! serves a fixed [`Seed`] of groups and projects the way GitLab does for the endpoints the backup
 //! uses (`/user`, `/groups/:id`, `/groups/:id/projects`, `/projects/:id`, `/projects/:id/export`), including offset
 //! pagination, the per-user export rate limit, and asynchronous exports that upload a real `.tar.gz`
-//! to the presigned `upload[url]`. [`Faults`] switch on GitLab misbehaviour; every export request and
-//! upload attempt is recorded for assertions, also over HTTP at `/__standin/exports` and
-//! `/__standin/uploads`. The world can change under a running backup ([`ProjectChange`]: a project
+//! to the presigned `upload[url]`. For restores it imports archives from a URL
+//! (`POST /projects/remote-import`, GitLab's `HEAD` checks and `project_import` rate limit, then a
+//! background download), reports `GET /projects/:id/import` and deletes projects
+//! (`DELETE /projects/:id`). [`Faults`] switch on GitLab misbehaviour; every export request, upload
+//! attempt, import request and deletion is recorded for assertions, also over HTTP at
+//! `/__standin/exports`, `/__standin/uploads`, `/__standin/imports` and `/__standin/deletions`. The world can change under a running backup ([`ProjectChange`]: a project
 //! deleted or renamed; [`Standin::set_token_revoked`]: the token revoked), GitLab can become unreachable and come back ([`Standin::pause`],
 //! [`Standin::resume`]), and an export request can be held at a chosen point ([`HoldExport`]) so
 //! that a test can kill the worker exactly there.
