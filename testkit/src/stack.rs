@@ -149,6 +149,13 @@ impl S3 {
         self.root.join(S3_BUCKET).join(key)
     }
 
+    /// The SHA-256 (lowercase hex, as [`crate::standin::ImportRecord::archive_sha256`]) and length
+    /// of an object of the test bucket, by key: what an import that downloaded it byte for byte
+    /// reports.
+    pub fn object_sha256(&self, key: &str) -> Result<(String, u64)> {
+        file_sha256(&self.object_path(key)).with_context(|| format!("object {key}"))
+    }
+
     /// Every object of the test bucket: key and size, sorted by key (s3s-fs's own metadata
     /// files are left out).
     pub fn objects(&self) -> Result<Vec<(String, u64)>> {
@@ -574,5 +581,37 @@ impl LocalStack {
         self.wrangler.stop().await;
         self.s3.stop().await;
         self.standin.stop().await;
+    }
+}
+
+/// The SHA-256 (lowercase hex) and length of a file.
+pub fn file_sha256(path: &Path) -> Result<(String, u64)> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((
+        hex::encode(sha2::Sha256::digest(&bytes)),
+        bytes.len() as u64,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_files_sha256_is_the_lowercase_hex_digest_of_its_bytes_with_its_length() {
+        let dir = std::env::temp_dir().join(format!("testkit-sha256-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("abc");
+        std::fs::write(&path, b"abc").unwrap();
+        let (digest, length) = file_sha256(&path).unwrap();
+        // FIPS 180-2's example for "abc".
+        assert_eq!(
+            digest,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(length, 3);
+        assert!(file_sha256(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,16 +11,17 @@ use axum::extract::{OriginalUri, Path, Query, RawQuery, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{AppendHeaders, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 use url::Url;
 
 use super::export::{self, ExportParams};
+use super::import;
 use super::listing::{boolean, ListingQuery};
 use super::repr::{ExportStatusJson, GroupJson, ProjectDetailJson, ProjectJson, SimpleProjectJson};
-use super::state::{ExportRecord, HeldRecord, ProjectRef, RateLimited, Shared};
+use super::state::{DeletionRecord, ExportRecord, HeldRecord, ProjectRef, RateLimited, Shared};
 use super::HoldStage;
 
 /// Id of the stand-in's only user, the owner of the configured token.
@@ -31,13 +32,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v4/user", get(current_user))
         .route("/api/v4/groups/{id}", get(group))
         .route("/api/v4/groups/{id}/projects", get(group_projects))
-        .route("/api/v4/projects/{id}", get(project))
+        .route("/api/v4/projects/remote-import", post(remote_import))
+        .route("/api/v4/projects/{id}", get(project).delete(delete_project))
         .route(
             "/api/v4/projects/{id}/export",
             get(export_status).post(schedule_export),
         )
+        .route("/api/v4/projects/{id}/import", get(import_status))
         .route("/__standin/exports", get(export_records))
         .route("/__standin/uploads", get(upload_records))
+        .route("/__standin/imports", get(import_records))
+        .route("/__standin/deletions", get(deletion_records))
         .fallback(no_route)
         .with_state(shared)
 }
@@ -51,6 +56,13 @@ pub enum ApiError {
     GroupNotFound,
     /// 404 `{"message":"404 Project Not Found"}`.
     ProjectNotFound,
+    /// 404 `{"message":"404 Namespace Not Found"}` (`find_namespace!`: unknown, or not the user's to
+    /// create projects in).
+    NamespaceNotFound,
+    /// 403 `{"message":"403 Forbidden"}`.
+    Forbidden,
+    /// 400 `{"message": …}`: the first error of an import GitLab's `CreateProjectService` refuses.
+    ImportRefused(String),
     /// 404 `{"error":"404 Not Found"}` for paths no endpoint serves.
     NoRoute,
     /// 400 `{"error": …}`, Grape's answer to a parameter that fails validation.
@@ -82,23 +94,30 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::GroupNotFound | ApiError::ProjectNotFound | ApiError::NoRoute => {
-                StatusCode::NOT_FOUND
-            }
-            ApiError::InvalidParameter(_) | ApiError::ExportTooLarge => StatusCode::BAD_REQUEST,
+            ApiError::GroupNotFound
+            | ApiError::ProjectNotFound
+            | ApiError::NamespaceNotFound
+            | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::InvalidParameter(_)
+            | ApiError::ExportTooLarge
+            | ApiError::ImportRefused(_) => StatusCode::BAD_REQUEST,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let body = match &self {
+impl ApiError {
+    /// The answer's body.
+    fn body(&self) -> serde_json::Value {
+        match self {
             ApiError::Unauthorized => json!({ "message": "401 Unauthorized" }),
             ApiError::GroupNotFound => json!({ "message": "404 Group Not Found" }),
             ApiError::ProjectNotFound => json!({ "message": "404 Project Not Found" }),
+            ApiError::NamespaceNotFound => json!({ "message": "404 Namespace Not Found" }),
+            ApiError::Forbidden => json!({ "message": "403 Forbidden" }),
+            ApiError::ImportRefused(message) => json!({ "message": message }),
             ApiError::NoRoute => json!({ "error": "404 Not Found" }),
             ApiError::InvalidParameter(message) => json!({ "error": message }),
             ApiError::ExportTooLarge => {
@@ -108,7 +127,27 @@ impl IntoResponse for ApiError {
                 "error": "This endpoint has been requested too many times. Try again later."
             } }),
             ApiError::Internal => json!({ "message": "500 Internal Server Error" }),
-        };
+        }
+    }
+
+    /// The answer's message as text (`message`, or its nested `error`, or Grape's `error`).
+    pub fn message(&self) -> String {
+        let body = self.body();
+        let message = body.get("message").unwrap_or(&serde_json::Value::Null);
+        let text = [message.get("error"), Some(message), body.get("error")]
+            .into_iter()
+            .flatten()
+            .find_map(|value| value.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        text
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = self.body();
         let retry_after = match self {
             ApiError::RateLimited(RateLimited { retry_after }) => retry_after,
             _ => None,
@@ -132,7 +171,7 @@ impl From<QueryRejection> for ApiError {
 
 /// Accepts the configured token as `PRIVATE-TOKEN: <token>` or `Authorization: Bearer <token>`,
 /// unless it was revoked.
-fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     if shared.token_revoked() {
         return Err(ApiError::Unauthorized);
     }
@@ -197,7 +236,8 @@ async fn group_projects(
     let Path(id) = id?;
     let group = shared.seed.find_group(&id).ok_or(ApiError::GroupNotFound)?;
 
-    let projects = shared.current_projects(listing.select(&shared.seed, group.id));
+    let created = shared.created_projects();
+    let projects = shared.current_projects(listing.select(&shared.seed, &created, group.id));
     shared.listed(request);
     let pagination = listing.pagination(projects.len());
     let page = pagination.slice(&projects);
@@ -383,6 +423,83 @@ fn accept_export(
         export::run(job_shared, project_id, job, upload)
     });
     Ok(())
+}
+
+/// `POST /api/v4/projects/remote-import`; see [`super::import`].
+async fn remote_import(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    import::remote_import(shared, headers, query, content_type, &body).await
+}
+
+/// `GET /api/v4/projects/:id/import`.
+async fn import_status(
+    State(shared): State<Arc<Shared>>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate(&shared, &headers)?;
+    let Path(id) = id?;
+    let project = shared.find_project(&id).ok_or(ApiError::ProjectNotFound)?;
+    Ok(import::import_status(&shared, &project))
+}
+
+/// `DELETE /api/v4/projects/:id`: 202 `{"message":"202 Accepted"}` and the project is gone from
+/// then on (GitLab deletes in the background, `Projects::DestroyService#async_execute`); 403 with
+/// the `refuse_deletion` fault. Recorded whatever the answer.
+async fn delete_project(
+    State(shared): State<Arc<Shared>>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let at = SystemTime::now();
+    let raw_id = id.as_ref().map_or("", |Path(id)| id.as_str());
+    let found = shared.find_project(raw_id);
+    let project_id = match &found {
+        Some(project) => ProjectRef::Known(project.id),
+        None => ProjectRef::Unknown(raw_id.to_owned()),
+    };
+    let answer = authenticate(&shared, &headers).and_then(|()| {
+        let project = found.ok_or(ApiError::ProjectNotFound)?;
+        if shared.with_faults(|faults| faults.refuse_deletion) {
+            return Err(ApiError::Forbidden);
+        }
+        shared.delete_project(project.id);
+        Ok(())
+    });
+    let status = answer
+        .as_ref()
+        .map_or_else(ApiError::status, |()| StatusCode::ACCEPTED);
+    shared.record_deletion(DeletionRecord {
+        at,
+        project_id,
+        status: status.as_u16(),
+    });
+    match answer {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "message": "202 Accepted" })),
+        )
+            .into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// `GET /__standin/imports`: every import request so far, oldest first.
+async fn import_records(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.imports()).into_response()
+}
+
+/// `GET /__standin/deletions`: every project deletion request so far, oldest first.
+async fn deletion_records(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.deletions()).into_response()
 }
 
 /// `GET /__standin/exports`: every export request so far, oldest first.

@@ -18,8 +18,9 @@ use super::api::ApiError;
 use super::repr::{ExportStatus, ProjectJson};
 use super::state::{JobId, Shared, UploadRecord};
 
-/// Export format version GitLab writes into the archive's `VERSION` file.
-const EXPORT_VERSION: &str = "0.2.4";
+/// Export format version GitLab writes into the archive's `VERSION` file (and requires of an
+/// archive it imports).
+pub const EXPORT_VERSION: &str = "0.2.4";
 
 /// Upload parameters as sent, before validation. GitLab (Grape) merges the query string with a form or
 /// JSON body; here the body wins where both name the same parameter. `description` and any other
@@ -136,7 +137,7 @@ pub async fn run(shared: Arc<Shared>, project_id: u64, job: JobId, upload: Optio
 
 /// A GitLab-like export archive: `VERSION` and `project.json` (the project's API representation) in a
 /// gzip-compressed tar.
-fn build_archive(shared: &Shared, project_id: u64) -> io::Result<Vec<u8>> {
+pub fn build_archive(shared: &Shared, project_id: u64) -> io::Result<Vec<u8>> {
     let project = shared
         .project(project_id)
         .ok_or_else(|| io::Error::other(format!("project {project_id} is gone")))?;

@@ -113,14 +113,25 @@ impl Listing {
     /// Every project the group lists under these filters, in the requested order: the group's own
     /// projects (and its subgroups' with `include_subgroups`), plus with `with_shared` the projects
     /// shared with the group itself, each once.
-    pub fn select<'s>(&self, seed: &'s Seed, group_id: u64) -> Vec<&'s Project> {
+    /// `created` are the projects made after the seed (by imports), listed like the seed's own.
+    pub fn select<'s>(
+        &self,
+        seed: &'s Seed,
+        created: &'s [Project],
+        group_id: u64,
+    ) -> Vec<&'s Project> {
         let shared = self
             .with_shared
             .then(|| seed.projects_shared_with(group_id))
             .into_iter()
             .flatten();
+        let owners = seed.owners(group_id, self.include_subgroups);
+        let created = created
+            .iter()
+            .filter(move |project| owners.contains(&project.group_id));
         let mut projects: Vec<&Project> = seed
             .projects_owned_by(group_id, self.include_subgroups)
+            .chain(created)
             .chain(shared)
             .filter(|project| {
                 self.archived

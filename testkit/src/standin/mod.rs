@@ -2,9 +2,12 @@
 //! serves a fixed [`Seed`] of groups and projects the way GitLab does for the endpoints the backup
 //! uses (`/user`, `/groups/:id`, `/groups/:id/projects`, `/projects/:id`, `/projects/:id/export`), including offset
 //! pagination, the per-user export rate limit, and asynchronous exports that upload a real `.tar.gz`
-//! to the presigned `upload[url]`. [`Faults`] switch on GitLab misbehaviour; every export request and
-//! upload attempt is recorded for assertions, also over HTTP at `/__standin/exports` and
-//! `/__standin/uploads`. The world can change under a running backup ([`ProjectChange`]: a project
+//! to the presigned `upload[url]`. For restores it imports archives from a URL
+//! (`POST /projects/remote-import`, GitLab's `HEAD` checks and `project_import` rate limit, then a
+//! background download), reports `GET /projects/:id/import` and deletes projects
+//! (`DELETE /projects/:id`). [`Faults`] switch on GitLab misbehaviour; every export request, upload
+//! attempt, import request and deletion is recorded for assertions, also over HTTP at
+//! `/__standin/exports`, `/__standin/uploads`, `/__standin/imports` and `/__standin/deletions`. The world can change under a running backup ([`ProjectChange`]: a project
 //! deleted or renamed; [`Standin::set_token_revoked`]: the token revoked), GitLab can become unreachable and come back ([`Standin::pause`],
 //! [`Standin::resume`]), and an export request can be held at a chosen point ([`HoldExport`]) so
 //! that a test can kill the worker exactly there.
@@ -13,6 +16,7 @@
 
 mod api;
 mod export;
+mod import;
 mod listing;
 mod repr;
 mod seed;
@@ -30,9 +34,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use repr::ExportStatus;
+pub use repr::{ExportStatus, ImportStatus};
 pub use seed::{Group, Project, Seed, Statistics, DEMO_GROUPS};
-pub use state::{ExportRecord, HeldRecord, ProjectRef, UploadRecord};
+pub use state::{
+    DeletionRecord, ExportRecord, HeadRecord, HeldRecord, ImportRecord, ProjectRef, UploadRecord,
+};
 
 use state::Shared;
 
@@ -64,6 +70,16 @@ pub struct Options {
     pub public_base: Option<String>,
     /// Port to bind on 127.0.0.1; 0 picks a free one.
     pub port: u16,
+    /// `POST /projects/remote-import` requests allowed per rate-limit window of [`Options::window`]
+    /// (GitLab's `project_import` limit: 6 a minute per user), counted apart from exports.
+    pub imports_per_window: u32,
+    /// Pause before each step of an import job: `scheduled` → `started` → download and check the
+    /// archive → `finished` (or `failed`).
+    pub import_step_delay: Duration,
+    /// Test only: accept `http` import URLs as well as `https` (GitLab accepts `https` only, and
+    /// refuses others with "File url is blocked: Only allowed schemes are https"). For local tests
+    /// whose bucket or worker speaks plain http.
+    pub allow_http_imports: bool,
 }
 
 impl Default for Options {
@@ -77,6 +93,9 @@ impl Default for Options {
             export_answer_delay: Duration::ZERO,
             public_base: None,
             port: 0,
+            imports_per_window: 6,
+            import_step_delay: Duration::from_millis(100),
+            allow_http_imports: false,
         }
     }
 }
@@ -123,6 +142,9 @@ pub struct Faults {
     /// counting all, from 1) has read its page, before it is answered: the pages after it see
     /// them, as when a project goes between two pages of a listing.
     pub after_listing: Vec<(usize, ProjectChange)>,
+    /// `DELETE /projects/:id` answers 403 `{"message":"403 Forbidden"}` (as for a user who is not
+    /// the project's owner) and deletes nothing.
+    pub refuse_deletion: bool,
 }
 
 /// From the `from_request`-th export request to arrive (counting all, from 1), every export
@@ -214,7 +236,11 @@ impl Standin {
             .timeout(UPLOAD_TIMEOUT)
             .build()
             .context("building the upload HTTP client")?;
-        let shared = Arc::new(Shared::new(seed, options, public_base, client));
+        let head_client = reqwest::Client::builder()
+            .timeout(import::HEAD_TIMEOUT)
+            .build()
+            .context("building the import HEAD client")?;
+        let shared = Arc::new(Shared::new(seed, options, public_base, client, head_client));
         let (shutdown, server) = serve(listener, &shared);
         Ok(Standin {
             shared,
@@ -238,6 +264,36 @@ impl Standin {
     /// Every archive upload attempt so far, oldest first.
     pub fn uploads(&self) -> Vec<UploadRecord> {
         self.shared.uploads()
+    }
+
+    /// Every `POST /projects/remote-import` so far, with its `HEAD`, answer and import, oldest first.
+    pub fn imports(&self) -> Vec<ImportRecord> {
+        self.shared.imports()
+    }
+
+    /// Every `DELETE /projects/:id` so far, with its answer, oldest first.
+    pub fn deletions(&self) -> Vec<DeletionRecord> {
+        self.shared.deletions()
+    }
+
+    /// Import status of a project, as `GET /projects/:id/import` would report it (`None` for a
+    /// project never imported, or unknown).
+    pub fn import_status(&self, project_id: u64) -> ImportStatus {
+        self.shared
+            .import_of(project_id)
+            .map_or(ImportStatus::None, |(status, _, _)| status)
+    }
+
+    /// Waits until no import is `scheduled` or `started`; an error after `timeout`.
+    pub async fn wait_imports_idle(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.shared.wait_imports_idle(timeout).await
+    }
+
+    /// The export archive the stand-in would build for this project now (a gzip'd tar with
+    /// `VERSION` and `project.json`), e.g. to put in a bucket for an import.
+    pub fn export_archive(&self, project_id: u64) -> anyhow::Result<Vec<u8>> {
+        export::build_archive(&self.shared, project_id)
+            .with_context(|| format!("building the export archive of project {project_id}"))
     }
 
     /// How many `GET /groups/:id/projects` requests arrived, whatever their answer.

@@ -242,3 +242,71 @@ impl<'a> ExportStatusJson<'a> {
         }
     }
 }
+
+/// A project's import state, as GitLab's `import_status` field (`ProjectImportState`'s states;
+/// `none` for a project that was never imported).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportStatus {
+    None,
+    Scheduled,
+    Started,
+    Finished,
+    Failed,
+}
+
+impl ImportStatus {
+    /// Whether an import in this state is still running.
+    pub fn is_active(self) -> bool {
+        matches!(self, ImportStatus::Scheduled | ImportStatus::Started)
+    }
+}
+
+/// `API::Entities::ProjectImportStatus` (`ProjectIdentity` plus the import fields), the answer of
+/// `POST /projects/remote-import` and `GET /projects/:id/import`.
+#[derive(Serialize)]
+pub struct ProjectImportStatusJson<'a> {
+    id: u64,
+    description: &'a str,
+    name: &'a str,
+    name_with_namespace: &'a str,
+    path: &'a str,
+    path_with_namespace: &'a str,
+    created_at: &'a str,
+    import_status: ImportStatus,
+    /// `gitlab_project` for a project created by an import, else `null`.
+    import_type: Option<&'static str>,
+    correlation_id: Option<String>,
+    /// `ProjectImportFailedRelation`s; the stand-in's imports never fail a single relation.
+    failed_relations: [(); 0],
+    import_error: Option<&'a str>,
+    stats: Option<()>,
+}
+
+impl<'a> ProjectImportStatusJson<'a> {
+    /// `import` is the project's import (its status, error and correlation id), if it was imported.
+    pub fn new(
+        project: &'a Project,
+        import: Option<(ImportStatus, Option<&'a str>, String)>,
+    ) -> Self {
+        let (import_status, import_error, correlation_id) = match import {
+            Some((status, error, correlation_id)) => (status, error, Some(correlation_id)),
+            None => (ImportStatus::None, None, None),
+        };
+        ProjectImportStatusJson {
+            id: project.id,
+            description: &project.description,
+            name: &project.name,
+            name_with_namespace: &project.name_with_namespace,
+            path: &project.path,
+            path_with_namespace: &project.path_with_namespace,
+            created_at: &project.created_at,
+            import_status,
+            import_type: correlation_id.is_some().then_some("gitlab_project"),
+            correlation_id,
+            failed_relations: [],
+            import_error,
+            stats: None,
+        }
+    }
+}

@@ -279,11 +279,7 @@ impl Seed {
         group_id: u64,
         include_subgroups: bool,
     ) -> impl Iterator<Item = &Project> {
-        let owners = if include_subgroups {
-            self.self_and_descendants(group_id)
-        } else {
-            HashSet::from([group_id])
-        };
+        let owners = self.owners(group_id, include_subgroups);
         self.projects
             .iter()
             .filter(move |project| owners.contains(&project.group_id))
@@ -294,6 +290,39 @@ impl Seed {
         self.projects
             .iter()
             .filter(move |project| project.shared_with.contains(&group_id))
+    }
+
+    /// The first id free for a project created after the seed was built (by an import).
+    pub fn next_project_id(&self) -> u64 {
+        FIRST_PROJECT_ID + self.projects.len() as u64
+    }
+
+    /// A project that is not part of the seed (one created by an import), owned by `group`, with
+    /// this id, path and name, described like the seed's own.
+    pub fn new_project(group: &Group, id: u64, path: &str, name: &str) -> Project {
+        Project {
+            id,
+            name: name.to_owned(),
+            path: path.to_owned(),
+            path_with_namespace: format!("{}/{path}", group.full_path),
+            name_with_namespace: format!("{} / {name}", group.full_name),
+            description: String::new(),
+            group_id: group.id,
+            archived: false,
+            shared_with: Vec::new(),
+            created_at: synthetic_timestamp(id),
+            statistics: Statistics::seeded(id),
+        }
+    }
+
+    /// The group and, with `include_subgroups`, every group below it: the owners whose projects
+    /// a group lists.
+    pub fn owners(&self, group_id: u64, include_subgroups: bool) -> HashSet<u64> {
+        if include_subgroups {
+            self.self_and_descendants(group_id)
+        } else {
+            HashSet::from([group_id])
+        }
     }
 
     /// The group and every group below it.

@@ -16,8 +16,8 @@ use serde::{Serialize, Serializer};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use super::repr::ExportStatus;
-use super::seed::{Project, Seed};
+use super::repr::{ExportStatus, ImportStatus};
+use super::seed::{Group, Project, Seed};
 use super::{Faults, HoldStage, Options, ProjectChange, HOLD_LIMIT};
 
 /// Which project a `POST /projects/:id/export` named.
@@ -55,6 +55,68 @@ pub struct UploadRecord {
     pub status: Option<u16>,
     /// Size of the archive.
     pub bytes: usize,
+}
+
+/// One `POST /projects/remote-import` request: what it asked for, what the stand-in found when
+/// it checked the URL (`HEAD`), its answer and, once accepted, how its import went.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImportRecord {
+    /// When the request arrived; serialized as milliseconds since the Unix epoch.
+    #[serde(serialize_with = "unix_millis")]
+    pub at: SystemTime,
+    /// `url` as sent, if sent.
+    pub url: Option<String>,
+    /// `namespace` (or `namespace_id` / `namespace_path`) as sent, if sent.
+    pub namespace: Option<String>,
+    pub path: Option<String>,
+    pub name: Option<String>,
+    pub overwrite: bool,
+    /// HTTP status of the answer (201, 400, 401, 404, 429).
+    pub status: u16,
+    /// The refusal's message (`message`, or Grape's `error`); `None` on 201.
+    pub message: Option<String>,
+    /// The `HEAD` sent to `url` before deciding; `None` when none was sent (refused before).
+    pub head: Option<HeadRecord>,
+    /// The project created for the import (201 only).
+    pub project_id: Option<u64>,
+    /// `scheduled`, `started`, `finished` or `failed`; `None` when refused.
+    pub import_status: Option<ImportStatus>,
+    pub import_error: Option<String>,
+    /// SHA-256 (lowercase hex) and length of the archive downloaded with `GET`, once downloaded.
+    pub archive_sha256: Option<String>,
+    pub archive_bytes: Option<u64>,
+}
+
+/// What the `HEAD` of an import URL met.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct HeadRecord {
+    /// HTTP status; `None` when no answer came (`error` says why).
+    pub status: Option<u16>,
+    pub content_type: Option<String>,
+    pub content_length: Option<String>,
+    /// The `Server` header (`AmazonS3` on AWS).
+    pub server: Option<String>,
+    pub amz_request_id: Option<String>,
+    /// Why no answer came (timeout, connection refused).
+    pub error: Option<String>,
+}
+
+/// One `DELETE /projects/:id` request and the stand-in's answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeletionRecord {
+    /// When the request arrived; serialized as milliseconds since the Unix epoch.
+    #[serde(serialize_with = "unix_millis")]
+    pub at: SystemTime,
+    pub project_id: ProjectRef,
+    /// HTTP status of the answer (202, 401, 403, 404).
+    pub status: u16,
+}
+
+/// Why a project cannot be created under this path or name in its namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    Path,
+    Name,
 }
 
 /// An export request held by [`Faults::hold_export`].
@@ -104,13 +166,17 @@ pub struct Shared {
     pub options: Options,
     /// Base of every URL the stand-in writes into answers, without a trailing slash.
     pub public_base: String,
-    /// Sends export archives to their upload URLs.
+    /// Sends export archives to their upload URLs and downloads import archives.
     pub client: reqwest::Client,
+    /// Sends the `HEAD` of an import URL, with GitLab's 1 s timeout.
+    pub head_client: reqwest::Client,
     mutable: Mutex<Mutable>,
     /// Woken whenever an export job reaches a final status.
     export_settled: Notify,
     /// Woken when an export request is held, and when held ones are released.
     held_changed: Notify,
+    /// Woken whenever an import reaches a final status.
+    import_settled: Notify,
 }
 
 #[derive(Default)]
@@ -135,6 +201,14 @@ struct Mutable {
     renamed: HashMap<u64, Project>,
     /// Set by [`Shared::set_token_revoked`]: the token no longer works.
     token_revoked: bool,
+    /// Projects created after the seed (by imports), as they are now.
+    created: Vec<Project>,
+    imports: Vec<ImportRecord>,
+    /// Project id → its import in `imports`.
+    import_of: HashMap<u64, usize>,
+    import_window: Option<RateWindow>,
+    import_tasks: Vec<AbortHandle>,
+    deletions: Vec<DeletionRecord>,
 }
 
 /// A fixed rate-limit window, opened by the first export request after the previous one ended.
@@ -151,15 +225,23 @@ struct Job {
 }
 
 impl Shared {
-    pub fn new(seed: Seed, options: Options, public_base: String, client: reqwest::Client) -> Self {
+    pub fn new(
+        seed: Seed,
+        options: Options,
+        public_base: String,
+        client: reqwest::Client,
+        head_client: reqwest::Client,
+    ) -> Self {
         Shared {
             seed,
             options,
             public_base,
             client,
+            head_client,
             mutable: Mutex::default(),
             export_settled: Notify::new(),
             held_changed: Notify::new(),
+            import_settled: Notify::new(),
         }
     }
 
@@ -307,7 +389,10 @@ impl Shared {
         let state = self.lock();
         let found =
             match id_or_path.parse::<u64>() {
-                Ok(id) => self.seed.project(id),
+                Ok(id) => self
+                    .seed
+                    .project(id)
+                    .or_else(|| state.created.iter().find(|project| project.id == id)),
                 Err(_) => {
                     if let Some(renamed) = state.renamed.values().find(|project| {
                         project.path_with_namespace.eq_ignore_ascii_case(id_or_path)
@@ -316,7 +401,16 @@ impl Shared {
                     }
                     self.seed
                         .project_by_path(id_or_path)
-                        .filter(|project| !state.renamed.contains_key(&project.id))
+                        .filter(|project| {
+                            !state.renamed.contains_key(&project.id)
+                                && !state.deleted.contains(&project.id)
+                        })
+                        .or_else(|| {
+                            state.created.iter().find(|project| {
+                                !state.deleted.contains(&project.id)
+                                    && project.path_with_namespace.eq_ignore_ascii_case(id_or_path)
+                            })
+                        })
                 }
             }?;
         state.current(found).map(Cow::into_owned)
@@ -341,23 +435,206 @@ impl Shared {
 
     /// Takes one export from the current rate-limit window, opening a new window if none is open.
     pub fn take_export_slot(&self, now: Instant) -> Result<(), RateLimited> {
-        let limit = self.options.exports_per_window;
-        let window_length = self.options.window;
         let mut guard = self.lock();
         let state = &mut *guard;
-        let window = match &mut state.rate_window {
-            Some(window) if now.duration_since(window.opened) < window_length => window,
-            stale_or_none => stale_or_none.insert(RateWindow {
-                opened: now,
-                used: 0,
-            }),
-        };
-        if window.used < limit {
-            window.used += 1;
+        let limit = self.options.exports_per_window;
+        if RateWindow::take(&mut state.rate_window, now, limit, self.options.window) {
             return Ok(());
         }
-        let retry_after = (!state.faults.omit_retry_after).then(|| whole_seconds(window_length));
-        Err(RateLimited { retry_after })
+        Err(state.rate_limited(self.options.window))
+    }
+
+    /// Takes one import from the project import rate-limit window (GitLab's `project_import`, a
+    /// limit of its own), opening a new window if none is open.
+    pub fn take_import_slot(&self, now: Instant) -> Result<(), RateLimited> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let limit = self.options.imports_per_window;
+        if RateWindow::take(&mut state.import_window, now, limit, self.options.window) {
+            return Ok(());
+        }
+        Err(state.rate_limited(self.options.window))
+    }
+
+    /// Projects created after the seed (by imports), as they are now, deleted ones included (the
+    /// listing leaves them out as it does the seed's).
+    pub fn created_projects(&self) -> Vec<Project> {
+        self.lock().created.clone()
+    }
+
+    /// Creates a project for an import in `group`, `scheduled`, with `path` and `name` (GitLab:
+    /// both unique in the namespace). With `overwrite`, a project already at `path` does not stand
+    /// in the way: the new one takes `path` with `-<temporary suffix>` until its import finishes
+    /// and then replaces it (see [`Shared::finish_import`]). Returns the project and the id of the
+    /// one it is to replace.
+    pub fn create_imported_project(
+        &self,
+        group: &Group,
+        path: &str,
+        name: &str,
+        overwrite: bool,
+        temporary_suffix: &str,
+    ) -> Result<(Project, Option<u64>), Taken> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let in_namespace: Vec<Project> = self
+            .seed
+            .projects()
+            .iter()
+            .chain(&state.created)
+            .filter_map(|project| state.current(project))
+            .filter(|project| project.group_id == group.id)
+            .map(Cow::into_owned)
+            .collect();
+        let at_path = in_namespace
+            .iter()
+            .find(|project| project.path.eq_ignore_ascii_case(path))
+            .map(|project| project.id);
+        let replaced = match at_path {
+            Some(_) if !overwrite => return Err(Taken::Path),
+            at_path => at_path,
+        };
+        if in_namespace
+            .iter()
+            .any(|project| project.name == name && Some(project.id) != replaced)
+        {
+            return Err(Taken::Name);
+        }
+        let path = match replaced {
+            Some(_) => format!("{path}-{temporary_suffix}"),
+            None => path.to_owned(),
+        };
+        let id = self.seed.next_project_id() + state.created.len() as u64;
+        let project = Seed::new_project(group, id, &path, name);
+        state.created.push(project.clone());
+        Ok((project, replaced))
+    }
+
+    /// Records an import request; its index in [`Shared::imports`].
+    pub fn record_import(&self, record: ImportRecord) -> usize {
+        let mut state = self.lock();
+        state.imports.push(record);
+        let index = state.imports.len() - 1;
+        if let Some(project_id) = state.imports[index].project_id {
+            state.import_of.insert(project_id, index);
+        }
+        index
+    }
+
+    pub fn imports(&self) -> Vec<ImportRecord> {
+        self.lock().imports.clone()
+    }
+
+    /// Moves the import recorded at `index` to `status` (with `error` when it failed); false (and
+    /// nothing changed) once its project was deleted, which ends the import.
+    pub fn set_import_status(
+        &self,
+        index: usize,
+        status: ImportStatus,
+        error: Option<String>,
+    ) -> bool {
+        let mut state = self.lock();
+        let Some(record) = state.imports.get(index) else {
+            return false;
+        };
+        if record
+            .project_id
+            .is_none_or(|project_id| state.deleted.contains(&project_id))
+        {
+            return false;
+        }
+        let record = &mut state.imports[index];
+        record.import_status = Some(status);
+        record.import_error = error;
+        drop(state);
+        if !status.is_active() {
+            self.import_settled.notify_waiters();
+        }
+        true
+    }
+
+    /// Notes the archive the import recorded at `index` downloaded.
+    pub fn set_import_archive(&self, index: usize, sha256: String, bytes: u64) {
+        if let Some(record) = self.lock().imports.get_mut(index) {
+            record.archive_sha256 = Some(sha256);
+            record.archive_bytes = Some(bytes);
+        }
+    }
+
+    /// The project's import (status, error and the record's index), if it was created by one.
+    pub fn import_of(&self, project_id: u64) -> Option<(ImportStatus, Option<String>, usize)> {
+        let state = self.lock();
+        let index = *state.import_of.get(&project_id)?;
+        let record = &state.imports[index];
+        Some((
+            record.import_status.unwrap_or(ImportStatus::Scheduled),
+            record.import_error.clone(),
+            index,
+        ))
+    }
+
+    /// An import that replaces a project (`overwrite`) finished: the replaced project is gone and
+    /// the new one takes its path.
+    pub fn finish_overwrite(&self, project_id: u64, replaced: u64, path: &str) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.deleted.insert(replaced);
+        let Some(project) = state.created.iter_mut().find(|p| p.id == project_id) else {
+            return;
+        };
+        let namespace = project
+            .path_with_namespace
+            .rsplit_once('/')
+            .map_or("", |(namespace, _)| namespace);
+        project.path_with_namespace = format!("{namespace}/{path}");
+        project.path = path.to_owned();
+    }
+
+    /// Keeps an import job, to abort it on shutdown.
+    pub fn keep_import_task(&self, task: AbortHandle) {
+        self.lock().import_tasks.push(task);
+    }
+
+    /// Waits until no import is `scheduled` or `started`.
+    pub async fn wait_imports_idle(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let settled = self.import_settled.notified();
+            let active = {
+                let state = self.lock();
+                state
+                    .imports
+                    .iter()
+                    .filter(|record| {
+                        record.import_status.is_some_and(ImportStatus::is_active)
+                            && record
+                                .project_id
+                                .is_some_and(|id| !state.deleted.contains(&id))
+                    })
+                    .count()
+            };
+            if active == 0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                anyhow::bail!("{active} import(s) still scheduled or started after {timeout:?}");
+            }
+        }
+    }
+
+    /// Deletes a project (`DELETE /projects/:id` accepted).
+    pub fn delete_project(&self, project_id: u64) {
+        self.lock().deleted.insert(project_id);
+        // An import of a deleted project ends: let waiters look again.
+        self.import_settled.notify_waiters();
+    }
+
+    pub fn record_deletion(&self, record: DeletionRecord) {
+        self.lock().deletions.push(record);
+    }
+
+    pub fn deletions(&self) -> Vec<DeletionRecord> {
+        self.lock().deletions.clone()
     }
 
     pub fn record_export(&self, record: ExportRecord) {
@@ -443,22 +720,57 @@ impl Shared {
         }
     }
 
-    /// Aborts every export job (on shutdown).
+    /// Aborts every export and import job (on shutdown).
     pub fn abort_exports(&self) {
-        for job in self.lock().jobs.values() {
+        let state = self.lock();
+        for job in state.jobs.values() {
             job.task.abort();
+        }
+        for task in &state.import_tasks {
+            task.abort();
         }
     }
 }
 
+impl RateWindow {
+    /// Takes one request from `window`, opening a new one if none is open (or the last one ended);
+    /// false when the open window has no room left.
+    fn take(window: &mut Option<RateWindow>, now: Instant, limit: u32, length: Duration) -> bool {
+        let window = match window {
+            Some(window) if now.duration_since(window.opened) < length => window,
+            stale_or_none => stale_or_none.insert(RateWindow {
+                opened: now,
+                used: 0,
+            }),
+        };
+        if window.used < limit {
+            window.used += 1;
+            return true;
+        }
+        false
+    }
+}
+
 impl Mutable {
+    /// The 429 of a full window of this length.
+    fn rate_limited(&self, window_length: Duration) -> RateLimited {
+        RateLimited {
+            retry_after: (!self.faults.omit_retry_after).then(|| whole_seconds(window_length)),
+        }
+    }
+
     fn apply(&mut self, seed: &Seed, change: ProjectChange) {
         match change {
             ProjectChange::Delete(id) => {
                 self.deleted.insert(id);
             }
             ProjectChange::Rename { id, path } => {
-                let Some(project) = self.renamed.get(&id).or(seed.project(id)) else {
+                let Some(project) = self
+                    .renamed
+                    .get(&id)
+                    .or(seed.project(id))
+                    .or_else(|| self.created.iter().find(|project| project.id == id))
+                else {
                     return;
                 };
                 let group = seed.group(project.group_id);

@@ -1674,3 +1674,887 @@ async fn export_status_5xx_fault_answers_500_for_those_projects_and_their_export
     assert_eq!(standin.export_status(broken), ExportStatus::Finished);
     assert_eq!(receiver.received().len(), 1, "the export still uploaded");
 }
+
+// --- Imports (POST /projects/remote-import) and deletions ---
+
+/// Options for import tests: quick import steps, and plain http accepted (the archive server here
+/// speaks http).
+fn importing() -> Options {
+    Options {
+        import_step_delay: Duration::from_millis(20),
+        allow_http_imports: true,
+        ..Options::default()
+    }
+}
+
+/// How the archive server answers.
+#[derive(Clone)]
+struct Serving {
+    body: Vec<u8>,
+    head_status: StatusCode,
+    /// `Content-Type` of both answers.
+    content_type: Option<&'static str>,
+    /// `Content-Length` of the `HEAD` answer; `None`: the body's length.
+    head_content_length: Option<String>,
+    /// More headers of the `HEAD` answer.
+    head_headers: Vec<(&'static str, &'static str)>,
+    /// How long the `HEAD` takes to answer.
+    head_delay: Duration,
+    get_status: StatusCode,
+}
+
+impl Serving {
+    fn archive(body: Vec<u8>) -> Serving {
+        Serving {
+            body,
+            head_status: StatusCode::OK,
+            content_type: Some("application/gzip"),
+            head_content_length: None,
+            head_headers: Vec::new(),
+            head_delay: Duration::ZERO,
+            get_status: StatusCode::OK,
+        }
+    }
+}
+
+/// A bucket stand-in serving one object at `/bucket/backup.tar.gz` (`HEAD` and `GET`, as
+/// [`Serving`] says) and keeping the methods it was asked with.
+struct ArchiveServer {
+    url: String,
+    methods: Arc<Mutex<Vec<Method>>>,
+}
+
+impl ArchiveServer {
+    async fn start(serving: Serving) -> ArchiveServer {
+        type ServerState = (Serving, Arc<Mutex<Vec<Method>>>);
+        async fn answer(
+            State((serving, methods)): State<ServerState>,
+            method: Method,
+        ) -> axum::response::Response {
+            methods.lock().unwrap().push(method.clone());
+            let mut builder = axum::http::Response::builder();
+            if let Some(content_type) = serving.content_type {
+                builder = builder.header("content-type", content_type);
+            }
+            if method == Method::HEAD {
+                tokio::time::sleep(serving.head_delay).await;
+                let length = serving
+                    .head_content_length
+                    .clone()
+                    .unwrap_or_else(|| serving.body.len().to_string());
+                builder = builder.status(serving.head_status);
+                for (name, value) in &serving.head_headers {
+                    builder = builder.header(*name, *value);
+                }
+                return builder
+                    .header("content-length", length)
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+            }
+            builder
+                .status(serving.get_status)
+                .body(axum::body::Body::from(serving.body.clone()))
+                .unwrap()
+        }
+        let methods = Arc::default();
+        let app = axum::Router::new()
+            .route("/bucket/backup.tar.gz", axum::routing::any(answer))
+            .with_state((serving, Arc::clone(&methods)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/bucket/backup.tar.gz",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        ArchiveServer { url, methods }
+    }
+
+    fn methods(&self) -> Vec<Method> {
+        self.methods.lock().unwrap().clone()
+    }
+}
+
+/// `POST /api/v4/projects/remote-import` with the token and a JSON body.
+async fn remote_import(standin: &Standin, body: Value) -> Answer {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v4/projects/remote-import",
+            standin.base_url()
+        ))
+        .header("PRIVATE-TOKEN", TOKEN)
+        .json(&body)
+        .send()
+        .await;
+    Answer::read(response.expect("request")).await
+}
+
+/// `GET /projects/:id/import` until the import is neither `scheduled` nor `started`; every status
+/// seen, in order, and the last answer.
+async fn wait_import(standin: &Standin, project_id: u64) -> (Vec<String>, Value) {
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + IDLE_TIMEOUT;
+    loop {
+        let answer = get(standin, &format!("/api/v4/projects/{project_id}/import")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+        let status = answer.json["import_status"]
+            .as_str()
+            .expect("import_status")
+            .to_owned();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if !matches!(status.as_str(), "scheduled" | "started") || Instant::now() > deadline {
+            return (seen, answer.json);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A gzip'd tar holding these files.
+fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, contents) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(contents.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, path, *contents).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// Imports refused with this 400 message, and neither a project nor an import came of it.
+async fn assert_refused(standin: &Standin, body: Value, message: &str) {
+    let before = standin.imports().len();
+    let answer = remote_import(standin, body).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.json);
+    assert_eq!(answer.json, json!({ "message": message }));
+    let imports = standin.imports();
+    assert_eq!(imports.len(), before + 1);
+    let record = imports.last().unwrap();
+    assert_eq!(record.status, 400);
+    assert_eq!(record.message.as_deref(), Some(message));
+    assert_eq!(record.project_id, None);
+    assert_eq!(record.import_status, None);
+}
+
+#[tokio::test]
+async fn remote_import_heads_then_downloads_the_archive_and_creates_the_project_in_the_group() {
+    let standin = start(Seed::demo(), importing()).await;
+    let source = project_id(standin.seed(), "acme/website");
+    let archive = standin.export_archive(source).unwrap();
+    let server = ArchiveServer::start(Serving::archive(archive.clone())).await;
+
+    let answer = remote_import(
+        &standin,
+        json!({ "url": server.url, "path": "website-restored", "namespace": "acme" }),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+    let id = answer.json["id"].as_u64().expect("id");
+    assert!(standin.seed().project(id).is_none(), "a new project");
+    assert_eq!(answer.json["name"], "website-restored");
+    assert_eq!(answer.json["path"], "website-restored");
+    assert_eq!(answer.json["path_with_namespace"], "acme/website-restored");
+    assert_eq!(
+        answer.json["name_with_namespace"],
+        "Acme / website-restored"
+    );
+    assert_eq!(answer.json["import_status"], "scheduled");
+    assert_eq!(answer.json["import_type"], "gitlab_project");
+    assert_eq!(answer.json["failed_relations"], json!([]));
+    assert_eq!(answer.json["import_error"], Value::Null);
+
+    let (seen, last) = wait_import(&standin, id).await;
+    assert_eq!(seen, ["scheduled", "started", "finished"]);
+    assert_eq!(last["import_error"], Value::Null);
+    assert_eq!(last["path_with_namespace"], "acme/website-restored");
+    assert_eq!(standin.import_status(id), ImportStatus::Finished);
+    assert_eq!(server.methods(), [Method::HEAD, Method::GET]);
+
+    let project = get(&standin, &format!("/api/v4/projects/{id}")).await;
+    assert_eq!(project.status, StatusCode::OK);
+    assert_eq!(project.json["path_with_namespace"], "acme/website-restored");
+    let by_path = get(&standin, "/api/v4/projects/acme%2Fwebsite-restored").await;
+    assert_eq!(by_path.json["id"], id);
+    let listing = get(&standin, "/api/v4/groups/acme/projects?per_page=100").await;
+    assert!(listing.ids().contains(&id), "listed in its group");
+
+    let imports = standin.imports();
+    assert_eq!(imports.len(), 1);
+    let record = &imports[0];
+    assert_eq!(record.status, 201);
+    assert_eq!(record.url.as_deref(), Some(server.url.as_str()));
+    assert_eq!(record.namespace.as_deref(), Some("acme"));
+    assert_eq!(record.path.as_deref(), Some("website-restored"));
+    assert_eq!(record.project_id, Some(id));
+    assert_eq!(record.import_status, Some(ImportStatus::Finished));
+    let head = record.head.as_ref().expect("a HEAD was sent");
+    assert_eq!(head.status, Some(200));
+    assert_eq!(head.content_type.as_deref(), Some("application/gzip"));
+    assert_eq!(head.content_length, Some(archive.len().to_string()));
+    assert_eq!(record.archive_sha256, Some(sha256_hex(&archive)));
+    assert_eq!(record.archive_bytes, Some(archive.len() as u64));
+
+    let over_http = reqwest::get(format!("{}/__standin/imports", standin.base_url()))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(over_http[0]["archive_sha256"], sha256_hex(&archive));
+    assert_eq!(over_http[0]["archive_bytes"], archive.len());
+    assert_eq!(over_http[0]["import_status"], "finished");
+    assert_eq!(over_http[0]["head"]["status"], 200);
+    assert_eq!(over_http[0]["project_id"], id);
+}
+
+#[tokio::test]
+async fn remote_import_takes_a_form_body_a_namespace_id_and_a_name() {
+    let standin = start(Seed::demo(), importing()).await;
+    let source = project_id(standin.seed(), "acme/api");
+    let server =
+        ArchiveServer::start(Serving::archive(standin.export_archive(source).unwrap())).await;
+    let group = standin.seed().group_by_path("globex/research").unwrap().id;
+    let request = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v4/projects/remote-import",
+            standin.base_url()
+        ))
+        .header("PRIVATE-TOKEN", TOKEN);
+    let group_id = group.to_string();
+    let params = [
+        ("url", server.url.as_str()),
+        ("path", "api-copy"),
+        ("name", "API copy"),
+        ("namespace", group_id.as_str()),
+    ];
+    let answer = Answer::read(with_form(request, &params).send().await.unwrap()).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+    assert_eq!(answer.json["name"], "API copy");
+    assert_eq!(
+        answer.json["path_with_namespace"],
+        "globex/research/api-copy"
+    );
+    let id = answer.json["id"].as_u64().unwrap();
+    assert_eq!(
+        wait_import(&standin, id).await.0.last().unwrap(),
+        "finished"
+    );
+    let listing = get(
+        &standin,
+        "/api/v4/groups/globex/projects?include_subgroups=true",
+    )
+    .await;
+    assert!(listing.ids().contains(&id));
+    let own = get(&standin, "/api/v4/groups/globex/projects").await;
+    assert!(
+        !own.ids().contains(&id),
+        "a subgroup's project, listed only with include_subgroups"
+    );
+}
+
+#[tokio::test]
+async fn an_http_url_is_refused_as_gitlab_accepts_only_https_unless_the_test_switch_allows_it() {
+    let standin = start(
+        Seed::demo(),
+        Options {
+            allow_http_imports: false,
+            ..importing()
+        },
+    )
+    .await;
+    let server = ArchiveServer::start(Serving::archive(tar_gz(&[("VERSION", b"0.2.4")]))).await;
+    let body = json!({ "url": server.url, "path": "restored", "namespace": "acme" });
+    assert_refused(
+        &standin,
+        body.clone(),
+        "File url is blocked: Only allowed schemes are https",
+    )
+    .await;
+    assert_refused(
+        &standin,
+        json!({ "url": "ftp://example.com/x.tar.gz", "path": "restored", "namespace": "acme" }),
+        "File url is blocked: Only allowed schemes are https",
+    )
+    .await;
+    assert_refused(
+        &standin,
+        json!({ "url": "not a url", "path": "restored", "namespace": "acme" }),
+        "File url is blocked: URI is invalid",
+    )
+    .await;
+
+    let allowed = start(Seed::demo(), importing()).await;
+    assert_eq!(
+        remote_import(&allowed, body).await.status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn a_head_with_a_content_type_other_than_gzip_or_tar_is_refused() {
+    let standin = start(Seed::demo(), importing()).await;
+    let archive = tar_gz(&[("VERSION", b"0.2.4")]);
+    for content_type in [
+        "application/gzip",
+        "application/x-gzip",
+        "application/x-tar",
+    ] {
+        let server = ArchiveServer::start(Serving {
+            content_type: Some(content_type),
+            ..Serving::archive(archive.clone())
+        })
+        .await;
+        let path = content_type.replace('/', "-");
+        let answer = remote_import(
+            &standin,
+            json!({ "url": server.url, "path": path, "namespace": "acme" }),
+        )
+        .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::CREATED,
+            "{content_type}: {}",
+            answer.json
+        );
+    }
+    for (content_type, shown) in [
+        (Some("text/html"), "text/html"),
+        (
+            Some("application/gzip; charset=binary"),
+            "application/gzip; charset=binary",
+        ),
+        (None, ""),
+    ] {
+        let server = ArchiveServer::start(Serving {
+            content_type,
+            ..Serving::archive(archive.clone())
+        })
+        .await;
+        assert_refused(
+            &standin,
+            json!({ "url": server.url, "path": "restored", "namespace": "acme" }),
+            &format!(
+                "Content type '{shown}' not allowed. (Allowed: application/gzip, application/x-tar, application/x-gzip)"
+            ),
+        )
+        .await;
+        assert_eq!(
+            server.methods(),
+            [Method::HEAD],
+            "refused after the HEAD, not downloaded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_head_with_no_or_zero_length_or_more_than_10_gib_is_refused() {
+    let standin = start(Seed::demo(), importing()).await;
+    let archive = tar_gz(&[("VERSION", b"0.2.4")]);
+    for (length, message) in [
+        (
+            "0",
+            "Content length is too small (should be at least 1 Byte)",
+        ),
+        (
+            "",
+            "Content length is too small (should be at least 1 Byte)",
+        ),
+        (
+            "10737418241",
+            "Content length is too big (should be at most 10 GiB)",
+        ),
+    ] {
+        let server = ArchiveServer::start(Serving {
+            head_content_length: Some(length.to_owned()),
+            // Length comes before type: both wrong, the length is reported.
+            content_type: Some("text/plain"),
+            ..Serving::archive(archive.clone())
+        })
+        .await;
+        assert_refused(
+            &standin,
+            json!({ "url": server.url, "path": "restored", "namespace": "acme" }),
+            message,
+        )
+        .await;
+    }
+    let server = ArchiveServer::start(Serving {
+        head_content_length: Some("10737418240".to_owned()),
+        ..Serving::archive(archive)
+    })
+    .await;
+    let answer = remote_import(
+        &standin,
+        json!({ "url": server.url, "path": "restored", "namespace": "acme" }),
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::CREATED,
+        "10 GiB itself is allowed: {}",
+        answer.json
+    );
+}
+
+#[tokio::test]
+async fn a_head_that_takes_more_than_a_second_or_finds_no_server_is_refused() {
+    let standin = start(Seed::demo(), importing()).await;
+    let server = ArchiveServer::start(Serving {
+        head_delay: Duration::from_millis(1500),
+        ..Serving::archive(tar_gz(&[("VERSION", b"0.2.4")]))
+    })
+    .await;
+    let began = Instant::now();
+    let answer = remote_import(
+        &standin,
+        json!({ "url": server.url, "path": "restored", "namespace": "acme" }),
+    )
+    .await;
+    let took = began.elapsed();
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.json);
+    assert_eq!(
+        answer.json["message"],
+        "Failed to retrive headers: Net::ReadTimeout with #<TCPSocket:(closed)>"
+    );
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(1450),
+        "GitLab waits 1 s for the HEAD: {took:?}"
+    );
+    let record = standin.imports().pop().unwrap();
+    assert!(record.head.unwrap().error.is_some());
+
+    let closed = free_port();
+    let url = format!("http://127.0.0.1:{closed}/bucket/backup.tar.gz");
+    assert_refused(
+        &standin,
+        json!({ "url": url, "path": "restored", "namespace": "acme" }),
+        &format!(
+            "Failed to retrive headers: Failed to open TCP connection to 127.0.0.1:{closed} (Connection refused - connect(2) for \"127.0.0.1\" port {closed})"
+        ),
+    )
+    .await;
+}
+
+/// A port nothing listens on (bound, then freed).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn an_aws_s3_head_is_accepted_whatever_its_status_and_headers() {
+    let standin = start(Seed::demo(), importing()).await;
+    let archive = standin
+        .export_archive(project_id(standin.seed(), "acme/docs"))
+        .unwrap();
+    // A URL presigned for GET refuses the HEAD: 403, XML, no length.
+    let aws = Serving {
+        head_status: StatusCode::FORBIDDEN,
+        content_type: Some("application/xml"),
+        head_content_length: Some("0".to_owned()),
+        head_headers: vec![
+            ("server", "AmazonS3"),
+            ("x-amz-request-id", "4442587FB7D0A2F9"),
+        ],
+        ..Serving::archive(archive.clone())
+    };
+    let server = ArchiveServer::start(aws.clone()).await;
+    let answer = remote_import(
+        &standin,
+        json!({ "url": server.url, "path": "docs", "namespace": "initech" }),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+    let id = answer.json["id"].as_u64().unwrap();
+    assert_eq!(
+        wait_import(&standin, id).await.0.last().unwrap(),
+        "finished"
+    );
+    let head = standin.imports()[0].head.clone().unwrap();
+    assert_eq!(head.status, Some(403));
+    assert_eq!(head.server.as_deref(), Some("AmazonS3"));
+
+    // Without the request id, or from another server, it is not taken for AWS, and checked.
+    for headers in [
+        vec![("server", "AmazonS3")],
+        vec![
+            ("server", "MinIO"),
+            ("x-amz-request-id", "4442587FB7D0A2F9"),
+        ],
+        vec![("x-amz-request-id", "4442587FB7D0A2F9")],
+    ] {
+        let not_aws = ArchiveServer::start(Serving {
+            head_headers: headers,
+            ..aws.clone()
+        })
+        .await;
+        assert_refused(
+            &standin,
+            json!({ "url": not_aws.url, "path": "docs-2", "namespace": "initech" }),
+            "Content length is too small (should be at least 1 Byte)",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_path_or_name_taken_in_the_namespace_is_refused_unless_overwrite_replaces_the_project() {
+    let standin = start(Seed::demo(), importing()).await;
+    let existing = project_id(standin.seed(), "acme/website");
+    let archive = standin.export_archive(existing).unwrap();
+    let server = ArchiveServer::start(Serving::archive(archive)).await;
+    assert_refused(
+        &standin,
+        json!({ "url": server.url, "path": "WEBSITE", "namespace": "acme" }),
+        "Path has already been taken",
+    )
+    .await;
+    assert_refused(
+        &standin,
+        json!({ "url": server.url, "path": "website-2", "name": "website", "namespace": "acme" }),
+        "Name has already been taken",
+    )
+    .await;
+    // Another namespace is free.
+    let elsewhere = remote_import(
+        &standin,
+        json!({ "url": server.url, "path": "website", "namespace": "globex" }),
+    )
+    .await;
+    assert_eq!(elsewhere.status, StatusCode::CREATED);
+
+    let answer = remote_import(
+        &standin,
+        json!({ "url": server.url, "path": "website", "namespace": "acme", "overwrite": true }),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+    let id = answer.json["id"].as_u64().unwrap();
+    let temporary = answer.json["path"].as_str().unwrap();
+    let suffix = temporary
+        .strip_prefix("website-")
+        .expect("a temporary path");
+    assert_eq!(suffix.len(), 32, "SecureRandom.hex: {temporary}");
+    assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(answer.json["name"], "website");
+
+    assert_eq!(
+        wait_import(&standin, id).await.0.last().unwrap(),
+        "finished"
+    );
+    let replaced = get(&standin, &format!("/api/v4/projects/{existing}")).await;
+    assert_eq!(
+        replaced.status,
+        StatusCode::NOT_FOUND,
+        "the old project is gone"
+    );
+    let by_path = get(&standin, "/api/v4/projects/acme%2Fwebsite").await;
+    assert_eq!(by_path.json["id"], id, "the new one has its path");
+    let listing = get(&standin, "/api/v4/groups/acme/projects?per_page=100").await;
+    assert!(listing.ids().contains(&id) && !listing.ids().contains(&existing));
+    assert!(standin.imports().last().unwrap().overwrite);
+}
+
+#[tokio::test]
+async fn the_project_import_rate_limit_is_its_own_and_answers_429_with_retry_after() {
+    let standin = start(
+        Seed::demo(),
+        Options {
+            imports_per_window: 2,
+            ..importing()
+        },
+    )
+    .await;
+    let server = ArchiveServer::start(Serving::archive(tar_gz(&[("VERSION", b"0.2.4")]))).await;
+    // A refused request counts too: GitLab checks the limit before the rest.
+    let taken = remote_import(
+        &standin,
+        json!({ "url": server.url, "path": "website", "namespace": "acme" }),
+    )
+    .await;
+    assert_eq!(taken.status, StatusCode::BAD_REQUEST);
+    let first = remote_import(
+        &standin,
+        json!({ "url": server.url, "path": "one", "namespace": "acme" }),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let limited = remote_import(
+        &standin,
+        json!({ "url": server.url, "path": "two", "namespace": "acme" }),
+    )
+    .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.header("retry-after"), Some("60"));
+    assert_eq!(
+        limited.json,
+        json!({ "message": { "error": "This endpoint has been requested too many times. Try again later." } })
+    );
+    assert_eq!(
+        server
+            .methods()
+            .iter()
+            .filter(|m| **m == Method::HEAD)
+            .count(),
+        2,
+        "no HEAD once limited"
+    );
+    let record = standin.imports().pop().unwrap();
+    assert_eq!(record.status, 429);
+    assert_eq!(record.head, None);
+    // Exports have their own window.
+    assert_eq!(
+        export(&standin, "acme%2Fapi", None).await.status,
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test]
+async fn missing_parameters_an_unknown_namespace_or_none_and_no_token_are_refused() {
+    let standin = start(Seed::demo(), importing()).await;
+    let answer = remote_import(&standin, json!({})).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        answer.json,
+        json!({ "error": "url is missing, path is missing" })
+    );
+    let answer = remote_import(&standin, json!({ "url": "https://example.com/a.tar.gz" })).await;
+    assert_eq!(answer.json, json!({ "error": "path is missing" }));
+    let answer = remote_import(
+        &standin,
+        json!({ "url": "https://example.com/a.tar.gz", "path": "x", "namespace": "acme", "overwrite": "maybe" }),
+    )
+    .await;
+    assert_eq!(answer.json, json!({ "error": "overwrite is invalid" }));
+
+    let answer = remote_import(
+        &standin,
+        json!({ "url": "https://example.com/a.tar.gz", "path": "x", "namespace": "nowhere" }),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.json, json!({ "message": "404 Namespace Not Found" }));
+    assert_refused(
+        &standin,
+        json!({ "url": "https://example.com/a.tar.gz", "path": "x" }),
+        "Namespace can't be blank",
+    )
+    .await;
+    assert_refused(
+        &standin,
+        json!({ "url": "https://example.com/a.tar.gz", "path": "", "namespace": "acme" }),
+        "Path can't be blank",
+    )
+    .await;
+
+    let unauthenticated = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v4/projects/remote-import",
+            standin.base_url()
+        ))
+        .json(&json!({ "url": "https://example.com/a.tar.gz", "path": "x", "namespace": "acme" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+    let statuses: Vec<u16> = standin
+        .imports()
+        .iter()
+        .map(|record| record.status)
+        .collect();
+    assert_eq!(statuses, [400, 400, 400, 404, 400, 400, 401]);
+    assert!(standin.imports().iter().all(|record| record.head.is_none()));
+}
+
+#[tokio::test]
+async fn an_archive_that_fails_to_download_or_is_no_gzip_tar_with_version_ends_failed() {
+    let standin = start(Seed::demo(), importing()).await;
+    let cases: [(Serving, &str); 5] = [
+        (
+            Serving::archive(b"plain text, not gzip".to_vec()),
+            "File compression or decompression failed. gzip: stdin: not in gzip format",
+        ),
+        (
+            Serving::archive(tar_gz(&[("project.json", b"{}")])),
+            "No such file or directory @ rb_sysopen - VERSION",
+        ),
+        (
+            Serving::archive(tar_gz(&[("VERSION", b"0.1.8")])),
+            "Import version mismatch: Required 0.2.4 but was 0.1.8",
+        ),
+        (
+            Serving {
+                get_status: StatusCode::FORBIDDEN,
+                ..Serving::archive(tar_gz(&[("VERSION", b"0.2.4")]))
+            },
+            "unsupported response downloading fragment 403",
+        ),
+        (
+            Serving::archive({
+                let mut gzip =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                std::io::Write::write_all(&mut gzip, &[7; 700]).unwrap();
+                gzip.finish().unwrap()
+            }),
+            "File compression or decompression failed. tar: This does not look like a tar archive",
+        ),
+    ];
+    for (index, (serving, error)) in cases.into_iter().enumerate() {
+        let body = serving.body.clone();
+        let downloaded = serving.get_status == StatusCode::OK;
+        let server = ArchiveServer::start(serving).await;
+        let path = format!("broken-{index}");
+        let answer = remote_import(
+            &standin,
+            json!({ "url": server.url, "path": path, "namespace": "acme" }),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+        let id = answer.json["id"].as_u64().unwrap();
+        let (seen, last) = wait_import(&standin, id).await;
+        assert_eq!(seen, ["scheduled", "started", "failed"], "{error}");
+        assert_eq!(last["import_error"], error);
+        let record = standin.imports().pop().unwrap();
+        assert_eq!(record.import_status, Some(ImportStatus::Failed));
+        assert_eq!(record.import_error.as_deref(), Some(error));
+        if downloaded {
+            assert_eq!(record.archive_sha256, Some(sha256_hex(&body)));
+        } else {
+            assert_eq!(record.archive_sha256, None);
+        }
+        // As in GitLab, the failed project stays.
+        let project = get(&standin, &format!("/api/v4/projects/{id}")).await;
+        assert_eq!(project.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn a_project_never_imported_has_import_status_none() {
+    let standin = start(Seed::demo(), importing()).await;
+    let id = project_id(standin.seed(), "acme/api");
+    let answer = get(&standin, &format!("/api/v4/projects/{id}/import")).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json["id"], id);
+    assert_eq!(answer.json["path_with_namespace"], "acme/api");
+    assert_eq!(answer.json["import_status"], "none");
+    assert_eq!(answer.json["import_error"], Value::Null);
+    assert_eq!(answer.json["failed_relations"], json!([]));
+    let unknown = get(&standin, "/api/v4/projects/999999/import").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(standin.import_status(id), ImportStatus::None);
+}
+
+async fn delete(standin: &Standin, project: &str) -> Answer {
+    let response = reqwest::Client::new()
+        .delete(format!("{}/api/v4/projects/{project}", standin.base_url()))
+        .header("PRIVATE-TOKEN", TOKEN)
+        .send()
+        .await;
+    Answer::read(response.expect("request")).await
+}
+
+#[tokio::test]
+async fn delete_accepts_and_the_project_is_gone_unknown_is_404_and_a_refusal_fault_answers_403() {
+    let standin = start(Seed::demo(), importing()).await;
+    let id = project_id(standin.seed(), "acme/api");
+    let kept = project_id(standin.seed(), "acme/docs");
+
+    standin.set_faults(Faults {
+        refuse_deletion: true,
+        ..Faults::default()
+    });
+    let refused = delete(&standin, &kept.to_string()).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(refused.json, json!({ "message": "403 Forbidden" }));
+    assert_eq!(
+        get(&standin, &format!("/api/v4/projects/{kept}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    standin.set_faults(Faults::default());
+
+    let answer = delete(&standin, "acme%2Fapi").await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
+    assert_eq!(answer.json, json!({ "message": "202 Accepted" }));
+    assert_eq!(
+        get(&standin, &format!("/api/v4/projects/{id}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let listing = get(&standin, "/api/v4/groups/acme/projects?per_page=100").await;
+    assert!(!listing.ids().contains(&id) && listing.ids().contains(&kept));
+    let again = delete(&standin, &id.to_string()).await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    assert_eq!(again.json, json!({ "message": "404 Project Not Found" }));
+
+    let deletions = standin.deletions();
+    let seen: Vec<(ProjectRef, u16)> = deletions
+        .iter()
+        .map(|record| (record.project_id.clone(), record.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (ProjectRef::Known(kept), 403),
+            (ProjectRef::Known(id), 202),
+            (ProjectRef::Unknown(id.to_string()), 404),
+        ]
+    );
+    let over_http = reqwest::get(format!("{}/__standin/deletions", standin.base_url()))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(over_http[1]["project_id"], id);
+    assert_eq!(over_http[1]["status"], 202);
+}
+
+#[tokio::test]
+async fn an_imported_project_can_be_deleted_and_its_import_stops() {
+    let standin = start(
+        Seed::demo(),
+        Options {
+            import_step_delay: Duration::from_millis(300),
+            ..importing()
+        },
+    )
+    .await;
+    let server = ArchiveServer::start(Serving::archive(tar_gz(&[("VERSION", b"0.2.4")]))).await;
+    let answer = remote_import(
+        &standin,
+        json!({ "url": server.url, "path": "doomed", "namespace": "acme" }),
+    )
+    .await;
+    let id = answer.json["id"].as_u64().unwrap();
+    assert_eq!(
+        delete(&standin, &id.to_string()).await.status,
+        StatusCode::ACCEPTED
+    );
+    standin.wait_imports_idle(IDLE_TIMEOUT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(server.methods(), [Method::HEAD], "never downloaded");
+    assert_eq!(
+        standin.imports()[0].import_status,
+        Some(ImportStatus::Scheduled)
+    );
+    assert_eq!(
+        get(&standin, "/api/v4/projects/acme%2Fdoomed").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
