@@ -1,4 +1,4 @@
-//! Proof of landing: status checks, HEADs in the bucket, retries and timeouts of failed attempts.
+//! Proof of landing: status checks, ranged GETs of first bytes in the bucket, retries and timeouts of failed attempts.
 
 use std::collections::BTreeMap;
 
@@ -12,11 +12,11 @@ use crate::engine::{
 use crate::s3::object_key;
 use crate::time::ms;
 
-/// The HEADs of backups (not of the preflight probe).
-fn backup_heads(h: &Harness) -> Vec<(u64, String, u16)> {
+/// The ranged GETs of backups' first bytes.
+fn backup_reads(h: &Harness) -> Vec<(u64, String, u16)> {
     h.world
         .s3
-        .heads
+        .ranged_gets
         .iter()
         .filter(|(_, path, _)| path.ends_with(".tar.gz"))
         .cloned()
@@ -100,7 +100,7 @@ fn the_check_schedule_backs_off_from_the_export_request_and_keeps_to_the_deadlin
 fn an_accepted_export_is_checked_on_the_backoff_schedule_until_proven() {
     // GitLab takes 6 min to build the export: the checks at +10 s, +40 s, +1 min 40 s and
     // +3 min 40 s find it queued or started, the one at +8 min 40 s finished; only then does a
-    // HEAD look in the bucket.
+    // GET look in the bucket.
     let (mut gitlab, ids) = one_group(1, 6);
     gitlab.build_ms = (6 * MINUTE, 6 * MINUTE);
     let mut h = Harness::new(config(&[]), World::new(gitlab));
@@ -110,9 +110,9 @@ fn an_accepted_export_is_checked_on_the_backoff_schedule_until_proven() {
     assert_eq!(ages.len(), 1);
     assert_on_schedule(&ages[0], &[10, 40, 100, 220, 520]);
     assert_eq!(h.world.gitlab.status_checks.len(), 5, "no other checks");
-    let heads = backup_heads(&h);
-    assert_eq!(heads.len(), 1, "one HEAD, after GitLab said finished");
-    assert_eq!(heads[0].2, 200);
+    let reads = backup_reads(&h);
+    assert_eq!(reads.len(), 1, "one GET, after GitLab said finished");
+    assert_eq!(reads[0].2, 206);
     assert_landed_and_proven(&h, &run);
 }
 
@@ -171,7 +171,7 @@ fn looks_due_within_check_slack_of_each_other_share_a_tick() {
 fn a_quick_export_that_reads_none_after_its_upload_is_looked_at_again_when_the_grace_ends() {
     // Built and uploaded in 30 s, after which GitLab reads `none`: the look at +40 s finds
     // `none` within NONE_GRACE, the next comes when the grace ends (not at +1 min 40 s and
-    // +3 min 40 s) and sends the HEAD.
+    // +3 min 40 s) and sends the GET.
     let (mut gitlab, ids) = one_group(1, 6);
     gitlab.build_ms = (30 * SECOND, 30 * SECOND);
     gitlab.none_when_built = true;
@@ -180,9 +180,9 @@ fn a_quick_export_that_reads_none_after_its_upload_is_looked_at_again_when_the_g
     assert_eq!((run.exported, run.verified, run.failed), (1, 1, 0));
     let ages = check_ages_per_attempt(&h, ids[0]);
     assert_on_schedule(&ages[0], &[10, 40, NONE_GRACE.as_secs()]);
-    let heads = backup_heads(&h);
-    assert_eq!(heads.len(), 1, "one HEAD, when the grace ended: {heads:?}");
-    assert_eq!(heads[0].2, 200);
+    let reads = backup_reads(&h);
+    assert_eq!(reads.len(), 1, "one GET, when the grace ended: {reads:?}");
+    assert_eq!(reads[0].2, 206);
     assert_landed_and_proven(&h, &run);
 }
 
@@ -278,8 +278,9 @@ fn an_upload_that_never_lands_fails_after_max_attempts_of_verify_timeout() {
 }
 
 #[test]
-fn a_head_cut_by_the_subrequest_budget_goes_first_in_the_next_tick_and_gitlab_is_not_asked_again() {
-    // Three subrequests a tick: the tick at +10 s checks A, HEADs A and checks B, whose HEAD the
+fn a_proof_get_cut_by_the_subrequest_budget_goes_first_in_the_next_tick_and_gitlab_is_not_asked_again(
+) {
+    // Three subrequests a tick: the tick at +10 s checks A, GETs A's first bytes and checks B, whose GET the
     // budget cuts. It waits in the store, and the next tick sends it first.
     let (mut gitlab, ids) = one_group(3, 6);
     gitlab.build_ms = (SECOND, SECOND);
@@ -299,9 +300,9 @@ fn a_head_cut_by_the_subrequest_budget_goes_first_in_the_next_tick_and_gitlab_is
         "each export's status asked once: {}",
         h.describe()
     );
-    let heads = backup_heads(&h);
-    assert_eq!(heads.len(), 3, "one HEAD per project: {heads:?}");
-    assert!(heads.iter().all(|(_, _, status)| *status == 200));
+    let reads = backup_reads(&h);
+    assert_eq!(reads.len(), 3, "one GET per project: {reads:?}");
+    assert!(reads.iter().all(|(_, _, status)| *status == 206));
     let cut = h
         .ticks
         .iter()
@@ -311,15 +312,15 @@ fn a_head_cut_by_the_subrequest_budget_goes_first_in_the_next_tick_and_gitlab_is
                     .iter()
                     .any(|e| matches!(e, crate::engine::Event::Verified { .. }))
         })
-        .expect("a tick whose budget cut the HEAD");
+        .expect("a tick whose budget cut the GET");
     let next = &h.ticks[cut + 1];
-    let b_head = heads[1].0;
+    let b_read = reads[1].0;
     assert!(
-        b_head >= next.started_ms,
-        "the cut HEAD goes out in the next tick"
+        b_read >= next.started_ms,
+        "the cut GET goes out in the next tick"
     );
     let c_check = h.world.gitlab.status_checks[2].0;
-    assert!(b_head < c_check, "and first in it");
+    assert!(b_read < c_check, "and first in it");
     assert_eq!(
         h.store()
             .meta(&[crate::store::MetaKey::Intents])
