@@ -858,6 +858,30 @@ mod tests {
     }
 
     #[test]
+    fn the_get_of_a_backups_first_bytes_sends_and_signs_its_range() {
+        let credentials = aws_example_credentials();
+        let signer = Signer {
+            credentials: &credentials,
+            region: "us-east-1",
+            now: at(1_369_353_600),
+        };
+        let url = Url::parse("http://127.0.0.1:9000/bucket/a/b.tar.gz").unwrap();
+        let get = signer.signed_first_bytes(&url).unwrap();
+        assert_eq!(get.method, Method::Get);
+        assert!(get.headers.contains(&("range", "bytes=0-7".to_owned())));
+        let auth = &get
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "authorization")
+            .unwrap()
+            .1;
+        assert!(
+            auth.contains("SignedHeaders=host;range;x-amz-content-sha256;x-amz-date"),
+            "{auth}"
+        );
+    }
+
+    #[test]
     fn an_answer_naming_another_region_or_redirecting_is_a_wrong_region() {
         let answer =
             |status: u16, headers: &[(&str, &str)], body: &str| crate::http::HttpResponse {

@@ -4,12 +4,14 @@ use std::collections::BTreeMap;
 
 use super::sim::{
     assert_landed_and_proven, assert_no_export_after_a_heard_outcome_but_retries, config,
-    one_group, Fault, FaultPlan, Harness, World, DAY, HOUR, MINUTE, SECOND, T0,
+    one_group, Fault, FaultPlan, Harness, OddUpload, World, DAY, GZIP_START, HOUR, MINUTE, SECOND,
+    T0,
 };
 use crate::engine::{
     next_check_ms, CHECK_SLACK, CHECK_STEPS, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF,
 };
 use crate::s3::object_key;
+use crate::store::RunRow;
 use crate::time::ms;
 
 /// The ranged GETs of backups' first bytes.
@@ -447,4 +449,144 @@ fn an_upload_that_never_lands_after_every_attempt_names_a_size_over_s3s_single_p
     let asked: Vec<u64> = h.world.gitlab.size_checks.iter().map(|c| c.1).collect();
     assert_eq!(asked.len(), 2, "{asked:?}");
     assert!(ids.iter().all(|id| asked.contains(id)));
+}
+
+/// A run of one group of two projects, the first's upload landing as `odd` (if any), with
+/// S3's `Content-Range` replaced by `content_range` (if any), and one attempt each: the run,
+/// and the first project's failure reason (empty if it did not fail).
+fn one_attempt_with(
+    odd: Option<OddUpload>,
+    content_range: Option<Option<String>>,
+) -> (Harness, RunRow, u64, String) {
+    let (mut gitlab, ids) = one_group(2, 6);
+    if let Some(odd) = odd {
+        gitlab.odd_uploads.insert(ids[0], odd);
+    }
+    let mut world = World::new(gitlab);
+    world.s3.content_range = content_range;
+    let mut h = Harness::new(config(&[("MAX_ATTEMPTS", "1")]), world);
+    let run = h.run_until_finished(T0 + 2 * HOUR);
+    let reason = h
+        .store()
+        .failures(run.id, 10)
+        .unwrap()
+        .into_iter()
+        .find(|(id, _, _)| *id == ids[0])
+        .map(|(_, _, reason)| reason)
+        .unwrap_or_default();
+    (h, run, ids[0], reason)
+}
+
+#[test]
+fn a_gzip_object_with_gitlabs_content_type_is_verified_with_its_size_from_content_range() {
+    let (h, run, first, reason) = one_attempt_with(None, None);
+    assert_eq!((run.verified, run.failed), (2, 0), "{reason}");
+    // One ranged GET per project, each answered 206 with 8 bytes: the size is the whole
+    // object's, from `Content-Range`, not the 8 of `Content-Length`.
+    let reads = backup_reads(&h);
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert!(
+        reads.iter().all(|(_, _, status)| *status == 206),
+        "{reads:?}"
+    );
+    assert!(
+        h.world
+            .s3
+            .heads
+            .iter()
+            .all(|(_, path, _)| !path.ends_with(".tar.gz")),
+        "no HEAD of a backup"
+    );
+    let backup = h
+        .store()
+        .recent_backups(10)
+        .unwrap()
+        .into_iter()
+        .find(|b| b.project_id == first)
+        .unwrap();
+    assert_eq!(backup.size, 10_000 + first);
+}
+
+#[test]
+fn an_object_that_is_no_gzip_stream_fails_the_attempt_naming_its_first_bytes() {
+    let odd = OddUpload {
+        size: 5_000,
+        start: b"<?xml version=\"1.0\"?>".to_vec(),
+        content_type: Some("application/gzip"),
+    };
+    let (_, run, _, reason) = one_attempt_with(Some(odd), None);
+    assert_eq!((run.verified, run.failed), (1, 1), "{reason}");
+    assert_eq!(
+        reason,
+        "the object does not start like a gzip stream (first bytes 3c 3f 78 6d 6c 20 76 65) (after 1 attempts)"
+    );
+}
+
+#[test]
+fn an_object_of_another_content_type_fails_the_attempt_naming_it() {
+    let odd = OddUpload {
+        size: 5_000,
+        start: GZIP_START.to_vec(),
+        content_type: Some("text/plain"),
+    };
+    let (_, run, _, reason) = one_attempt_with(Some(odd), None);
+    assert_eq!((run.verified, run.failed), (1, 1), "{reason}");
+    assert_eq!(
+        reason,
+        "the object's Content-Type is text/plain, not application/gzip (after 1 attempts)"
+    );
+    // None at all is named too.
+    let odd = OddUpload {
+        size: 5_000,
+        start: GZIP_START.to_vec(),
+        content_type: None,
+    };
+    let (_, _, _, reason) = one_attempt_with(Some(odd), None);
+    assert!(
+        reason.starts_with("the object has no Content-Type"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn an_answer_without_a_well_formed_content_range_fails_the_attempt_clearly() {
+    for (content_range, expected) in [
+        (None, "S3's answer to the ranged GET has no Content-Range"),
+        (
+            Some("bytes 0-7/*"),
+            "S3's answer to the ranged GET has a malformed Content-Range: \"bytes 0-7/*\"",
+        ),
+        (
+            Some("bytes 0-7"),
+            "S3's answer to the ranged GET has a malformed Content-Range: \"bytes 0-7\"",
+        ),
+        (
+            Some("bytes 0-99/100"),
+            "S3's answer to the ranged GET has a malformed Content-Range: \"bytes 0-99/100\"",
+        ),
+        (
+            Some("bytes 0-18446744073709551615/18446744073709551615"),
+            "S3's answer to the ranged GET has a malformed Content-Range",
+        ),
+    ] {
+        let (_, run, _, reason) = one_attempt_with(None, Some(content_range.map(str::to_owned)));
+        assert_eq!((run.verified, run.failed), (0, 2), "{content_range:?}");
+        assert!(reason.starts_with(expected), "{content_range:?}: {reason}");
+    }
+}
+
+#[test]
+fn an_empty_object_answered_416_for_its_range_fails_the_attempt_as_empty() {
+    let odd = OddUpload {
+        size: 0,
+        start: Vec::new(),
+        content_type: Some("application/gzip"),
+    };
+    let (h, run, _, reason) = one_attempt_with(Some(odd), None);
+    assert_eq!((run.verified, run.failed), (1, 1), "{reason}");
+    assert_eq!(reason, "the object in S3 is empty (after 1 attempts)");
+    assert!(
+        backup_reads(&h).iter().any(|(_, _, status)| *status == 416),
+        "S3 answered the range of the empty object with 416"
+    );
 }
