@@ -529,7 +529,7 @@ impl World {
         }
     }
 
-    /// Whether the backup object a HEAD asks for is in the bucket (every accepted export lands,
+    /// Whether the backup object a GET asks for is in the bucket (every accepted export lands,
     /// once its duration has passed).
     fn landed(&self, url: &url::Url, now_ms: u64) -> bool {
         let id = url
@@ -561,18 +561,29 @@ impl World {
         let url = &request.url;
         let host = url.host_str().unwrap_or_default();
         if host != "gitlab.example.com" {
-            // S3: the worker's own PUTs, the HEADs of backups and of the preflight's probe, and
-            // the GET of the prefix's marker (none yet: the worker writes it).
-            return Ok(match request.method {
-                Method::Get => HttpResponse {
+            // S3: the worker's own PUTs, the HEAD of the preflight's probe, the ranged GETs of
+            // backups' first bytes (each a gzip stream as GitLab uploads it), and the GET of the
+            // prefix's marker (none yet: the worker writes it).
+            let range = request
+                .headers
+                .iter()
+                .find(|(name, _)| *name == "range")
+                .map(|(_, value)| value.as_str());
+            return Ok(match (request.method, range) {
+                (Method::Get, Some(_)) if self.landed(url, now_ms) => HttpResponse {
+                    status: 206,
+                    headers: vec![
+                        ("content-range".into(), "bytes 0-7/524288".into()),
+                        ("content-type".into(), "application/gzip".into()),
+                        ("content-length".into(), "8".into()),
+                    ],
+                    body: vec![0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0],
+                },
+                (Method::Get, _) => HttpResponse {
                     status: 404,
                     ..HttpResponse::default()
                 },
-                Method::Head if !self.landed(url, now_ms) => HttpResponse {
-                    status: 404,
-                    ..HttpResponse::default()
-                },
-                Method::Head => HttpResponse {
+                (Method::Head, _) => HttpResponse {
                     status: 200,
                     headers: vec![("content-length".into(), "524288".into())],
                     body: Vec::new(),

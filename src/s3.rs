@@ -12,7 +12,7 @@ use aws_sigv4::sign::v4::SigningParams;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use url::Url;
 
-use crate::http::{HttpRequest, Method};
+use crate::http::{excerpt, quoted, HttpRequest, HttpResponse, Method};
 use crate::secret::Secret;
 use crate::time::key_timestamp;
 
@@ -274,6 +274,126 @@ pub fn object_key(prefix: &str, path_with_namespace: &str, run_started: SystemTi
     )
 }
 
+/// How many of a backup's first bytes its proof reads: gzip's two-byte magic number, and a few
+/// more to name what an object that is no archive starts with.
+pub const FIRST_BYTES: u64 = 8;
+/// The first two bytes of every gzip stream (RFC 1952: ID1, ID2).
+pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// The Content-Type GitLab uploads an export archive with (`web_upload_strategy.rb`).
+pub const ARCHIVE_CONTENT_TYPE: &str = "application/gzip";
+
+/// What the answer to a backup's [`Signer::signed_first_bytes`] shows of an archive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchiveStart {
+    /// The whole object's size, in bytes.
+    pub size: u64,
+}
+
+/// Why an object in the bucket is no backup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotAnArchive {
+    /// Nothing in it (S3 answers 416 for a range of an empty object).
+    Empty,
+    /// Its bytes do not start with [`GZIP_MAGIC`]; the first of them, as they came.
+    NotGzip(Vec<u8>),
+    /// Its Content-Type is not [`ARCHIVE_CONTENT_TYPE`] (`None`: it has none).
+    ContentType(Option<String>),
+    /// The answer tells no size: a 206 without a well-formed `Content-Range: bytes 0-N/<size>`
+    /// for the bytes that came (or a 200 without a `Content-Length`); the header and its value.
+    NoSize(&'static str, Option<String>),
+}
+
+impl fmt::Display for NotAnArchive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotAnArchive::Empty => write!(f, "the object in S3 is empty"),
+            NotAnArchive::NotGzip(first) if first.is_empty() => {
+                write!(
+                    f,
+                    "the object does not start like a gzip stream (no bytes came)"
+                )
+            }
+            NotAnArchive::NotGzip(first) => {
+                write!(
+                    f,
+                    "the object does not start like a gzip stream (first bytes"
+                )?;
+                for byte in first {
+                    write!(f, " {byte:02x}")?;
+                }
+                write!(f, ")")
+            }
+            NotAnArchive::ContentType(Some(found)) => write!(
+                f,
+                "the object's Content-Type is {}, not {ARCHIVE_CONTENT_TYPE}",
+                excerpt(found)
+            ),
+            NotAnArchive::ContentType(None) => write!(
+                f,
+                "the object has no Content-Type (GitLab uploads {ARCHIVE_CONTENT_TYPE})"
+            ),
+            NotAnArchive::NoSize(header, None) => {
+                write!(f, "S3's answer to the ranged GET has no {header}")
+            }
+            NotAnArchive::NoSize(header, Some(value)) => write!(
+                f,
+                "S3's answer to the ranged GET has a malformed {header}: {}",
+                quoted(value)
+            ),
+        }
+    }
+}
+
+/// Reads the answer (200, 206 or 416) to a backup's [`Signer::signed_first_bytes`]: an
+/// archive is a gzip stream GitLab uploaded as [`ARCHIVE_CONTENT_TYPE`], not empty.
+pub fn read_archive_start(answer: &HttpResponse) -> Result<ArchiveStart, NotAnArchive> {
+    let size = match answer.status {
+        416 => return Err(NotAnArchive::Empty),
+        // A server that ignores the range sends the whole object.
+        200 => {
+            let value = answer.header("content-length");
+            value
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| NotAnArchive::NoSize("Content-Length", value.map(str::to_owned)))?
+        }
+        _ => {
+            let value = answer.header("content-range");
+            value
+                .and_then(|v| content_range_size(v, answer.body.len()))
+                .ok_or_else(|| NotAnArchive::NoSize("Content-Range", value.map(str::to_owned)))?
+        }
+    };
+    if size == 0 {
+        return Err(NotAnArchive::Empty);
+    }
+    if !answer.body.starts_with(&GZIP_MAGIC) {
+        let shown = answer.body.len().min(FIRST_BYTES as usize);
+        return Err(NotAnArchive::NotGzip(answer.body[..shown].to_vec()));
+    }
+    let content_type = answer.header("content-type");
+    // The media type alone: parameters (`; charset=…`) and case do not change it.
+    let media_type = content_type.map(|v| v.split(';').next().unwrap_or_default().trim());
+    if !media_type.is_some_and(|t| t.eq_ignore_ascii_case(ARCHIVE_CONTENT_TYPE)) {
+        return Err(NotAnArchive::ContentType(content_type.map(str::to_owned)));
+    }
+    Ok(ArchiveStart { size })
+}
+
+/// The whole object's size from a `Content-Range: bytes 0-<last>/<size>` that covers the
+/// `body_len` bytes that came, from the first.
+fn content_range_size(value: &str, body_len: usize) -> Option<u64> {
+    let digits = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let (range, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last, size) = (digits(first)?, digits(last)?, digits(size)?);
+    let covered = last.checked_sub(first)?.checked_add(1)?;
+    (first == 0 && last < size && covered == body_len as u64).then_some(size)
+}
+
 /// Why a URL could not be presigned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresignError(pub String);
@@ -363,14 +483,36 @@ impl Signer<'_> {
     }
 
     /// A request signed in its headers, the body's SHA-256 included: for the worker's own
-    /// S3 calls (HEAD of a backup, PUT of a manifest or probe).
+    /// S3 calls (HEAD of the preflight's probe, PUT of a manifest or probe).
     pub fn signed_request(
         &self,
         method: Method,
         url: &Url,
         body: Option<(String, &'static str)>,
     ) -> Result<HttpRequest, PresignError> {
+        self.signed_with(method, url, body, None)
+    }
+
+    /// A `GET` of the object's first [`FIRST_BYTES`] bytes (`Range: bytes=0-…`), signed in its
+    /// headers, the range included: the proof that a backup landed.
+    pub fn signed_first_bytes(&self, url: &Url) -> Result<HttpRequest, PresignError> {
+        let range = format!("bytes=0-{}", FIRST_BYTES - 1);
+        self.signed_with(Method::Get, url, None, Some(range))
+    }
+
+    fn signed_with(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<(String, &'static str)>,
+        range: Option<String>,
+    ) -> Result<HttpRequest, PresignError> {
         let mut request = http_request(method, url)?;
+        if let Some(range) = range {
+            let value =
+                http::HeaderValue::try_from(range).map_err(|e| PresignError(e.to_string()))?;
+            request.headers_mut().insert(http::header::RANGE, value);
+        }
         if let Some((_, content_type)) = &body {
             request.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -414,6 +556,7 @@ fn header_name(name: &str) -> Option<&'static str> {
     [
         "authorization",
         "content-type",
+        "range",
         "x-amz-content-sha256",
         "x-amz-date",
         "x-amz-security-token",
@@ -712,6 +855,30 @@ mod tests {
         );
         assert_ne!(auth(&put), auth(&head));
         assert!(!format!("{put:?}").contains("Signature="));
+    }
+
+    #[test]
+    fn the_get_of_a_backups_first_bytes_sends_and_signs_its_range() {
+        let credentials = aws_example_credentials();
+        let signer = Signer {
+            credentials: &credentials,
+            region: "us-east-1",
+            now: at(1_369_353_600),
+        };
+        let url = Url::parse("http://127.0.0.1:9000/bucket/a/b.tar.gz").unwrap();
+        let get = signer.signed_first_bytes(&url).unwrap();
+        assert_eq!(get.method, Method::Get);
+        assert!(get.headers.contains(&("range", "bytes=0-7".to_owned())));
+        let auth = &get
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "authorization")
+            .unwrap()
+            .1;
+        assert!(
+            auth.contains("SignedHeaders=host;range;x-amz-content-sha256;x-amz-date"),
+            "{auth}"
+        );
     }
 
     #[test]

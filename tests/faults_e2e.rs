@@ -15,6 +15,7 @@
 //! - a project deleted and one renamed between listing and export;
 //! - a project deleted between two listing pages (the group is listed again);
 //! - an export status that always answers 500, and a lost archive over S3's 5 GB single-PUT limit;
+//! - an upload that is no gzip stream;
 //! - a small daily allowance of the Durable Object's rows written (the run pauses, then resumes
 //!   once the allowance is lifted);
 //! - groups that do not exist or are not visible;
@@ -1340,6 +1341,47 @@ async fn unanswered_check(
         ]),
         // Both were accepted once: their exports ran, their uploads did not land.
         accepted: BTreeMap::from([(unanswered, 1), (large, 1)]),
+    })
+}
+
+// --- An upload that is no gzip stream ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_is_no_gzip_stream_ends_failed_naming_its_first_bytes_and_the_rest_verified(
+) -> Result<()> {
+    // One project's upload lands as an HTML page (a broken proxy's), still as application/gzip:
+    // the ranged GET of its first bytes shows it is no archive. One attempt each.
+    let seed = Seed::generated(1, 6);
+    let not_gzip = own_projects(&seed, &["team-0"])[2].id;
+    Case::new("faults-not-gzip", "an upload that is no gzip stream", seed)
+        .limit(60)
+        .var("MAX_ATTEMPTS", "1")
+        .faults(Faults {
+            upload_not_gzip: [not_gzip].into(),
+            ..Faults::default()
+        })
+        .run_to_the_end(Duration::from_secs(3 * 60), async move |stack, _| {
+            not_gzip_check(stack, not_gzip).await
+        })
+        .await
+}
+
+async fn not_gzip_check(stack: &LocalStack, not_gzip: u64) -> Result<Ending> {
+    // The page is in the bucket as it came: the worker looked at it and did not count it.
+    let uploads = stack.standin.uploads();
+    ensure!(
+        uploads
+            .iter()
+            .any(|u| u.project_id == not_gzip && u.status == Some(200)),
+        "the page was not stored: {uploads:?}"
+    );
+    Ok(Ending::Projects {
+        failed: BTreeMap::from([(
+            not_gzip,
+            // `<html>`
+            "the object does not start like a gzip stream (first bytes 3c 68 74 6d 6c 3e",
+        )]),
+        accepted: BTreeMap::from([(not_gzip, 1)]),
     })
 }
 

@@ -13,8 +13,10 @@ use crate::store::{ClaimedProject, MetaKey, Sql, Store, StoreError};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "intent", rename_all = "snake_case")]
 pub(crate) enum Intent {
-    /// HEAD the project's object in the bucket, after GitLab's answer about its export.
-    Head {
+    /// GET the first bytes of the project's object in the bucket, after GitLab's answer about
+    /// its export (stored as `head` by the versions that sent a HEAD).
+    #[serde(alias = "head")]
+    FirstBytes {
         project: ClaimedProject,
         gitlab_said: GitLabSaid,
     },
@@ -35,13 +37,13 @@ impl Intent {
     /// Whether the request is to the bucket (signed for its region).
     pub fn needs_region(&self) -> bool {
         match self {
-            Intent::Head { .. } | Intent::ReadBackProbe | Intent::PutMarker => true,
+            Intent::FirstBytes { .. } | Intent::ReadBackProbe | Intent::PutMarker => true,
             Intent::SizeHint { .. } => false,
         }
     }
 }
 
-/// What GitLab's export status said before a `HEAD` looks in the bucket.
+/// What GitLab's export status said before a ranged `GET` looks in the bucket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum GitLabSaid {

@@ -5,7 +5,7 @@
 //!
 //! The files follow one project from listing to proof: [`schedule`] (start a run, or resume
 //! one), [`preflight`] (token, region, bucket), [`listing`] (the groups' pages), [`export`]
-//! (claim, rate window, export request), [`verify`] (GitLab's status, then a signed `HEAD`, and
+//! (claim, rate window, export request), [`verify`] (GitLab's status, then a signed ranged `GET`, and
 //! retries), [`record`] (the manifest and the summary in the bucket). Beside them: [`gates`]
 //! (may GitLab, its exports, the bucket be asked now; the invocation's budget), [`timers`] (why
 //! to wake), [`intents`] (follow-ups the handlers record), [`window`] (the rolling minute of
@@ -92,7 +92,7 @@ enum Purpose {
     ExportStatus {
         project: ClaimedProject,
     },
-    Head {
+    FirstBytes {
         project: ClaimedProject,
         gitlab_said: intents::GitLabSaid,
     },
@@ -241,10 +241,10 @@ impl<'a, S: Sql> Tick<'a, S> {
 
     fn intent_step(&mut self, intent: Intent, now_ms: u64) -> Result<Option<Step>, StoreError> {
         match intent {
-            Intent::Head {
+            Intent::FirstBytes {
                 project,
                 gitlab_said,
-            } => self.head_step(project, gitlab_said, now_ms),
+            } => self.first_bytes_step(project, gitlab_said, now_ms),
             Intent::ReadBackProbe => self.read_back_step(now_ms),
             Intent::PutMarker => self.put_marker_step(now_ms),
             Intent::SizeHint { project, reason } => {
@@ -369,10 +369,10 @@ impl<'a, S: Sql> Tick<'a, S> {
                 self.on_export(project, answer, now_ms)
             }
             Purpose::ExportStatus { project } => self.on_export_status(project, answer, now_ms),
-            Purpose::Head {
+            Purpose::FirstBytes {
                 project,
                 gitlab_said,
-            } => self.on_head(project, gitlab_said, answer, now_ms),
+            } => self.on_first_bytes(project, gitlab_said, answer, now_ms),
             Purpose::ManifestPart {
                 key,
                 last_project_id,

@@ -1,6 +1,6 @@
 //! Proof of landing: ask GitLab how each accepted export stands, then, once it says `finished`
-//! or `none`, send a signed `HEAD` for the object; only an object that is there and not empty
-//! counts. A failed attempt is retried with backoff and a fresh URL, up to MAX_ATTEMPTS.
+//! or `none`, send a signed ranged `GET` of the object's first bytes; only an object that is
+//! there, not empty, starts like a gzip stream and has GitLab's `application/gzip` counts. A failed attempt is retried with backoff and a fresh URL, up to MAX_ATTEMPTS.
 
 use std::time::Duration;
 
@@ -9,8 +9,8 @@ use super::intents::{GitLabSaid, Intent};
 use super::record::s3_error;
 use super::{Event, Purpose, Step, Tick};
 use crate::gitlab::{ExportStatus, GitLabError};
-use crate::http::{HttpResult, Method};
-use crate::s3::object_key;
+use crate::http::HttpResult;
+use crate::s3::{object_key, read_archive_start, NotAnArchive};
 use crate::store::{Backup, ClaimedProject, Sql, StoreError};
 use crate::time::{http_date_ms, ms, rfc3339};
 
@@ -118,7 +118,7 @@ impl<S: Sql> Tick<'_, S> {
                 // forever: it counts against VERIFY_TIMEOUT_MINUTES like a missing upload.
                 self.gitlab_answered()?;
                 if overdue {
-                    self.intents.push(Intent::Head {
+                    self.intents.push(Intent::FirstBytes {
                         project,
                         gitlab_said: GitLabSaid::Status(in_progress),
                     });
@@ -135,7 +135,7 @@ impl<S: Sql> Tick<'_, S> {
             }
             Ok(said @ (ExportStatus::None | ExportStatus::Finished)) => {
                 self.gitlab_answered()?;
-                self.intents.push(Intent::Head {
+                self.intents.push(Intent::FirstBytes {
                     project,
                     gitlab_said: GitLabSaid::Status(said),
                 });
@@ -161,7 +161,7 @@ impl<S: Sql> Tick<'_, S> {
             Err(e) => {
                 self.gitlab_answered()?;
                 if overdue {
-                    self.intents.push(Intent::Head {
+                    self.intents.push(Intent::FirstBytes {
                         project,
                         gitlab_said: GitLabSaid::Unreadable(e.to_string()),
                     });
@@ -183,7 +183,7 @@ impl<S: Sql> Tick<'_, S> {
         check_again: u64,
     ) -> Result<(), StoreError> {
         if overdue {
-            self.intents.push(Intent::Head {
+            self.intents.push(Intent::FirstBytes {
                 project,
                 gitlab_said: GitLabSaid::Unanswered(error.to_string()),
             });
@@ -199,8 +199,8 @@ impl<S: Sql> Tick<'_, S> {
         self.window_unsaved = true;
     }
 
-    /// A HEAD of the backup's object, signed in its headers.
-    pub(super) fn head_step(
+    /// A ranged `GET` of the backup's first bytes, signed in its headers.
+    pub(super) fn first_bytes_step(
         &mut self,
         project: ClaimedProject,
         gitlab_said: GitLabSaid,
@@ -212,10 +212,10 @@ impl<S: Sql> Tick<'_, S> {
         let key = object_key(&self.settings.s3_prefix, &project.path, self.run_started());
         let url = self.settings.bucket.object_url(&region, &key);
         let signer = self.signer(&region, now_ms);
-        match signer.signed_request(Method::Head, &url, None) {
+        match signer.signed_first_bytes(&url) {
             Ok(request) => Ok(Some(Step {
                 request,
-                purpose: Purpose::Head {
+                purpose: Purpose::FirstBytes {
                     project,
                     gitlab_said,
                 },
@@ -227,7 +227,7 @@ impl<S: Sql> Tick<'_, S> {
         }
     }
 
-    pub(super) fn on_head(
+    pub(super) fn on_first_bytes(
         &mut self,
         project: ClaimedProject,
         gitlab_said: GitLabSaid,
@@ -236,7 +236,7 @@ impl<S: Sql> Tick<'_, S> {
     ) -> Result<(), StoreError> {
         if self.region_was_wrong(&answer, now_ms)? {
             // Looked for again once the bucket's region is known.
-            self.intents.push(Intent::Head {
+            self.intents.push(Intent::FirstBytes {
                 project,
                 gitlab_said,
             });
@@ -253,14 +253,18 @@ impl<S: Sql> Tick<'_, S> {
             }
         };
         match answer.status {
-            200 => {
-                let size = answer
-                    .header("content-length")
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .unwrap_or(0);
-                if size == 0 {
-                    return self.attempt_failed(&project, "the object in S3 is empty", now_ms);
-                }
+            200 | 206 | 416 => {
+                let size = match read_archive_start(&answer) {
+                    Ok(start) => start.size,
+                    // What is there is no archive (or the answer does not say how big it
+                    // is): the attempt failed, and the next one uploads again.
+                    Err(
+                        e @ (NotAnArchive::Empty
+                        | NotAnArchive::NotGzip(_)
+                        | NotAnArchive::ContentType(_)
+                        | NotAnArchive::NoSize(..)),
+                    ) => return self.attempt_failed(&project, &e.to_string(), now_ms),
+                };
                 // The object must be this attempt's: one written before its export request
                 // (another deployment's with the same prefix, or an earlier attempt's) is no
                 // proof. A minute of slack for clock skew between GitLab, S3 and the worker.

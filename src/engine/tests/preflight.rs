@@ -145,7 +145,7 @@ fn a_key_that_may_put_but_not_read_stops_the_run_in_preflight_naming_s3_get_obje
     // preflight reads its own object back and stops the run at once.
     let (gitlab, _) = one_group(4, 6);
     let mut world = World::new(gitlab);
-    world.s3.head_status = Some(403);
+    world.s3.object_status = Some(403);
     let mut h = Harness::new(config(&[]), world);
     let run = h.run_until_finished(T0 + HOUR);
     let error = run.error.clone().unwrap_or_default();

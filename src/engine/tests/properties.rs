@@ -49,7 +49,7 @@ struct Simulated {
 /// `VERIFY_TIMEOUT_MINUTES` in the property tests: shorter than the default, so runs with lost
 /// uploads end in simulated hours rather than a day, yet long enough that under the heaviest
 /// faults (backoffs, late events) a landed upload is proven before it (with 30 min, checks
-/// sometimes came later and an S3 timeout on the HEAD then failed the attempt).
+/// sometimes came later and an S3 timeout on the ranged GET then failed the attempt).
 const VERIFY_TIMEOUT_MINUTES: u64 = 120;
 /// `MAX_ATTEMPTS` in the property tests (the default).
 const MAX_ATTEMPTS: u64 = 3;
@@ -193,10 +193,10 @@ fn check(s: &Scenario, sim: &Simulated) {
     } = sim;
     let gitlab = &h.world.gitlab;
     // (1) GitLab's limit, by arrival time, in any 60 s window (export requests only: status
-    // checks and HEADs do not count); never a 429 of its own.
+    // checks and ranged GETs do not count); never a 429 of its own.
     assert_gitlab_window_respected(&gitlab.exports, s.per_minute);
     assert_eq!(gitlab.limited_by_itself(), 0, "GitLab limited the worker");
-    // (2) Each tick within its subrequest budget (checks and HEADs included) and
+    // (2) Each tick within its subrequest budget (checks and ranged GETs included) and
     // EXPORTS_PER_MINUTE.
     assert_ticks_within_budget(&h.ticks, s.budget, s.per_minute);
     // (3) The run finished; every listed project has exactly one final outcome; none lost:

@@ -13,7 +13,7 @@ use crate::engine::Event;
 use crate::s3::object_key;
 use crate::store::{MetaKey, Phase, RunRow};
 
-/// The paths of what the worker PUT, GitLab uploaded and the worker looked for (HEAD), in the
+/// The paths of what the worker PUT, GitLab uploaded and the worker looked for (HEAD, GET), in the
 /// bucket, since `from` (an arrival time).
 fn bucket_paths(h: &Harness, from: u64) -> Vec<String> {
     let s3 = &h.world.s3;
@@ -21,9 +21,11 @@ fn bucket_paths(h: &Harness, from: u64) -> Vec<String> {
     let uploads = s3.uploads.iter().map(|(at, path, _)| (*at, path));
     let heads = s3.heads.iter().map(|(at, path, _)| (*at, path));
     let gets = s3.gets.iter().map(|(at, path, _)| (*at, path));
+    let ranged_gets = s3.ranged_gets.iter().map(|(at, path, _)| (*at, path));
     puts.chain(uploads)
         .chain(heads)
         .chain(gets)
+        .chain(ranged_gets)
         .filter(|(at, _)| *at >= from)
         .map(|(_, path)| path.clone())
         .collect()
@@ -276,9 +278,9 @@ fn a_wrong_region_answer_while_verifying_asks_the_region_again_and_proves_every_
         assert!(
             h.world
                 .s3
-                .heads
+                .ranged_gets
                 .iter()
-                .any(|(_, p, status)| *status == 200 && p.contains(&path)),
+                .any(|(_, p, status)| *status == 206 && p.contains(&path)),
             "{path} proven"
         );
     }

@@ -108,14 +108,14 @@ fn a_run_left_by_any_earlier_schema_completes_with_no_project_lost_or_exported_t
         );
         assert_gitlab_window_respected(&h.world.gitlab.exports, 6);
 
-        // Accepted exports were proven once, by GitLab's word and a HEAD; proven ones left alone.
+        // Accepted exports were proven once, by GitLab's word and a ranged GET; proven ones left alone.
         let checked: BTreeSet<u64> = h.world.gitlab.status_checks.iter().map(|c| c.1).collect();
-        let heads: Vec<&str> = h
+        let reads: Vec<&str> = h
             .world
             .s3
-            .heads
+            .ranged_gets
             .iter()
-            .filter(|(_, _, s)| *s == 200)
+            .filter(|(_, _, s)| *s == 206)
             .map(|(_, p, _)| p.as_str())
             .collect();
         for id in &exported {
@@ -125,7 +125,7 @@ fn a_run_left_by_any_earlier_schema_completes_with_no_project_lost_or_exported_t
                 h.world.gitlab.path_of(*id)
             );
             assert!(
-                heads.contains(&path.as_str()),
+                reads.contains(&path.as_str()),
                 "{why}: {id} found in the bucket"
             );
         }

@@ -1,22 +1,24 @@
-//! Proof of landing: status checks, HEADs in the bucket, retries and timeouts of failed attempts.
+//! Proof of landing: status checks, ranged GETs of first bytes in the bucket, retries and timeouts of failed attempts.
 
 use std::collections::BTreeMap;
 
 use super::sim::{
     assert_landed_and_proven, assert_no_export_after_a_heard_outcome_but_retries, config,
-    one_group, Fault, FaultPlan, Harness, World, DAY, HOUR, MINUTE, SECOND, T0,
+    one_group, Fault, FaultPlan, Harness, OddUpload, World, DAY, GZIP_START, HOUR, MINUTE, SECOND,
+    T0,
 };
 use crate::engine::{
     next_check_ms, CHECK_SLACK, CHECK_STEPS, FIRST_CHECK_AFTER, NONE_GRACE, RETRY_BACKOFF,
 };
 use crate::s3::object_key;
+use crate::store::RunRow;
 use crate::time::ms;
 
-/// The HEADs of backups (not of the preflight probe).
-fn backup_heads(h: &Harness) -> Vec<(u64, String, u16)> {
+/// The ranged GETs of backups' first bytes.
+fn backup_reads(h: &Harness) -> Vec<(u64, String, u16)> {
     h.world
         .s3
-        .heads
+        .ranged_gets
         .iter()
         .filter(|(_, path, _)| path.ends_with(".tar.gz"))
         .cloned()
@@ -100,7 +102,7 @@ fn the_check_schedule_backs_off_from_the_export_request_and_keeps_to_the_deadlin
 fn an_accepted_export_is_checked_on_the_backoff_schedule_until_proven() {
     // GitLab takes 6 min to build the export: the checks at +10 s, +40 s, +1 min 40 s and
     // +3 min 40 s find it queued or started, the one at +8 min 40 s finished; only then does a
-    // HEAD look in the bucket.
+    // GET look in the bucket.
     let (mut gitlab, ids) = one_group(1, 6);
     gitlab.build_ms = (6 * MINUTE, 6 * MINUTE);
     let mut h = Harness::new(config(&[]), World::new(gitlab));
@@ -110,9 +112,9 @@ fn an_accepted_export_is_checked_on_the_backoff_schedule_until_proven() {
     assert_eq!(ages.len(), 1);
     assert_on_schedule(&ages[0], &[10, 40, 100, 220, 520]);
     assert_eq!(h.world.gitlab.status_checks.len(), 5, "no other checks");
-    let heads = backup_heads(&h);
-    assert_eq!(heads.len(), 1, "one HEAD, after GitLab said finished");
-    assert_eq!(heads[0].2, 200);
+    let reads = backup_reads(&h);
+    assert_eq!(reads.len(), 1, "one GET, after GitLab said finished");
+    assert_eq!(reads[0].2, 206);
     assert_landed_and_proven(&h, &run);
 }
 
@@ -171,7 +173,7 @@ fn looks_due_within_check_slack_of_each_other_share_a_tick() {
 fn a_quick_export_that_reads_none_after_its_upload_is_looked_at_again_when_the_grace_ends() {
     // Built and uploaded in 30 s, after which GitLab reads `none`: the look at +40 s finds
     // `none` within NONE_GRACE, the next comes when the grace ends (not at +1 min 40 s and
-    // +3 min 40 s) and sends the HEAD.
+    // +3 min 40 s) and sends the GET.
     let (mut gitlab, ids) = one_group(1, 6);
     gitlab.build_ms = (30 * SECOND, 30 * SECOND);
     gitlab.none_when_built = true;
@@ -180,9 +182,9 @@ fn a_quick_export_that_reads_none_after_its_upload_is_looked_at_again_when_the_g
     assert_eq!((run.exported, run.verified, run.failed), (1, 1, 0));
     let ages = check_ages_per_attempt(&h, ids[0]);
     assert_on_schedule(&ages[0], &[10, 40, NONE_GRACE.as_secs()]);
-    let heads = backup_heads(&h);
-    assert_eq!(heads.len(), 1, "one HEAD, when the grace ended: {heads:?}");
-    assert_eq!(heads[0].2, 200);
+    let reads = backup_reads(&h);
+    assert_eq!(reads.len(), 1, "one GET, when the grace ended: {reads:?}");
+    assert_eq!(reads[0].2, 206);
     assert_landed_and_proven(&h, &run);
 }
 
@@ -278,8 +280,9 @@ fn an_upload_that_never_lands_fails_after_max_attempts_of_verify_timeout() {
 }
 
 #[test]
-fn a_head_cut_by_the_subrequest_budget_goes_first_in_the_next_tick_and_gitlab_is_not_asked_again() {
-    // Three subrequests a tick: the tick at +10 s checks A, HEADs A and checks B, whose HEAD the
+fn a_proof_get_cut_by_the_subrequest_budget_goes_first_in_the_next_tick_and_gitlab_is_not_asked_again(
+) {
+    // Three subrequests a tick: the tick at +10 s checks A, GETs A's first bytes and checks B, whose GET the
     // budget cuts. It waits in the store, and the next tick sends it first.
     let (mut gitlab, ids) = one_group(3, 6);
     gitlab.build_ms = (SECOND, SECOND);
@@ -299,9 +302,9 @@ fn a_head_cut_by_the_subrequest_budget_goes_first_in_the_next_tick_and_gitlab_is
         "each export's status asked once: {}",
         h.describe()
     );
-    let heads = backup_heads(&h);
-    assert_eq!(heads.len(), 3, "one HEAD per project: {heads:?}");
-    assert!(heads.iter().all(|(_, _, status)| *status == 200));
+    let reads = backup_reads(&h);
+    assert_eq!(reads.len(), 3, "one GET per project: {reads:?}");
+    assert!(reads.iter().all(|(_, _, status)| *status == 206));
     let cut = h
         .ticks
         .iter()
@@ -311,15 +314,15 @@ fn a_head_cut_by_the_subrequest_budget_goes_first_in_the_next_tick_and_gitlab_is
                     .iter()
                     .any(|e| matches!(e, crate::engine::Event::Verified { .. }))
         })
-        .expect("a tick whose budget cut the HEAD");
+        .expect("a tick whose budget cut the GET");
     let next = &h.ticks[cut + 1];
-    let b_head = heads[1].0;
+    let b_read = reads[1].0;
     assert!(
-        b_head >= next.started_ms,
-        "the cut HEAD goes out in the next tick"
+        b_read >= next.started_ms,
+        "the cut GET goes out in the next tick"
     );
     let c_check = h.world.gitlab.status_checks[2].0;
-    assert!(b_head < c_check, "and first in it");
+    assert!(b_read < c_check, "and first in it");
     assert_eq!(
         h.store()
             .meta(&[crate::store::MetaKey::Intents])
@@ -446,4 +449,144 @@ fn an_upload_that_never_lands_after_every_attempt_names_a_size_over_s3s_single_p
     let asked: Vec<u64> = h.world.gitlab.size_checks.iter().map(|c| c.1).collect();
     assert_eq!(asked.len(), 2, "{asked:?}");
     assert!(ids.iter().all(|id| asked.contains(id)));
+}
+
+/// A run of one group of two projects, the first's upload landing as `odd` (if any), with
+/// S3's `Content-Range` replaced by `content_range` (if any), and one attempt each: the run,
+/// and the first project's failure reason (empty if it did not fail).
+fn one_attempt_with(
+    odd: Option<OddUpload>,
+    content_range: Option<Option<String>>,
+) -> (Harness, RunRow, u64, String) {
+    let (mut gitlab, ids) = one_group(2, 6);
+    if let Some(odd) = odd {
+        gitlab.odd_uploads.insert(ids[0], odd);
+    }
+    let mut world = World::new(gitlab);
+    world.s3.content_range = content_range;
+    let mut h = Harness::new(config(&[("MAX_ATTEMPTS", "1")]), world);
+    let run = h.run_until_finished(T0 + 2 * HOUR);
+    let reason = h
+        .store()
+        .failures(run.id, 10)
+        .unwrap()
+        .into_iter()
+        .find(|(id, _, _)| *id == ids[0])
+        .map(|(_, _, reason)| reason)
+        .unwrap_or_default();
+    (h, run, ids[0], reason)
+}
+
+#[test]
+fn a_gzip_object_with_gitlabs_content_type_is_verified_with_its_size_from_content_range() {
+    let (h, run, first, reason) = one_attempt_with(None, None);
+    assert_eq!((run.verified, run.failed), (2, 0), "{reason}");
+    // One ranged GET per project, each answered 206 with 8 bytes: the size is the whole
+    // object's, from `Content-Range`, not the 8 of `Content-Length`.
+    let reads = backup_reads(&h);
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert!(
+        reads.iter().all(|(_, _, status)| *status == 206),
+        "{reads:?}"
+    );
+    assert!(
+        h.world
+            .s3
+            .heads
+            .iter()
+            .all(|(_, path, _)| !path.ends_with(".tar.gz")),
+        "no HEAD of a backup"
+    );
+    let backup = h
+        .store()
+        .recent_backups(10)
+        .unwrap()
+        .into_iter()
+        .find(|b| b.project_id == first)
+        .unwrap();
+    assert_eq!(backup.size, 10_000 + first);
+}
+
+#[test]
+fn an_object_that_is_no_gzip_stream_fails_the_attempt_naming_its_first_bytes() {
+    let odd = OddUpload {
+        size: 5_000,
+        start: b"<?xml version=\"1.0\"?>".to_vec(),
+        content_type: Some("application/gzip"),
+    };
+    let (_, run, _, reason) = one_attempt_with(Some(odd), None);
+    assert_eq!((run.verified, run.failed), (1, 1), "{reason}");
+    assert_eq!(
+        reason,
+        "the object does not start like a gzip stream (first bytes 3c 3f 78 6d 6c 20 76 65) (after 1 attempts)"
+    );
+}
+
+#[test]
+fn an_object_of_another_content_type_fails_the_attempt_naming_it() {
+    let odd = OddUpload {
+        size: 5_000,
+        start: GZIP_START.to_vec(),
+        content_type: Some("text/plain"),
+    };
+    let (_, run, _, reason) = one_attempt_with(Some(odd), None);
+    assert_eq!((run.verified, run.failed), (1, 1), "{reason}");
+    assert_eq!(
+        reason,
+        "the object's Content-Type is text/plain, not application/gzip (after 1 attempts)"
+    );
+    // None at all is named too.
+    let odd = OddUpload {
+        size: 5_000,
+        start: GZIP_START.to_vec(),
+        content_type: None,
+    };
+    let (_, _, _, reason) = one_attempt_with(Some(odd), None);
+    assert!(
+        reason.starts_with("the object has no Content-Type"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn an_answer_without_a_well_formed_content_range_fails_the_attempt_clearly() {
+    for (content_range, expected) in [
+        (None, "S3's answer to the ranged GET has no Content-Range"),
+        (
+            Some("bytes 0-7/*"),
+            "S3's answer to the ranged GET has a malformed Content-Range: \"bytes 0-7/*\"",
+        ),
+        (
+            Some("bytes 0-7"),
+            "S3's answer to the ranged GET has a malformed Content-Range: \"bytes 0-7\"",
+        ),
+        (
+            Some("bytes 0-99/100"),
+            "S3's answer to the ranged GET has a malformed Content-Range: \"bytes 0-99/100\"",
+        ),
+        (
+            Some("bytes 0-18446744073709551615/18446744073709551615"),
+            "S3's answer to the ranged GET has a malformed Content-Range",
+        ),
+    ] {
+        let (_, run, _, reason) = one_attempt_with(None, Some(content_range.map(str::to_owned)));
+        assert_eq!((run.verified, run.failed), (0, 2), "{content_range:?}");
+        assert!(reason.starts_with(expected), "{content_range:?}: {reason}");
+    }
+}
+
+#[test]
+fn an_empty_object_answered_416_for_its_range_fails_the_attempt_as_empty() {
+    let odd = OddUpload {
+        size: 0,
+        start: Vec::new(),
+        content_type: Some("application/gzip"),
+    };
+    let (h, run, _, reason) = one_attempt_with(Some(odd), None);
+    assert_eq!((run.verified, run.failed), (1, 1), "{reason}");
+    assert_eq!(reason, "the object in S3 is empty (after 1 attempts)");
+    assert!(
+        backup_reads(&h).iter().any(|(_, _, status)| *status == 416),
+        "S3 answered the range of the empty object with 416"
+    );
 }

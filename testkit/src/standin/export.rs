@@ -159,9 +159,17 @@ pub fn build_archive(shared: &Shared, project_id: u64) -> io::Result<Vec<u8>> {
     tar.into_inner()?.finish()
 }
 
+/// What the `upload_not_gzip` fault uploads instead of the archive.
+const NOT_GZIP_BODY: &[u8] = b"<html><body>502 Bad Gateway</body></html>\n";
+
 /// Sends the archive to the upload URL and records the attempt; with the `fail_upload` fault nothing
-/// is sent and the attempt is recorded as unanswered.
+/// is sent and the attempt is recorded as unanswered; with `upload_not_gzip`, [`NOT_GZIP_BODY`] is.
 async fn send(shared: &Shared, project_id: u64, upload: Upload, archive: Vec<u8>) {
+    let archive = if shared.with_faults(|faults| faults.upload_not_gzip.contains(&project_id)) {
+        NOT_GZIP_BODY.to_vec()
+    } else {
+        archive
+    };
     let bytes = archive.len();
     let url = upload.url.to_string();
     let status = if shared.with_faults(|faults| faults.fail_upload.contains(&project_id)) {

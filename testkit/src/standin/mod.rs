@@ -117,6 +117,9 @@ pub struct Faults {
     /// Exports of these project ids are never uploaded (the attempt is recorded with no status), yet
     /// end `finished`, as in GitLab when the upload target refuses the archive.
     pub fail_upload: HashSet<u64>,
+    /// Exports of these project ids upload a body that is no gzip stream (still as
+    /// `application/gzip`), as a broken proxy between GitLab and the bucket might.
+    pub upload_not_gzip: HashSet<u64>,
     /// Export requests for these project ids answer 400 "The project size exceeds the export limit."
     pub too_large: HashSet<u64>,
     /// Every Nth export request (`POST /projects/:id/export`, counting all) answers 500.

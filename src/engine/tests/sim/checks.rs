@@ -110,7 +110,7 @@ pub(crate) fn assert_no_export_after_a_heard_outcome_but_retries(
 
 /// The run ended as a run with proof of landing does: the preflight probe written before any
 /// export; each verified project's archive uploaded by GitLab to its key and seen there by a
-/// signed HEAD; every project with a final outcome in exactly one manifest part; the summary
+/// signed ranged GET; every project with a final outcome in exactly one manifest part; the summary
 /// written last.
 pub(crate) fn assert_landed_and_proven(h: &Harness, run: &RunRow) {
     let s3 = &h.world.s3;
@@ -184,10 +184,10 @@ pub(crate) fn assert_landed_and_proven(h: &Harness, run: &RunRow) {
             .min()
             .unwrap_or_else(|| panic!("{id} verified but never uploaded"));
         assert!(
-            s3.heads
+            s3.ranged_gets
                 .iter()
-                .any(|(at, path, status)| *path == key && *status == 200 && *at >= uploaded),
-            "{id} verified without a HEAD that found it"
+                .any(|(at, path, status)| *path == key && *status == 206 && *at >= uploaded),
+            "{id} verified without a ranged GET that found it"
         );
         assert_eq!(listed[id]["size"].as_u64(), Some(10_000 + id));
     }

@@ -91,6 +91,9 @@ pub(crate) struct SimGitLab {
     pub(crate) build_failures: BTreeSet<u64>,
     /// Projects whose uploads never reach the bucket although GitLab reports `finished`.
     pub(crate) lost_uploads: BTreeSet<u64>,
+    /// Projects whose uploads land as something else than GitLab's gzip archive sent as
+    /// `application/gzip` (a proxy in between, a broken GitLab).
+    pub(crate) odd_uploads: BTreeMap<u64, OddUpload>,
     /// Whether a built export reads `none` (GitLab deleted its file after the upload) instead
     /// of `finished`.
     pub(crate) none_when_built: bool,
@@ -100,6 +103,15 @@ pub(crate) struct SimGitLab {
     pub(crate) status_checks: Vec<(u64, u64, u16)>,
     /// `GET /user` arrivals.
     pub(crate) user_checks: Vec<u64>,
+}
+
+/// An upload that lands as something else than a gzip archive as `application/gzip`.
+#[derive(Clone, Debug)]
+pub(crate) struct OddUpload {
+    pub(crate) size: u64,
+    /// Its first bytes (at least the few the worker reads, or all of them).
+    pub(crate) start: Vec<u8>,
+    pub(crate) content_type: Option<&'static str>,
 }
 
 /// An export GitLab accepted: it builds the archive and PUTs it to the upload URL.
@@ -179,6 +191,7 @@ impl SimGitLab {
             build_rng: Rng::new(0xB1D),
             build_failures: BTreeSet::new(),
             lost_uploads: BTreeSet::new(),
+            odd_uploads: BTreeMap::new(),
             none_when_built: false,
             jobs: Vec::new(),
             status_checks: Vec::new(),

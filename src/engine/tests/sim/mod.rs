@@ -14,9 +14,9 @@ pub(crate) use checks::{
     assert_ticks_within_budget,
 };
 pub(crate) use faults::{Fault, FaultPlan, Rng};
-pub(crate) use gitlab::{is_export, ExportSeen, SimGitLab};
+pub(crate) use gitlab::{is_export, ExportSeen, OddUpload, SimGitLab};
 pub(crate) use harness::{config, one_group, Began, Crash, Harness, TickLog};
-pub(crate) use s3::{bucket_and_region, SimS3};
+pub(crate) use s3::{bucket_and_region, SimS3, GZIP_START};
 pub(crate) use world::{Sent, World};
 
 pub(crate) const SECOND: u64 = 1_000;

@@ -140,9 +140,21 @@ impl World {
                 continue;
             }
             job.delivered = true;
-            if !job.fails && !job.upload_lost {
-                let size = 10_000 + job.project_id;
-                self.s3.upload(&job.upload_url, size, job.ready_ms);
+            if job.fails || job.upload_lost {
+                continue;
+            }
+            match self.gitlab.odd_uploads.get(&job.project_id) {
+                Some(odd) => self.s3.upload_as(
+                    &job.upload_url,
+                    odd.size,
+                    &odd.start,
+                    odd.content_type,
+                    job.ready_ms,
+                ),
+                None => {
+                    let size = 10_000 + job.project_id;
+                    self.s3.upload(&job.upload_url, size, job.ready_ms);
+                }
             }
         }
     }
