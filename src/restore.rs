@@ -188,7 +188,8 @@ pub fn check_segment(segment: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_full_path(path: &str) -> Result<(), String> {
+/// Whether `path` can be a full path: segments that [`check_segment`] takes, split by `/`.
+pub fn check_full_path(path: &str) -> Result<(), String> {
     path.split('/').try_for_each(check_segment)
 }
 

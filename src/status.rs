@@ -9,13 +9,15 @@ use crate::engine::allowance::{Allowance, Usage};
 use crate::engine::window::Window;
 use crate::engine::{run_due, schedule_anchor, Timer};
 use crate::s3::LearnedRegion;
-use crate::store::{MetaKey, Phase, RunRow, Sql, Store, StoreError};
+use crate::store::{MetaKey, Phase, RestoreState, RunRow, Sql, Store, StoreError};
 use crate::time::rfc3339;
 
 /// Failures listed by `/status` at most (the manifest lists them all).
 pub const FAILURES_SHOWN: u64 = 100;
 /// Verified backups listed by `/status` at most, newest first.
 pub const BACKUPS_SHOWN: u64 = 100;
+/// How many restores `/status` lists.
+pub const RESTORES_SHOWN: u64 = 20;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -25,6 +27,8 @@ pub struct Status {
     pub last_error: Option<LastError>,
     /// The newest verified backups, newest first.
     pub last_backups: Vec<BackupStatus>,
+    /// The newest restores, newest first.
+    pub restores: Vec<RestoreStatus>,
     /// `AWS_REGION`, or the region the bucket named when asked.
     pub bucket_region: Option<String>,
     pub config_problems: Vec<Problem>,
@@ -163,6 +167,22 @@ pub struct BackupStatus {
     pub key: String,
     pub size: u64,
     pub at: String,
+}
+
+/// A restore, as `/status` lists it (newest first).
+#[derive(Debug, Serialize)]
+pub struct RestoreStatus {
+    pub id: u64,
+    pub project: String,
+    pub key: String,
+    /// `<namespace>/<path>` of the new project.
+    pub target: String,
+    pub state: RestoreState,
+    pub error: Option<String>,
+    pub new_project_id: Option<u64>,
+    pub web_url: Option<String>,
+    pub requested: String,
+    pub finished: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -346,6 +366,22 @@ pub fn status<S: Sql>(
                 key: b.key,
                 size: b.size,
                 at: rfc3339(b.at_ms),
+            })
+            .collect(),
+        restores: store
+            .recent_restores(RESTORES_SHOWN)?
+            .into_iter()
+            .map(|r| RestoreStatus {
+                target: r.target(),
+                id: r.id,
+                project: r.project_path,
+                key: r.key,
+                state: r.state,
+                error: r.error,
+                new_project_id: r.new_project_id,
+                web_url: r.web_url,
+                requested: rfc3339(r.requested_ms),
+                finished: r.finished_ms.map(rfc3339),
             })
             .collect(),
         rate_window: WindowStatus {

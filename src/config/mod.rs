@@ -61,6 +61,7 @@ pub const SETTINGS: &[(&str, bool)] = &[
     ("MAX_ATTEMPTS", false),
     ("DO_ROWS_WRITTEN_PER_DAY", false),
     ("DO_REQUESTS_PER_DAY", false),
+    ("RESTORE_NAMESPACES", false),
 ];
 
 /// The free plan's daily Durable Object allowances: past one, operations fail until 00:00 UTC.
@@ -102,6 +103,9 @@ pub struct Config {
     pub do_rows_written_per_day: u64,
     /// The Durable Object's requests a day that the worker keeps within (0: no limit).
     pub do_requests_per_day: u64,
+    /// The namespaces (full paths) a restore may go into, with everything below them; `None`:
+    /// the groups of `GROUPS_TO_BACKUP` named by path and each project's own namespace.
+    pub restore_namespaces: Option<Vec<String>>,
 }
 
 /// One setting that is missing or invalid, and why.
@@ -451,6 +455,28 @@ impl Config {
             (1, 7 * 24 * 60),
         );
         let max_attempts = r.number("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, (1, 10));
+        let restore_namespaces = r.optional("RESTORE_NAMESPACES").map(|raw| {
+            let namespaces: Vec<String> = raw
+                .split(',')
+                .map(|n| n.trim().trim_matches('/').to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
+            for namespace in &namespaces {
+                if let Err(why) = crate::restore::check_full_path(namespace) {
+                    r.problem(
+                        "RESTORE_NAMESPACES",
+                        format!("{namespace:?} is not a namespace's full path: {why}"),
+                    );
+                }
+            }
+            if namespaces.is_empty() {
+                r.problem(
+                    "RESTORE_NAMESPACES",
+                    "names no namespace: give full paths separated by commas (unset: the backed-up groups)",
+                );
+            }
+            namespaces
+        });
         // GitLab must start uploading before the presigned URL expires: waiting longer for the
         // object is waiting for nothing. Values already refused are not compared as well.
         let refused = |setting: &str| r.problems.iter().any(|p| p.setting == setting);
@@ -506,6 +532,7 @@ impl Config {
                 max_attempts,
                 do_rows_written_per_day,
                 do_requests_per_day,
+                restore_namespaces,
             }),
             _ => Err(ConfigError {
                 problems: r.problems,

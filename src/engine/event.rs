@@ -40,6 +40,19 @@ macro_rules! events {
 
 events! {
     RunStarted = "run_started" { run: u64, groups: Vec<String>, manual: bool }
+    /// `POST /restore` recorded a restore: GitLab is asked to import `key` as `target`.
+    RestoreRequested = "restore_requested" { restore: u64, project: String, key: String, target: String }
+    /// GitLab's import of a restore finished.
+    RestoreFinished = "restore_finished" {
+        restore: u64,
+        project: String,
+        target: String,
+        new_project_id: u64,
+        web_url: String,
+    }
+    /// A restore failed: GitLab refused its import or the import failed (its reason), or it
+    /// did not end in time.
+    RestoreFailed = "restore_failed" { restore: u64, project: String, target: String, reason: String }
     /// The operator cancelled the run (`POST /run/cancel`): projects without an outcome are
     /// `cancelled` in its record.
     RunCancelled = "run_cancelled" { run: u64, listed: u64, verified: u64, failed: u64 }

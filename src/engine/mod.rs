@@ -20,6 +20,7 @@ mod intents;
 mod listing;
 mod preflight;
 mod record;
+pub mod restores;
 mod schedule;
 mod timers;
 mod verify;
@@ -260,6 +261,12 @@ impl<'a, S: Sql> Tick<'a, S> {
                 }))
             }
         }
+    }
+
+    /// Leaves `subrequests` of the invocation's budget to other work (the restores, sent
+    /// before the tick).
+    pub fn reserve(&mut self, subrequests: u32) {
+        self.budget.subrequests_left = self.budget.subrequests_left.saturating_sub(subrequests);
     }
 
     fn spend(&mut self, step: Step) -> Step {

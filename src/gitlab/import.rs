@@ -174,4 +174,35 @@ impl GitLab {
             _ => Err(ImportAnswer::Retry(self.unexpected(answer))),
         }
     }
+
+    /// `GET /groups/:id` (without its projects): a namespace asked for by id, for its full path.
+    pub fn group_request(&self, group_id: u64) -> HttpRequest {
+        let mut url = self.endpoint(&["groups", &group_id.to_string()]);
+        url.query_pairs_mut().append_pair("with_projects", "false");
+        self.request(Method::Get, url, None)
+    }
+
+    /// The group's full path; a 403 or 404: no such group the token can see.
+    pub fn read_group_path(&self, answer: &HttpResponse) -> Result<String, GitLabError> {
+        #[derive(Deserialize)]
+        struct Group {
+            full_path: String,
+        }
+        match answer.status {
+            200 if !looks_like_html(answer) => serde_json::from_slice::<Group>(&answer.body)
+                .map(|group| group.full_path)
+                .map_err(|e| {
+                    GitLabError::BadAnswer(format!(
+                        "group: {}: {}",
+                        excerpt(&e.to_string()),
+                        answer.body_excerpt()
+                    ))
+                }),
+            401 => Err(GitLabError::Unauthorized),
+            403 | 404 => Err(GitLabError::GroupNotVisible {
+                status: answer.status,
+            }),
+            _ => Err(self.unexpected(answer)),
+        }
+    }
 }

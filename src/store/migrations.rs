@@ -14,7 +14,8 @@
 //! | 6 | 4fbd802 | `projects.unanswered` |
 //! | 7 | ec006b5 | the counters' triggers; the digest `schema_version` in `meta` |
 //! | 8 | 6a83cee | the rate window in `meta` instead of the table `export_log` |
-//! | 9 | (this) | exports under way in `meta`; `projects_queued`; the manifest's walk; cancel; `listings.total`, `listings.relists`; `runs.settings` |
+//! | 9 | 614b4da | exports under way in `meta`; `projects_queued`; the manifest's walk; cancel; `listings.total`, `listings.relists`; `runs.settings` |
+//! | 10 | (this) | `restores` |
 //!
 //! Stores from before the numbers have none: their version is read from `sqlite_master`
 //! ([`detect`]), by the columns their tables declare. Their `CREATE … IF NOT EXISTS` added new
@@ -226,6 +227,36 @@ pub(super) const STEPS: &[Step] = &[
             "ALTER TABLE runs ADD COLUMN settings TEXT",
         ],
     },
+    Step {
+        version: 10,
+        change: "restores",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS restores (
+        id INTEGER PRIMARY KEY,
+        requested_ms INTEGER NOT NULL,
+        project_id INTEGER NOT NULL,
+        project_path TEXT NOT NULL,
+        key TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        path TEXT NOT NULL,
+        name TEXT,
+        state TEXT NOT NULL,
+        capability TEXT,
+        origin TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        due_ms INTEGER NOT NULL,
+        tries INTEGER NOT NULL DEFAULT 0,
+        sent_ms INTEGER,
+        new_project_id INTEGER,
+        web_url TEXT,
+        error TEXT,
+        finished_ms INTEGER,
+        settings TEXT NOT NULL
+    )",
+            "CREATE INDEX IF NOT EXISTS restores_open ON restores (due_ms, id)
+        WHERE state IN ('requested', 'importing')",
+        ],
+    },
 ];
 
 /// The version this worker's schema ([`SCHEMA`]) is at.
@@ -235,7 +266,7 @@ pub(crate) const LATEST: u64 = STEPS[STEPS.len() - 1].version;
 /// the Durable Object keeps tables of its own there, which it does not let us read).
 const OBJECTS: &str = "SELECT type, name, sql FROM sqlite_master WHERE name IN
     ('runs', 'listings', 'projects', 'meta', 'last_backups', 'export_log',
-     'count_exported', 'count_outcome')";
+     'count_exported', 'count_outcome', 'restores')";
 
 /// Where a store's schema stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -291,6 +322,8 @@ pub(super) fn detect(objects: &[Object]) -> Result<u64, StoreError> {
         // 4 or 5: they differ only by an index that version 5 stopped creating but never
         // dropped; step 5 drops it if it is there.
         4
+    } else if table("restores").is_some() {
+        10
     } else if has(&runs, "settings") {
         // Stores keep a number from version 8 on; one that lost it shows its version so (it
         // has no trigger `count_exported` any more).

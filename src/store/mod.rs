@@ -9,6 +9,7 @@ use std::fmt;
 
 mod migrations;
 mod projects;
+mod restores;
 mod rows;
 mod runs;
 mod schema;
@@ -20,9 +21,10 @@ pub(crate) mod migration_tests;
 #[cfg(test)]
 mod tests;
 
+pub use restores::{NewRestore, RestoreRow, RestoreUpdate, RESTORES_KEPT};
 pub use rows::{
     Backup, Claimable, ClaimedProject, Claims, ListedPage, ListingPass, ListingRow, ManifestEntry,
-    Outcome, Phase, ProjectState, RecordedPage, RunRow,
+    Outcome, Phase, ProjectState, RecordedPage, RestoreState, RunRow,
 };
 
 /// A value bound to, or read from, a query.

@@ -3,7 +3,7 @@
 
 use super::{
     column, Backup, Claimable, ClaimedProject, Claims, ManifestEntry, Outcome, ProjectState, Row,
-    RunRow, Sql, Store, StoreError,
+    RunRow, Sql, Store, StoreError, Value,
 };
 
 impl<S: Sql> Store<S> {
@@ -271,16 +271,43 @@ impl<S: Sql> Store<S> {
             &[limit.into()],
         )?
         .iter()
-        .map(|row| {
-            Ok(Backup {
-                project_id: column(row, 0)?.as_u64()?,
-                path: column(row, 1)?.as_text()?,
-                key: column(row, 2)?.as_text()?,
-                run_id: column(row, 3)?.as_u64()?,
-                at_ms: column(row, 4)?.as_u64()?,
-                size: column(row, 5)?.as_u64()?,
-            })
-        })
+        .map(read_backup)
         .collect()
     }
+
+    /// A project's newest verified backup, by its id.
+    pub fn last_backup_of(&self, project_id: u64) -> Result<Option<Backup>, StoreError> {
+        self.backups_where("project_id = ?", project_id.into())
+    }
+
+    /// A project's newest verified backup, by its full path without regard to case. (No index
+    /// serves this: restores are asked for rarely, and an index entry is a row written with
+    /// every backup.)
+    pub fn last_backup_at(&self, path: &str) -> Result<Option<Backup>, StoreError> {
+        self.backups_where("path = ? COLLATE NOCASE", path.into())
+    }
+
+    fn backups_where(&self, condition: &str, param: Value) -> Result<Option<Backup>, StoreError> {
+        self.rows(
+            &format!(
+                "SELECT project_id, path, key, run_id, at_ms, size FROM last_backups
+                 WHERE {condition} ORDER BY at_ms DESC LIMIT 1"
+            ),
+            &[param],
+        )?
+        .first()
+        .map(read_backup)
+        .transpose()
+    }
+}
+
+fn read_backup(row: &Row) -> Result<Backup, StoreError> {
+    Ok(Backup {
+        project_id: column(row, 0)?.as_u64()?,
+        path: column(row, 1)?.as_text()?,
+        key: column(row, 2)?.as_text()?,
+        run_id: column(row, 3)?.as_u64()?,
+        at_ms: column(row, 4)?.as_u64()?,
+        size: column(row, 5)?.as_u64()?,
+    })
 }

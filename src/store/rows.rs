@@ -70,6 +70,21 @@ stored_enum! {
     }
 }
 
+stored_enum! {
+    /// Where a restore stands (`restores.state`).
+    RestoreState ("restore state") {
+        /// Asked for: its import is not yet accepted by GitLab (waiting for the import rate
+        /// limit, or for GitLab to answer).
+        Requested = "requested",
+        /// GitLab created the project and imports the archive in the background.
+        Importing = "importing",
+        /// GitLab says the import finished.
+        Finished = "finished",
+        /// GitLab refused the import or it failed (the reason is kept), or it did not end in time.
+        Failed = "failed",
+    }
+}
+
 /// A run as stored.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RunRow {

@@ -86,6 +86,36 @@ pub(super) const SCHEMA: &[&str] = &[
         size INTEGER NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS last_backups_by_time ON last_backups (at_ms)",
+    // One row per restore asked for (`POST /restore`): what is imported from which backup
+    // into which namespace and path, and how far it got. `capability` is the SHA-256 of the
+    // archive URL's capability (made anew each time the import is sent; the URL itself is
+    // never kept), `origin` the worker's origin that URL is on, `settings` the settings it was
+    // asked with (GitLab's origin, the bucket). `due_ms`: when it is looked at next.
+    "CREATE TABLE IF NOT EXISTS restores (
+        id INTEGER PRIMARY KEY,
+        requested_ms INTEGER NOT NULL,
+        project_id INTEGER NOT NULL,
+        project_path TEXT NOT NULL,
+        key TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        path TEXT NOT NULL,
+        name TEXT,
+        state TEXT NOT NULL,
+        capability TEXT,
+        origin TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        due_ms INTEGER NOT NULL,
+        tries INTEGER NOT NULL DEFAULT 0,
+        sent_ms INTEGER,
+        new_project_id INTEGER,
+        web_url TEXT,
+        error TEXT,
+        finished_ms INTEGER,
+        settings TEXT NOT NULL
+    )",
+    // The restores still going, by when they are due: a tick reads a few of them.
+    "CREATE INDEX IF NOT EXISTS restores_open ON restores (due_ms, id)
+        WHERE state IN ('requested', 'importing')",
     // The run's counters follow its projects' states by construction, in the statement that
     // changes the project: a project counts as exported once its row records an accepted export
     // of it, and once when it reaches its final outcome.
@@ -108,7 +138,7 @@ pub(super) const SCHEMA: &[&str] = &[
 /// ([`schema_digest`]): changing the statements without a new step fails
 /// `store::migration_tests`.
 #[cfg(test)]
-pub(super) const SCHEMA_DIGEST: (u64, &str) = (9, "f8c56fde64d828ef");
+pub(super) const SCHEMA_DIGEST: (u64, &str) = (10, "3adab19a217ed77f");
 
 /// The first 8 bytes of the SHA-256 of the statements, in hex (what stores before numbered
 /// versions kept as `schema_version`).

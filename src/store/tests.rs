@@ -168,10 +168,12 @@ impl Sql for &Counting<'_> {
     }
 }
 
-/// Takes a new store's tables back to version 8's: without the columns step 9 adds.
+/// Takes a new store's tables back to version 8's: without the columns step 9 adds and the
+/// table step 10 adds.
 fn back_to_version_8(db: &HostSql) {
     db.0.execute_batch(
-        "ALTER TABLE listings DROP COLUMN total;
+        "DROP TABLE restores;
+         ALTER TABLE listings DROP COLUMN total;
          ALTER TABLE listings DROP COLUMN relists;
          ALTER TABLE runs DROP COLUMN manifest_after;
          ALTER TABLE runs DROP COLUMN cancelled_ms;
@@ -198,17 +200,23 @@ fn an_opened_store_checks_its_schema_in_one_statement_and_applies_only_the_steps
     // Only the number is checked: a store without a trigger but at this version is left so.
     db.0.execute_batch("DROP TRIGGER count_outcome").unwrap();
     opened(1, "the version is what is checked");
-    // At version 6, steps 7 (the triggers, the dropped one restored), 8 and 9 run, each in its
-    // transaction with the number and the digest's deletion.
+    // At version 6, steps 7 (the triggers, the dropped one restored), 8, 9 and 10 run, each in
+    // its transaction with the number and the digest's deletion.
     back_to_version_8(&db);
     db.0.execute_batch("UPDATE meta SET value = 6 WHERE key = 'schema_number'")
         .unwrap();
-    let steps_7_to_9 = 2
-        + 3
-        + migrations::STEPS[migrations::STEPS.len() - 1]
-            .statements
-            .len() as u64;
-    let store = opened(1 + steps_7_to_9 + 3 * 2, "version 6: steps 7, 8 and 9");
+    let steps_from_7: Vec<_> = migrations::STEPS
+        .iter()
+        .filter(|step| step.version >= 7)
+        .collect();
+    let statements: u64 = steps_from_7
+        .iter()
+        .map(|step| step.statements.len() as u64)
+        .sum();
+    let store = opened(
+        1 + statements + 2 * steps_from_7.len() as u64,
+        "version 6: steps 7 to the last",
+    );
     let run = store.start_run(0, &[("a".into(), "u".into())]).unwrap();
     store.record_only_page(run.id, 0, &[(1, "a/1")]).unwrap();
     store
@@ -462,8 +470,13 @@ fn every_state_and_phase_the_sql_names_is_one_of_the_enums() {
         include_str!("schema.rs"),
         include_str!("runs.rs"),
         include_str!("projects.rs"),
+        include_str!("restores.rs"),
     ];
-    let states: Vec<&str> = ProjectState::ALL.iter().map(|s| s.as_str()).collect();
+    let states: Vec<&str> = ProjectState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .chain(RestoreState::ALL.iter().map(|s| s.as_str()))
+        .collect();
     let phases: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
     let mut named = 0;
     for source in sources {
@@ -523,4 +536,89 @@ fn last_backups_older_than_the_cutoff_are_forgotten_a_batch_at_a_time() {
         .map(|b| b.project_id)
         .collect();
     assert_eq!(kept, vec![5, 4]);
+}
+
+#[test]
+fn a_restore_is_due_at_once_followed_until_it_ends_and_old_ended_ones_are_forgotten() {
+    let db = HostSql::in_memory();
+    let store = Store::open(&db).unwrap();
+    let asked = |n: u64| NewRestore {
+        project_id: n,
+        project_path: format!("acme/p{n}"),
+        key: format!("acme/p{n}/2026-12-01-00-00-00.tar.gz"),
+        namespace: "acme".into(),
+        path: format!("p{n}-restored"),
+        name: None,
+        origin: "https://backup.example".into(),
+        expires_ms: 90_000_000,
+        settings: "{}".into(),
+    };
+    let first = store.insert_restore(&asked(1), 1_000).unwrap();
+    assert_eq!(
+        (first.state, first.due_ms, first.tries, first.target()),
+        (RestoreState::Requested, 1_000, 0, "acme/p1-restored".into())
+    );
+    assert!(first.is_open() && first.capability.is_none());
+    assert_eq!(store.due_restores(999, 5).unwrap(), vec![]);
+    assert_eq!(store.due_restores(1_000, 5).unwrap(), vec![first.clone()]);
+    store
+        .update_restore(
+            first.id,
+            &RestoreUpdate::Sent {
+                at_ms: 1_000,
+                capability: "digest".into(),
+                due_ms: 31_000,
+            },
+        )
+        .unwrap();
+    assert_eq!(store.imports_sent_since(1_000).unwrap(), 1);
+    assert_eq!(store.imports_sent_since(1_001).unwrap(), 0);
+    assert_eq!(store.next_restore_due().unwrap(), Some(31_000));
+    store
+        .update_restore(
+            first.id,
+            &RestoreUpdate::Importing {
+                new_project_id: 77,
+                web_url: "https://gitlab.example/acme/p1-restored".into(),
+                due_ms: 6_000,
+            },
+        )
+        .unwrap();
+    let importing = store.restore(first.id).unwrap().unwrap();
+    assert_eq!(
+        (importing.state, importing.tries, importing.new_project_id),
+        (RestoreState::Importing, 1, Some(77))
+    );
+    assert_eq!(importing.capability.as_deref(), Some("digest"));
+    store
+        .update_restore(first.id, &RestoreUpdate::Finished { at_ms: 9_000 })
+        .unwrap();
+    let ended = store.restore(first.id).unwrap().unwrap();
+    assert_eq!(
+        (ended.state, ended.finished_ms, ended.is_open()),
+        (RestoreState::Finished, Some(9_000), false)
+    );
+    assert_eq!(store.next_restore_due().unwrap(), None);
+    assert_eq!(store.due_restores(u64::MAX / 2, 5).unwrap(), vec![]);
+    // The first ended long ago: it goes once RESTORES_KEPT newer ones are asked for; one still
+    // going is never forgotten.
+    let open = store.insert_restore(&asked(2), 2_000).unwrap();
+    for n in 0..RESTORES_KEPT {
+        let restore = store.insert_restore(&asked(10 + n), 3_000).unwrap();
+        store
+            .update_restore(
+                restore.id,
+                &RestoreUpdate::Failed {
+                    reason: "refused".into(),
+                    at_ms: 3_000,
+                },
+            )
+            .unwrap();
+    }
+    assert_eq!(store.restore(first.id).unwrap(), None);
+    assert!(store.restore(open.id).unwrap().is_some());
+    let recent = store.recent_restores(3).unwrap();
+    assert_eq!(recent.len(), 3);
+    assert!(recent[0].id > recent[1].id && recent[1].id > recent[2].id);
+    assert_eq!(recent[0].error.as_deref(), Some("refused"));
 }

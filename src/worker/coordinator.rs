@@ -14,10 +14,15 @@ use worker::{
 use super::fetch::send;
 use super::setting;
 use super::sql::DurableSql;
+use crate::api::archive_target;
 use crate::config::{Config, ConfigError};
+use crate::engine::restores::{
+    archive_request, Admission, ArchiveAccess, Restores, RestoresReport, RESTORES_PER_TICK,
+};
 use crate::engine::{
     arrival, cancel, Arrival, Begin, Cancel, Start, Tick, TickReport, REQUEST_TIMEOUT,
 };
+use crate::http::Method as HttpMethod;
 use crate::status::status;
 use crate::store::{Store, StoreError};
 
@@ -77,7 +82,11 @@ impl DurableObject for Coordinator {
                 Ok(answer)
             }
             "/status" => self.status(),
-            _ => Response::error("Not Found", 404),
+            "/restore" => self.restore(req).await,
+            path => match archive_target(path) {
+                Some((id, capability)) => self.archive(&req, id, capability),
+                None => Response::error("Not Found", 404),
+            },
         }
     }
 
@@ -135,6 +144,110 @@ impl Coordinator {
         }
     }
 
+    /// `POST /restore`: admits the restore (asking GitLab or the bucket what the request
+    /// names), records it, and wakes the object at once to send its import.
+    async fn restore(&self, mut req: Request) -> Result<Response> {
+        let config = match self.config() {
+            Ok(config) => config,
+            Err(e) => {
+                return Ok(Response::from_json(
+                    &json!({"error": e.to_string(), "problems": e.problems}),
+                )?
+                .with_status(503))
+            }
+        };
+        let origin = req
+            .headers()
+            .get(super::ORIGIN_HEADER)?
+            .and_then(|origin| url::Url::parse(&origin).ok());
+        let Some(origin) = origin else {
+            return json_refusal(500, None, "the worker did not say its origin");
+        };
+        let body = req.bytes().await?;
+        let store = self.store()?;
+        let admission =
+            Admission::new(&store, &config, &body, &origin, now_ms()).map_err(storage_error)?;
+        let mut admission = match admission {
+            Ok(admission) => admission,
+            Err(refusal) => return json_refusal(refusal.status, refusal.field, &refusal.message),
+        };
+        loop {
+            let request = match admission.next_request(now_ms()) {
+                Ok(Some(request)) => request,
+                Ok(None) => break,
+                Err(refusal) => {
+                    return json_refusal(refusal.status, refusal.field, &refusal.message)
+                }
+            };
+            let answer = send(&request, REQUEST_TIMEOUT).await;
+            if let Err(refusal) = admission.handle(answer) {
+                return json_refusal(refusal.status, refusal.field, &refusal.message);
+            }
+        }
+        let (restore, event) = admission.admit(&store, now_ms()).map_err(storage_error)?;
+        log(serde_json::to_value(&event)?);
+        // The import goes out from the alarm, at once (a tick may be running now).
+        self.state.storage().set_alarm(0).await?;
+        Ok(Response::from_json(&json!({"restore": {
+            "id": restore.id,
+            "project": restore.project_path,
+            "key": restore.key,
+            "target": restore.target(),
+            "state": restore.state,
+        }}))?
+        .with_status(202))
+    }
+
+    /// An archive URL's request: the signed request of the object for the worker to stream,
+    /// or the refusal.
+    fn archive(&self, req: &Request, id: u64, capability: &str) -> Result<Response> {
+        let method = match req.headers().get(super::METHOD_HEADER)?.as_deref() {
+            Some("HEAD") => HttpMethod::Head,
+            _ => HttpMethod::Get,
+        };
+        let config = match self.config() {
+            Ok(config) => config,
+            Err(_) => return json_refusal(503, None, "the worker's configuration has problems"),
+        };
+        let store = self.store()?;
+        match archive_request(&store, &config, id, capability, method, now_ms())
+            .map_err(storage_error)?
+        {
+            ArchiveAccess::Open(request) => Response::from_json(&json!({
+                "url": request.url.as_str(),
+                "headers": request.headers,
+            })),
+            ArchiveAccess::Refused(status, reason) => json_refusal(status, None, reason),
+        }
+    }
+
+    /// Moves the due restores a step, within `budget` subrequests: what they spent, and their
+    /// report.
+    async fn advance_restores(
+        &self,
+        store: &Store<DurableSql>,
+        config: &Config,
+        budget: u32,
+    ) -> std::result::Result<RestoresReport, StoreError> {
+        let mut restores = Restores::begin(store, config, budget);
+        let mut random: Vec<[u8; 32]> = (0..RESTORES_PER_TICK)
+            .filter_map(|_| super::random_bytes().ok())
+            .collect();
+        let steps = restores.next_steps(now_ms(), &mut || random.pop())?;
+        if !steps.is_empty() {
+            let answers = join_all(
+                steps
+                    .iter()
+                    .map(|step| send(&step.request, REQUEST_TIMEOUT)),
+            )
+            .await;
+            for (step, answer) in steps.into_iter().zip(answers) {
+                restores.handle(step, answer, now_ms())?;
+            }
+        }
+        restores.finish()
+    }
+
     async fn tick(&self, start: Start) -> Result<Response> {
         let config = match self.config() {
             Ok(config) => config,
@@ -170,10 +283,27 @@ impl Coordinator {
         }
         self.ticking.set(true);
         let _guard = (!busy).then(|| TickGuard(&self.ticking));
+        // The restores go first, with a few of the invocation's subrequests: a long listing
+        // never starves them.
+        let restores = if busy {
+            RestoresReport::default()
+        } else {
+            let budget = config.subrequests_per_invocation / 4;
+            self.advance_restores(&store, &config, budget)
+                .await
+                .map_err(storage_error)?
+        };
+        for event in &restores.events {
+            log(serde_json::to_value(event)?);
+        }
         let mut tick = match Tick::begin(&store, &config, now_ms(), start).map_err(storage_error)? {
-            Begin::Idle => return Response::from_json(&json!({"tick": "idle"})),
+            Begin::Idle => {
+                self.wake_at(restores.wake_at_ms).await?;
+                return Response::from_json(&json!({"tick": "idle"}));
+            }
             Begin::Paused(event) => {
                 log(serde_json::to_value(&event)?);
+                self.wake_at(restores.wake_at_ms).await?;
                 return Response::from_json(&json!({"tick": "paused", "why": event}));
             }
             Begin::AlreadyRunning(run) => {
@@ -184,10 +314,11 @@ impl Coordinator {
             }
             Begin::Tick(tick) => tick,
         };
+        tick.reserve(restores.subrequests);
         if busy {
             let run = tick.run().clone();
             let report = tick.finish_busy(now_ms()).map_err(storage_error)?;
-            self.report(&report).await?;
+            self.report(&report, None).await?;
             return Ok(
                 Response::from_json(&json!({"run": run, "advanced": false}))?.with_status(202),
             );
@@ -214,7 +345,7 @@ impl Coordinator {
         let run = tick.run().clone();
         let finished = tick.finish(now_ms());
         if let Ok(report) = &finished {
-            self.report(report).await?;
+            self.report(report, restores.wake_at_ms).await?;
         }
         // A failed step's error comes first: it came first.
         result.map_err(storage_error)?;
@@ -230,15 +361,28 @@ impl Coordinator {
         Ok(Response::from_json(&body)?.with_status(status))
     }
 
-    /// Logs the tick's events and sets the alarm for when work can go on.
-    async fn report(&self, report: &TickReport) -> Result<()> {
+    /// Logs the tick's events and sets the alarm for when work can go on: the run's or a
+    /// restore's, whichever comes first.
+    async fn report(&self, report: &TickReport, restore_due: Option<u64>) -> Result<()> {
         for event in &report.events {
             log(serde_json::to_value(event)?);
         }
-        if let Some(at) = report.wake_at_ms {
+        let wake = match (report.wake_at_ms, restore_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.wake_at(wake).await
+    }
+
+    async fn wake_at(&self, at: Option<u64>) -> Result<()> {
+        if let Some(at) = at {
             let offset = at.saturating_sub(now_ms()) as i64;
             self.state.storage().set_alarm(offset).await?;
         }
         Ok(())
     }
+}
+
+fn json_refusal(status: u16, field: Option<&str>, message: &str) -> Result<Response> {
+    Ok(Response::from_json(&json!({"error": message, "field": field}))?.with_status(status))
 }

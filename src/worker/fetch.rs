@@ -79,3 +79,23 @@ pub async fn send(request: &HttpRequest, timeout: Duration) -> HttpResult {
         body,
     })
 }
+
+/// Sends a signed request as it is and hands back the answer unread, its body a stream (an
+/// archive for GitLab). Redirects are not followed.
+pub async fn stream(
+    method: worker::Method,
+    url: &str,
+    headers: &[(String, String)],
+) -> worker::Result<worker::Response> {
+    let sent = Headers::new();
+    for (name, value) in headers {
+        sent.set(name, value)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(method)
+        .with_headers(sent)
+        .with_redirect(RequestRedirect::Manual);
+    Fetch::Request(Request::new_with_init(url, &init)?)
+        .send()
+        .await
+}

@@ -1,0 +1,714 @@
+//! Restores, without I/O: admitting `POST /restore` ([`Admission`]), moving the restores still
+//! going a step each tick ([`Restores`]: GitLab's `remote-import`, then its import status until
+//! it ends), and opening an archive URL for GitLab ([`archive_request`]).
+//!
+//! GitLab fetches the archive from the worker, not from the bucket: a presigned GET URL passes
+//! GitLab's `HEAD` check only on AWS (R2, MinIO and the others refuse a HEAD on a URL signed
+//! for GET). The worker's route answers `HEAD` and streams `GET` from the bucket, signed for
+//! each request, behind a random capability made anew each time the import is sent and kept
+//! only as its SHA-256; it opens only while the restore is going and before it expires.
+
+use std::time::Duration;
+
+use url::Url;
+
+use super::Event;
+use crate::config::{Config, RunSettings};
+use crate::gitlab::{GitLab, GitLabError, ImportAnswer, ImportStatus};
+use crate::http::{HttpRequest, HttpResult, Method};
+use crate::restore::{
+    capability_matches, default_path, namespace_allowed, namespace_of, Capability, Ref,
+    RestoreRequest,
+};
+use crate::s3::{read_archive_start, LearnedRegion, Signer};
+use crate::store::{
+    Backup, MetaKey, NewRestore, RestoreRow, RestoreUpdate, Sql, Store, StoreError,
+};
+use crate::time::{ms, system_time};
+
+/// GitLab's `project_import` rate limit: imports a minute per user.
+pub const IMPORTS_PER_MINUTE: u64 = 6;
+/// How long a restore may take, from the request to the end of its import: GitLab gives an
+/// import 24 hours, and the archive URL opens for an hour more.
+pub const RESTORE_EXPIRY: Duration = Duration::from_secs(25 * 3600);
+/// Import requests sent for one restore before it fails with the last reason.
+pub const IMPORT_TRIES: u64 = 5;
+/// Restores moved a step in one tick (each is one request).
+pub const RESTORES_PER_TICK: u64 = 4;
+/// Until an answer to an import request is stored, the restore is looked at again this late.
+const UNANSWERED_RETRY: Duration = Duration::from_secs(60);
+/// After a failure without a `Retry-After` (5xx, no answer), the restore waits this long.
+const FAILURE_RETRY: Duration = Duration::from_secs(30);
+
+/// How long after a check the next one comes, by how long the import has gone on: GitLab
+/// imports a small project in seconds and a large one in hours.
+pub fn next_import_check(import_age: Duration) -> Duration {
+    match import_age.as_secs() {
+        0..60 => Duration::from_secs(5),
+        60..600 => Duration::from_secs(30),
+        _ => Duration::from_secs(60),
+    }
+}
+
+/// Why `POST /restore` is refused: the HTTP status, the field at fault, and what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub field: Option<&'static str>,
+    pub message: String,
+}
+
+fn refuse(status: u16, field: Option<&'static str>, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        field,
+        message: message.into(),
+    }
+}
+
+/// What an admission still has to ask before the restore can be recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ask {
+    /// The full path of the namespace asked for by id.
+    Namespace(u64),
+    /// That the key asked for is an archive in the bucket.
+    Key,
+}
+
+/// `POST /restore`, being admitted: checked against the store and the settings, then (when the
+/// request names a namespace by id or a backup's key) against GitLab and the bucket.
+///
+/// ```text
+/// Admission::new(store, config, body, origin, now)  → Admission | Refusal
+/// while let Some(request) = admission.next_request(now)? { send; admission.handle(answer)? }
+/// admission.admit(store, now)                        → the restore, recorded, and its event
+/// ```
+#[derive(Debug)]
+pub struct Admission {
+    backup: Backup,
+    key: String,
+    namespace: Option<String>,
+    path: String,
+    name: Option<String>,
+    origin: Url,
+    settings: RunSettings,
+    gitlab: GitLab,
+    credentials: crate::s3::Credentials,
+    /// The namespaces a restore may go into.
+    allowed: Vec<String>,
+    asks: Vec<Ask>,
+    asking: Option<Ask>,
+}
+
+impl Admission {
+    pub fn new<S: Sql>(
+        store: &Store<S>,
+        config: &Config,
+        body: &[u8],
+        origin: &Url,
+        now_ms: u64,
+    ) -> Result<Result<Admission, Refusal>, StoreError> {
+        let request = match RestoreRequest::parse(body) {
+            Ok(request) => request,
+            Err(bad) => return Ok(Err(refuse(400, Some(bad.field), bad.to_string()))),
+        };
+        let backup = match &request.project {
+            Ref::Id(id) => store.last_backup_of(*id)?,
+            Ref::Path(path) => store.last_backup_at(path)?,
+        };
+        let Some(backup) = backup else {
+            return Ok(Err(refuse(
+                404,
+                Some("project"),
+                format!(
+                    "project {} has no verified backup this worker knows of",
+                    request.project
+                ),
+            )));
+        };
+        let mut asks = Vec::new();
+        let key = match request.backup {
+            None => backup.key.clone(),
+            Some(key) if key == backup.key => key,
+            Some(key) => {
+                // Only this project's backups: the key's folder is its path.
+                let folder = key.rsplit_once('/').map_or("", |(folder, _)| folder);
+                let ours = folder.eq_ignore_ascii_case(&backup.path)
+                    || folder
+                        .to_ascii_lowercase()
+                        .ends_with(&format!("/{}", backup.path.to_ascii_lowercase()));
+                if !ours {
+                    return Ok(Err(refuse(
+                        400,
+                        Some("backup"),
+                        format!(
+                            "backup: {key:?} is not a backup of {} (its backups are under \"…{}/\")",
+                            backup.path, backup.path
+                        ),
+                    )));
+                }
+                asks.push(Ask::Key);
+                key
+            }
+        };
+        let namespace = match request.namespace {
+            None => match namespace_of(&backup.path) {
+                Some(namespace) => Some(namespace.to_owned()),
+                None => {
+                    return Ok(Err(refuse(
+                        400,
+                        Some("namespace"),
+                        format!("namespace: {} has none; name one", backup.path),
+                    )))
+                }
+            },
+            Some(Ref::Path(path)) => Some(path),
+            Some(Ref::Id(id)) => {
+                asks.insert(0, Ask::Namespace(id));
+                None
+            }
+        };
+        let path = request
+            .path
+            .unwrap_or_else(|| default_path(&backup.path, now_ms));
+        let allowed = match &config.restore_namespaces {
+            Some(namespaces) => namespaces.clone(),
+            None => config
+                .groups
+                .iter()
+                .filter_map(|group| match group {
+                    crate::gitlab::GroupRef::Path(path) => Some(path.clone()),
+                    crate::gitlab::GroupRef::Id(_) => None,
+                })
+                .chain(namespace_of(&backup.path).map(str::to_owned))
+                .collect(),
+        };
+        let meta = store.meta(&[MetaKey::BucketRegion])?;
+        let learned =
+            LearnedRegion::read_for(meta.text(MetaKey::BucketRegion)?.as_deref(), &config.bucket);
+        let settings = RunSettings::of(config, learned);
+        let admission = Admission {
+            gitlab: GitLab::new(&settings.gitlab_url, config.gitlab_token.clone()),
+            credentials: config.credentials.clone(),
+            backup,
+            key,
+            namespace,
+            path,
+            name: request.name,
+            origin: origin.clone(),
+            settings,
+            allowed,
+            asks,
+            asking: None,
+        };
+        Ok(admission.check_namespace().map(|()| admission))
+    }
+
+    /// Refuses a namespace that is not allowed, once its path is known.
+    fn check_namespace(&self) -> Result<(), Refusal> {
+        match &self.namespace {
+            Some(namespace) if !namespace_allowed(namespace, &self.allowed) => Err(refuse(
+                403,
+                Some("namespace"),
+                format!(
+                    "namespace: a restore may not go into {namespace}: it may go into {} and \
+                     below (RESTORE_NAMESPACES)",
+                    self.allowed.join(", ")
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next question to send, if any is left.
+    pub fn next_request(&mut self, now_ms: u64) -> Result<Option<HttpRequest>, Refusal> {
+        let Some(ask) = self.asks.first().cloned() else {
+            return Ok(None);
+        };
+        self.asks.remove(0);
+        let request = match &ask {
+            Ask::Namespace(id) => self.gitlab.group_request(*id),
+            Ask::Key => {
+                let Some(region) = self.settings.region() else {
+                    return Err(refuse(
+                        503,
+                        None,
+                        "the bucket's region is not known yet: it is learned by the first run",
+                    ));
+                };
+                let url = self.settings.bucket.object_url(region, &self.key);
+                let signer = Signer {
+                    credentials: &self.credentials,
+                    region,
+                    now: system_time(now_ms),
+                };
+                signer
+                    .signed_first_bytes(&url)
+                    .map_err(|e| refuse(500, None, e.to_string()))?
+            }
+        };
+        self.asking = Some(ask);
+        Ok(Some(request))
+    }
+
+    /// Reads the answer to the last question.
+    pub fn handle(&mut self, answer: HttpResult) -> Result<(), Refusal> {
+        let ask = self.asking.take();
+        let answer = answer.map_err(|e| refuse(502, None, format!("no answer: {e}")))?;
+        match ask {
+            None => Ok(()),
+            Some(Ask::Namespace(id)) => match self.gitlab.read_group_path(&answer) {
+                Ok(path) => {
+                    self.namespace = Some(path);
+                    self.check_namespace()
+                }
+                Err(GitLabError::GroupNotVisible { status }) => Err(refuse(
+                    404,
+                    Some("namespace"),
+                    format!(
+                        "namespace: GitLab has no group {id} that GITLAB_TOKEN can see ({status})"
+                    ),
+                )),
+                Err(e) => Err(refuse(
+                    502,
+                    Some("namespace"),
+                    format!("namespace {id}: {e}"),
+                )),
+            },
+            Some(Ask::Key) => match answer.status {
+                404 => Err(refuse(
+                    404,
+                    Some("backup"),
+                    format!("backup: the bucket has no object {:?}", self.key),
+                )),
+                200 | 206 | 416 => read_archive_start(&answer).map(drop).map_err(|why| {
+                    refuse(
+                        400,
+                        Some("backup"),
+                        format!("backup: {:?} is not a project archive: {why}", self.key),
+                    )
+                }),
+                status => Err(refuse(
+                    502,
+                    Some("backup"),
+                    format!(
+                        "backup: S3 answered {status} for {:?}: {}",
+                        self.key,
+                        answer.body_excerpt()
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// Records the restore, due at once.
+    pub fn admit<S: Sql>(
+        self,
+        store: &Store<S>,
+        now_ms: u64,
+    ) -> Result<(RestoreRow, Event), StoreError> {
+        let namespace = self
+            .namespace
+            .ok_or_else(|| StoreError("a restore was admitted without its namespace".into()))?;
+        let restore = store.insert_restore(
+            &NewRestore {
+                project_id: self.backup.project_id,
+                project_path: self.backup.path,
+                key: self.key,
+                namespace,
+                path: self.path,
+                name: self.name,
+                origin: self.origin.origin().ascii_serialization(),
+                expires_ms: now_ms + ms(RESTORE_EXPIRY),
+                settings: self.settings.to_json(),
+            },
+            now_ms,
+        )?;
+        let event = Event::RestoreRequested {
+            restore: restore.id,
+            project: restore.project_path.clone(),
+            key: restore.key.clone(),
+            target: restore.target(),
+        };
+        Ok((restore, event))
+    }
+}
+
+/// A request a tick sends for a restore, and what it is for.
+#[derive(Debug)]
+pub struct RestoreStep {
+    pub request: HttpRequest,
+    restore: RestoreRow,
+    gitlab: GitLab,
+    purpose: Purpose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Import,
+    Check,
+}
+
+/// What a tick's restores did: events to log, and when a restore is due next.
+#[derive(Debug, Default)]
+pub struct RestoresReport {
+    pub events: Vec<Event>,
+    pub subrequests: u32,
+    pub wake_at_ms: Option<u64>,
+}
+
+/// One tick's work on the restores still going: each due one moves a step (one request).
+///
+/// ```text
+/// Restores::begin(store, config, subrequests)
+/// steps = restores.next_steps(now, random)   // claims written first; one batch a tick
+/// send them together; restores.handle(step, answer, now) for each
+/// restores.finish()                           → events, when the next one is due
+/// ```
+pub struct Restores<'a, S: Sql> {
+    store: &'a Store<S>,
+    config: &'a Config,
+    budget: u32,
+    report: RestoresReport,
+}
+
+impl<'a, S: Sql> Restores<'a, S> {
+    pub fn begin(store: &'a Store<S>, config: &'a Config, subrequests: u32) -> Self {
+        Restores {
+            store,
+            config,
+            budget: subrequests,
+            report: RestoresReport::default(),
+        }
+    }
+
+    fn gitlab(&self, restore: &RestoreRow) -> Result<GitLab, String> {
+        let settings = RunSettings::from_json(&restore.settings)?;
+        Ok(GitLab::new(
+            &settings.gitlab_url,
+            self.config.gitlab_token.clone(),
+        ))
+    }
+
+    fn fail(
+        &mut self,
+        restore: &RestoreRow,
+        reason: String,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.store.update_restore(
+            restore.id,
+            &RestoreUpdate::Failed {
+                reason: reason.clone(),
+                at_ms: now_ms,
+            },
+        )?;
+        self.report.events.push(Event::RestoreFailed {
+            restore: restore.id,
+            project: restore.project_path.clone(),
+            target: restore.target(),
+            reason,
+        });
+        Ok(())
+    }
+
+    fn later(
+        &self,
+        restore: &RestoreRow,
+        due_ms: u64,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .update_restore(restore.id, &RestoreUpdate::Later { due_ms, error })
+    }
+
+    /// The due restores' requests: an import (its claim, with a new capability, written before
+    /// it goes out), or a check of an import under way. `random` hands 32 random bytes (or
+    /// none, when the platform's source failed: the import waits).
+    pub fn next_steps(
+        &mut self,
+        now_ms: u64,
+        random: &mut dyn FnMut() -> Option<[u8; 32]>,
+    ) -> Result<Vec<RestoreStep>, StoreError> {
+        let limit = RESTORES_PER_TICK.min(u64::from(self.budget));
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.budget = 0;
+        let due = self.store.due_restores(now_ms, limit)?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let meta = self.store.meta(&[MetaKey::GitLabBackoffUntil])?;
+        let held_until = meta
+            .u64(MetaKey::GitLabBackoffUntil)?
+            .filter(|&until| until > now_ms);
+        let mut sent_in_minute = self
+            .store
+            .imports_sent_since(now_ms.saturating_sub(60_000))?;
+        let mut steps = Vec::new();
+        for restore in due {
+            if now_ms >= restore.expires_ms {
+                let reason = format!(
+                    "it did not end within {} h of the request",
+                    RESTORE_EXPIRY.as_secs() / 3600
+                );
+                self.fail(&restore, reason, now_ms)?;
+                continue;
+            }
+            if let Some(until) = held_until {
+                self.later(&restore, until, restore.error.clone())?;
+                continue;
+            }
+            let gitlab = match self.gitlab(&restore) {
+                Ok(gitlab) => gitlab,
+                Err(e) => {
+                    self.fail(
+                        &restore,
+                        format!("its settings cannot be read: {e}"),
+                        now_ms,
+                    )?;
+                    continue;
+                }
+            };
+            let step = match restore.state {
+                crate::store::RestoreState::Requested => {
+                    if restore.tries >= IMPORT_TRIES {
+                        let reason = format!(
+                            "GitLab did not take the import in {IMPORT_TRIES} tries: {}",
+                            restore.error.as_deref().unwrap_or("no answer")
+                        );
+                        self.fail(&restore, reason, now_ms)?;
+                        continue;
+                    }
+                    if sent_in_minute >= IMPORTS_PER_MINUTE {
+                        self.later(&restore, now_ms + 10_000, restore.error.clone())?;
+                        continue;
+                    }
+                    let Ok(origin) = Url::parse(&restore.origin) else {
+                        self.fail(
+                            &restore,
+                            format!("its origin {:?} is no URL", restore.origin),
+                            now_ms,
+                        )?;
+                        continue;
+                    };
+                    let Some(bytes) = random() else {
+                        let error = Some("no random bytes for the archive URL's capability".into());
+                        self.later(&restore, now_ms + ms(FAILURE_RETRY), error)?;
+                        continue;
+                    };
+                    sent_in_minute += 1;
+                    let capability = Capability::from_random(bytes);
+                    let archive = capability.archive_url(&origin, restore.id);
+                    self.store.update_restore(
+                        restore.id,
+                        &RestoreUpdate::Sent {
+                            at_ms: now_ms,
+                            capability: capability.digest(),
+                            due_ms: now_ms + ms(UNANSWERED_RETRY),
+                        },
+                    )?;
+                    RestoreStep {
+                        request: gitlab.remote_import_request(
+                            &archive,
+                            &restore.namespace,
+                            &restore.path,
+                            restore.name.as_deref(),
+                        ),
+                        restore,
+                        gitlab,
+                        purpose: Purpose::Import,
+                    }
+                }
+                crate::store::RestoreState::Importing => {
+                    let Some(project_id) = restore.new_project_id else {
+                        self.fail(&restore, "importing without a project id".into(), now_ms)?;
+                        continue;
+                    };
+                    RestoreStep {
+                        request: gitlab.import_status_request(project_id),
+                        restore,
+                        gitlab,
+                        purpose: Purpose::Check,
+                    }
+                }
+                crate::store::RestoreState::Finished | crate::store::RestoreState::Failed => {
+                    continue
+                }
+            };
+            steps.push(step);
+        }
+        self.report.subrequests += steps.len() as u32;
+        Ok(steps)
+    }
+
+    /// Records the answer to a step.
+    pub fn handle(
+        &mut self,
+        step: RestoreStep,
+        answer: HttpResult,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let restore = &step.restore;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                return self.later(
+                    restore,
+                    now_ms + ms(FAILURE_RETRY),
+                    Some(format!("GitLab did not answer: {e}")),
+                )
+            }
+        };
+        let retry = |e: GitLabError| -> (u64, Option<String>) {
+            let wait = match &e {
+                GitLabError::RateLimited { retry_after } => *retry_after,
+                _ => FAILURE_RETRY,
+            };
+            (now_ms + ms(wait), Some(e.to_string()))
+        };
+        match step.purpose {
+            Purpose::Import => match step.gitlab.read_remote_import(&answer) {
+                ImportAnswer::Accepted {
+                    project_id,
+                    web_url,
+                } => {
+                    let web_url = if web_url.is_empty() {
+                        self.web_url(restore)
+                    } else {
+                        web_url
+                    };
+                    self.store.update_restore(
+                        restore.id,
+                        &RestoreUpdate::Importing {
+                            new_project_id: project_id,
+                            web_url,
+                            due_ms: now_ms + ms(next_import_check(Duration::ZERO)),
+                        },
+                    )
+                }
+                ImportAnswer::Refused(reason) => self.fail(restore, reason, now_ms),
+                ImportAnswer::Retry(e) => {
+                    let (due, error) = retry(e);
+                    self.later(restore, due, error)
+                }
+            },
+            Purpose::Check => match step.gitlab.read_import_status(&answer) {
+                Ok(state) => match state.status {
+                    ImportStatus::Finished => {
+                        self.store.update_restore(
+                            restore.id,
+                            &RestoreUpdate::Finished { at_ms: now_ms },
+                        )?;
+                        self.report.events.push(Event::RestoreFinished {
+                            restore: restore.id,
+                            project: restore.project_path.clone(),
+                            target: restore.target(),
+                            new_project_id: restore.new_project_id.unwrap_or_default(),
+                            web_url: restore.web_url.clone().unwrap_or_default(),
+                        });
+                        Ok(())
+                    }
+                    ImportStatus::Failed => {
+                        let reason = state
+                            .error
+                            .unwrap_or_else(|| "GitLab's import failed and gave no reason".into());
+                        self.fail(restore, format!("GitLab's import failed: {reason}"), now_ms)
+                    }
+                    ImportStatus::None | ImportStatus::Scheduled | ImportStatus::Started => {
+                        let age = now_ms.saturating_sub(restore.sent_ms.unwrap_or(now_ms));
+                        let wait = next_import_check(Duration::from_millis(age));
+                        self.later(restore, now_ms + ms(wait), None)
+                    }
+                },
+                Err(GitLabError::ProjectGone) => self.fail(
+                    restore,
+                    format!(
+                        "the new project {} is gone (404) before its import ended",
+                        restore.target()
+                    ),
+                    now_ms,
+                ),
+                Err(e) => {
+                    let (due, error) = retry(e);
+                    self.later(restore, due, error)
+                }
+            },
+        }
+    }
+
+    /// The new project's page: GitLab's base and the target's path (the import's answer
+    /// does not carry it).
+    fn web_url(&self, restore: &RestoreRow) -> String {
+        RunSettings::from_json(&restore.settings)
+            .ok()
+            .and_then(|settings| settings.gitlab_url.join(&restore.target()).ok())
+            .map(String::from)
+            .unwrap_or_default()
+    }
+
+    pub fn finish(mut self) -> Result<RestoresReport, StoreError> {
+        self.report.wake_at_ms = self.store.next_restore_due()?;
+        Ok(self.report)
+    }
+}
+
+/// What the archive route does with a request for restore `id`'s archive.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ArchiveAccess {
+    /// Send this (a `HEAD` or `GET` of the object, signed) and stream its answer back.
+    Open(HttpRequest),
+    /// Answer this status, with a reason that names no secret.
+    Refused(u16, &'static str),
+}
+
+/// Opens restore `id`'s archive for `method` (`HEAD` or `GET`) when `presented` is its
+/// capability, the restore is going and has not expired.
+pub fn archive_request<S: Sql>(
+    store: &Store<S>,
+    config: &Config,
+    id: u64,
+    presented: &str,
+    method: Method,
+    now_ms: u64,
+) -> Result<ArchiveAccess, StoreError> {
+    let not_found = ArchiveAccess::Refused(404, "no such archive");
+    let Some(restore) = store.restore(id)? else {
+        return Ok(not_found);
+    };
+    let Some(digest) = restore.capability.as_deref() else {
+        return Ok(not_found);
+    };
+    if !capability_matches(presented, digest) {
+        return Ok(not_found);
+    }
+    if !restore.is_open() || now_ms >= restore.expires_ms {
+        return Ok(ArchiveAccess::Refused(
+            410,
+            "this restore has ended: its archive URL no longer opens",
+        ));
+    }
+    let Ok(settings) = RunSettings::from_json(&restore.settings) else {
+        return Ok(ArchiveAccess::Refused(
+            500,
+            "the restore's settings cannot be read",
+        ));
+    };
+    let Some(region) = settings.region() else {
+        return Ok(ArchiveAccess::Refused(
+            503,
+            "the bucket's region is not known",
+        ));
+    };
+    let signer = Signer {
+        credentials: &config.credentials,
+        region,
+        now: system_time(now_ms),
+    };
+    let url = settings.bucket.object_url(region, &restore.key);
+    Ok(match signer.signed_request(method, &url, None) {
+        Ok(request) => ArchiveAccess::Open(request),
+        Err(_) => ArchiveAccess::Refused(500, "the archive request could not be signed"),
+    })
+}
