@@ -18,6 +18,8 @@ use testkit::standin::{ImportStatus, Options, Seed};
 const GROUP: &str = "initech";
 /// The project restored: in a subgroup, so its default namespace is not the top-level group.
 const RESTORED: &str = "initech/ops/monitoring";
+/// A group of the stand-in that is not backed up: no restore may go there by default.
+const OUTSIDE: &str = "contractors";
 /// How long the page may take to show the restore finished.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -219,16 +221,21 @@ fn restore_on_the_page(tab: &headless_chrome::Tab, url: &str, key: &str) -> Resu
             .is_some_and(|p| is_default_path(p, last)),
         "the default path shown: {defaults}"
     );
-    tab.wait_for_element("#restore-start")?.click()?;
-    // While the worker is asked the form says so in a sentence ending in "…".
-    let answered = Instant::now() + Duration::from_secs(60);
-    let started = loop {
-        let text = tab.find_element("#restore-result")?.get_inner_text()?;
-        if (!text.is_empty() && !text.ends_with('…')) || Instant::now() > answered {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    // A namespace outside RESTORE_NAMESPACES (by default the backed-up groups) is refused, and
+    // the form says why.
+    tab.wait_for_element("#restore-namespace")?.click()?;
+    tab.type_str(OUTSIDE)?;
+    let refused = start_restore(tab)?;
+    ensure!(
+        refused.class == "error" && refused.text.contains(OUTSIDE),
+        "a restore into {OUTSIDE} showed {refused:?}"
+    );
+    // Emptied again, the field takes its default.
+    tab.evaluate(
+        r##"document.getElementById("restore-namespace").value = """##,
+        false,
+    )?;
+    let started = start_restore(tab)?.text;
     ensure!(
         started.starts_with("Restore #")
             && started.contains(&format!("{namespace}/{last}-restored-")),
@@ -258,6 +265,35 @@ fn restore_on_the_page(tab: &headless_chrome::Tab, url: &str, key: &str) -> Resu
     Ok(Shown {
         link: row["link"].as_str().map(str::to_owned),
     })
+}
+
+/// What the form showed after "Start restore".
+#[derive(Debug)]
+struct Answer {
+    text: String,
+    class: String,
+}
+
+/// Clicks "Start restore" and waits for the worker's answer in the form.
+fn start_restore(tab: &headless_chrome::Tab) -> Result<Answer> {
+    tab.wait_for_element("#restore-start")?.click()?;
+    // While the worker is asked, the form says so in a sentence ending in "…".
+    let answered = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown = page_json(
+            tab,
+            r##"(() => { const p = document.getElementById("restore-result");
+                return {text: p.textContent, class: p.className}; })()"##,
+        )?;
+        let text = shown["text"].as_str().unwrap_or_default();
+        if (!text.is_empty() && !text.ends_with('…')) || Instant::now() > answered {
+            return Ok(Answer {
+                text: text.to_owned(),
+                class: shown["class"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Evaluates `expression` in the page and reads its value as JSON.
