@@ -328,6 +328,14 @@ pub struct LocalStack {
     pub vars: Vec<(&'static str, String)>,
 }
 
+/// How [`LocalStack::relaunch`] stops the worker.
+enum Stop {
+    /// At once, as a crash would.
+    Kill,
+    /// As a redeploy does.
+    Graceful,
+}
+
 impl LocalStack {
     /// Starts everything; `groups` is GROUPS_TO_BACKUP, `extra_vars` more worker settings.
     pub async fn start(
@@ -359,25 +367,7 @@ impl LocalStack {
 
     /// Stops wrangler hard and starts it again on the same state, as after a crash.
     pub async fn crash_and_restart_worker(self) -> Result<LocalStack> {
-        let LocalStack {
-            tools,
-            dir,
-            standin,
-            s3,
-            wrangler,
-            vars,
-        } = self;
-        wrangler.kill().await;
-        let log = dir.join(format!("wrangler-{}.log", free_port()?));
-        let wrangler = Wrangler::start(&tools, &vars, &dir.join("state"), &log).await?;
-        Ok(LocalStack {
-            tools,
-            dir,
-            standin,
-            s3,
-            wrangler,
-            vars,
-        })
+        self.relaunch(Stop::Kill, &[]).await
     }
 
     /// Stops wrangler and starts it again on the same state with `changes` to the worker's
@@ -387,6 +377,12 @@ impl LocalStack {
         self,
         changes: &[(&'static str, String)],
     ) -> Result<LocalStack> {
+        self.relaunch(Stop::Graceful, changes).await
+    }
+
+    /// Stops wrangler as `stop` says and starts it again on the same state, with `changes` to
+    /// the worker's settings, logging to a new file.
+    async fn relaunch(self, stop: Stop, changes: &[(&'static str, String)]) -> Result<LocalStack> {
         let LocalStack {
             tools,
             dir,
@@ -399,7 +395,10 @@ impl LocalStack {
             vars.retain(|(set, _)| set != name);
             vars.push((name, value.clone()));
         }
-        wrangler.stop().await;
+        match stop {
+            Stop::Kill => wrangler.kill().await,
+            Stop::Graceful => wrangler.stop().await,
+        }
         let log = dir.join(format!("wrangler-{}.log", free_port()?));
         let wrangler = Wrangler::start(&tools, &vars, &dir.join("state"), &log).await?;
         Ok(LocalStack {
