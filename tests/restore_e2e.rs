@@ -277,3 +277,112 @@ async fn check(stack: &LocalStack) -> Result<()> {
     );
     Ok(())
 }
+
+/// A drill end to end: a run, then (on the next tick, no run going) one backup imported into
+/// the scratch group, `passed` on that backup, the scratch project deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_run_a_drill_imports_one_backup_into_the_scratch_group_records_it_passed_and_deletes_it(
+) -> Result<()> {
+    let stack = LocalStack::start_with_worker_url(
+        "restore-drill",
+        Seed::generated(2, 2),
+        Options {
+            exports_per_window: 200,
+            allow_http_imports: true,
+            ..Options::default()
+        },
+        "team-0",
+        &[
+            ("EXPORTS_PER_MINUTE", "200".to_owned()),
+            ("RESTORE_DRILL_NAMESPACE", "team-1/sub-0".to_owned()),
+        ],
+    )
+    .await?;
+    checked(stack, |stack| async move {
+        let result = drill(&stack).await;
+        (Some(stack), result)
+    })
+    .await
+}
+
+async fn drill(stack: &LocalStack) -> Result<()> {
+    let (code, _) = stack.start_run().await?;
+    ensure!(code == 202, "POST /run answered {code}");
+    stack
+        .wait_for_phase(
+            "finished",
+            Some(Duration::from_secs(5)),
+            Duration::from_secs(4 * 60),
+        )
+        .await?;
+    // The cron's next tick starts the drill; the alarms carry it to its end.
+    let status = stack
+        .wait_for_status(
+            "a drill passed and its project deleted",
+            Some(Duration::from_secs(5)),
+            Duration::from_secs(120),
+            |s| {
+                s["drills"]["passed"] == 1
+                    && s["restores"][0]["drill"] == true
+                    && s["restores"][0]["state"] == "finished"
+            },
+        )
+        .await?;
+    let drills = &status["drills"];
+    ensure!(
+        drills["namespace"] == "team-1/sub-0"
+            && drills["every_days"] == 7
+            && drills["failed"] == 0
+            && drills["last_failure"].is_null(),
+        "{drills}"
+    );
+    let restore = &status["restores"][0];
+    let target = restore["target"].as_str().unwrap_or_default();
+    ensure!(
+        target.starts_with("team-1/sub-0/project-") && target.contains("-drill-"),
+        "{restore}"
+    );
+    // Never drilled before: the first backup by id.
+    let backups = status["last_backups"]
+        .as_array()
+        .context("no last_backups")?;
+    let drilled: Vec<&Value> = backups.iter().filter(|b| !b["drill"].is_null()).collect();
+    ensure!(drilled.len() == 1, "one backup drilled: {backups:?}");
+    let backup = drilled[0];
+    ensure!(
+        backup["path"] == restore["project"]
+            && backup["drill"]["result"] == "passed"
+            && backup["drill"]["key"] == backup["key"],
+        "{backup}"
+    );
+    // GitLab downloaded that backup byte for byte, and the scratch project is gone.
+    let imports = stack.standin.imports();
+    ensure!(imports.len() == 1, "{imports:#?}");
+    let (sha256, _) = stack
+        .s3
+        .object_sha256(backup["key"].as_str().unwrap_or_default())?;
+    ensure!(
+        imports[0].archive_sha256.as_deref() == Some(sha256.as_str()),
+        "{imports:#?}"
+    );
+    let deletions = stack.standin.deletions();
+    ensure!(
+        deletions.len() == 1
+            && restore["new_project_id"].as_u64().is_some_and(|id| {
+                deletions[0].project_id == testkit::standin::ProjectRef::Known(id)
+            })
+            && deletions[0].status == 202,
+        "the scratch project is deleted once: {deletions:#?}"
+    );
+    let events = stack.wrangler.events()?;
+    let named = |name: &str| events.iter().filter(|e| e["event"] == name).count();
+    ensure!(
+        (
+            named("drill_started"),
+            named("drill_passed"),
+            named("drill_failed")
+        ) == (1, 1, 0),
+        "drill events"
+    );
+    Ok(())
+}

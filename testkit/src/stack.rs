@@ -199,7 +199,17 @@ impl Wrangler {
         persist_to: &Path,
         log: &Path,
     ) -> Result<Wrangler> {
-        let port = free_port()?;
+        Wrangler::start_on(tools, vars, persist_to, log, free_port()?).await
+    }
+
+    /// [`Wrangler::start`] on a port chosen beforehand (to hand the worker its own address).
+    pub async fn start_on(
+        tools: &Tools,
+        vars: &[(&str, String)],
+        persist_to: &Path,
+        log: &Path,
+        port: u16,
+    ) -> Result<Wrangler> {
         let inspector = free_port()?;
         let config_home = persist_to.join("wrangler-config");
         std::fs::create_dir_all(&config_home)?;
@@ -345,6 +355,29 @@ impl LocalStack {
         groups: &str,
         extra_vars: &[(&'static str, String)],
     ) -> Result<LocalStack> {
+        LocalStack::start_inner(name, seed, options, groups, extra_vars, false).await
+    }
+
+    /// [`LocalStack::start`], with `WORKER_URL` set to the worker's own address (as restore
+    /// drills need).
+    pub async fn start_with_worker_url(
+        name: &str,
+        seed: crate::standin::Seed,
+        options: crate::standin::Options,
+        groups: &str,
+        extra_vars: &[(&'static str, String)],
+    ) -> Result<LocalStack> {
+        LocalStack::start_inner(name, seed, options, groups, extra_vars, true).await
+    }
+
+    async fn start_inner(
+        name: &str,
+        seed: crate::standin::Seed,
+        options: crate::standin::Options,
+        groups: &str,
+        extra_vars: &[(&'static str, String)],
+        worker_url: bool,
+    ) -> Result<LocalStack> {
         let tools = Tools::ensure()?;
         ensure_built(&tools)?;
         let dir = work_dir(name)?;
@@ -353,8 +386,12 @@ impl LocalStack {
         let s3 = S3::start(&tools, &dir.join("s3")).await?;
         let mut vars = local_vars(&standin.base_url(), &token, groups, &s3);
         vars.extend(extra_vars.iter().cloned());
-        let wrangler =
-            Wrangler::start(&tools, &vars, &dir.join("state"), &dir.join("wrangler.log")).await?;
+        let port = free_port()?;
+        if worker_url {
+            vars.push(("WORKER_URL", format!("http://127.0.0.1:{port}")));
+        }
+        let log = dir.join("wrangler.log");
+        let wrangler = Wrangler::start_on(&tools, &vars, &dir.join("state"), &log, port).await?;
         Ok(LocalStack {
             tools,
             dir,
