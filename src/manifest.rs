@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::s3::object_key;
-use crate::store::{ManifestEntry, RunRow};
+use crate::store::{Drills, ManifestEntry, RunRow};
 use crate::time::{key_timestamp, rfc3339};
 
 /// Projects per manifest part: as many as a listing page, so no tick handles more project rows
@@ -83,6 +83,10 @@ struct Summary<'a> {
     cancelled_at: Option<String>,
     group_errors: Vec<GroupError<'a>>,
     parts: Vec<String>,
+    /// The restore drills so far (with `RESTORE_DRILL_NAMESPACE`): backups whose last drill
+    /// passed, failed, and the latest failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drills: Option<&'a Drills>,
 }
 
 #[derive(Serialize)]
@@ -96,6 +100,7 @@ pub fn summary_body(
     prefix: &str,
     run: &RunRow,
     group_errors: &[(String, String)],
+    drills: Option<&Drills>,
     finished_ms: u64,
 ) -> String {
     let started = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(run.started_ms);
@@ -118,6 +123,7 @@ pub fn summary_body(
         parts: (1..=run.manifest_parts)
             .map(|part| part_key(prefix, started, part))
             .collect(),
+        drills,
     };
     serde_json::to_string_pretty(&summary).unwrap_or_default()
 }

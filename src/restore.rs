@@ -217,13 +217,22 @@ pub fn namespace_allowed(namespace: &str, allowed: &[String]) -> bool {
 /// The new project's path when none is asked for: `<path>-restored-<YYYYMMDD-HHMM>` (UTC), cut
 /// to GitLab's length.
 pub fn default_path(project_path: &str, now_ms: u64) -> String {
+    stamped_path(project_path, "restored", now_ms)
+}
+
+/// A drill's scratch project path: `<path>-drill-<YYYYMMDD-HHMM>` (UTC).
+pub fn drill_path(project_path: &str, now_ms: u64) -> String {
+    stamped_path(project_path, "drill", now_ms)
+}
+
+fn stamped_path(project_path: &str, word: &str, now_ms: u64) -> String {
     let last = project_path.rsplit('/').next().unwrap_or(project_path);
     let format = format_description!("[year][month][day]-[hour][minute]");
     let stamp = OffsetDateTime::from_unix_timestamp_nanos(i128::from(now_ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&format).ok())
         .unwrap_or_default();
-    let suffix = format!("-restored-{stamp}");
+    let suffix = format!("-{word}-{stamp}");
     let keep = MAX_PATH_CHARS.saturating_sub(suffix.len());
     let base: String = last.chars().take(keep).collect();
     format!("{}{suffix}", base.trim_end_matches(['-', '.']))
@@ -362,6 +371,7 @@ mod tests {
             default_path("acme/tools/cli", at),
             "cli-restored-20261130-0205"
         );
+        assert_eq!(drill_path("acme/tools/cli", at), "cli-drill-20261130-0205");
         let long = default_path(&format!("acme/{}", "p".repeat(300)), at);
         assert_eq!(long.chars().count(), MAX_PATH_CHARS);
         check_segment(&long).unwrap();

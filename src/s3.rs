@@ -599,6 +599,16 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds)
     }
 
+    /// A signer with `credentials` in AWS's documented example's region and time (`us-east-1`,
+    /// 2013-05-24T00:00:00Z).
+    fn aws_example_signer(credentials: &Credentials) -> Signer<'_> {
+        Signer {
+            credentials,
+            region: "us-east-1",
+            now: at(1_369_353_600),
+        }
+    }
+
     /// AWS's documented example: "Authenticating Requests: Using Query Parameters (AWS
     /// Signature Version 4)", GET examplebucket/test.txt on 2013-05-24 for 86400 s.
     #[test]
@@ -819,11 +829,7 @@ mod tests {
     #[test]
     fn signed_requests_carry_the_signature_and_body_hash_in_headers() {
         let credentials = aws_example_credentials();
-        let signer = Signer {
-            credentials: &credentials,
-            region: "us-east-1",
-            now: at(1_369_353_600),
-        };
+        let signer = aws_example_signer(&credentials);
         let url = Url::parse("http://127.0.0.1:9000/bucket/a/b.tar.gz").unwrap();
         let head = signer.signed_request(Method::Head, &url, None).unwrap();
         let names: Vec<&str> = head.headers.iter().map(|(n, _)| *n).collect();
@@ -860,11 +866,7 @@ mod tests {
     #[test]
     fn the_get_of_a_backups_first_bytes_sends_and_signs_its_range() {
         let credentials = aws_example_credentials();
-        let signer = Signer {
-            credentials: &credentials,
-            region: "us-east-1",
-            now: at(1_369_353_600),
-        };
+        let signer = aws_example_signer(&credentials);
         let url = Url::parse("http://127.0.0.1:9000/bucket/a/b.tar.gz").unwrap();
         let get = signer.signed_first_bytes(&url).unwrap();
         assert_eq!(get.method, Method::Get);

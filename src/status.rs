@@ -29,6 +29,8 @@ pub struct Status {
     pub last_backups: Vec<BackupStatus>,
     /// The newest restores, newest first.
     pub restores: Vec<RestoreStatus>,
+    /// How the restore drills went; `None` without `RESTORE_DRILL_NAMESPACE`.
+    pub drills: Option<DrillsStatus>,
     /// `AWS_REGION`, or the region the bucket named when asked.
     pub bucket_region: Option<String>,
     pub config_problems: Vec<Problem>,
@@ -167,6 +169,18 @@ pub struct BackupStatus {
     pub key: String,
     pub size: u64,
     pub at: String,
+    /// Its project's last restore drill, if one ran.
+    pub drill: Option<DrillStatus>,
+}
+
+/// A backup's last restore drill.
+#[derive(Debug, Serialize)]
+pub struct DrillStatus {
+    pub key: String,
+    pub at: String,
+    /// `passed` or `failed`.
+    pub result: &'static str,
+    pub error: Option<String>,
 }
 
 /// A restore, as `/status` lists it (newest first).
@@ -183,6 +197,27 @@ pub struct RestoreStatus {
     pub web_url: Option<String>,
     pub requested: String,
     pub finished: Option<String>,
+    /// A restore drill (its scratch project is deleted once the import ended).
+    pub drill: bool,
+}
+
+/// The restore drills, when `RESTORE_DRILL_NAMESPACE` is set.
+#[derive(Debug, Serialize)]
+pub struct DrillsStatus {
+    pub namespace: String,
+    pub every_days: u64,
+    /// Backups whose last drill passed, and failed.
+    pub passed: u64,
+    pub failed: u64,
+    pub last_failure: Option<DrillFailureStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DrillFailureStatus {
+    pub project: String,
+    pub key: String,
+    pub at: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -358,14 +393,24 @@ pub fn status<S: Sql>(
             .map(|run| RunStatus::new(store, run, &window))
             .transpose()?,
         last_backups: store
-            .recent_backups(BACKUPS_SHOWN)?
+            .recent_backups_with_drills(BACKUPS_SHOWN)?
             .into_iter()
-            .map(|b| BackupStatus {
+            .map(|(b, drill)| BackupStatus {
                 project_id: b.project_id,
                 path: b.path,
                 key: b.key,
                 size: b.size,
                 at: rfc3339(b.at_ms),
+                drill: drill.map(|d| DrillStatus {
+                    key: d.key,
+                    at: rfc3339(d.at_ms),
+                    result: if d.error.is_none() {
+                        "passed"
+                    } else {
+                        "failed"
+                    },
+                    error: d.error,
+                }),
             })
             .collect(),
         restores: store
@@ -382,8 +427,27 @@ pub fn status<S: Sql>(
                 web_url: r.web_url,
                 requested: rfc3339(r.requested_ms),
                 finished: r.finished_ms.map(rfc3339),
+                drill: r.drill,
             })
             .collect(),
+        drills: match config.ok().and_then(|c| c.drills.as_ref()) {
+            Some(drills) => {
+                let counts = store.drills()?;
+                Some(DrillsStatus {
+                    namespace: drills.namespace.clone(),
+                    every_days: drills.every.as_secs() / 86_400,
+                    passed: counts.passed,
+                    failed: counts.failed,
+                    last_failure: counts.last_failure.map(|f| DrillFailureStatus {
+                        project: f.path,
+                        key: f.key,
+                        at: rfc3339(f.at_ms),
+                        reason: f.error,
+                    }),
+                })
+            }
+            None => None,
+        },
         rate_window: WindowStatus {
             limit,
             used,

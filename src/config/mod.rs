@@ -62,7 +62,13 @@ pub const SETTINGS: &[(&str, bool)] = &[
     ("DO_ROWS_WRITTEN_PER_DAY", false),
     ("DO_REQUESTS_PER_DAY", false),
     ("RESTORE_NAMESPACES", false),
+    ("RESTORE_DRILL_NAMESPACE", false),
+    ("RESTORE_DRILL_EVERY_DAYS", false),
+    ("WORKER_URL", false),
 ];
+
+/// Days between restore drills, when `RESTORE_DRILL_NAMESPACE` is set.
+pub const DEFAULT_RESTORE_DRILL_EVERY_DAYS: u64 = 7;
 
 /// The free plan's daily Durable Object allowances: past one, operations fail until 00:00 UTC.
 pub const DEFAULT_DO_ROWS_WRITTEN_PER_DAY: u64 = 100_000;
@@ -106,6 +112,18 @@ pub struct Config {
     /// The namespaces (full paths) a restore may go into, with everything below them; `None`:
     /// the groups of `GROUPS_TO_BACKUP` named by path and each project's own namespace.
     pub restore_namespaces: Option<Vec<String>>,
+    /// Where restore drills go, and how often one starts.
+    pub drills: Option<DrillSettings>,
+    /// The worker's own address, for the archive URLs of restores it starts itself (drills),
+    /// and of every restore when set.
+    pub worker_url: Option<Url>,
+}
+
+/// `RESTORE_DRILL_NAMESPACE` and `RESTORE_DRILL_EVERY_DAYS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DrillSettings {
+    pub namespace: String,
+    pub every: Duration,
 }
 
 /// One setting that is missing or invalid, and why.
@@ -494,6 +512,46 @@ impl Config {
             );
         }
 
+        let worker_url = r.optional("WORKER_URL").and_then(|raw| {
+            match Url::parse(&raw) {
+                Ok(url) if matches!(url.scheme(), "https" | "http") && url.has_host() => {
+                    Some(url)
+                }
+                _ => {
+                    r.problem(
+                        "WORKER_URL",
+                        format!("{raw:?} is not the worker's https address (https://<name>.<subdomain>.workers.dev)"),
+                    );
+                    None
+                }
+            }
+        });
+        let drill_days = r.number(
+            "RESTORE_DRILL_EVERY_DAYS",
+            DEFAULT_RESTORE_DRILL_EVERY_DAYS,
+            (1, 365),
+        );
+        let drills = r.optional("RESTORE_DRILL_NAMESPACE").and_then(|raw| {
+            let namespace = raw.trim_matches('/').to_owned();
+            if let Err(why) = crate::restore::check_full_path(&namespace) {
+                r.problem(
+                    "RESTORE_DRILL_NAMESPACE",
+                    format!("{raw:?} is not a group's full path: {why}"),
+                );
+                return None;
+            }
+            if (r.lookup)("WORKER_URL").is_none_or(|v| v.trim().is_empty()) {
+                r.problem(
+                    "RESTORE_DRILL_NAMESPACE",
+                    "drills need WORKER_URL, the worker's address GitLab fetches the archive from",
+                );
+            }
+            Some(DrillSettings {
+                namespace,
+                every: Duration::from_secs(drill_days * 24 * 3600),
+            })
+        });
+
         match (
             gitlab_url,
             gitlab_token,
@@ -533,6 +591,8 @@ impl Config {
                 do_rows_written_per_day,
                 do_requests_per_day,
                 restore_namespaces,
+                drills,
+                worker_url,
             }),
             _ => Err(ConfigError {
                 problems: r.problems,

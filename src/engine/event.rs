@@ -53,6 +53,14 @@ events! {
     /// A restore failed: GitLab refused its import or the import failed (its reason), or it
     /// did not end in time.
     RestoreFailed = "restore_failed" { restore: u64, project: String, target: String, reason: String }
+    /// A restore drill began: a backup is imported into the scratch group (`target`).
+    DrillStarted = "drill_started" { restore: u64, project: String, key: String, target: String }
+    /// A drill's import finished: that backup restores.
+    DrillPassed = "drill_passed" { restore: u64, project: String, key: String }
+    /// A drill's import failed (or was refused): GitLab's reason.
+    DrillFailed = "drill_failed" { restore: u64, project: String, key: String, reason: String }
+    /// A drill's scratch project could not be deleted (delete it by hand).
+    DrillProjectKept = "drill_project_kept" { restore: u64, target: String, reason: String }
     /// The operator cancelled the run (`POST /run/cancel`): projects without an outcome are
     /// `cancelled` in its record.
     RunCancelled = "run_cancelled" { run: u64, listed: u64, verified: u64, failed: u64 }

@@ -66,7 +66,17 @@ impl<S: Sql> Tick<'_, S> {
     ) -> Result<Option<Step>, StoreError> {
         let key = manifest::summary_key(&self.settings.s3_prefix, self.run_started());
         let errors = self.store.listing_errors(self.run.id)?;
-        let body = manifest::summary_body(&self.settings.s3_prefix, &self.run, &errors, now_ms);
+        let drills = match &self.config.drills {
+            Some(_) => Some(self.store.drills()?),
+            None => None,
+        };
+        let body = manifest::summary_body(
+            &self.settings.s3_prefix,
+            &self.run,
+            &errors,
+            drills.as_ref(),
+            now_ms,
+        );
         self.s3_put(
             region,
             &key.clone(),

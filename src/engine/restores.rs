@@ -17,7 +17,7 @@ use crate::config::{Config, RunSettings};
 use crate::gitlab::{GitLab, GitLabError, ImportAnswer, ImportStatus};
 use crate::http::{HttpRequest, HttpResult, Method};
 use crate::restore::{
-    capability_matches, default_path, namespace_allowed, namespace_of, Capability, Ref,
+    capability_matches, default_path, drill_path, namespace_allowed, namespace_of, Capability, Ref,
     RestoreRequest,
 };
 use crate::s3::{read_archive_start, LearnedRegion, Signer};
@@ -183,6 +183,10 @@ impl Admission {
                 .chain(namespace_of(&backup.path).map(str::to_owned))
                 .collect(),
         };
+        let allowed = allowed
+            .into_iter()
+            .chain(config.drills.as_ref().map(|d| d.namespace.clone()))
+            .collect();
         let meta = store.meta(&[MetaKey::BucketRegion])?;
         let learned =
             LearnedRegion::read_for(meta.text(MetaKey::BucketRegion)?.as_deref(), &config.bucket);
@@ -195,7 +199,8 @@ impl Admission {
             namespace,
             path,
             name: request.name,
-            origin: origin.clone(),
+            // WORKER_URL, when set, is the address GitLab is given.
+            origin: config.worker_url.clone().unwrap_or_else(|| origin.clone()),
             settings,
             allowed,
             asks,
@@ -321,6 +326,7 @@ impl Admission {
                 origin: self.origin.origin().ascii_serialization(),
                 expires_ms: now_ms + ms(RESTORE_EXPIRY),
                 settings: self.settings.to_json(),
+                drill: false,
             },
             now_ms,
         )?;
@@ -347,6 +353,8 @@ pub struct RestoreStep {
 enum Purpose {
     Import,
     Check,
+    /// A drill's scratch project.
+    Delete,
 }
 
 /// What a tick's restores did: events to log, and when a restore is due next.
@@ -396,6 +404,9 @@ impl<'a, S: Sql> Restores<'a, S> {
         reason: String,
         now_ms: u64,
     ) -> Result<(), StoreError> {
+        if restore.drill {
+            return self.drill_ended(restore, Some(reason), now_ms);
+        }
         self.store.update_restore(
             restore.id,
             &RestoreUpdate::Failed {
@@ -412,6 +423,71 @@ impl<'a, S: Sql> Restores<'a, S> {
         Ok(())
     }
 
+    /// A drill's import ended (`error`: why it failed): the result goes on the backup, and the
+    /// scratch project, if GitLab made one, is deleted next.
+    fn drill_ended(
+        &mut self,
+        restore: &RestoreRow,
+        error: Option<String>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.store
+            .record_drill(restore.project_id, &restore.key, now_ms, error.as_deref())?;
+        self.report.events.push(match &error {
+            None => Event::DrillPassed {
+                restore: restore.id,
+                project: restore.project_path.clone(),
+                key: restore.key.clone(),
+            },
+            Some(reason) => Event::DrillFailed {
+                restore: restore.id,
+                project: restore.project_path.clone(),
+                key: restore.key.clone(),
+                reason: reason.clone(),
+            },
+        });
+        if restore.new_project_id.is_some() {
+            self.store.update_restore(
+                restore.id,
+                &RestoreUpdate::Cleaning {
+                    error,
+                    due_ms: now_ms,
+                },
+            )
+        } else {
+            self.store.update_restore(
+                restore.id,
+                &RestoreUpdate::Failed {
+                    reason: error.unwrap_or_default(),
+                    at_ms: now_ms,
+                },
+            )
+        }
+    }
+
+    /// A drill's scratch project is deleted, or `kept` (why not): the restore ends.
+    fn cleaned(
+        &mut self,
+        restore: &RestoreRow,
+        kept: Option<String>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        if let Some(reason) = &kept {
+            self.report.events.push(Event::DrillProjectKept {
+                restore: restore.id,
+                target: restore.target(),
+                reason: reason.clone(),
+            });
+        }
+        self.store.update_restore(
+            restore.id,
+            &RestoreUpdate::Cleaned {
+                at_ms: now_ms,
+                kept,
+            },
+        )
+    }
+
     fn later(
         &self,
         restore: &RestoreRow,
@@ -420,6 +496,55 @@ impl<'a, S: Sql> Restores<'a, S> {
     ) -> Result<(), StoreError> {
         self.store
             .update_restore(restore.id, &RestoreUpdate::Later { due_ms, error })
+    }
+
+    /// Starts a restore drill when one is due: drills are set, the last began
+    /// `RESTORE_DRILL_EVERY_DAYS` ago, none is going and no run is (a drill follows a run), and
+    /// a backup is there to drill (the one never drilled, else drilled longest ago).
+    fn start_drill_if_due(&mut self, now_ms: u64) -> Result<(), StoreError> {
+        let (Some(drills), Some(origin)) = (&self.config.drills, &self.config.worker_url) else {
+            return Ok(());
+        };
+        let meta = self
+            .store
+            .meta(&[MetaKey::LastDrillStarted, MetaKey::BucketRegion])?;
+        let last = meta.u64(MetaKey::LastDrillStarted)?;
+        if last.is_some_and(|last| now_ms < last + ms(drills.every))
+            || self.store.drill_going()?
+            || self.store.active_run()?.is_some()
+        {
+            return Ok(());
+        }
+        let Some(backup) = self.store.next_to_drill()? else {
+            return Ok(());
+        };
+        let learned = LearnedRegion::read_for(
+            meta.text(MetaKey::BucketRegion)?.as_deref(),
+            &self.config.bucket,
+        );
+        let restore = self.store.insert_restore(
+            &NewRestore {
+                project_id: backup.project_id,
+                path: drill_path(&backup.path, now_ms),
+                project_path: backup.path,
+                key: backup.key,
+                namespace: drills.namespace.clone(),
+                name: None,
+                origin: origin.origin().ascii_serialization(),
+                expires_ms: now_ms + ms(RESTORE_EXPIRY),
+                settings: RunSettings::of(self.config, learned).to_json(),
+                drill: true,
+            },
+            now_ms,
+        )?;
+        self.store.set_meta(MetaKey::LastDrillStarted, now_ms)?;
+        self.report.events.push(Event::DrillStarted {
+            restore: restore.id,
+            project: restore.project_path.clone(),
+            key: restore.key.clone(),
+            target: restore.target(),
+        });
+        Ok(())
     }
 
     /// The due restores' requests: an import (its claim, with a new capability, written before
@@ -435,6 +560,7 @@ impl<'a, S: Sql> Restores<'a, S> {
             return Ok(Vec::new());
         }
         self.budget = 0;
+        self.start_drill_if_due(now_ms)?;
         let due = self.store.due_restores(now_ms, limit)?;
         if due.is_empty() {
             return Ok(Vec::new());
@@ -448,6 +574,15 @@ impl<'a, S: Sql> Restores<'a, S> {
             .imports_sent_since(now_ms.saturating_sub(60_000))?;
         let mut steps = Vec::new();
         for restore in due {
+            if now_ms >= restore.expires_ms && restore.state == crate::store::RestoreState::Cleaning
+            {
+                let kept = format!(
+                    "the scratch project was not deleted: {}",
+                    restore.error.as_deref().unwrap_or("GitLab did not answer")
+                );
+                self.cleaned(&restore, Some(kept), now_ms)?;
+                continue;
+            }
             if now_ms >= restore.expires_ms {
                 let reason = format!(
                     "it did not end within {} h of the request",
@@ -533,6 +668,22 @@ impl<'a, S: Sql> Restores<'a, S> {
                         purpose: Purpose::Check,
                     }
                 }
+                crate::store::RestoreState::Cleaning => {
+                    let Some(project_id) = restore.new_project_id else {
+                        self.cleaned(
+                            &restore,
+                            Some("no scratch project to delete".into()),
+                            now_ms,
+                        )?;
+                        continue;
+                    };
+                    RestoreStep {
+                        request: gitlab.delete_project_request(project_id),
+                        restore,
+                        gitlab,
+                        purpose: Purpose::Delete,
+                    }
+                }
                 crate::store::RestoreState::Finished | crate::store::RestoreState::Failed => {
                     continue
                 }
@@ -554,11 +705,13 @@ impl<'a, S: Sql> Restores<'a, S> {
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) => {
-                return self.later(
-                    restore,
-                    now_ms + ms(FAILURE_RETRY),
-                    Some(format!("GitLab did not answer: {e}")),
-                )
+                // A drill being cleaned up keeps its outcome as its error.
+                let error = if restore.state == crate::store::RestoreState::Cleaning {
+                    restore.error.clone()
+                } else {
+                    Some(format!("GitLab did not answer: {e}"))
+                };
+                return self.later(restore, now_ms + ms(FAILURE_RETRY), error);
             }
         };
         let retry = |e: GitLabError| -> (u64, Option<String>) {
@@ -596,6 +749,9 @@ impl<'a, S: Sql> Restores<'a, S> {
             },
             Purpose::Check => match step.gitlab.read_import_status(&answer) {
                 Ok(state) => match state.status {
+                    ImportStatus::Finished if restore.drill => {
+                        self.drill_ended(restore, None, now_ms)
+                    }
                     ImportStatus::Finished => {
                         self.store.update_restore(
                             restore.id,
@@ -634,6 +790,20 @@ impl<'a, S: Sql> Restores<'a, S> {
                     let (due, error) = retry(e);
                     self.later(restore, due, error)
                 }
+            },
+            Purpose::Delete => match step.gitlab.read_delete(&answer) {
+                Ok(()) => self.cleaned(restore, None, now_ms),
+                Err(ImportAnswer::Refused(reason)) => self.cleaned(
+                    restore,
+                    Some(format!("the scratch project was not deleted: {reason}")),
+                    now_ms,
+                ),
+                Err(ImportAnswer::Retry(e)) => {
+                    let (due, _) = retry(e);
+                    // The drill's own error stays: only its due time moves.
+                    self.later(restore, due, restore.error.clone())
+                }
+                Err(ImportAnswer::Accepted { .. }) => self.cleaned(restore, None, now_ms),
             },
         }
     }
@@ -683,7 +853,11 @@ pub fn archive_request<S: Sql>(
     if !capability_matches(presented, digest) {
         return Ok(not_found);
     }
-    if !restore.is_open() || now_ms >= restore.expires_ms {
+    let importing = matches!(
+        restore.state,
+        crate::store::RestoreState::Requested | crate::store::RestoreState::Importing
+    );
+    if !importing || now_ms >= restore.expires_ms {
         return Ok(ArchiveAccess::Refused(
             410,
             "this restore has ended: its archive URL no longer opens",

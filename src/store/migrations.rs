@@ -15,7 +15,7 @@
 //! | 7 | ec006b5 | the counters' triggers; the digest `schema_version` in `meta` |
 //! | 8 | 6a83cee | the rate window in `meta` instead of the table `export_log` |
 //! | 9 | 614b4da | exports under way in `meta`; `projects_queued`; the manifest's walk; cancel; `listings.total`, `listings.relists`; `runs.settings` |
-//! | 10 | (this) | `restores` |
+//! | 10 | (this) | `restores`; the drills' columns of `last_backups` |
 //!
 //! Stores from before the numbers have none: their version is read from `sqlite_master`
 //! ([`detect`]), by the columns their tables declare. Their `CREATE … IF NOT EXISTS` added new
@@ -229,8 +229,12 @@ pub(super) const STEPS: &[Step] = &[
     },
     Step {
         version: 10,
-        change: "restores",
+        change: "restores and restore drills",
         statements: &[
+            "ALTER TABLE last_backups ADD COLUMN drill_key TEXT",
+            "ALTER TABLE last_backups ADD COLUMN drilled_ms INTEGER",
+            "ALTER TABLE last_backups ADD COLUMN drill_error TEXT",
+            "CREATE INDEX IF NOT EXISTS last_backups_drills ON last_backups (drilled_ms, project_id)",
             "CREATE TABLE IF NOT EXISTS restores (
         id INTEGER PRIMARY KEY,
         requested_ms INTEGER NOT NULL,
@@ -251,10 +255,11 @@ pub(super) const STEPS: &[Step] = &[
         web_url TEXT,
         error TEXT,
         finished_ms INTEGER,
-        settings TEXT NOT NULL
+        settings TEXT NOT NULL,
+        drill INTEGER NOT NULL DEFAULT 0
     )",
             "CREATE INDEX IF NOT EXISTS restores_open ON restores (due_ms, id)
-        WHERE state IN ('requested', 'importing')",
+        WHERE state IN ('requested', 'importing', 'cleaning')",
         ],
     },
 ];

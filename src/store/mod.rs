@@ -21,10 +21,10 @@ pub(crate) mod migration_tests;
 #[cfg(test)]
 mod tests;
 
-pub use restores::{NewRestore, RestoreRow, RestoreUpdate, RESTORES_KEPT};
+pub use restores::{DrillFailure, Drills, NewRestore, RestoreRow, RestoreUpdate, RESTORES_KEPT};
 pub use rows::{
-    Backup, Claimable, ClaimedProject, Claims, ListedPage, ListingPass, ListingRow, ManifestEntry,
-    Outcome, Phase, ProjectState, RecordedPage, RestoreState, RunRow,
+    Backup, Claimable, ClaimedProject, Claims, Drill, ListedPage, ListingPass, ListingRow,
+    ManifestEntry, Outcome, Phase, ProjectState, RecordedPage, RestoreState, RunRow,
 };
 
 /// A value bound to, or read from, a query.
@@ -191,10 +191,12 @@ pub enum MetaKey {
     /// Since when S3 has refused the active run's record (its manifest parts or summary), in a
     /// row; gone once S3 takes it.
     RecordFailingSince,
+    /// When the last restore drill was started.
+    LastDrillStarted,
 }
 
 impl MetaKey {
-    pub const ALL: [MetaKey; 18] = [
+    pub const ALL: [MetaKey; 19] = [
         MetaKey::SchemaVersion,
         MetaKey::ExportWindow,
         MetaKey::ExportsBlockedUntil,
@@ -213,6 +215,7 @@ impl MetaKey {
         MetaKey::PrefixCheckedRun,
         MetaKey::SchemaNumber,
         MetaKey::RecordFailingSince,
+        MetaKey::LastDrillStarted,
     ];
 
     /// The key as stored.
@@ -236,6 +239,7 @@ impl MetaKey {
             MetaKey::PrefixCheckedRun => "prefix_checked_run",
             MetaKey::SchemaNumber => "schema_number",
             MetaKey::RecordFailingSince => "record_failing_since_ms",
+            MetaKey::LastDrillStarted => "last_drill_started_ms",
         }
     }
 }

@@ -2,8 +2,8 @@
 //! project's last backup.
 
 use super::{
-    column, Backup, Claimable, ClaimedProject, Claims, ManifestEntry, Outcome, ProjectState, Row,
-    RunRow, Sql, Store, StoreError, Value,
+    column, Backup, Claimable, ClaimedProject, Claims, Drill, ManifestEntry, Outcome, ProjectState,
+    Row, RunRow, Sql, Store, StoreError, Value,
 };
 
 impl<S: Sql> Store<S> {
@@ -275,6 +275,31 @@ impl<S: Sql> Store<S> {
         .collect()
     }
 
+    /// The newest verified backups, newest first, each with its last restore drill.
+    pub fn recent_backups_with_drills(
+        &self,
+        limit: u64,
+    ) -> Result<Vec<(Backup, Option<Drill>)>, StoreError> {
+        self.rows(
+            "SELECT project_id, path, key, run_id, at_ms, size, drill_key, drilled_ms, drill_error
+             FROM last_backups ORDER BY at_ms DESC LIMIT ?",
+            &[limit.into()],
+        )?
+        .iter()
+        .map(|row| {
+            let drill = match column(row, 7)?.as_opt_u64()? {
+                Some(at_ms) => Some(Drill {
+                    key: column(row, 6)?.as_opt_text()?.unwrap_or_default(),
+                    at_ms,
+                    error: column(row, 8)?.as_opt_text()?,
+                }),
+                None => None,
+            };
+            Ok((read_backup(row)?, drill))
+        })
+        .collect()
+    }
+
     /// A project's newest verified backup, by its id.
     pub fn last_backup_of(&self, project_id: u64) -> Result<Option<Backup>, StoreError> {
         self.backups_where("project_id = ?", project_id.into())
@@ -301,7 +326,7 @@ impl<S: Sql> Store<S> {
     }
 }
 
-fn read_backup(row: &Row) -> Result<Backup, StoreError> {
+pub(super) fn read_backup(row: &Row) -> Result<Backup, StoreError> {
     Ok(Backup {
         project_id: column(row, 0)?.as_u64()?,
         path: column(row, 1)?.as_text()?,

@@ -2,7 +2,7 @@
 //! Old ended restores are forgotten as new ones come ([`RESTORES_KEPT`]), so every query reads
 //! a few rows.
 
-use super::{column, RestoreState, Row, Sql, Store, StoreError, Value};
+use super::{column, Backup, RestoreState, Row, Sql, Store, StoreError, Value};
 
 /// How many restores are kept: a new one forgets the oldest ended ones beyond this.
 pub const RESTORES_KEPT: u64 = 100;
@@ -23,6 +23,8 @@ pub struct NewRestore {
     pub expires_ms: u64,
     /// The settings it is asked with (`config::RunSettings`, as JSON).
     pub settings: String,
+    /// A restore drill: its scratch project is deleted once the import ended.
+    pub drill: bool,
 }
 
 /// A restore as stored.
@@ -53,12 +55,13 @@ pub struct RestoreRow {
     pub finished_ms: Option<u64>,
     #[serde(skip)]
     pub settings: String,
+    pub drill: bool,
 }
 
 impl RestoreRow {
     const COLUMNS: &'static str = "id, requested_ms, project_id, project_path, key, namespace, \
         path, name, state, capability, origin, expires_ms, due_ms, tries, sent_ms, \
-        new_project_id, web_url, error, finished_ms, settings";
+        new_project_id, web_url, error, finished_ms, settings, drill";
 
     /// `<namespace>/<path>`: the new project's full path.
     pub fn target(&self) -> String {
@@ -69,7 +72,7 @@ impl RestoreRow {
     pub fn is_open(&self) -> bool {
         matches!(
             self.state,
-            RestoreState::Requested | RestoreState::Importing
+            RestoreState::Requested | RestoreState::Importing | RestoreState::Cleaning
         )
     }
 
@@ -95,6 +98,7 @@ impl RestoreRow {
             error: column(row, 17)?.as_opt_text()?,
             finished_ms: column(row, 18)?.as_opt_u64()?,
             settings: column(row, 19)?.as_text()?,
+            drill: column(row, 20)?.as_u64()? != 0,
         })
     }
 }
@@ -117,6 +121,11 @@ pub enum RestoreUpdate {
         web_url: String,
         due_ms: u64,
     },
+    /// A drill's import ended (`error`: why it failed): its scratch project is deleted next.
+    Cleaning { error: Option<String>, due_ms: u64 },
+    /// A drill's scratch project is deleted (or `kept`, why not): the drill ends as its import
+    /// did.
+    Cleaned { at_ms: u64, kept: Option<String> },
     /// GitLab says the import finished.
     Finished { at_ms: u64 },
     /// It failed, for this reason.
@@ -134,8 +143,8 @@ impl<S: Sql> Store<S> {
         let rows = self.rows(
             &format!(
                 "INSERT INTO restores (requested_ms, project_id, project_path, key, namespace,
-                     path, name, state, origin, expires_ms, due_ms, settings)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?)
+                     path, name, state, origin, expires_ms, due_ms, settings, drill)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?, ?)
                  RETURNING {}",
                 RestoreRow::COLUMNS
             ),
@@ -151,6 +160,7 @@ impl<S: Sql> Store<S> {
                 restore.expires_ms.into(),
                 now_ms.into(),
                 restore.settings.as_str().into(),
+                u64::from(restore.drill).into(),
             ],
         )?;
         let row = rows
@@ -179,7 +189,7 @@ impl<S: Sql> Store<S> {
         self.rows(
             &format!(
                 "SELECT {} FROM restores INDEXED BY restores_open
-                 WHERE state IN ('requested', 'importing') AND due_ms <= ?
+                 WHERE state IN ('requested', 'importing', 'cleaning') AND due_ms <= ?
                  ORDER BY due_ms, id LIMIT ?",
                 RestoreRow::COLUMNS
             ),
@@ -194,7 +204,7 @@ impl<S: Sql> Store<S> {
     pub fn next_restore_due(&self) -> Result<Option<u64>, StoreError> {
         self.rows(
             "SELECT due_ms FROM restores INDEXED BY restores_open
-             WHERE state IN ('requested', 'importing') ORDER BY due_ms LIMIT 1",
+             WHERE state IN ('requested', 'importing', 'cleaning') ORDER BY due_ms LIMIT 1",
             &[],
         )?
         .first()
@@ -259,6 +269,22 @@ impl<S: Sql> Store<S> {
                     (*due_ms).into(),
                 ],
             ),
+            RestoreUpdate::Cleaning { error, due_ms } => (
+                "UPDATE restores SET state = 'cleaning', error = ?, due_ms = ? WHERE id = ?",
+                vec![error.as_deref().into(), (*due_ms).into()],
+            ),
+            RestoreUpdate::Cleaned { at_ms, kept } => (
+                "UPDATE restores SET
+                     state = IIF(error IS NULL, 'finished', 'failed'),
+                     error = IIF(? IS NULL, error, COALESCE(error || '; ', '') || ?),
+                     finished_ms = ?, due_ms = 0
+                 WHERE id = ?",
+                vec![
+                    kept.as_deref().into(),
+                    kept.as_deref().into(),
+                    (*at_ms).into(),
+                ],
+            ),
             RestoreUpdate::Finished { at_ms } => (
                 "UPDATE restores SET state = 'finished', error = NULL, finished_ms = ?, due_ms = 0
                  WHERE id = ?",
@@ -275,4 +301,96 @@ impl<S: Sql> Store<S> {
         self.rows(query, &params)?;
         Ok(())
     }
+
+    /// Whether a restore drill is still going.
+    pub fn drill_going(&self) -> Result<bool, StoreError> {
+        Ok(!self
+            .rows(
+                "SELECT id FROM restores INDEXED BY restores_open
+                 WHERE state IN ('requested', 'importing', 'cleaning') AND drill = 1 LIMIT 1",
+                &[],
+            )?
+            .is_empty())
+    }
+
+    /// The backup to drill next: one never drilled, else the one drilled longest ago.
+    pub fn next_to_drill(&self) -> Result<Option<Backup>, StoreError> {
+        self.rows(
+            "SELECT project_id, path, key, run_id, at_ms, size FROM last_backups
+             INDEXED BY last_backups_drills ORDER BY drilled_ms, project_id LIMIT 1",
+            &[],
+        )?
+        .first()
+        .map(super::projects::read_backup)
+        .transpose()
+    }
+
+    /// Records a drill of `key` on its project's backup: passed (`error` `None`) or why not.
+    pub fn record_drill(
+        &self,
+        project_id: u64,
+        key: &str,
+        at_ms: u64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.rows(
+            "UPDATE last_backups SET drill_key = ?, drilled_ms = ?, drill_error = ?
+             WHERE project_id = ?",
+            &[key.into(), at_ms.into(), error.into(), project_id.into()],
+        )?;
+        Ok(())
+    }
+
+    /// How the drills went: backups whose last drill passed, failed, and the latest failure.
+    /// (The index walks only the drilled backups: a few a week.)
+    pub fn drills(&self) -> Result<Drills, StoreError> {
+        let counts = self.rows(
+            "SELECT COUNT(*) FILTER (WHERE drill_error IS NULL),
+                    COUNT(*) FILTER (WHERE drill_error IS NOT NULL)
+             FROM last_backups INDEXED BY last_backups_drills WHERE drilled_ms IS NOT NULL",
+            &[],
+        )?;
+        let count = |i: usize| -> Result<u64, StoreError> {
+            counts.first().map_or(Ok(0), |row| column(row, i)?.as_u64())
+        };
+        let last_failure = self
+            .rows(
+                "SELECT path, drill_key, drilled_ms, drill_error FROM last_backups
+                 INDEXED BY last_backups_drills
+                 WHERE drilled_ms IS NOT NULL AND drill_error IS NOT NULL
+                 ORDER BY drilled_ms DESC LIMIT 1",
+                &[],
+            )?
+            .first()
+            .map(|row| {
+                Ok::<_, StoreError>(DrillFailure {
+                    path: column(row, 0)?.as_text()?,
+                    key: column(row, 1)?.as_opt_text()?.unwrap_or_default(),
+                    at_ms: column(row, 2)?.as_u64()?,
+                    error: column(row, 3)?.as_text()?,
+                })
+            })
+            .transpose()?;
+        Ok(Drills {
+            passed: count(0)?,
+            failed: count(1)?,
+            last_failure,
+        })
+    }
+}
+
+/// How the restore drills went, over the backups' last drills.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Drills {
+    pub passed: u64,
+    pub failed: u64,
+    pub last_failure: Option<DrillFailure>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DrillFailure {
+    pub path: String,
+    pub key: String,
+    pub at_ms: u64,
+    pub error: String,
 }

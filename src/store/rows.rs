@@ -78,6 +78,8 @@ stored_enum! {
         Requested = "requested",
         /// GitLab created the project and imports the archive in the background.
         Importing = "importing",
+        /// A drill's import ended: its scratch project is being deleted (the outcome is kept).
+        Cleaning = "cleaning",
         /// GitLab says the import finished.
         Finished = "finished",
         /// GitLab refused the import or it failed (the reason is kept), or it did not end in time.
@@ -247,6 +249,14 @@ pub struct Backup {
     pub run_id: u64,
     pub at_ms: u64,
     pub size: u64,
+}
+
+/// A backup's last restore drill: the key drilled, when, and why it failed (`None`: passed).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Drill {
+    pub key: String,
+    pub at_ms: u64,
+    pub error: Option<String>,
 }
 
 /// Where the claims of a run's pending projects stand: the exports under way are not

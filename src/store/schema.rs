@@ -76,17 +76,23 @@ pub(super) const SCHEMA: &[&str] = &[
     // Small facts that outlive a run: the rate window's requests, the rate limit's block, the
     // backoff, the bucket's region, the last error. Values are integers or text.
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
-    // Each project's last good backup, kept when old runs are pruned.
+    // Each project's last good backup, kept when old runs are pruned, and its last restore
+    // drill: the key drilled, when, and why it failed (NULL: passed).
     "CREATE TABLE IF NOT EXISTS last_backups (
         project_id INTEGER PRIMARY KEY,
         path TEXT NOT NULL,
         key TEXT NOT NULL,
         run_id INTEGER NOT NULL,
         at_ms INTEGER NOT NULL,
-        size INTEGER NOT NULL
+        size INTEGER NOT NULL,
+        drill_key TEXT,
+        drilled_ms INTEGER,
+        drill_error TEXT
     )",
     "CREATE INDEX IF NOT EXISTS last_backups_by_time ON last_backups (at_ms)",
-    // One row per restore asked for (`POST /restore`): what is imported from which backup
+    // The next backup to drill: never drilled first (NULL sorts first), then the oldest drill.
+    "CREATE INDEX IF NOT EXISTS last_backups_drills ON last_backups (drilled_ms, project_id)",
+    // One row per restore asked for (`POST /restore`, or a restore drill: `drill` 1): what is imported from which backup
     // into which namespace and path, and how far it got. `capability` is the SHA-256 of the
     // archive URL's capability (made anew each time the import is sent; the URL itself is
     // never kept), `origin` the worker's origin that URL is on, `settings` the settings it was
@@ -111,11 +117,12 @@ pub(super) const SCHEMA: &[&str] = &[
         web_url TEXT,
         error TEXT,
         finished_ms INTEGER,
-        settings TEXT NOT NULL
+        settings TEXT NOT NULL,
+        drill INTEGER NOT NULL DEFAULT 0
     )",
     // The restores still going, by when they are due: a tick reads a few of them.
     "CREATE INDEX IF NOT EXISTS restores_open ON restores (due_ms, id)
-        WHERE state IN ('requested', 'importing')",
+        WHERE state IN ('requested', 'importing', 'cleaning')",
     // The run's counters follow its projects' states by construction, in the statement that
     // changes the project: a project counts as exported once its row records an accepted export
     // of it, and once when it reaches its final outcome.
@@ -138,7 +145,7 @@ pub(super) const SCHEMA: &[&str] = &[
 /// ([`schema_digest`]): changing the statements without a new step fails
 /// `store::migration_tests`.
 #[cfg(test)]
-pub(super) const SCHEMA_DIGEST: (u64, &str) = (10, "3adab19a217ed77f");
+pub(super) const SCHEMA_DIGEST: (u64, &str) = (10, "41074479dc979319");
 
 /// The first 8 bytes of the SHA-256 of the statements, in hex (what stores before numbered
 /// versions kept as `schema_version`).

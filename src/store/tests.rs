@@ -173,6 +173,10 @@ impl Sql for &Counting<'_> {
 fn back_to_version_8(db: &HostSql) {
     db.0.execute_batch(
         "DROP TABLE restores;
+         DROP INDEX last_backups_drills;
+         ALTER TABLE last_backups DROP COLUMN drill_key;
+         ALTER TABLE last_backups DROP COLUMN drilled_ms;
+         ALTER TABLE last_backups DROP COLUMN drill_error;
          ALTER TABLE listings DROP COLUMN total;
          ALTER TABLE listings DROP COLUMN relists;
          ALTER TABLE runs DROP COLUMN manifest_after;
@@ -552,6 +556,7 @@ fn a_restore_is_due_at_once_followed_until_it_ends_and_old_ended_ones_are_forgot
         origin: "https://backup.example".into(),
         expires_ms: 90_000_000,
         settings: "{}".into(),
+        drill: false,
     };
     let first = store.insert_restore(&asked(1), 1_000).unwrap();
     assert_eq!(
@@ -621,4 +626,57 @@ fn a_restore_is_due_at_once_followed_until_it_ends_and_old_ended_ones_are_forgot
     assert_eq!(recent.len(), 3);
     assert!(recent[0].id > recent[1].id && recent[1].id > recent[2].id);
     assert_eq!(recent[0].error.as_deref(), Some("refused"));
+}
+
+#[test]
+fn the_next_backup_to_drill_is_one_never_drilled_then_the_one_drilled_longest_ago() {
+    let db = HostSql::in_memory();
+    let store = Store::open(&db).unwrap();
+    assert_eq!(store.next_to_drill().unwrap(), None);
+    for id in [3, 1, 2] {
+        store
+            .record_backup(&Backup {
+                project_id: id,
+                path: format!("acme/p{id}"),
+                key: format!("acme/p{id}/k.tar.gz"),
+                run_id: 1,
+                at_ms: 10,
+                size: 5,
+            })
+            .unwrap();
+    }
+    let next = || store.next_to_drill().unwrap().unwrap().project_id;
+    assert_eq!(next(), 1);
+    store
+        .record_drill(1, "acme/p1/k.tar.gz", 100, None)
+        .unwrap();
+    assert_eq!(next(), 2);
+    store
+        .record_drill(2, "acme/p2/k.tar.gz", 200, Some("import failed"))
+        .unwrap();
+    assert_eq!(next(), 3);
+    store
+        .record_drill(3, "acme/p3/k.tar.gz", 300, None)
+        .unwrap();
+    assert_eq!(next(), 1, "then the oldest drill");
+    let drills = store.drills().unwrap();
+    assert_eq!((drills.passed, drills.failed), (2, 1));
+    let failure = drills.last_failure.unwrap();
+    assert_eq!(
+        (failure.path.as_str(), failure.at_ms, failure.error.as_str()),
+        ("acme/p2", 200, "import failed")
+    );
+    // A newer backup of the project keeps its drill record (the drill names the key it drilled).
+    store
+        .record_backup(&Backup {
+            project_id: 2,
+            path: "acme/p2".into(),
+            key: "acme/p2/newer.tar.gz".into(),
+            run_id: 2,
+            at_ms: 400,
+            size: 6,
+        })
+        .unwrap();
+    assert_eq!(store.drills().unwrap().failed, 1);
+    assert!(!store.drill_going().unwrap());
 }

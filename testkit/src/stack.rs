@@ -199,7 +199,17 @@ impl Wrangler {
         persist_to: &Path,
         log: &Path,
     ) -> Result<Wrangler> {
-        let port = free_port()?;
+        Wrangler::start_on(tools, vars, persist_to, log, free_port()?).await
+    }
+
+    /// [`Wrangler::start`] on a port chosen beforehand (to hand the worker its own address).
+    pub async fn start_on(
+        tools: &Tools,
+        vars: &[(&str, String)],
+        persist_to: &Path,
+        log: &Path,
+        port: u16,
+    ) -> Result<Wrangler> {
         let inspector = free_port()?;
         let config_home = persist_to.join("wrangler-config");
         std::fs::create_dir_all(&config_home)?;
@@ -328,6 +338,14 @@ pub struct LocalStack {
     pub vars: Vec<(&'static str, String)>,
 }
 
+/// How [`LocalStack::relaunch`] stops the worker.
+enum Stop {
+    /// At once, as a crash would.
+    Kill,
+    /// As a redeploy does.
+    Graceful,
+}
+
 impl LocalStack {
     /// Starts everything; `groups` is GROUPS_TO_BACKUP, `extra_vars` more worker settings.
     pub async fn start(
@@ -337,6 +355,29 @@ impl LocalStack {
         groups: &str,
         extra_vars: &[(&'static str, String)],
     ) -> Result<LocalStack> {
+        LocalStack::start_inner(name, seed, options, groups, extra_vars, false).await
+    }
+
+    /// [`LocalStack::start`], with `WORKER_URL` set to the worker's own address (as restore
+    /// drills need).
+    pub async fn start_with_worker_url(
+        name: &str,
+        seed: crate::standin::Seed,
+        options: crate::standin::Options,
+        groups: &str,
+        extra_vars: &[(&'static str, String)],
+    ) -> Result<LocalStack> {
+        LocalStack::start_inner(name, seed, options, groups, extra_vars, true).await
+    }
+
+    async fn start_inner(
+        name: &str,
+        seed: crate::standin::Seed,
+        options: crate::standin::Options,
+        groups: &str,
+        extra_vars: &[(&'static str, String)],
+        worker_url: bool,
+    ) -> Result<LocalStack> {
         let tools = Tools::ensure()?;
         ensure_built(&tools)?;
         let dir = work_dir(name)?;
@@ -345,8 +386,12 @@ impl LocalStack {
         let s3 = S3::start(&tools, &dir.join("s3")).await?;
         let mut vars = local_vars(&standin.base_url(), &token, groups, &s3);
         vars.extend(extra_vars.iter().cloned());
-        let wrangler =
-            Wrangler::start(&tools, &vars, &dir.join("state"), &dir.join("wrangler.log")).await?;
+        let port = free_port()?;
+        if worker_url {
+            vars.push(("WORKER_URL", format!("http://127.0.0.1:{port}")));
+        }
+        let log = dir.join("wrangler.log");
+        let wrangler = Wrangler::start_on(&tools, &vars, &dir.join("state"), &log, port).await?;
         Ok(LocalStack {
             tools,
             dir,
@@ -359,25 +404,7 @@ impl LocalStack {
 
     /// Stops wrangler hard and starts it again on the same state, as after a crash.
     pub async fn crash_and_restart_worker(self) -> Result<LocalStack> {
-        let LocalStack {
-            tools,
-            dir,
-            standin,
-            s3,
-            wrangler,
-            vars,
-        } = self;
-        wrangler.kill().await;
-        let log = dir.join(format!("wrangler-{}.log", free_port()?));
-        let wrangler = Wrangler::start(&tools, &vars, &dir.join("state"), &log).await?;
-        Ok(LocalStack {
-            tools,
-            dir,
-            standin,
-            s3,
-            wrangler,
-            vars,
-        })
+        self.relaunch(Stop::Kill, &[]).await
     }
 
     /// Stops wrangler and starts it again on the same state with `changes` to the worker's
@@ -387,6 +414,12 @@ impl LocalStack {
         self,
         changes: &[(&'static str, String)],
     ) -> Result<LocalStack> {
+        self.relaunch(Stop::Graceful, changes).await
+    }
+
+    /// Stops wrangler as `stop` says and starts it again on the same state, with `changes` to
+    /// the worker's settings, logging to a new file.
+    async fn relaunch(self, stop: Stop, changes: &[(&'static str, String)]) -> Result<LocalStack> {
         let LocalStack {
             tools,
             dir,
@@ -399,7 +432,10 @@ impl LocalStack {
             vars.retain(|(set, _)| set != name);
             vars.push((name, value.clone()));
         }
-        wrangler.stop().await;
+        match stop {
+            Stop::Kill => wrangler.kill().await,
+            Stop::Graceful => wrangler.stop().await,
+        }
         let log = dir.join(format!("wrangler-{}.log", free_port()?));
         let wrangler = Wrangler::start(&tools, &vars, &dir.join("state"), &log).await?;
         Ok(LocalStack {

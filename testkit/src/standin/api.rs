@@ -21,6 +21,7 @@ use super::export::{self, ExportParams};
 use super::import;
 use super::listing::{boolean, ListingQuery};
 use super::repr::{ExportStatusJson, GroupJson, ProjectDetailJson, ProjectJson, SimpleProjectJson};
+use super::seed::Project;
 use super::state::{DeletionRecord, ExportRecord, HeldRecord, ProjectRef, RateLimited, Shared};
 use super::HoldStage;
 
@@ -190,6 +191,22 @@ pub fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError
     }
 }
 
+/// The prologue of the `/projects/:id` endpoints, in GitLab's order: the token (401), the `:id`
+/// and then the endpoint's own `parameters` (400), the project by numeric id or (URL-encoded)
+/// path (404). Answers the project and what `parameters` read.
+fn authorized_project<T>(
+    shared: &Shared,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    parameters: impl FnOnce() -> Result<T, ApiError>,
+) -> Result<(Project, T), ApiError> {
+    authenticate(shared, headers)?;
+    let Path(id) = id?;
+    let parameters = parameters()?;
+    let project = shared.find_project(&id).ok_or(ApiError::ProjectNotFound)?;
+    Ok((project, parameters))
+}
+
 /// `GET /api/v4/user`.
 async fn current_user(
     State(shared): State<Arc<Shared>>,
@@ -292,11 +309,10 @@ async fn project(
     query: Result<Query<ProjectQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&shared, &headers)?;
-    let Path(id) = id?;
-    let Query(query) = query?;
-    let statistics = boolean("statistics", &query.statistics)?.unwrap_or(false);
-    let project = shared.find_project(&id).ok_or(ApiError::ProjectNotFound)?;
+    let (project, statistics) = authorized_project(&shared, &headers, id, || {
+        let Query(query) = query?;
+        Ok(boolean("statistics", &query.statistics)?.unwrap_or(false))
+    })?;
     let json = ProjectDetailJson::new(&project, &shared.seed, &shared.public_base, statistics)
         .ok_or(ApiError::Internal)?;
     Ok(Json(json).into_response())
@@ -308,9 +324,7 @@ async fn export_status(
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&shared, &headers)?;
-    let Path(id) = id?;
-    let project = shared.find_project(&id).ok_or(ApiError::ProjectNotFound)?;
+    let (project, ()) = authorized_project(&shared, &headers, id, || Ok(()))?;
     if shared.with_faults(|faults| faults.export_status_5xx.contains(&project.id)) {
         return Err(ApiError::Internal);
     }
@@ -445,9 +459,7 @@ async fn import_status(
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&shared, &headers)?;
-    let Path(id) = id?;
-    let project = shared.find_project(&id).ok_or(ApiError::ProjectNotFound)?;
+    let (project, ()) = authorized_project(&shared, &headers, id, || Ok(()))?;
     Ok(import::import_status(&shared, &project))
 }
 

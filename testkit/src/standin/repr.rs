@@ -68,9 +68,9 @@ struct NamespaceJson<'a> {
     web_url: String,
 }
 
-/// The project representation of `GET /groups/:id/projects?simple=true`.
+/// `API::Entities::ProjectIdentity`: the fields that open every project representation.
 #[derive(Serialize)]
-pub struct SimpleProjectJson<'a> {
+struct ProjectIdentityJson<'a> {
     id: u64,
     description: &'a str,
     name: &'a str,
@@ -78,6 +78,27 @@ pub struct SimpleProjectJson<'a> {
     path: &'a str,
     path_with_namespace: &'a str,
     created_at: &'a str,
+}
+
+impl<'a> ProjectIdentityJson<'a> {
+    fn new(project: &'a Project) -> Self {
+        ProjectIdentityJson {
+            id: project.id,
+            description: &project.description,
+            name: &project.name,
+            name_with_namespace: &project.name_with_namespace,
+            path: &project.path,
+            path_with_namespace: &project.path_with_namespace,
+            created_at: &project.created_at,
+        }
+    }
+}
+
+/// The project representation of `GET /groups/:id/projects?simple=true`.
+#[derive(Serialize)]
+pub struct SimpleProjectJson<'a> {
+    #[serde(flatten)]
+    identity: ProjectIdentityJson<'a>,
     default_branch: &'static str,
     topics: [&'static str; 0],
     web_url: String,
@@ -92,13 +113,7 @@ impl<'a> SimpleProjectJson<'a> {
     pub fn new(project: &'a Project, seed: &'a Seed, base: &str) -> Option<Self> {
         let group = seed.group(project.group_id)?;
         Some(SimpleProjectJson {
-            id: project.id,
-            description: &project.description,
-            name: &project.name,
-            name_with_namespace: &project.name_with_namespace,
-            path: &project.path,
-            path_with_namespace: &project.path_with_namespace,
-            created_at: &project.created_at,
+            identity: ProjectIdentityJson::new(project),
             default_branch: "main",
             topics: [],
             web_url: format!("{base}/{}", project.path_with_namespace),
@@ -218,26 +233,15 @@ impl StatisticsJson {
 /// `GET /projects/:id/export`.
 #[derive(Serialize)]
 pub struct ExportStatusJson<'a> {
-    id: u64,
-    description: &'a str,
-    name: &'a str,
-    name_with_namespace: &'a str,
-    path: &'a str,
-    path_with_namespace: &'a str,
-    created_at: &'a str,
+    #[serde(flatten)]
+    identity: ProjectIdentityJson<'a>,
     export_status: ExportStatus,
 }
 
 impl<'a> ExportStatusJson<'a> {
     pub fn new(project: &'a Project, export_status: ExportStatus) -> Self {
         ExportStatusJson {
-            id: project.id,
-            description: &project.description,
-            name: &project.name,
-            name_with_namespace: &project.name_with_namespace,
-            path: &project.path,
-            path_with_namespace: &project.path_with_namespace,
-            created_at: &project.created_at,
+            identity: ProjectIdentityJson::new(project),
             export_status,
         }
     }
@@ -266,13 +270,8 @@ impl ImportStatus {
 /// `POST /projects/remote-import` and `GET /projects/:id/import`.
 #[derive(Serialize)]
 pub struct ProjectImportStatusJson<'a> {
-    id: u64,
-    description: &'a str,
-    name: &'a str,
-    name_with_namespace: &'a str,
-    path: &'a str,
-    path_with_namespace: &'a str,
-    created_at: &'a str,
+    #[serde(flatten)]
+    identity: ProjectIdentityJson<'a>,
     import_status: ImportStatus,
     /// `gitlab_project` for a project created by an import, else `null`.
     import_type: Option<&'static str>,
@@ -294,13 +293,7 @@ impl<'a> ProjectImportStatusJson<'a> {
             None => (ImportStatus::None, None, None),
         };
         ProjectImportStatusJson {
-            id: project.id,
-            description: &project.description,
-            name: &project.name,
-            name_with_namespace: &project.name_with_namespace,
-            path: &project.path,
-            path_with_namespace: &project.path_with_namespace,
-            created_at: &project.created_at,
+            identity: ProjectIdentityJson::new(project),
             import_status,
             import_type: correlation_id.is_some().then_some("gitlab_project"),
             correlation_id,
