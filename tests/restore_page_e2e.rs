@@ -34,7 +34,7 @@ async fn the_status_pages_restore_action_starts_a_restore_and_shows_it_finished(
     let seed = Seed::demo();
     let projects = own_projects(&seed, &[GROUP]).len() as u64;
     let stack = LocalStack::start(
-        "restore",
+        "restore-page",
         seed,
         Options {
             exports_per_window: 200,
