@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::allowance::Usage;
 use super::Event;
 use crate::config::{Config, RunSettings};
 use crate::gitlab::{GitLab, GitLabError, ImportAnswer, ImportStatus};
@@ -377,6 +378,9 @@ pub struct Restores<'a, S: Sql> {
     store: &'a Store<S>,
     config: &'a Config,
     budget: u32,
+    /// The store's rows written when the restores began: what they write counts against the
+    /// day's allowance.
+    rows_at_begin: u64,
     report: RestoresReport,
 }
 
@@ -386,6 +390,7 @@ impl<'a, S: Sql> Restores<'a, S> {
             store,
             config,
             budget: subrequests,
+            rows_at_begin: store.rows_written(),
             report: RestoresReport::default(),
         }
     }
@@ -560,6 +565,12 @@ impl<'a, S: Sql> Restores<'a, S> {
             return Ok(Vec::new());
         }
         self.budget = 0;
+        // Past the day's allowance of the Durable Object, restores wait with the run.
+        let usage = self.store.meta(&[MetaKey::DailyUsage])?;
+        let usage = Usage::read(usage.text(MetaKey::DailyUsage)?.as_deref(), now_ms)?;
+        if usage.pause(self.config).is_some() {
+            return Ok(Vec::new());
+        }
         self.start_drill_if_due(now_ms)?;
         let due = self.store.due_restores(now_ms, limit)?;
         if due.is_empty() {
@@ -818,8 +829,19 @@ impl<'a, S: Sql> Restores<'a, S> {
             .unwrap_or_default()
     }
 
-    pub fn finish(mut self) -> Result<RestoresReport, StoreError> {
+    /// Ends the restores' part of the invocation: when the next is due, and what they wrote
+    /// counted against the day's allowance (as a request of its own: the safe side).
+    pub fn finish(mut self, now_ms: u64) -> Result<RestoresReport, StoreError> {
         self.report.wake_at_ms = self.store.next_restore_due()?;
+        let rows = self.store.rows_written() - self.rows_at_begin;
+        if rows > 0 {
+            let usage = self.store.meta(&[MetaKey::DailyUsage])?;
+            Usage::read(usage.text(MetaKey::DailyUsage)?.as_deref(), now_ms)?.record(
+                self.store,
+                self.config,
+                rows + 1,
+            )?;
+        }
         Ok(self.report)
     }
 }

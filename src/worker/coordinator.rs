@@ -245,7 +245,7 @@ impl Coordinator {
                 restores.handle(step, answer, now_ms())?;
             }
         }
-        restores.finish()
+        restores.finish(now_ms())
     }
 
     async fn tick(&self, start: Start) -> Result<Response> {
