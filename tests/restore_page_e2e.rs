@@ -1,8 +1,9 @@
 //! End to end: one-call restore from the status page. A run backs up a group; in headless
-//! Chromium the operator signs in, clicks "Restore" beside a verified backup, keeps the defaults
-//! the form shows and starts it; the page's "Restores" section follows the restore to `finished`
-//! with a link to the new project, and the stand-in imported exactly the bucket's object, byte for
-//! byte, into the project's own namespace under the default path.
+//! Chromium the operator signs in and clicks "Restore" beside a verified backup. A namespace
+//! outside RESTORE_NAMESPACES typed into the form is refused and the form says why; with the
+//! defaults the form shows, the restore starts, the page's "Restores" section follows it to
+//! `finished` with a link to the new project, and the stand-in imported exactly the bucket's
+//! object, byte for byte, into the project's own namespace under the default path.
 
 mod common;
 
