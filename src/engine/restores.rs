@@ -131,19 +131,20 @@ impl Admission {
             None => backup.key.clone(),
             Some(key) if key == backup.key => key,
             Some(key) => {
-                // Only this project's backups: the key's folder is its path.
+                // Only this project's backups: the key's folder is `<S3_PREFIX><path>` (or its
+                // path, from before S3_PREFIX was set). A folder that only ends in its path
+                // may be another project's: `other/<path>`.
                 let folder = key.rsplit_once('/').map_or("", |(folder, _)| folder);
-                let ours = folder.eq_ignore_ascii_case(&backup.path)
-                    || folder
-                        .to_ascii_lowercase()
-                        .ends_with(&format!("/{}", backup.path.to_ascii_lowercase()));
+                let own_folder = format!("{}{}", config.s3_prefix, backup.path);
+                let ours = folder.eq_ignore_ascii_case(&own_folder)
+                    || folder.eq_ignore_ascii_case(&backup.path);
                 if !ours {
                     return Ok(Err(refuse(
                         400,
                         Some("backup"),
                         format!(
-                            "backup: {key:?} is not a backup of {} (its backups are under \"…{}/\")",
-                            backup.path, backup.path
+                            "backup: {key:?} is not a backup of {} (its backups are under \"{own_folder}/\")",
+                            backup.path
                         ),
                     )));
                 }
