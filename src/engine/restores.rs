@@ -28,6 +28,8 @@ use crate::time::{ms, system_time};
 
 /// GitLab's `project_import` rate limit: imports a minute per user.
 pub const IMPORTS_PER_MINUTE: u64 = 6;
+/// The minute [`IMPORTS_PER_MINUTE`] counts in.
+const MINUTE_MS: u64 = 60_000;
 /// How long a restore may take, from the request to the end of its import: GitLab gives an
 /// import 24 hours, and the archive URL opens for an hour more.
 pub const RESTORE_EXPIRY: Duration = Duration::from_secs(25 * 3600);
@@ -446,7 +448,7 @@ impl<'a, S: Sql> Restores<'a, S> {
             .filter(|&until| until > now_ms);
         let mut sent_in_minute = self
             .store
-            .imports_sent_since(now_ms.saturating_sub(60_000))?;
+            .imports_sent_since(now_ms.saturating_sub(MINUTE_MS))?;
         let mut steps = Vec::new();
         for restore in due {
             if now_ms >= restore.expires_ms {
@@ -480,6 +482,12 @@ impl<'a, S: Sql> Restores<'a, S> {
                             restore.error.as_deref().unwrap_or("no answer")
                         );
                         self.fail(&restore, reason, now_ms)?;
+                        continue;
+                    }
+                    // The store keeps a restore's last send only: sent again within the
+                    // minute, its first send would no longer count toward the limit.
+                    if let Some(sent) = restore.sent_ms.filter(|&sent| now_ms < sent + MINUTE_MS) {
+                        self.later(&restore, sent + MINUTE_MS, restore.error.clone())?;
                         continue;
                     }
                     if sent_in_minute >= IMPORTS_PER_MINUTE {
