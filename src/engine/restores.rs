@@ -29,6 +29,8 @@ use crate::time::{ms, system_time};
 
 /// GitLab's `project_import` rate limit: imports a minute per user.
 pub const IMPORTS_PER_MINUTE: u64 = 6;
+/// The minute [`IMPORTS_PER_MINUTE`] counts in.
+const MINUTE_MS: u64 = 60_000;
 /// How long a restore may take, from the request to the end of its import: GitLab gives an
 /// import 24 hours, and the archive URL opens for an hour more.
 pub const RESTORE_EXPIRY: Duration = Duration::from_secs(25 * 3600);
@@ -132,19 +134,20 @@ impl Admission {
             None => backup.key.clone(),
             Some(key) if key == backup.key => key,
             Some(key) => {
-                // Only this project's backups: the key's folder is its path.
+                // Only this project's backups: the key's folder is `<S3_PREFIX><path>` (or its
+                // path, from before S3_PREFIX was set). A folder that only ends in its path
+                // may be another project's: `other/<path>`.
                 let folder = key.rsplit_once('/').map_or("", |(folder, _)| folder);
-                let ours = folder.eq_ignore_ascii_case(&backup.path)
-                    || folder
-                        .to_ascii_lowercase()
-                        .ends_with(&format!("/{}", backup.path.to_ascii_lowercase()));
+                let own_folder = format!("{}{}", config.s3_prefix, backup.path);
+                let ours = folder.eq_ignore_ascii_case(&own_folder)
+                    || folder.eq_ignore_ascii_case(&backup.path);
                 if !ours {
                     return Ok(Err(refuse(
                         400,
                         Some("backup"),
                         format!(
-                            "backup: {key:?} is not a backup of {} (its backups are under \"…{}/\")",
-                            backup.path, backup.path
+                            "backup: {key:?} is not a backup of {} (its backups are under \"{own_folder}/\")",
+                            backup.path
                         ),
                     )));
                 }
@@ -582,7 +585,7 @@ impl<'a, S: Sql> Restores<'a, S> {
             .filter(|&until| until > now_ms);
         let mut sent_in_minute = self
             .store
-            .imports_sent_since(now_ms.saturating_sub(60_000))?;
+            .imports_sent_since(now_ms.saturating_sub(MINUTE_MS))?;
         let mut steps = Vec::new();
         for restore in due {
             if now_ms >= restore.expires_ms && restore.state == crate::store::RestoreState::Cleaning
@@ -625,6 +628,12 @@ impl<'a, S: Sql> Restores<'a, S> {
                             restore.error.as_deref().unwrap_or("no answer")
                         );
                         self.fail(&restore, reason, now_ms)?;
+                        continue;
+                    }
+                    // The store keeps a restore's last send only: sent again within the
+                    // minute, its first send would no longer count toward the limit.
+                    if let Some(sent) = restore.sent_ms.filter(|&sent| now_ms < sent + MINUTE_MS) {
+                        self.later(&restore, sent + MINUTE_MS, restore.error.clone())?;
                         continue;
                     }
                     if sent_in_minute >= IMPORTS_PER_MINUTE {

@@ -30,10 +30,11 @@
 //! The cases, by topic: `schedule.rs` (when runs start), `preflight.rs` (token, bucket and
 //! region), `listing.rs` (pages and groups), `exports.rs` (rate window, 429s, learned limit,
 //! backoff, refusals, unanswered exports), `verify.rs` (proof of landing, retries, timeouts),
-//! `restarts.rs` (a worker killed mid-tick), `pruning.rs` (old runs), `settings.rs` (settings
-//! pinned per run, the bucket's region learned again), `upgrades.rs` (a run left
-//! in the middle by every earlier schema, completed after its store is migrated), and
-//! `properties.rs` (the property tests).
+//! `restarts.rs` (a worker killed mid-tick), `restores.rs` (`POST /restore` admitted, imports
+//! sent within GitLab's limit and followed to their end, the archive URL's capability),
+//! `pruning.rs` (old runs), `settings.rs` (settings pinned per run, the bucket's region learned
+//! again), `upgrades.rs` (a run left in the middle by every earlier schema, completed after its
+//! store is migrated), and `properties.rs` (the property tests).
 
 mod sim;
 
@@ -44,6 +45,7 @@ mod preflight;
 mod properties;
 mod pruning;
 mod restarts;
+mod restores;
 mod schedule;
 mod settings;
 mod upgrades;
