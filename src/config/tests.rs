@@ -668,3 +668,46 @@ fn a_verify_timeout_longer_than_the_upload_urls_validity_is_named_with_both_sett
         assert_eq!(settings_named(read(&vars).unwrap_err()), vec![named]);
     }
 }
+
+#[test]
+fn restore_settings_are_read_and_their_problems_named() {
+    let config = read(&minimal()).unwrap();
+    assert_eq!(
+        (config.restore_namespaces, config.drills, config.worker_url),
+        (None, None, None)
+    );
+    let mut vars = minimal();
+    vars.insert("RESTORE_NAMESPACES", " acme/restores , scratch/ ");
+    vars.insert("RESTORE_DRILL_NAMESPACE", "scratch/drills");
+    vars.insert("WORKER_URL", "https://backup.example.workers.dev");
+    let config = read(&vars).unwrap();
+    assert_eq!(
+        config.restore_namespaces,
+        Some(vec!["acme/restores".to_owned(), "scratch".to_owned()])
+    );
+    let drills = config.drills.unwrap();
+    assert_eq!(drills.namespace, "scratch/drills");
+    assert_eq!(drills.every, Duration::from_secs(7 * 24 * 3600));
+    for (name, value, setting) in [
+        ("RESTORE_NAMESPACES", ",", "RESTORE_NAMESPACES"),
+        ("RESTORE_NAMESPACES", "acme/../x", "RESTORE_NAMESPACES"),
+        ("RESTORE_DRILL_NAMESPACE", "a b", "RESTORE_DRILL_NAMESPACE"),
+        ("RESTORE_DRILL_EVERY_DAYS", "0", "RESTORE_DRILL_EVERY_DAYS"),
+        ("WORKER_URL", "backup.example", "WORKER_URL"),
+    ] {
+        let mut bad = vars.clone();
+        bad.insert(name, value);
+        assert_eq!(
+            settings_named(read(&bad).unwrap_err()),
+            vec![setting],
+            "{name}={value}"
+        );
+    }
+    // Drills need the worker's address: no request carries it.
+    let mut no_url = vars.clone();
+    no_url.remove("WORKER_URL");
+    assert_eq!(
+        settings_named(read(&no_url).unwrap_err()),
+        vec!["RESTORE_DRILL_NAMESPACE"]
+    );
+}

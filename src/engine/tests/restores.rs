@@ -177,7 +177,7 @@ impl Bench {
         for (step, answer) in steps.into_iter().zip(answers) {
             restores.handle(step, answer, now).unwrap();
         }
-        (restores.finish().unwrap(), requests)
+        (restores.finish(now).unwrap(), requests)
     }
 }
 
@@ -1022,7 +1022,7 @@ fn a_tick_moves_at_most_restores_per_tick_and_never_more_than_its_budget() {
         // One batch a tick.
         assert!(restores.next_steps(ASKED, &mut random).unwrap().is_empty());
         drop(first);
-        let report = restores.finish().unwrap();
+        let report = restores.finish(ASKED).unwrap();
         assert_eq!(u64::from(report.subrequests), steps);
         // Only the restores sent were claimed.
         let claimed = ids
@@ -1263,4 +1263,122 @@ fn an_ended_or_expired_restore_no_longer_opens_410() {
         ),
         ArchiveAccess::Open(_)
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore drills
+
+const DRILLS: &[(&str, &str)] = &[
+    ("RESTORE_DRILL_NAMESPACE", "scratch/drills"),
+    ("WORKER_URL", ORIGIN),
+];
+
+/// GitLab as a drill meets it: the import created as project 501, its status `finished` (or
+/// `failed` with `error`), and the scratch project's deletion answered `deleted`.
+fn drill_gitlab(
+    error: Option<&'static str>,
+    deleted: u16,
+) -> impl FnMut(&Store<&HostSql>, &HttpRequest) -> HttpResult {
+    move |_, request| match request.method {
+        Method::Post => {
+            let form = import_form(request);
+            created(501, &format!("{}/{}", form["namespace"], form["path"]))
+        }
+        Method::Get => match error {
+            None => import_status("finished", None),
+            Some(error) => import_status("failed", Some(error)),
+        },
+        Method::Delete => {
+            assert_eq!(request.url.as_str(), format!("{GITLAB_API}projects/501"));
+            json_answer(
+                deleted,
+                json!({"message": if deleted == 202 { "202 Accepted" } else { "403 Forbidden" }}),
+            )
+        }
+        _ => panic!("a drill sent {request:?}"),
+    }
+}
+
+#[test]
+fn a_drill_imports_the_backup_never_drilled_into_the_scratch_group_records_it_passed_and_deletes_it(
+) {
+    let bench = Bench::new(DRILLS);
+    let mut gitlab = drill_gitlab(None, 202);
+    let (report, sent) = bench.tick(ASKED, 50, &mut randomness(), &mut gitlab);
+    // The backup never drilled with the lowest id: acme/tools/cli's newest.
+    assert_eq!(sent.len(), 1);
+    let form = import_form(&sent[0]);
+    assert_eq!(form["namespace"], "scratch/drills");
+    assert_eq!(form["path"], "cli-drill-20240101-0205");
+    assert!(form["url"].starts_with(&format!("{ORIGIN}/restore/archive/")));
+    let id = archive_of(&sent[0]).0;
+    assert!(matches!(&report.events[..], [Event::DrillStarted { key, .. }] if key == CLI_KEY));
+    let row = bench.restore(id);
+    assert!(row.drill && row.state == RestoreState::Importing);
+    // The import finishes: passed on that backup, then the scratch project is deleted.
+    let now = row.due_ms;
+    let (report, _) = bench.tick(now, 50, &mut randomness(), &mut gitlab);
+    assert!(matches!(&report.events[..], [Event::DrillPassed { key, .. }] if key == CLI_KEY));
+    assert_eq!(bench.restore(id).state, RestoreState::Cleaning);
+    assert_eq!(report.wake_at_ms, Some(now), "the deletion goes at once");
+    let drills = bench.store().drills().unwrap();
+    assert_eq!((drills.passed, drills.failed), (1, 0));
+    let (report, sent) = bench.tick(now, 50, &mut randomness(), &mut gitlab);
+    assert_eq!(sent[0].method, Method::Delete);
+    assert!(report.events.is_empty());
+    let row = bench.restore(id);
+    assert_eq!((row.state, row.error), (RestoreState::Finished, None));
+    // The next drill waits RESTORE_DRILL_EVERY_DAYS (7) from this one's start, then takes the
+    // next backup never drilled.
+    let (_, sent) = bench.tick(ASKED + 7 * DAY - 1, 50, &mut randomness(), &mut gitlab);
+    assert!(sent.is_empty());
+    let (report, sent) = bench.tick(ASKED + 7 * DAY, 50, &mut randomness(), &mut gitlab);
+    assert_eq!(sent.len(), 1);
+    assert!(matches!(&report.events[..], [Event::DrillStarted { key, .. }] if key == WEB_KEY));
+}
+
+#[test]
+fn a_failed_drill_is_recorded_with_gitlabs_reason_and_a_refused_deletion_is_reported_not_retried() {
+    let bench = Bench::new(DRILLS);
+    let mut gitlab = drill_gitlab(Some("Repository could not be imported"), 403);
+    let (_, sent) = bench.tick(ASKED, 50, &mut randomness(), &mut gitlab);
+    let id = archive_of(&sent[0]).0;
+    let now = bench.restore(id).due_ms;
+    let (report, _) = bench.tick(now, 50, &mut randomness(), &mut gitlab);
+    assert!(matches!(
+        &report.events[..],
+        [Event::DrillFailed { reason, .. }] if reason.contains("Repository could not be imported")
+    ));
+    let drills = bench.store().drills().unwrap();
+    assert_eq!((drills.passed, drills.failed), (0, 1));
+    assert_eq!(drills.last_failure.unwrap().key, CLI_KEY);
+    let (report, sent) = bench.tick(now, 50, &mut randomness(), &mut gitlab);
+    assert_eq!(sent[0].method, Method::Delete);
+    assert!(matches!(
+        &report.events[..],
+        [Event::DrillProjectKept { .. }]
+    ));
+    let row = bench.restore(id);
+    assert_eq!(row.state, RestoreState::Failed);
+    let error = row.error.unwrap_or_default();
+    assert!(
+        error.contains("Repository could not be imported") && error.contains("not deleted"),
+        "{error}"
+    );
+    let (_, sent) = bench.tick(now + HOUR, 50, &mut randomness(), &mut no_gitlab);
+    assert!(sent.is_empty(), "a refused deletion is not asked again");
+}
+
+#[test]
+fn no_drill_starts_while_a_run_is_going_or_without_drills_set() {
+    let bench = Bench::new(DRILLS);
+    bench
+        .store()
+        .start_run(ASKED, &[("acme".into(), "acme".into())])
+        .unwrap();
+    let (_, sent) = bench.tick(ASKED, 50, &mut randomness(), &mut no_gitlab);
+    assert!(sent.is_empty());
+    let plain = Bench::new(&[]);
+    let (_, sent) = plain.tick(ASKED, 50, &mut randomness(), &mut no_gitlab);
+    assert!(sent.is_empty());
 }
