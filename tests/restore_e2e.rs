@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::{checked, own_projects};
+use common::{checked, own_projects, run_to_the_end};
 use serde_json::{json, Value};
 use testkit::stack::{LocalStack, ADMIN_TOKEN};
 use testkit::standin::{Options, Seed};
@@ -62,15 +62,7 @@ async fn restore(stack: &LocalStack, body: &Value, token: bool) -> Result<(u16, 
 async fn check(stack: &LocalStack) -> Result<()> {
     let seed = Seed::generated(2, 3);
     let own = own_projects(&seed, &GROUPS);
-    let (code, _) = stack.start_run().await?;
-    ensure!(code == 202, "POST /run answered {code}");
-    let status = stack
-        .wait_for_phase(
-            "finished",
-            Some(Duration::from_secs(5)),
-            Duration::from_secs(4 * 60),
-        )
-        .await?;
+    let status = run_to_the_end(stack, Duration::from_secs(4 * 60)).await?;
     let backups = status["last_backups"]
         .as_array()
         .context("no last_backups")?;
@@ -306,15 +298,7 @@ async fn after_a_run_a_drill_imports_one_backup_into_the_scratch_group_records_i
 }
 
 async fn drill(stack: &LocalStack) -> Result<()> {
-    let (code, _) = stack.start_run().await?;
-    ensure!(code == 202, "POST /run answered {code}");
-    stack
-        .wait_for_phase(
-            "finished",
-            Some(Duration::from_secs(5)),
-            Duration::from_secs(4 * 60),
-        )
-        .await?;
+    run_to_the_end(stack, Duration::from_secs(4 * 60)).await?;
     // The cron's next tick starts the drill; the alarms carry it to its end.
     let status = stack
         .wait_for_status(

@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{checked, count, own_projects};
+use common::{browser, checked, count, own_projects, run_to_the_end};
 use testkit::stack::{LocalStack, ADMIN_TOKEN};
 use testkit::standin::{ImportStatus, Options, Seed};
 
@@ -55,15 +54,7 @@ async fn the_status_pages_restore_action_starts_a_restore_and_shows_it_finished(
 }
 
 async fn check(stack: &LocalStack, projects: u64) -> Result<()> {
-    let (code, _) = stack.start_run().await?;
-    ensure!(code == 202, "POST /run answered {code}");
-    let status = stack
-        .wait_for_phase(
-            "finished",
-            Some(Duration::from_secs(5)),
-            Duration::from_secs(5 * 60),
-        )
-        .await?;
+    let status = run_to_the_end(stack, Duration::from_secs(5 * 60)).await?;
     ensure!(count(&status, "verified")? == projects, "{status}");
     let key = status["last_backups"]
         .as_array()
@@ -157,28 +148,11 @@ struct Shown {
 /// the page's screenshot is saved whatever happened.
 async fn restore_in_a_browser(stack: &LocalStack, key: &str) -> Result<Shown> {
     let url = format!("{}/", stack.wrangler.url);
-    let chromium = testkit::tools::ensure_chromium()?;
     let key = key.to_owned();
     let screenshot = test_output()?.join("restore-page.png");
     tokio::task::spawn_blocking(move || -> Result<Shown> {
         use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
-        use headless_chrome::{Browser, LaunchOptions};
-        let args = [
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ];
-        let browser = Browser::new(
-            LaunchOptions::default_builder()
-                .path(Some(chromium))
-                .sandbox(false)
-                .window_size(Some((760, 1600)))
-                .args(args.iter().map(OsStr::new).collect())
-                .build()?,
-        )?;
+        let browser = browser((760, 1600))?;
         let tab = browser.new_tab()?;
         tab.set_default_timeout(Duration::from_secs(20));
         let shown = restore_on_the_page(&tab, &url, &key);

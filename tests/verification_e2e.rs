@@ -8,11 +8,10 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::ffi::OsStr;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::{accepted_per_project, checked, count, own_projects};
+use common::{accepted_per_project, browser, checked, count, own_projects, run_to_the_end};
 use testkit::stack::{LocalStack, ADMIN_TOKEN};
 use testkit::standin::{Faults, Options, Seed, DEMO_GROUPS};
 
@@ -61,15 +60,7 @@ async fn failed_exports_and_lost_uploads_are_retried_then_reported_and_the_rest_
 }
 
 async fn check(stack: &LocalStack, own: &[u64], broken_build: u64, lost_upload: u64) -> Result<()> {
-    let (code, _) = stack.start_run().await?;
-    ensure!(code == 202, "POST /run answered {code}");
-    let status = stack
-        .wait_for_phase(
-            "finished",
-            Some(Duration::from_secs(5)),
-            Duration::from_secs(8 * 60),
-        )
-        .await?;
+    let status = run_to_the_end(stack, Duration::from_secs(8 * 60)).await?;
 
     // Outcomes: all but the two verified; the two failed with the right reasons, after
     // MAX_ATTEMPTS accepted exports each; the others exported once.
@@ -181,28 +172,11 @@ async fn check(stack: &LocalStack, own: &[u64], broken_build: u64, lost_upload: 
 /// Headless Chromium signs in on the status page and sees the run and a failure reason.
 async fn status_page_in_a_browser(stack: &LocalStack, reason: &str) -> Result<()> {
     let url = format!("{}/", stack.wrangler.url);
-    let chromium = testkit::tools::ensure_chromium()?;
     let reason = reason.to_owned();
     let screenshot = test_output()?.join("status-page.png");
     tokio::task::spawn_blocking(move || -> Result<()> {
         use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
-        use headless_chrome::{Browser, LaunchOptions};
-        let args = [
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ];
-        let browser = Browser::new(
-            LaunchOptions::default_builder()
-                .path(Some(chromium))
-                .sandbox(false)
-                .window_size(Some((420, 900)))
-                .args(args.iter().map(OsStr::new).collect())
-                .build()?,
-        )?;
+        let browser = browser((420, 900))?;
         let tab = browser.new_tab()?;
         tab.navigate_to(&url)?.wait_until_navigated()?;
         tab.wait_for_element("#token")?.click()?;

@@ -4,14 +4,12 @@
 
 use std::cell::Cell;
 
-use futures_util::future::join_all;
-
 use serde_json::json;
 use worker::{
     durable_object, wasm_bindgen, Date, DurableObject, Env, Request, Response, Result, State,
 };
 
-use super::fetch::send;
+use super::fetch::{send, send_all};
 use super::setting;
 use super::sql::DurableSql;
 use crate::api::archive_target;
@@ -234,16 +232,9 @@ impl Coordinator {
             .filter_map(|_| super::random_bytes().ok())
             .collect();
         let steps = restores.next_steps(now_ms(), &mut || random.pop())?;
-        if !steps.is_empty() {
-            let answers = join_all(
-                steps
-                    .iter()
-                    .map(|step| send(&step.request, REQUEST_TIMEOUT)),
-            )
-            .await;
-            for (step, answer) in steps.into_iter().zip(answers) {
-                restores.handle(step, answer, now_ms())?;
-            }
+        let answers = send_all(steps.iter().map(|step| &step.request), REQUEST_TIMEOUT).await;
+        for (step, answer) in steps.into_iter().zip(answers) {
+            restores.handle(step, answer, now_ms())?;
         }
         restores.finish(now_ms())
     }
@@ -329,12 +320,8 @@ impl Coordinator {
                 if steps.is_empty() {
                     break;
                 }
-                let answers = join_all(
-                    steps
-                        .iter()
-                        .map(|step| send(&step.request, REQUEST_TIMEOUT)),
-                )
-                .await;
+                let answers =
+                    send_all(steps.iter().map(|step| &step.request), REQUEST_TIMEOUT).await;
                 for (step, answer) in steps.into_iter().zip(answers) {
                     tick.handle(step, answer, now_ms())?;
                 }

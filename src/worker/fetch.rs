@@ -9,6 +9,14 @@ use worker::{AbortController, Delay, Fetch, Headers, Request, RequestInit, Reque
 
 use crate::http::{HttpRequest, HttpResponse, HttpResult, Method};
 
+/// Sends `requests` together (they are independent), each with `timeout`; the answers in order.
+pub async fn send_all<'r>(
+    requests: impl Iterator<Item = &'r HttpRequest>,
+    timeout: Duration,
+) -> Vec<HttpResult> {
+    futures_util::future::join_all(requests.map(|request| send(request, timeout))).await
+}
+
 pub async fn send(request: &HttpRequest, timeout: Duration) -> HttpResult {
     let describe = |e: worker::Error| {
         format!(

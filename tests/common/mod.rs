@@ -267,3 +267,35 @@ where
     }
     result
 }
+
+/// `POST /run`, then `/status` once the run is `finished` (the cron fired every 5 s), within
+/// `timeout`.
+pub async fn run_to_the_end(stack: &LocalStack, timeout: Duration) -> Result<serde_json::Value> {
+    let (code, answer) = stack.start_run().await?;
+    ensure!(code == 202, "POST /run answered {code}: {answer}");
+    stack
+        .wait_for_phase("finished", Some(Duration::from_secs(5)), timeout)
+        .await
+}
+
+/// Headless Chromium (the tools' build) with a window of `size`, for the status page's tests.
+pub fn browser(size: (u32, u32)) -> Result<headless_chrome::Browser> {
+    use headless_chrome::{Browser, LaunchOptions};
+    let chromium = testkit::tools::ensure_chromium()?;
+    let args = [
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ];
+    Browser::new(
+        LaunchOptions::default_builder()
+            .path(Some(chromium))
+            .sandbox(false)
+            .window_size(Some(size))
+            .args(args.iter().map(std::ffi::OsStr::new).collect())
+            .build()?,
+    )
+}
