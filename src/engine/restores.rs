@@ -356,6 +356,8 @@ pub struct RestoreStep {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
     Import,
+    /// Whether an import whose answer was lost made its project.
+    Lookup,
     Check,
     /// A drill's scratch project.
     Delete,
@@ -621,6 +623,14 @@ impl<'a, S: Sql> Restores<'a, S> {
                 }
             };
             let step = match restore.state {
+                // Its last import got no answer: GitLab may have made the project. Asked first
+                // (sent again, the import would find its own project's path taken).
+                crate::store::RestoreState::Requested if restore.unanswered => RestoreStep {
+                    request: gitlab.import_status_at_request(&restore.target()),
+                    restore,
+                    gitlab,
+                    purpose: Purpose::Lookup,
+                },
                 crate::store::RestoreState::Requested => {
                     if restore.tries >= IMPORT_TRIES {
                         let reason = format!(
@@ -742,7 +752,40 @@ impl<'a, S: Sql> Restores<'a, S> {
             (now_ms + ms(wait), Some(e.to_string()))
         };
         match step.purpose {
-            Purpose::Import => match step.gitlab.read_remote_import(&answer) {
+            Purpose::Lookup => match step.gitlab.read_import_status(&answer) {
+                // A project with an import at the target's path since: the lost answer's.
+                Ok(state) if state.status != ImportStatus::None => {
+                    self.store.update_restore(restore.id, &RestoreUpdate::Answered)?;
+                    self.store.update_restore(
+                        restore.id,
+                        &RestoreUpdate::Importing {
+                            new_project_id: state.project_id,
+                            web_url: self.web_url(restore),
+                            due_ms: now_ms,
+                        },
+                    )
+                }
+                Ok(_) => self.fail(
+                    restore,
+                    format!(
+                        "{} is another project's path (one not imported): GitLab refuses a taken path",
+                        restore.target()
+                    ),
+                    now_ms,
+                ),
+                // No project there: GitLab did not take the import; it is sent again.
+                Err(GitLabError::ProjectGone) => {
+                    self.store.update_restore(restore.id, &RestoreUpdate::Answered)?;
+                    self.later(restore, now_ms, restore.error.clone())
+                }
+                Err(e) => {
+                    let (due, error) = retry(e);
+                    self.later(restore, due, error)
+                }
+            },
+            Purpose::Import => {
+                self.store.update_restore(restore.id, &RestoreUpdate::Answered)?;
+                match step.gitlab.read_remote_import(&answer) {
                 ImportAnswer::Accepted {
                     project_id,
                     web_url,
@@ -766,6 +809,7 @@ impl<'a, S: Sql> Restores<'a, S> {
                     let (due, error) = retry(e);
                     self.later(restore, due, error)
                 }
+            }
             },
             Purpose::Check => match step.gitlab.read_import_status(&answer) {
                 Ok(state) => match state.status {

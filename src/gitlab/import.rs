@@ -23,6 +23,8 @@ pub enum ImportStatus {
 /// `GET /projects/:id/import`, read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImportState {
+    /// The project's id.
+    pub project_id: u64,
     pub status: ImportStatus,
     /// GitLab's `import_error` and its failed relations, for a person.
     pub error: Option<String>,
@@ -106,6 +108,13 @@ impl GitLab {
         self.request(Method::Get, url, None)
     }
 
+    /// `GET /projects/:full_path/import`: whether a project is at `full_path` (404: none), and
+    /// its import.
+    pub fn import_status_at_request(&self, full_path: &str) -> HttpRequest {
+        let url = self.endpoint(&["projects", full_path, "import"]);
+        self.request(Method::Get, url, None)
+    }
+
     /// Reads `GET /projects/:id/import`. A 404: the new project is gone.
     pub fn read_import_status(&self, answer: &HttpResponse) -> Result<ImportState, GitLabError> {
         #[derive(Deserialize)]
@@ -115,6 +124,7 @@ impl GitLab {
         }
         #[derive(Deserialize)]
         struct Body {
+            id: u64,
             import_status: String,
             import_error: Option<String>,
             #[serde(default)]
@@ -153,7 +163,11 @@ impl GitLab {
                 None => shown,
             });
         }
-        Ok(ImportState { status, error })
+        Ok(ImportState {
+            project_id: body.id,
+            status,
+            error,
+        })
     }
 
     pub fn delete_project_request(&self, project_id: u64) -> HttpRequest {

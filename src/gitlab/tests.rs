@@ -997,12 +997,16 @@ fn import_answers_read_as_accepted_refused_or_retry() {
         .read_import_status(&answer(
             200,
             &[],
-            r#"{"import_status": "finished", "failed_relations": []}"#,
+            r#"{"id": 5, "import_status": "finished", "failed_relations": []}"#,
         ))
         .unwrap();
     assert_eq!((done.status, done.error), (ImportStatus::Finished, None));
     assert!(g
-        .read_import_status(&answer(200, &[], r#"{"import_status": "sideways"}"#))
+        .read_import_status(&answer(
+            200,
+            &[],
+            r#"{"id": 5, "import_status": "sideways"}"#
+        ))
         .is_err());
     assert_eq!(
         g.read_import_status(&answer(404, &[], "")),

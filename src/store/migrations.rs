@@ -256,7 +256,8 @@ pub(super) const STEPS: &[Step] = &[
         error TEXT,
         finished_ms INTEGER,
         settings TEXT NOT NULL,
-        drill INTEGER NOT NULL DEFAULT 0
+        drill INTEGER NOT NULL DEFAULT 0,
+        unanswered INTEGER NOT NULL DEFAULT 0
     )",
             "CREATE INDEX IF NOT EXISTS restores_open ON restores (due_ms, id)
         WHERE state IN ('requested', 'importing', 'cleaning')",

@@ -56,12 +56,14 @@ pub struct RestoreRow {
     #[serde(skip)]
     pub settings: String,
     pub drill: bool,
+    /// Its last import request got no answer: GitLab may have created the project.
+    pub unanswered: bool,
 }
 
 impl RestoreRow {
     const COLUMNS: &'static str = "id, requested_ms, project_id, project_path, key, namespace, \
         path, name, state, capability, origin, expires_ms, due_ms, tries, sent_ms, \
-        new_project_id, web_url, error, finished_ms, settings, drill";
+        new_project_id, web_url, error, finished_ms, settings, drill, unanswered";
 
     /// `<namespace>/<path>`: the new project's full path.
     pub fn target(&self) -> String {
@@ -99,6 +101,7 @@ impl RestoreRow {
             finished_ms: column(row, 18)?.as_opt_u64()?,
             settings: column(row, 19)?.as_text()?,
             drill: column(row, 20)?.as_u64()? != 0,
+            unanswered: column(row, 21)?.as_u64()? != 0,
         })
     }
 }
@@ -113,6 +116,8 @@ pub enum RestoreUpdate {
         capability: String,
         due_ms: u64,
     },
+    /// GitLab answered its import request (whatever it said).
+    Answered,
     /// Nothing ended: looked at again at `due_ms`; `error` is what held it back, if anything.
     Later { due_ms: u64, error: Option<String> },
     /// GitLab created the project and imports it.
@@ -243,13 +248,18 @@ impl<S: Sql> Store<S> {
                 capability,
                 due_ms,
             } => (
-                "UPDATE restores SET sent_ms = ?, capability = ?, due_ms = ?, tries = tries + 1
+                "UPDATE restores SET sent_ms = ?, capability = ?, due_ms = ?, tries = tries + 1,
+                     unanswered = 1
                  WHERE id = ?",
                 vec![
                     (*at_ms).into(),
                     capability.as_str().into(),
                     (*due_ms).into(),
                 ],
+            ),
+            RestoreUpdate::Answered => (
+                "UPDATE restores SET unanswered = 0 WHERE id = ?",
+                Vec::new(),
             ),
             RestoreUpdate::Later { due_ms, error } => (
                 "UPDATE restores SET due_ms = ?, error = ? WHERE id = ?",

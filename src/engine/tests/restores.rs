@@ -845,11 +845,18 @@ fn without_an_answer_an_import_is_sent_again_later_until_its_tries_run_out() {
         if bench.restore(id).state != RestoreState::Requested {
             break;
         }
-        let (report, sent) = bench.tick(now, 50, &mut randomness(), &mut |_, _| {
-            answers[sends % answers.len()]()
+        // After an answer that never came, GitLab is asked first whether the project is there
+        // (it is not).
+        let (report, sent) = bench.tick(now, 50, &mut randomness(), &mut |_, request| {
+            if is_import(request) {
+                answers[sends % answers.len()]()
+            } else {
+                assert!(request.url.as_str().ends_with("/import"), "{request:?}");
+                json_answer(404, json!({"message": "404 Project Not Found"}))
+            }
         });
         let row = bench.restore(id);
-        if !sent.is_empty() {
+        if sent.iter().any(is_import) {
             sends += 1;
             assert_eq!(row.tries, sends as u64);
             last_error = row.error.clone().unwrap();
@@ -858,7 +865,8 @@ fn without_an_answer_an_import_is_sent_again_later_until_its_tries_run_out() {
             assert!(sent.is_empty());
         }
         if row.state == RestoreState::Requested {
-            assert!(row.due_ms > now, "it waits");
+            // A lookup that found nothing sends again at once; a send waits.
+            assert!(row.due_ms > now || !sent.iter().any(is_import), "it waits");
             assert_eq!(report.wake_at_ms, Some(row.due_ms));
             now = row.due_ms;
         }
@@ -1381,4 +1389,64 @@ fn no_drill_starts_while_a_run_is_going_or_without_drills_set() {
     let plain = Bench::new(&[]);
     let (_, sent) = plain.tick(ASKED, 50, &mut randomness(), &mut no_gitlab);
     assert!(sent.is_empty());
+}
+
+#[test]
+fn an_import_whose_answer_was_lost_is_looked_up_and_its_project_taken_or_sent_again() {
+    let bench = Bench::new(&[]);
+    let body = json!({"project": CLI, "namespace": "acme/restores", "path": "cli-copy"});
+    let lookup = format!("{GITLAB_API}projects/acme%2Frestores%2Fcli-copy/import");
+    // GitLab made the project, but its answer was lost: the lookup finds it importing.
+    let id = bench.ask(body.clone()).row().id;
+    bench.tick(ASKED, 50, &mut randomness(), &mut |_, _| {
+        Err("connection reset by peer".into())
+    });
+    let row = bench.restore(id);
+    assert!(row.unanswered && row.state == RestoreState::Requested);
+    let (_, sent) = bench.tick(row.due_ms, 50, &mut randomness(), &mut |_, request| {
+        assert_eq!(request.url.as_str(), lookup);
+        json_answer(
+            200,
+            json!({"id": 777, "import_status": "started", "failed_relations": []}),
+        )
+    });
+    assert_eq!(sent.len(), 1, "no second import");
+    let row = bench.restore(id);
+    assert_eq!(
+        (row.state, row.new_project_id, row.tries, row.unanswered),
+        (RestoreState::Importing, Some(777), 1, false)
+    );
+    // A project there without an import is another's: the restore fails, nothing replaced.
+    let body = json!({"project": CLI, "namespace": "acme/restores", "path": "cli-other"});
+    let id = bench.ask(body).row().id;
+    bench.tick(ASKED, 50, &mut randomness(), &mut |_, _| {
+        Err("timeout".into())
+    });
+    let due = bench.restore(id).due_ms;
+    bench.tick(due, 50, &mut randomness(), &mut |_, _| {
+        json_answer(200, json!({"id": 9, "import_status": "none"}))
+    });
+    let row = bench.restore(id);
+    assert_eq!(row.state, RestoreState::Failed);
+    assert!(row.error.unwrap().contains("another project's path"));
+    // No project there: the import is sent again (a new capability), once due.
+    let body = json!({"project": CLI, "namespace": "acme/restores", "path": "cli-third"});
+    let id = bench.ask(body).row().id;
+    bench.tick(ASKED, 50, &mut randomness(), &mut |_, _| {
+        Err("timeout".into())
+    });
+    let due = bench.restore(id).due_ms;
+    bench.tick(due, 50, &mut randomness(), &mut |_, _| {
+        json_answer(404, json!({"message": "404 Project Not Found"}))
+    });
+    let row = bench.restore(id);
+    assert!(!row.unanswered && row.state == RestoreState::Requested);
+    let (_, sent) = bench.tick(
+        row.due_ms.max(ASKED + MINUTE),
+        50,
+        &mut randomness(),
+        &mut |_, _| created(778, "acme/restores/cli-third"),
+    );
+    assert!(sent.iter().any(is_import));
+    assert_eq!(bench.restore(id).state, RestoreState::Importing);
 }
