@@ -806,6 +806,12 @@ impl<'a, S: Sql> Restores<'a, S> {
                 }
                 ImportAnswer::Refused(reason) => self.fail(restore, reason, now_ms),
                 ImportAnswer::Retry(e) => {
+                    // Turned away by the limit (other imports of the user count too), the
+                    // import waits without using one of its tries.
+                    if matches!(e, GitLabError::RateLimited { .. }) {
+                        self.store
+                            .update_restore(restore.id, &RestoreUpdate::RateLimited)?;
+                    }
                     let (due, error) = retry(e);
                     self.later(restore, due, error)
                 }

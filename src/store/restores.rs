@@ -118,6 +118,8 @@ pub enum RestoreUpdate {
     },
     /// GitLab answered its import request (whatever it said).
     Answered,
+    /// GitLab's rate limit turned the import away (429): that try does not count.
+    RateLimited,
     /// Nothing ended: looked at again at `due_ms`; `error` is what held it back, if anything.
     Later { due_ms: u64, error: Option<String> },
     /// GitLab created the project and imports it.
@@ -259,6 +261,10 @@ impl<S: Sql> Store<S> {
             ),
             RestoreUpdate::Answered => (
                 "UPDATE restores SET unanswered = 0 WHERE id = ?",
+                Vec::new(),
+            ),
+            RestoreUpdate::RateLimited => (
+                "UPDATE restores SET tries = MAX(tries - 1, 0) WHERE id = ?",
                 Vec::new(),
             ),
             RestoreUpdate::Later { due_ms, error } => (

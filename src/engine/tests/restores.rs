@@ -816,11 +816,27 @@ fn a_429_waits_for_its_retry_after_and_keeps_the_restore_requested() {
     let row = bench.restore(id);
     assert_eq!(
         (row.state, row.due_ms, row.tries),
-        (RestoreState::Requested, ASKED + 150 * SECOND, 1)
+        (RestoreState::Requested, ASKED + 150 * SECOND, 0),
+        "a 429 uses no try"
     );
     assert!(row.error.is_some());
     let (_, sent) = bench.tick(row.due_ms - 1, 50, &mut randomness(), &mut no_gitlab);
     assert!(sent.is_empty(), "not before Retry-After");
+    // However often the limit turns it away (the user's other imports count too), it waits.
+    let mut now = row.due_ms;
+    for _ in 0..2 * IMPORT_TRIES {
+        bench.tick(now, 50, &mut randomness(), &mut |_, _| {
+            Ok(HttpResponse {
+                status: 429,
+                headers: vec![("retry-after".into(), "60".into())],
+                body: b"Retry later".to_vec(),
+            })
+        });
+        let row = bench.restore(id);
+        assert_eq!((row.state, row.tries), (RestoreState::Requested, 0));
+        now = row.due_ms;
+    }
+    let row = bench.restore(id);
     let (_, sent) = bench.tick(row.due_ms, 50, &mut randomness(), &mut |_, _| {
         created(501, "x")
     });
