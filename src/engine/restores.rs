@@ -510,7 +510,7 @@ impl<'a, S: Sql> Restores<'a, S> {
 
     /// Starts a restore drill when one is due: drills are set, the last began
     /// `RESTORE_DRILL_EVERY_DAYS` ago, none is going and no run is (a drill follows a run), and
-    /// a backup is there to drill (the one never drilled, else drilled longest ago).
+    /// a backup is there to drill (in turn by project id).
     fn start_drill_if_due(&mut self, now_ms: u64) -> Result<(), StoreError> {
         let (Some(drills), Some(origin)) = (&self.config.drills, &self.config.worker_url) else {
             return Ok(());

@@ -234,7 +234,6 @@ pub(super) const STEPS: &[Step] = &[
             "ALTER TABLE last_backups ADD COLUMN drill_key TEXT",
             "ALTER TABLE last_backups ADD COLUMN drilled_ms INTEGER",
             "ALTER TABLE last_backups ADD COLUMN drill_error TEXT",
-            "CREATE INDEX IF NOT EXISTS last_backups_drills ON last_backups (drilled_ms, project_id)",
             "CREATE TABLE IF NOT EXISTS restores (
         id INTEGER PRIMARY KEY,
         requested_ms INTEGER NOT NULL,

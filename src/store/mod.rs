@@ -193,10 +193,12 @@ pub enum MetaKey {
     RecordFailingSince,
     /// When the last restore drill was started.
     LastDrillStarted,
+    /// The drills' turn and counts (`store::restores`, as JSON).
+    DrillTally,
 }
 
 impl MetaKey {
-    pub const ALL: [MetaKey; 19] = [
+    pub const ALL: [MetaKey; 20] = [
         MetaKey::SchemaVersion,
         MetaKey::ExportWindow,
         MetaKey::ExportsBlockedUntil,
@@ -216,6 +218,7 @@ impl MetaKey {
         MetaKey::SchemaNumber,
         MetaKey::RecordFailingSince,
         MetaKey::LastDrillStarted,
+        MetaKey::DrillTally,
     ];
 
     /// The key as stored.
@@ -240,6 +243,7 @@ impl MetaKey {
             MetaKey::SchemaNumber => "schema_number",
             MetaKey::RecordFailingSince => "record_failing_since_ms",
             MetaKey::LastDrillStarted => "last_drill_started_ms",
+            MetaKey::DrillTally => "drill_tally",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! Old ended restores are forgotten as new ones come ([`RESTORES_KEPT`]), so every query reads
 //! a few rows.
 
-use super::{column, Backup, RestoreState, Row, Sql, Store, StoreError, Value};
+use super::{column, Backup, MetaKey, RestoreState, Row, Sql, Store, StoreError, Value};
 
 /// How many restores are kept: a new one forgets the oldest ended ones beyond this.
 pub const RESTORES_KEPT: u64 = 100;
@@ -329,19 +329,30 @@ impl<S: Sql> Store<S> {
             .is_empty())
     }
 
-    /// The backup to drill next: one never drilled, else the one drilled longest ago.
+    /// The backup to drill next: the drills take the backups in turn by project id (each
+    /// once before any again), after the last one drilled; a walk of the primary key.
     pub fn next_to_drill(&self) -> Result<Option<Backup>, StoreError> {
-        self.rows(
-            "SELECT project_id, path, key, run_id, at_ms, size FROM last_backups
-             INDEXED BY last_backups_drills ORDER BY drilled_ms, project_id LIMIT 1",
-            &[],
-        )?
-        .first()
-        .map(super::projects::read_backup)
-        .transpose()
+        let after = self.drill_tally()?.after;
+        let next = |after: u64| -> Result<Option<Backup>, StoreError> {
+            self.rows(
+                "SELECT project_id, path, key, run_id, at_ms, size FROM last_backups
+                 WHERE project_id > ? ORDER BY project_id LIMIT 1",
+                &[after.into()],
+            )?
+            .first()
+            .map(super::projects::read_backup)
+            .transpose()
+        };
+        match next(after)? {
+            Some(backup) => Ok(Some(backup)),
+            None if after > 0 => next(0),
+            None => Ok(None),
+        }
     }
 
-    /// Records a drill of `key` on its project's backup: passed (`error` `None`) or why not.
+    /// Records a drill of `key` on its project's backup, passed (`error` `None`) or why not,
+    /// and in the tally (`meta`): the turn moves past it, and the counts of backups whose
+    /// last drill passed or failed follow it.
     pub fn record_drill(
         &self,
         project_id: u64,
@@ -349,61 +360,77 @@ impl<S: Sql> Store<S> {
         at_ms: u64,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.rows(
-            "UPDATE last_backups SET drill_key = ?, drilled_ms = ?, drill_error = ?
-             WHERE project_id = ?",
-            &[key.into(), at_ms.into(), error.into(), project_id.into()],
+        let before = self.rows(
+            "SELECT drilled_ms, drill_error, path FROM last_backups WHERE project_id = ?",
+            &[project_id.into()],
         )?;
-        Ok(())
+        let mut tally = self.drill_tally()?;
+        if let Some(row) = before.first() {
+            if column(row, 0)?.as_opt_u64()?.is_some() {
+                match column(row, 1)?.as_opt_text()? {
+                    None => tally.drills.passed = tally.drills.passed.saturating_sub(1),
+                    Some(_) => tally.drills.failed = tally.drills.failed.saturating_sub(1),
+                }
+            }
+            self.rows(
+                "UPDATE last_backups SET drill_key = ?, drilled_ms = ?, drill_error = ?
+                 WHERE project_id = ?",
+                &[key.into(), at_ms.into(), error.into(), project_id.into()],
+            )?;
+            match error {
+                None => tally.drills.passed += 1,
+                Some(error) => {
+                    tally.drills.failed += 1;
+                    tally.drills.last_failure = Some(DrillFailure {
+                        path: column(row, 2)?.as_text()?,
+                        key: key.to_owned(),
+                        at_ms,
+                        error: error.to_owned(),
+                    });
+                }
+            }
+        }
+        tally.after = project_id;
+        let json = serde_json::to_string(&tally)
+            .map_err(|e| StoreError(format!("encoding the drills' tally: {e}")))?;
+        self.set_meta(MetaKey::DrillTally, json)
     }
 
     /// How the drills went: backups whose last drill passed, failed, and the latest failure.
-    /// (The index walks only the drilled backups: a few a week.)
     pub fn drills(&self) -> Result<Drills, StoreError> {
-        let counts = self.rows(
-            "SELECT COUNT(*) FILTER (WHERE drill_error IS NULL),
-                    COUNT(*) FILTER (WHERE drill_error IS NOT NULL)
-             FROM last_backups INDEXED BY last_backups_drills WHERE drilled_ms IS NOT NULL",
-            &[],
-        )?;
-        let count = |i: usize| -> Result<u64, StoreError> {
-            counts.first().map_or(Ok(0), |row| column(row, i)?.as_u64())
-        };
-        let last_failure = self
-            .rows(
-                "SELECT path, drill_key, drilled_ms, drill_error FROM last_backups
-                 INDEXED BY last_backups_drills
-                 WHERE drilled_ms IS NOT NULL AND drill_error IS NOT NULL
-                 ORDER BY drilled_ms DESC LIMIT 1",
-                &[],
-            )?
-            .first()
-            .map(|row| {
-                Ok::<_, StoreError>(DrillFailure {
-                    path: column(row, 0)?.as_text()?,
-                    key: column(row, 1)?.as_opt_text()?.unwrap_or_default(),
-                    at_ms: column(row, 2)?.as_u64()?,
-                    error: column(row, 3)?.as_text()?,
-                })
-            })
-            .transpose()?;
-        Ok(Drills {
-            passed: count(0)?,
-            failed: count(1)?,
-            last_failure,
-        })
+        Ok(self.drill_tally()?.drills)
+    }
+
+    fn drill_tally(&self) -> Result<DrillTally, StoreError> {
+        match self
+            .meta(&[MetaKey::DrillTally])?
+            .text(MetaKey::DrillTally)?
+        {
+            None => Ok(DrillTally::default()),
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| StoreError(format!("the drills' tally is not readable: {e}"))),
+        }
     }
 }
 
+/// The drills as `meta` keeps them: whose turn is next, and the counts.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct DrillTally {
+    /// The project drilled last: the next drill takes the one after it.
+    after: u64,
+    #[serde(flatten)]
+    drills: Drills,
+}
+
 /// How the restore drills went, over the backups' last drills.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Drills {
     pub passed: u64,
     pub failed: u64,
     pub last_failure: Option<DrillFailure>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DrillFailure {
     pub path: String,
     pub key: String,

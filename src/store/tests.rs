@@ -173,7 +173,6 @@ impl Sql for &Counting<'_> {
 fn back_to_version_8(db: &HostSql) {
     db.0.execute_batch(
         "DROP TABLE restores;
-         DROP INDEX last_backups_drills;
          ALTER TABLE last_backups DROP COLUMN drill_key;
          ALTER TABLE last_backups DROP COLUMN drilled_ms;
          ALTER TABLE last_backups DROP COLUMN drill_error;
@@ -629,7 +628,7 @@ fn a_restore_is_due_at_once_followed_until_it_ends_and_old_ended_ones_are_forgot
 }
 
 #[test]
-fn the_next_backup_to_drill_is_one_never_drilled_then_the_one_drilled_longest_ago() {
+fn the_backups_are_drilled_in_turn_by_project_id_and_the_tally_counts_their_last_drills() {
     let db = HostSql::in_memory();
     let store = Store::open(&db).unwrap();
     assert_eq!(store.next_to_drill().unwrap(), None);
@@ -678,5 +677,16 @@ fn the_next_backup_to_drill_is_one_never_drilled_then_the_one_drilled_longest_ag
         })
         .unwrap();
     assert_eq!(store.drills().unwrap().failed, 1);
+    // Drilled again, a backup's new result replaces its old one in the counts.
+    store
+        .record_drill(2, "acme/p2/newer.tar.gz", 500, None)
+        .unwrap();
+    let drills = store.drills().unwrap();
+    assert_eq!((drills.passed, drills.failed), (3, 0));
+    assert_eq!(
+        drills.last_failure.unwrap().at_ms,
+        200,
+        "the latest failure is kept"
+    );
     assert!(!store.drill_going().unwrap());
 }

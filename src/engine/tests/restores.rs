@@ -1329,7 +1329,7 @@ fn a_drill_imports_the_backup_never_drilled_into_the_scratch_group_records_it_pa
     let bench = Bench::new(DRILLS);
     let mut gitlab = drill_gitlab(None, 202);
     let (report, sent) = bench.tick(ASKED, 50, &mut randomness(), &mut gitlab);
-    // The backup never drilled with the lowest id: acme/tools/cli's newest.
+    // The first in turn by project id: acme/tools/cli's newest backup.
     assert_eq!(sent.len(), 1);
     let form = import_form(&sent[0]);
     assert_eq!(form["namespace"], "scratch/drills");
@@ -1353,7 +1353,7 @@ fn a_drill_imports_the_backup_never_drilled_into_the_scratch_group_records_it_pa
     let row = bench.restore(id);
     assert_eq!((row.state, row.error), (RestoreState::Finished, None));
     // The next drill waits RESTORE_DRILL_EVERY_DAYS (7) from this one's start, then takes the
-    // next backup never drilled.
+    // next backup in turn.
     let (_, sent) = bench.tick(ASKED + 7 * DAY - 1, 50, &mut randomness(), &mut gitlab);
     assert!(sent.is_empty());
     let (report, sent) = bench.tick(ASKED + 7 * DAY, 50, &mut randomness(), &mut gitlab);
