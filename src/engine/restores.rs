@@ -38,6 +38,9 @@ pub const RESTORE_EXPIRY: Duration = Duration::from_secs(25 * 3600);
 pub const IMPORT_TRIES: u64 = 5;
 /// Restores moved a step in one tick (each is one request).
 pub const RESTORES_PER_TICK: u64 = 4;
+/// A drill's scratch project is deleted until this long after the drill expired (its
+/// `DELETE` goes out at least once, however late the import ended).
+pub const CLEANUP_GRACE: Duration = Duration::from_secs(3600);
 /// Until an answer to an import request is stored, the restore is looked at again this late.
 const UNANSWERED_RETRY: Duration = Duration::from_secs(60);
 /// After a failure without a `Retry-After` (5xx, no answer), the restore waits this long.
@@ -369,6 +372,21 @@ pub struct RestoresReport {
     pub events: Vec<Event>,
     pub subrequests: u32,
     pub wake_at_ms: Option<u64>,
+    /// Past the day's allowance, the restores wait until it renews.
+    pub paused_until: Option<u64>,
+}
+
+/// When the restores want the object woken: when the next is due (read now, so a restore
+/// admitted while a tick ran is not missed), or when the day's allowance renews if they wait
+/// for it; never in the past for restores that cannot move.
+pub fn restores_wake<S: Sql>(
+    store: &Store<S>,
+    report: &RestoresReport,
+) -> Result<Option<u64>, StoreError> {
+    match report.paused_until {
+        Some(until) => Ok(Some(until)),
+        None => store.next_restore_due(),
+    }
 }
 
 /// One tick's work on the restores still going: each due one moves a step (one request).
@@ -383,6 +401,8 @@ pub struct Restores<'a, S: Sql> {
     store: &'a Store<S>,
     config: &'a Config,
     budget: u32,
+    /// Whether this tick's batch was made (one a tick).
+    batched: bool,
     /// The store's rows written when the restores began: what they write counts against the
     /// day's allowance.
     rows_at_begin: u64,
@@ -395,6 +415,7 @@ impl<'a, S: Sql> Restores<'a, S> {
             store,
             config,
             budget: subrequests,
+            batched: false,
             rows_at_begin: store.rows_written(),
             report: RestoresReport::default(),
         }
@@ -565,15 +586,17 @@ impl<'a, S: Sql> Restores<'a, S> {
         now_ms: u64,
         random: &mut dyn FnMut() -> Option<[u8; 32]>,
     ) -> Result<Vec<RestoreStep>, StoreError> {
-        let limit = RESTORES_PER_TICK.min(u64::from(self.budget));
-        if limit == 0 {
+        // At least one a tick: a budget that leaves none would hold restores back forever.
+        if self.batched {
             return Ok(Vec::new());
         }
-        self.budget = 0;
+        self.batched = true;
+        let limit = RESTORES_PER_TICK.min(u64::from(self.budget.max(1)));
         // Past the day's allowance of the Durable Object, restores wait with the run.
         let usage = self.store.meta(&[MetaKey::DailyUsage])?;
         let usage = Usage::read(usage.text(MetaKey::DailyUsage)?.as_deref(), now_ms)?;
-        if usage.pause(self.config).is_some() {
+        if let Some(pause) = usage.pause(self.config) {
+            self.report.paused_until = Some(pause.until_ms);
             return Ok(Vec::new());
         }
         self.start_drill_if_due(now_ms)?;
@@ -590,7 +613,8 @@ impl<'a, S: Sql> Restores<'a, S> {
             .imports_sent_since(now_ms.saturating_sub(MINUTE_MS))?;
         let mut steps = Vec::new();
         for restore in due {
-            if now_ms >= restore.expires_ms && restore.state == crate::store::RestoreState::Cleaning
+            if restore.state == crate::store::RestoreState::Cleaning
+                && now_ms >= restore.expires_ms + ms(CLEANUP_GRACE)
             {
                 let kept = format!(
                     "the scratch project was not deleted: {}",
@@ -599,7 +623,8 @@ impl<'a, S: Sql> Restores<'a, S> {
                 self.cleaned(&restore, Some(kept), now_ms)?;
                 continue;
             }
-            if now_ms >= restore.expires_ms {
+            if now_ms >= restore.expires_ms && restore.state != crate::store::RestoreState::Cleaning
+            {
                 let reason = format!(
                     "it did not end within {} h of the request",
                     RESTORE_EXPIRY.as_secs() / 3600
@@ -784,8 +809,17 @@ impl<'a, S: Sql> Restores<'a, S> {
                 }
             },
             Purpose::Import => {
-                self.store.update_restore(restore.id, &RestoreUpdate::Answered)?;
-                match step.gitlab.read_remote_import(&answer) {
+                let read = step.gitlab.read_remote_import(&answer);
+                // After a 5xx or a page that is no API answer, GitLab may still have made the
+                // project (a proxy timed out before it answered): it is looked up first.
+                let definite = !matches!(
+                    read,
+                    ImportAnswer::Retry(GitLabError::Unavailable(_) | GitLabError::BadAnswer(_))
+                );
+                if definite {
+                    self.store.update_restore(restore.id, &RestoreUpdate::Answered)?;
+                }
+                match read {
                 ImportAnswer::Accepted {
                     project_id,
                     web_url,

@@ -15,7 +15,8 @@ use super::sql::DurableSql;
 use crate::api::archive_target;
 use crate::config::{Config, ConfigError};
 use crate::engine::restores::{
-    archive_request, Admission, ArchiveAccess, Restores, RestoresReport, RESTORES_PER_TICK,
+    archive_request, restores_wake, Admission, ArchiveAccess, Restores, RestoresReport,
+    RESTORES_PER_TICK,
 };
 use crate::engine::{
     arrival, cancel, Arrival, Begin, Cancel, Start, Tick, TickReport, REQUEST_TIMEOUT,
@@ -289,12 +290,14 @@ impl Coordinator {
         }
         let mut tick = match Tick::begin(&store, &config, now_ms(), start).map_err(storage_error)? {
             Begin::Idle => {
-                self.wake_at(restores.wake_at_ms).await?;
+                let due = restores_wake(&store, &restores).map_err(storage_error)?;
+                self.wake_at(due).await?;
                 return Response::from_json(&json!({"tick": "idle"}));
             }
             Begin::Paused(event) => {
                 log(serde_json::to_value(&event)?);
-                self.wake_at(restores.wake_at_ms).await?;
+                let due = restores_wake(&store, &restores).map_err(storage_error)?;
+                self.wake_at(due).await?;
                 return Response::from_json(&json!({"tick": "paused", "why": event}));
             }
             Begin::AlreadyRunning(run) => {
@@ -332,7 +335,8 @@ impl Coordinator {
         let run = tick.run().clone();
         let finished = tick.finish(now_ms());
         if let Ok(report) = &finished {
-            self.report(report, restores.wake_at_ms).await?;
+            let due = restores_wake(&store, &restores).map_err(storage_error)?;
+            self.report(report, due).await?;
         }
         // A failed step's error comes first: it came first.
         result.map_err(storage_error)?;

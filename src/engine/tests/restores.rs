@@ -243,6 +243,12 @@ fn is_import(request: &HttpRequest) -> bool {
         && request.url.as_str() == format!("{GITLAB_API}projects/remote-import")
 }
 
+/// A look at the target's path (`GET /projects/<full path>/import`) after an import request
+/// that got no definite answer.
+fn is_lookup(request: &HttpRequest) -> bool {
+    request.method == Method::Get && request.url.path().contains("%2F")
+}
+
 /// The form of a `remote-import` request.
 fn import_form(request: &HttpRequest) -> BTreeMap<String, String> {
     assert!(is_import(request), "{request:?}");
@@ -621,7 +627,18 @@ fn each_send_makes_a_new_capability_and_only_the_latest_opens_the_archive() {
     let mut capabilities = Vec::new();
     let mut now = ASKED;
     for _ in 0..3 {
-        let (_, sent) = bench.tick(now, 50, &mut random, &mut |_, _| unavailable());
+        let mut gitlab = |_: &Store<&HostSql>, request: &HttpRequest| {
+            if is_lookup(request) {
+                json_answer(404, json!({"message": "404 Project Not Found"}))
+            } else {
+                unavailable()
+            }
+        };
+        let (_, mut sent) = bench.tick(now, 50, &mut random, &mut gitlab);
+        if sent.iter().all(is_lookup) {
+            // After the 5xx, the lookup came first (no project): then the import.
+            sent = bench.tick(now, 50, &mut random, &mut gitlab).1;
+        }
         assert_eq!(sent.len(), 1);
         capabilities.push(archive_of(&sent[0]).1);
         let row = bench.restore(id);
@@ -953,6 +970,9 @@ impl Imports {
                     let before = sent.get(&id).map_or(0, Vec::len);
                     sent.entry(id).or_default().push(now);
                     import(id, before)
+                } else if is_lookup(request) {
+                    // After a 5xx: GitLab made no project.
+                    json_answer(404, json!({"message": "404 Project Not Found"}))
                 } else {
                     import_status("finished", None)
                 }
@@ -1035,7 +1055,8 @@ fn imports_sent_again_after_failures_still_count_toward_six_a_minute() {
 
 #[test]
 fn a_tick_moves_at_most_restores_per_tick_and_never_more_than_its_budget() {
-    for (budget, steps) in [(50, RESTORES_PER_TICK), (2, 2), (1, 1), (0, 0)] {
+    // A budget of 0 still moves one: restores are never held back forever.
+    for (budget, steps) in [(50, RESTORES_PER_TICK), (2, 2), (1, 1), (0, 1)] {
         let bench = Bench::new(&[]);
         let ids = ask_many(&bench, 5, 1, ASKED);
         let store = bench.store();
@@ -1465,4 +1486,73 @@ fn an_import_whose_answer_was_lost_is_looked_up_and_its_project_taken_or_sent_ag
     );
     assert!(sent.iter().any(is_import));
     assert_eq!(bench.restore(id).state, RestoreState::Importing);
+}
+
+#[test]
+fn after_a_5xx_to_its_import_the_restore_is_looked_up_before_it_is_sent_again() {
+    let bench = Bench::new(&[]);
+    let body = json!({"project": CLI, "namespace": "acme/restores", "path": "cli-copy"});
+    let id = bench.ask(body).row().id;
+    bench.tick(ASKED, 50, &mut randomness(), &mut |_, _| unavailable());
+    assert!(
+        bench.restore(id).unanswered,
+        "a 5xx may come after GitLab made it"
+    );
+    let due = bench.restore(id).due_ms;
+    let (_, sent) = bench.tick(due, 50, &mut randomness(), &mut |_, _| {
+        json_answer(
+            200,
+            json!({"id": 321, "import_status": "scheduled", "failed_relations": []}),
+        )
+    });
+    assert!(!sent.iter().any(is_import));
+    assert_eq!(bench.restore(id).new_project_id, Some(321));
+    // A 429 is a definite answer: no lookup.
+    let body = json!({"project": CLI, "namespace": "acme/restores", "path": "cli-two"});
+    let id = bench.ask(body).row().id;
+    bench.tick(ASKED, 50, &mut randomness(), &mut |_, _| {
+        json_answer(429, json!({"message": "Retry later"}))
+    });
+    assert!(!bench.restore(id).unanswered);
+}
+
+#[test]
+fn past_the_daily_allowance_restores_wait_for_midnight_and_wake_no_sooner() {
+    let bench = Bench::new(&[("DO_REQUESTS_PER_DAY", "2000")]);
+    let id = bench.ask(json!({"project": CLI})).row().id;
+    let store = bench.store();
+    let day = ASKED / DAY;
+    store
+        .set_meta(
+            crate::store::MetaKey::DailyUsage,
+            json!({"day": day, "requests": 2000, "rows_written": 0}).to_string(),
+        )
+        .unwrap();
+    let (report, sent) = bench.tick(ASKED, 50, &mut randomness(), &mut no_gitlab);
+    assert!(sent.is_empty());
+    assert_eq!(report.paused_until, Some((day + 1) * DAY));
+    assert_eq!(
+        crate::engine::restores::restores_wake(&store, &report).unwrap(),
+        Some((day + 1) * DAY),
+        "not the restore's due time, which has passed"
+    );
+    assert_eq!(bench.restore(id).state, RestoreState::Requested);
+}
+
+#[test]
+fn a_drill_that_expired_while_importing_still_deletes_its_scratch_project() {
+    let bench = Bench::new(DRILLS);
+    let mut gitlab = drill_gitlab(None, 202);
+    let (_, sent) = bench.tick(ASKED, 50, &mut randomness(), &mut gitlab);
+    let id = archive_of(&sent[0]).0;
+    let expires = bench.restore(id).expires_ms;
+    // Never finishing, it expires; the DELETE still goes out.
+    let (_, _) = bench.tick(expires, 50, &mut randomness(), &mut |_, _| {
+        import_status("started", None)
+    });
+    assert_eq!(bench.restore(id).state, RestoreState::Cleaning);
+    let (_, sent) = bench.tick(expires, 50, &mut randomness(), &mut gitlab);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].method, Method::Delete);
+    assert_eq!(bench.restore(id).state, RestoreState::Failed);
 }
