@@ -23,7 +23,7 @@ use crate::restore::{
 };
 use crate::s3::{read_archive_start, LearnedRegion, Signer};
 use crate::store::{
-    Backup, MetaKey, NewRestore, RestoreRow, RestoreUpdate, Sql, Store, StoreError,
+    Backup, Meta, MetaKey, NewRestore, RestoreRow, RestoreUpdate, Sql, Store, StoreError,
 };
 use crate::time::{ms, system_time};
 
@@ -54,6 +54,21 @@ pub fn next_import_check(import_age: Duration) -> Duration {
         60..600 => Duration::from_secs(30),
         _ => Duration::from_secs(60),
     }
+}
+
+/// The facts of `meta` a tick's restores read, in one statement.
+const RESTORE_FACTS: [MetaKey; 4] = [
+    MetaKey::DailyUsage,
+    MetaKey::LastDrillStarted,
+    MetaKey::BucketRegion,
+    MetaKey::GitLabBackoffUntil,
+];
+
+/// The settings a restore asked for now keeps (`meta` holding the bucket's learned region).
+fn settings_now(config: &Config, meta: &Meta) -> Result<RunSettings, StoreError> {
+    let learned =
+        LearnedRegion::read_for(meta.text(MetaKey::BucketRegion)?.as_deref(), &config.bucket);
+    Ok(RunSettings::of(config, learned))
 }
 
 /// Why `POST /restore` is refused: the HTTP status, the field at fault, and what to do.
@@ -194,10 +209,7 @@ impl Admission {
             .into_iter()
             .chain(config.drills.as_ref().map(|d| d.namespace.clone()))
             .collect();
-        let meta = store.meta(&[MetaKey::BucketRegion])?;
-        let learned =
-            LearnedRegion::read_for(meta.text(MetaKey::BucketRegion)?.as_deref(), &config.bucket);
-        let settings = RunSettings::of(config, learned);
+        let settings = settings_now(config, &store.meta(&[MetaKey::BucketRegion])?)?;
         let admission = Admission {
             gitlab: GitLab::new(&settings.gitlab_url, config.gitlab_token.clone()),
             credentials: config.credentials.clone(),
@@ -406,6 +418,8 @@ pub struct Restores<'a, S: Sql> {
     /// The store's rows written when the restores began: what they write counts against the
     /// day's allowance.
     rows_at_begin: u64,
+    /// The day's usage, as read with the tick's facts.
+    usage: Option<Usage>,
     report: RestoresReport,
 }
 
@@ -417,6 +431,7 @@ impl<'a, S: Sql> Restores<'a, S> {
             budget: subrequests,
             batched: false,
             rows_at_begin: store.rows_written(),
+            usage: None,
             report: RestoresReport::default(),
         }
     }
@@ -532,13 +547,10 @@ impl<'a, S: Sql> Restores<'a, S> {
     /// Starts a restore drill when one is due: drills are set, the last began
     /// `RESTORE_DRILL_EVERY_DAYS` ago, none is going and no run is (a drill follows a run), and
     /// a backup is there to drill (in turn by project id).
-    fn start_drill_if_due(&mut self, now_ms: u64) -> Result<(), StoreError> {
+    fn start_drill_if_due(&mut self, meta: &Meta, now_ms: u64) -> Result<(), StoreError> {
         let (Some(drills), Some(origin)) = (&self.config.drills, &self.config.worker_url) else {
             return Ok(());
         };
-        let meta = self
-            .store
-            .meta(&[MetaKey::LastDrillStarted, MetaKey::BucketRegion])?;
         let last = meta.u64(MetaKey::LastDrillStarted)?;
         if last.is_some_and(|last| now_ms < last + ms(drills.every))
             || self.store.drill_going()?
@@ -549,10 +561,6 @@ impl<'a, S: Sql> Restores<'a, S> {
         let Some(backup) = self.store.next_to_drill()? else {
             return Ok(());
         };
-        let learned = LearnedRegion::read_for(
-            meta.text(MetaKey::BucketRegion)?.as_deref(),
-            &self.config.bucket,
-        );
         let restore = self.store.insert_restore(
             &NewRestore {
                 project_id: backup.project_id,
@@ -563,7 +571,7 @@ impl<'a, S: Sql> Restores<'a, S> {
                 name: None,
                 origin: origin.origin().ascii_serialization(),
                 expires_ms: now_ms + ms(RESTORE_EXPIRY),
-                settings: RunSettings::of(self.config, learned).to_json(),
+                settings: settings_now(self.config, meta)?.to_json(),
                 drill: true,
             },
             now_ms,
@@ -592,19 +600,20 @@ impl<'a, S: Sql> Restores<'a, S> {
         }
         self.batched = true;
         let limit = RESTORES_PER_TICK.min(u64::from(self.budget.max(1)));
+        let meta = self.store.meta(&RESTORE_FACTS)?;
         // Past the day's allowance of the Durable Object, restores wait with the run.
-        let usage = self.store.meta(&[MetaKey::DailyUsage])?;
-        let usage = Usage::read(usage.text(MetaKey::DailyUsage)?.as_deref(), now_ms)?;
-        if let Some(pause) = usage.pause(self.config) {
+        let usage = Usage::read(meta.text(MetaKey::DailyUsage)?.as_deref(), now_ms)?;
+        let paused = usage.pause(self.config);
+        self.usage = Some(usage);
+        if let Some(pause) = paused {
             self.report.paused_until = Some(pause.until_ms);
             return Ok(Vec::new());
         }
-        self.start_drill_if_due(now_ms)?;
+        self.start_drill_if_due(&meta, now_ms)?;
         let due = self.store.due_restores(now_ms, limit)?;
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let meta = self.store.meta(&[MetaKey::GitLabBackoffUntil])?;
         let held_until = meta
             .u64(MetaKey::GitLabBackoffUntil)?
             .filter(|&until| until > now_ms);
@@ -928,12 +937,15 @@ impl<'a, S: Sql> Restores<'a, S> {
         self.report.wake_at_ms = self.store.next_restore_due()?;
         let rows = self.store.rows_written() - self.rows_at_begin;
         if rows > 0 {
-            let usage = self.store.meta(&[MetaKey::DailyUsage])?;
-            Usage::read(usage.text(MetaKey::DailyUsage)?.as_deref(), now_ms)?.record(
-                self.store,
-                self.config,
-                rows + 1,
-            )?;
+            // The usage read with the tick's facts (nothing else writes it meanwhile).
+            let mut usage = match self.usage.take() {
+                Some(usage) => usage,
+                None => {
+                    let meta = self.store.meta(&[MetaKey::DailyUsage])?;
+                    Usage::read(meta.text(MetaKey::DailyUsage)?.as_deref(), now_ms)?
+                }
+            };
+            usage.record(self.store, self.config, rows + 1)?;
         }
         Ok(self.report)
     }

@@ -16,7 +16,6 @@ use crate::api::archive_target;
 use crate::config::{Config, ConfigError};
 use crate::engine::restores::{
     archive_request, restores_wake, Admission, ArchiveAccess, Restores, RestoresReport,
-    RESTORES_PER_TICK,
 };
 use crate::engine::{
     arrival, cancel, Arrival, Begin, Cancel, Start, Tick, TickReport, REQUEST_TIMEOUT,
@@ -229,10 +228,8 @@ impl Coordinator {
         budget: u32,
     ) -> std::result::Result<RestoresReport, StoreError> {
         let mut restores = Restores::begin(store, config, budget);
-        let mut random: Vec<[u8; 32]> = (0..RESTORES_PER_TICK)
-            .filter_map(|_| super::random_bytes().ok())
-            .collect();
-        let steps = restores.next_steps(now_ms(), &mut || random.pop())?;
+        // Random bytes only for the imports that go out.
+        let steps = restores.next_steps(now_ms(), &mut || super::random_bytes().ok())?;
         let answers = send_all(steps.iter().map(|step| &step.request), REQUEST_TIMEOUT).await;
         for (step, answer) in steps.into_iter().zip(answers) {
             restores.handle(step, answer, now_ms())?;
