@@ -47,16 +47,24 @@ struct Line<'a> {
     outcome: &'static str,
     attempts: u64,
     error: Option<&'a str>,
+    /// An unchanged project's: when the backup that holds it (`key`) was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backed_up: Option<String>,
 }
 
 /// One JSON line per project.
 pub fn part_body(prefix: &str, run_started: SystemTime, entries: &[ManifestEntry]) -> String {
     let mut body = String::new();
     for entry in entries {
+        let (key, backed_up) = match &entry.kept {
+            Some((key, at_ms)) => (key.clone(), Some(rfc3339(*at_ms))),
+            None => (object_key(prefix, &entry.path, run_started), None),
+        };
         let line = Line {
             id: entry.project_id,
             path: &entry.path,
-            key: object_key(prefix, &entry.path, run_started),
+            key,
+            backed_up,
             size: entry.size,
             outcome: entry.outcome.as_str(),
             attempts: entry.attempts,
@@ -77,6 +85,8 @@ struct Summary<'a> {
     exported: u64,
     verified: u64,
     failed: u64,
+    /// Projects not exported: their newest backup, which their manifest line names, holds them.
+    unchanged: u64,
     /// Projects without an outcome when the operator cancelled the run.
     cancelled: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,9 +122,8 @@ pub fn summary_body(
         exported: run.exported,
         verified: run.verified,
         failed: run.failed,
-        cancelled: run
-            .cancelled_ms
-            .map_or(0, |_| run.listed.saturating_sub(run.verified + run.failed)),
+        unchanged: run.unchanged,
+        cancelled: run.cancelled_ms.map_or(0, |_| run.without_outcome()),
         cancelled_at: run.cancelled_ms.map(rfc3339),
         group_errors: group_errors
             .iter()
@@ -164,6 +173,7 @@ mod tests {
                 attempts: 1,
                 size: Some(42),
                 error: None,
+                kept: None,
             },
             ManifestEntry {
                 project_id: 2,
@@ -172,6 +182,16 @@ mod tests {
                 attempts: 3,
                 size: None,
                 error: Some("GitLab could not build the export".into()),
+                kept: None,
+            },
+            ManifestEntry {
+                project_id: 3,
+                path: "a/d".into(),
+                outcome: crate::store::Outcome::Unchanged,
+                attempts: 0,
+                size: Some(7),
+                error: None,
+                kept: Some(("a/d/1969-12-31-00-00-00.tar.gz".into(), 1_000)),
             },
         ];
         let body = part_body("", at(0), &entries);
@@ -179,12 +199,17 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
         assert_eq!(lines[0]["key"], "a/b/1970-01-01-00-00-00.tar.gz");
         assert_eq!(lines[0]["outcome"], "verified");
         assert_eq!(lines[0]["size"], 42);
         assert_eq!(lines[1]["outcome"], "failed");
         assert_eq!(lines[1]["attempts"], 3);
         assert_eq!(lines[1]["error"], "GitLab could not build the export");
+        assert!(lines[0].get("backed_up").is_none());
+        // An unchanged project names the backup that holds it, and when it was made.
+        assert_eq!(lines[2]["outcome"], "unchanged");
+        assert_eq!(lines[2]["key"], "a/d/1969-12-31-00-00-00.tar.gz");
+        assert_eq!(lines[2]["backed_up"], "1970-01-01T00:00:01Z");
     }
 }

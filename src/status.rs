@@ -16,6 +16,8 @@ use crate::time::rfc3339;
 pub const FAILURES_SHOWN: u64 = 100;
 /// Verified backups listed by `/status` at most, newest first.
 pub const BACKUPS_SHOWN: u64 = 100;
+/// Stale projects listed by `/status` at most.
+pub const STALE_SHOWN: u64 = 50;
 /// How many restores `/status` lists.
 pub const RESTORES_SHOWN: u64 = 20;
 
@@ -37,6 +39,31 @@ pub struct Status {
     /// Settings changed while the current run is going: it finishes with those it started
     /// with, and the new ones apply from the next run.
     pub settings_changed: Option<SettingsChanged>,
+    /// The projects of the latest finished run whose newest verified backup is older than
+    /// `STALE_AFTER_DAYS`, or that have none.
+    pub stale: Option<StaleStatus>,
+}
+
+/// Projects no backup keeps current (`STALE_AFTER_DAYS`).
+#[derive(Debug, Serialize)]
+pub struct StaleStatus {
+    pub after_days: u64,
+    /// The run whose projects these are.
+    pub run: u64,
+    pub count: u64,
+    /// The oldest first, at most [`STALE_SHOWN`].
+    pub projects: Vec<StaleProjectStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StaleProjectStatus {
+    pub project_id: u64,
+    pub path: String,
+    /// When its newest backup was verified; `None`: never backed up.
+    pub last_backup: Option<String>,
+    /// Whole days since then (`None`: never backed up).
+    pub age_days: Option<u64>,
+    pub reason: String,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -99,6 +126,8 @@ pub struct Counts {
     pub exported: u64,
     pub verified: u64,
     pub failed: u64,
+    /// Not exported: their newest backup still holds them (changed-only runs).
+    pub unchanged: u64,
     /// Not final yet: waiting for export or for proof (in a cancelled run: `cancelled`).
     pub pending: u64,
     /// Without an outcome when the run was cancelled.
@@ -250,7 +279,7 @@ impl RunStatus {
             .collect();
         let mut flights = window.flights.clone();
         flights.for_run(run.id);
-        let open = run.listed.saturating_sub(run.verified + run.failed);
+        let open = run.without_outcome();
         let cancelled = run.cancelled_ms.is_some();
         Ok(RunStatus {
             id: run.id,
@@ -269,6 +298,7 @@ impl RunStatus {
                     },
                 verified: run.verified,
                 failed: run.failed,
+                unchanged: run.unchanged,
                 pending: if cancelled { 0 } else { open },
                 cancelled: if cancelled { open } else { 0 },
             },
@@ -388,6 +418,10 @@ pub fn status<S: Sql>(
         (Some(run), Ok(config)) => SettingsChanged::of(run, config)?,
         _ => None,
     };
+    let stale = match config {
+        Ok(config) => stale(store, config, now_ms)?,
+        Err(_) => None,
+    };
     Ok(Status {
         run: latest
             .map(|run| RunStatus::new(store, run, &window))
@@ -458,7 +492,57 @@ pub fn status<S: Sql>(
         bucket_region,
         config_problems: config.err().map(|e| e.problems.clone()).unwrap_or_default(),
         settings_changed,
+        stale,
     })
+}
+
+/// The stale projects of the latest finished run, with their age and why.
+fn stale<S: Sql>(
+    store: &Store<S>,
+    config: &Config,
+    now_ms: u64,
+) -> Result<Option<StaleStatus>, StoreError> {
+    let Some(run) = store.latest_finished_run()? else {
+        return Ok(None);
+    };
+    let after_days = config.stale_after.as_secs() / 86_400;
+    let before_ms = now_ms.saturating_sub(crate::time::ms(config.stale_after));
+    let (projects, count) = if run.failed == 0 {
+        (Vec::new(), 0)
+    } else {
+        store.stale_projects(run.id, before_ms, STALE_SHOWN)?
+    };
+    let projects = projects
+        .into_iter()
+        .map(|p| {
+            let error = p.error.unwrap_or_else(|| "no reason recorded".to_owned());
+            let runs = match p.runs_failed {
+                1 => "1 run".to_owned(),
+                n => format!("{n} runs"),
+            };
+            let reason = match p.backed_up_ms {
+                None => format!("never backed up: failed in the last {runs} (last error: {error})"),
+                Some(_) => format!(
+                    "not backed up by the {runs} since its last backup (last error: {error})"
+                ),
+            };
+            StaleProjectStatus {
+                project_id: p.project_id,
+                path: p.path,
+                last_backup: p.backed_up_ms.map(rfc3339),
+                age_days: p
+                    .backed_up_ms
+                    .map(|at| now_ms.saturating_sub(at) / 86_400_000),
+                reason,
+            }
+        })
+        .collect();
+    Ok(Some(StaleStatus {
+        after_days,
+        run: run.id,
+        count,
+        projects,
+    }))
 }
 
 #[cfg(test)]

@@ -27,6 +27,13 @@ pub fn rfc3339(at_ms: u64) -> String {
         .unwrap_or_else(|| format!("{at_ms} ms after 1970"))
 }
 
+/// An RFC 3339 time as GitLab writes one (`2024-08-08T13:24:13.543Z`, or with an offset) in
+/// milliseconds since 1970; `None` when it does not read as one, or lies before 1970.
+pub fn rfc3339_ms(text: &str) -> Option<u64> {
+    let at = OffsetDateTime::parse(text.trim(), &Rfc3339).ok()?;
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// An HTTP date (`Last-Modified: Sun, 06 Nov 1994 08:49:37 GMT`) in milliseconds since 1970.
 pub fn http_date_ms(text: &str) -> Option<u64> {
     let at = httpdate::parse_http_date(text.trim()).ok()?;

@@ -513,6 +513,8 @@ fn documented_defaults_are_what_the_code_does_without_the_setting() {
 const BOUNDED_BY: &[(&str, &str, &str)] = &[
     ("VERIFY_TIMEOUT_MINUTES", "PRESIGN_EXPIRY_HOURS", "168"),
     ("PRESIGN_EXPIRY_HOURS", "VERIFY_TIMEOUT_MINUTES", "1"),
+    ("BACKUP_RETENTION_DAYS", "FULL_BACKUP_EVERY_DAYS", "0"),
+    ("STALE_AFTER_DAYS", "FULL_BACKUP_EVERY_DAYS", "0"),
 ];
 
 #[test]

@@ -65,7 +65,22 @@ pub const SETTINGS: &[(&str, bool)] = &[
     ("RESTORE_DRILL_NAMESPACE", false),
     ("RESTORE_DRILL_EVERY_DAYS", false),
     ("WORKER_URL", false),
+    ("INCREMENTAL", false),
+    ("FULL_BACKUP_EVERY_DAYS", false),
+    ("CHANGED_OVERLAP_MINUTES", false),
+    ("BACKUP_RETENTION_DAYS", false),
+    ("STALE_AFTER_DAYS", false),
 ];
+
+/// Days after which a project is exported whatever its activity says (changed-only runs).
+pub const DEFAULT_FULL_BACKUP_EVERY_DAYS: u64 = 7;
+/// How far before a backup's export request a project's `last_activity_at` must lie for the
+/// backup to hold it: GitLab moves `last_activity_at` at most once an hour, so never less than
+/// an hour.
+pub const DEFAULT_CHANGED_OVERLAP_MINUTES: u64 = 120;
+pub const MIN_CHANGED_OVERLAP_MINUTES: u64 = 60;
+/// `STALE_AFTER_DAYS` without `FULL_BACKUP_EVERY_DAYS` (0): a daily run missed twice.
+pub const DEFAULT_STALE_AFTER_DAYS_WITHOUT_FULL: u64 = 2;
 
 /// Days between restore drills, when `RESTORE_DRILL_NAMESPACE` is set.
 pub const DEFAULT_RESTORE_DRILL_EVERY_DAYS: u64 = 7;
@@ -117,6 +132,22 @@ pub struct Config {
     /// The worker's own address, for the archive URLs of restores it starts itself (drills),
     /// and of every restore when set.
     pub worker_url: Option<Url>,
+    /// Changed-only runs (`INCREMENTAL`, `FULL_BACKUP_EVERY_DAYS`, `CHANGED_OVERLAP_MINUTES`);
+    /// `None`: every project is exported every run.
+    pub changed_only: Option<ChangedOnly>,
+    /// A project whose newest verified backup is older than this is reported stale.
+    pub stale_after: Duration,
+}
+
+/// How a run tells the projects that changed since their backup from those that did not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChangedOnly {
+    /// Every project is exported at least once in this many days (at most), whatever its
+    /// activity says, on a day of the cycle its id picks.
+    pub full_every_days: u64,
+    /// A backup holds a project whose `last_activity_at` is this many minutes or more before the
+    /// backup's export request.
+    pub overlap_minutes: u64,
 }
 
 /// `RESTORE_DRILL_NAMESPACE` and `RESTORE_DRILL_EVERY_DAYS`.
@@ -552,6 +583,67 @@ impl Config {
             })
         });
 
+        let incremental = r.boolean("INCREMENTAL", true);
+        let full_every_days = r.number(
+            "FULL_BACKUP_EVERY_DAYS",
+            DEFAULT_FULL_BACKUP_EVERY_DAYS,
+            (0, 365),
+        );
+        let overlap_minutes = r.number(
+            "CHANGED_OVERLAP_MINUTES",
+            DEFAULT_CHANGED_OVERLAP_MINUTES,
+            (MIN_CHANGED_OVERLAP_MINUTES, 7 * 24 * 60),
+        );
+        let changed_only = (incremental && full_every_days > 0).then_some(ChangedOnly {
+            full_every_days,
+            overlap_minutes,
+        });
+        let retention_days = r
+            .optional("BACKUP_RETENTION_DAYS")
+            .is_some()
+            .then(|| r.number("BACKUP_RETENTION_DAYS", 0u64, (1, 100 * 365)));
+        // A quiet project's newest backup is up to FULL_BACKUP_EVERY_DAYS old, plus the day a
+        // run may take to reach it: a lifecycle rule that expires objects sooner deletes it.
+        if let (Some(changed_only), Some(retention)) = (changed_only, retention_days) {
+            if retention > 0 && changed_only.full_every_days >= retention {
+                r.problem(
+                    "FULL_BACKUP_EVERY_DAYS",
+                    format!(
+                        "{} days is not less than BACKUP_RETENTION_DAYS ({retention}): with changed-only \
+                         runs a quiet project's only backup is up to {} days old (plus the run that \
+                         exports it again), so the bucket's expiry rule would delete it; lower \
+                         FULL_BACKUP_EVERY_DAYS below {retention} or lengthen the rule and \
+                         BACKUP_RETENTION_DAYS",
+                        changed_only.full_every_days, changed_only.full_every_days
+                    ),
+                );
+            }
+        }
+        let stale_days = r.number(
+            "STALE_AFTER_DAYS",
+            match changed_only {
+                Some(c) => 2 * c.full_every_days,
+                None => DEFAULT_STALE_AFTER_DAYS_WITHOUT_FULL,
+            },
+            (1, 3650),
+        );
+        // A quiet project's backup is up to FULL_BACKUP_EVERY_DAYS old by design: a shorter
+        // bound would report every quiet project, and the report would mean nothing.
+        if let Some(changed_only) = changed_only {
+            if !r.problems.iter().any(|p| p.setting == "STALE_AFTER_DAYS")
+                && stale_days <= changed_only.full_every_days
+            {
+                r.problem(
+                    "STALE_AFTER_DAYS",
+                    format!(
+                        "{stale_days} days is not more than FULL_BACKUP_EVERY_DAYS ({}): a quiet \
+                         project's newest backup is up to that old by design; give more days",
+                        changed_only.full_every_days
+                    ),
+                );
+            }
+        }
+
         match (
             gitlab_url,
             gitlab_token,
@@ -593,6 +685,8 @@ impl Config {
                 restore_namespaces,
                 drills,
                 worker_url,
+                changed_only,
+                stale_after: Duration::from_secs(stale_days * 24 * 3600),
             }),
             _ => Err(ConfigError {
                 problems: r.problems,

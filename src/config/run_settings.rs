@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::Config;
+use super::{ChangedOnly, Config};
 use crate::s3::{Addressing, Bucket};
 
 /// What a run started with.
@@ -24,6 +24,13 @@ pub struct RunSettings {
     pub s3_prefix: String,
     /// The region the bucket named when asked, if `bucket.region` is `None`.
     pub learned_region: Option<String>,
+    /// Changed-only runs, as the run started with them (`None`: every project is exported; so
+    /// is every project of a run begun before runs kept this).
+    pub changed_only: Option<ChangedOnly>,
+    /// The first run whose backups are where this run's go (the same GitLab, bucket, endpoint
+    /// and prefix): only those can hold a project unchanged. `None`: not known (a run begun
+    /// before runs kept it), this run's own alone.
+    pub backups_from_run: Option<u64>,
 }
 
 /// As stored (URLs as text, read back with the `url` parser).
@@ -36,6 +43,10 @@ struct Stored {
     region: Option<String>,
     learned_region: Option<String>,
     s3_prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    changed_only: Option<ChangedOnly>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backups_from_run: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -56,7 +67,35 @@ impl RunSettings {
             bucket: config.bucket.clone(),
             s3_prefix: config.s3_prefix.clone(),
             learned_region: learned_region.filter(|_| config.bucket.region.is_none()),
+            changed_only: config.changed_only,
+            backups_from_run: None,
         }
+    }
+
+    /// These settings for a run after `previous` (its id and stored settings): the backups of
+    /// the runs since the GitLab, the bucket, its endpoint or the prefix last changed count as
+    /// holding a project. Without a previous run, every backup counts (there is none); after one
+    /// that kept no settings, or other ones, only this run's and later runs' backups do.
+    pub fn after(mut self, previous: Option<(u64, Option<&str>)>) -> RunSettings {
+        self.backups_from_run = Some(match previous {
+            None => 0,
+            Some((id, stored)) => match stored.map(RunSettings::from_json) {
+                Some(Ok(before)) if before.same_place(&self) => {
+                    before.backups_from_run.unwrap_or(id)
+                }
+                _ => id + 1,
+            },
+        });
+        self
+    }
+
+    /// Whether backups of a run with `other` go to the same GitLab's projects and the same
+    /// place in the same bucket.
+    fn same_place(&self, other: &RunSettings) -> bool {
+        self.gitlab_url == other.gitlab_url
+            && self.bucket.name == other.bucket.name
+            && self.bucket.endpoint() == other.bucket.endpoint()
+            && self.s3_prefix == other.s3_prefix
     }
 
     /// The region the run signs for: `AWS_REGION` (or the endpoint's default), else the one
@@ -88,6 +127,8 @@ impl RunSettings {
             region: self.bucket.region.clone(),
             learned_region: self.learned_region.clone(),
             s3_prefix: self.s3_prefix.clone(),
+            changed_only: self.changed_only,
+            backups_from_run: self.backups_from_run,
         })
         .unwrap_or_default()
     }
@@ -112,6 +153,8 @@ impl RunSettings {
             },
             s3_prefix: stored.s3_prefix,
             learned_region: stored.learned_region,
+            changed_only: stored.changed_only,
+            backups_from_run: stored.backups_from_run,
         })
     }
 
@@ -130,6 +173,20 @@ impl RunSettings {
                 same_endpoint && self.bucket.region != now.bucket.region,
             ),
             ("S3_PREFIX", self.s3_prefix != now.s3_prefix),
+            (
+                "INCREMENTAL",
+                self.changed_only.is_some() != now.changed_only.is_some(),
+            ),
+            (
+                "FULL_BACKUP_EVERY_DAYS",
+                matches!((self.changed_only, now.changed_only),
+                    (Some(a), Some(b)) if a.full_every_days != b.full_every_days),
+            ),
+            (
+                "CHANGED_OVERLAP_MINUTES",
+                matches!((self.changed_only, now.changed_only),
+                    (Some(a), Some(b)) if a.overlap_minutes != b.overlap_minutes),
+            ),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -223,5 +280,33 @@ mod tests {
             settings.changed_in(&moved),
             ["GROUPS_TO_BACKUP", "AWS_S3_BUCKET", "S3_ENDPOINT"]
         );
+    }
+
+    #[test]
+    fn a_runs_backups_count_from_the_first_run_that_put_them_in_the_same_place() {
+        let base = config(&[]);
+        let first = RunSettings::of(&base, None).after(None);
+        assert_eq!(first.backups_from_run, Some(0));
+        let stored = first.to_json();
+        // Same GitLab, bucket and prefix: the count goes on from the earlier run's.
+        let same = RunSettings::of(&base, None).after(Some((4, Some(&stored))));
+        assert_eq!(same.backups_from_run, Some(0));
+        // A run that kept no such record counts from itself; one without settings, or with
+        // another prefix, from the new run.
+        let mut old = RunSettings::of(&base, None);
+        old.backups_from_run = None;
+        let after_old = RunSettings::of(&base, None).after(Some((4, Some(&old.to_json()))));
+        assert_eq!(after_old.backups_from_run, Some(4));
+        let unknown = RunSettings::of(&base, None).after(Some((4, None)));
+        assert_eq!(unknown.backups_from_run, Some(5));
+        let moved = RunSettings::of(&config(&[("S3_PREFIX", "other")]), None)
+            .after(Some((4, Some(&stored))));
+        assert_eq!(moved.backups_from_run, Some(5));
+        // The changed-only settings are the run's and read back; changing them is named.
+        assert_eq!(RunSettings::from_json(&stored).unwrap(), first);
+        let now = config(&[("FULL_BACKUP_EVERY_DAYS", "3")]);
+        assert_eq!(first.changed_in(&now), ["FULL_BACKUP_EVERY_DAYS"]);
+        let off = config(&[("INCREMENTAL", "false")]);
+        assert_eq!(first.changed_in(&off), ["INCREMENTAL"]);
     }
 }

@@ -711,3 +711,60 @@ fn restore_settings_are_read_and_their_problems_named() {
         vec!["RESTORE_DRILL_NAMESPACE"]
     );
 }
+
+#[test]
+fn changed_only_runs_are_on_by_default_and_their_settings_checked_together() {
+    let config = read(&minimal()).unwrap();
+    assert_eq!(
+        config.changed_only,
+        Some(ChangedOnly {
+            full_every_days: 7,
+            overlap_minutes: 120,
+        })
+    );
+    assert_eq!(config.stale_after, Duration::from_secs(14 * 86_400));
+    for off in [("INCREMENTAL", "false"), ("FULL_BACKUP_EVERY_DAYS", "0")] {
+        let mut vars = minimal();
+        vars.insert(off.0, off.1);
+        let config = read(&vars).unwrap();
+        assert_eq!(config.changed_only, None, "{off:?}");
+        assert_eq!(
+            config.stale_after,
+            Duration::from_secs(2 * 86_400),
+            "{off:?}"
+        );
+    }
+    // GitLab moves last_activity_at at most once an hour: a shorter overlap would miss pushes.
+    let mut vars = minimal();
+    vars.insert("CHANGED_OVERLAP_MINUTES", "59");
+    assert_eq!(
+        settings_named(read(&vars).unwrap_err()),
+        ["CHANGED_OVERLAP_MINUTES"]
+    );
+    // An expiry rule that deletes a quiet project's only backup before its next full export.
+    let mut vars = minimal();
+    vars.insert("BACKUP_RETENTION_DAYS", "7");
+    let err = read(&vars).unwrap_err();
+    assert_eq!(settings_named(err.clone()), ["FULL_BACKUP_EVERY_DAYS"]);
+    assert!(
+        err.to_string().contains("BACKUP_RETENTION_DAYS (7)"),
+        "{err}"
+    );
+    vars.insert("BACKUP_RETENTION_DAYS", "8");
+    assert!(read(&vars).is_ok());
+    vars.insert("INCREMENTAL", "false");
+    vars.insert("BACKUP_RETENTION_DAYS", "1");
+    assert!(read(&vars).is_ok(), "every run exports everything");
+    // A freshness bound within the cycle would report every quiet project.
+    let mut vars = minimal();
+    vars.insert("STALE_AFTER_DAYS", "7");
+    assert_eq!(
+        settings_named(read(&vars).unwrap_err()),
+        ["STALE_AFTER_DAYS"]
+    );
+    vars.insert("STALE_AFTER_DAYS", "8");
+    assert_eq!(
+        read(&vars).unwrap().stale_after,
+        Duration::from_secs(8 * 86_400)
+    );
+}

@@ -64,7 +64,16 @@ events! {
     /// The operator cancelled the run (`POST /run/cancel`): projects without an outcome are
     /// `cancelled` in its record.
     RunCancelled = "run_cancelled" { run: u64, listed: u64, verified: u64, failed: u64 }
-    PageListed = "page_listed" { run: u64, group: String, projects: usize, new: u64, more: bool }
+    /// A listing page: `new` projects new to the run, `unchanged` of them held by their newest
+    /// backup (changed-only runs), not exported.
+    PageListed = "page_listed" {
+        run: u64,
+        group: String,
+        projects: usize,
+        new: u64,
+        unchanged: u64,
+        more: bool,
+    }
     GroupFailed = "group_failed" { run: u64, group: String, reason: String }
     /// The group changed while it was listed (a project deleted, moved or archived shifts
     /// GitLab's offsets, so a later page skips one): it is listed again from its first page,
@@ -108,6 +117,7 @@ events! {
         exported: u64,
         verified: u64,
         failed: u64,
+        unchanged: u64,
         summary: String,
     }
     TickEnded = "tick_ended" { run: u64, phase: Phase, subrequests: u32, exports: u32 }

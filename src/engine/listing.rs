@@ -11,12 +11,13 @@ use std::fmt;
 
 use url::Url;
 
+use super::changed::held_if_requested_after;
 use super::gates::Limited;
 use super::{Event, Purpose, Step, Tick};
 use crate::config::Config;
 use crate::gitlab::{page_number, with_page, GitLabError};
 use crate::http::HttpResult;
-use crate::store::{ListedPage, ListingPass, Phase, Sql, StoreError};
+use crate::store::{ListedPage, ListedProject, ListingPass, Phase, Sql, StoreError};
 
 /// Listing pages read at once: Cloudflare keeps at most six subrequests waiting for their
 /// answer per invocation, and queues the rest.
@@ -138,10 +139,22 @@ impl<S: Sql> Tick<'_, S> {
         match page {
             Ok(page) => {
                 self.gitlab_answered()?;
-                let projects: Vec<(u64, &str)> = page
+                let rule = self.settings.changed_only;
+                let projects: Vec<ListedProject<'_>> = page
                     .projects
                     .iter()
-                    .map(|p| (p.id, p.path_with_namespace.as_str()))
+                    .map(|p| ListedProject {
+                        id: p.id,
+                        path: p.path_with_namespace.as_str(),
+                        held_if_requested_after_ms: rule.and_then(|rule| {
+                            held_if_requested_after(
+                                rule,
+                                p.id,
+                                p.last_activity_at.as_deref(),
+                                now_ms,
+                            )
+                        }),
+                    })
                     .collect();
                 let next = page.next.as_ref().map(|url| {
                     let number = page_number(url).unwrap_or(page_number_asked + 1);
@@ -153,6 +166,7 @@ impl<S: Sql> Tick<'_, S> {
                         position,
                         page: page_number_asked,
                         projects: &projects,
+                        backups_from_run: self.settings.backups_from_run.unwrap_or(self.run.id),
                         next,
                         pages_total: page.total_pages,
                         total: page.total,
@@ -166,6 +180,7 @@ impl<S: Sql> Tick<'_, S> {
                     group: group.clone(),
                     projects: projects.len(),
                     new: recorded.added,
+                    unchanged: recorded.unchanged,
                     more: next.is_some(),
                 });
                 let changed = recorded.cursor.and_then(|pass| {

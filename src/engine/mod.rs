@@ -12,6 +12,7 @@
 //! exports) and [`event`] (what is logged).
 
 pub mod allowance;
+pub mod changed;
 mod event;
 mod export;
 mod flights;

@@ -177,6 +177,7 @@ impl<S: Sql> Tick<'_, S> {
             exported: self.run.exported,
             verified: self.run.verified,
             failed: self.run.failed,
+            unchanged: self.run.unchanged,
             summary: key,
         });
         Ok(())

@@ -248,7 +248,8 @@ impl<'a, S: Sql> Tick<'a, S> {
                     return Ok(Begin::Idle);
                 }
                 // The run keeps the settings it starts with to its end.
-                let settings = RunSettings::of(config, learned_region(&config.bucket)?);
+                let settings = RunSettings::of(config, learned_region(&config.bucket)?)
+                    .after(last.as_ref().map(|r| (r.id, r.settings.as_deref())));
                 let gitlab = GitLab::new(&settings.gitlab_url, config.gitlab_token.clone());
                 let groups: Vec<(String, String)> = config
                     .groups

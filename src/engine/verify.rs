@@ -294,6 +294,7 @@ impl<S: Sql> Tick<'_, S> {
                     run_id: self.run.id,
                     at_ms: now_ms,
                     size,
+                    requested_ms: project.exported_ms,
                 })?;
                 self.report.events.push(Event::Verified {
                     run: self.run.id,

@@ -122,6 +122,10 @@ impl Default for ListingOptions {
 pub struct Project {
     pub id: u64,
     pub path_with_namespace: String,
+    /// When GitLab last recorded activity in the project (RFC 3339), moved at most once an
+    /// hour and not by every change; absent or unreadable, the project counts as changed.
+    #[serde(default)]
+    pub last_activity_at: Option<String>,
 }
 
 /// One page of a group's projects and where the next one is.

@@ -118,15 +118,25 @@ fn a_page_is_read_with_its_next_link() {
                 "Link",
                 "<https://gitlab.example.com/api/v4/groups/1/projects?page=2&per_page=100>; rel=\"next\", <https://gitlab.example.com/api/v4/groups/1/projects?page=1&per_page=100>; rel=\"first\"",
             )],
-            r#"[{"id": 5, "path_with_namespace": "a/b", "name": "b", "extra": {"x": 1}}]"#,
+            r#"[{"id": 5, "path_with_namespace": "a/b", "name": "b", "extra": {"x": 1},
+                 "last_activity_at": "2024-08-08T13:24:13.543Z"},
+                {"id": 6, "path_with_namespace": "a/c", "last_activity_at": null}]"#,
         ))
         .unwrap();
     assert_eq!(
         page.projects,
-        vec![Project {
-            id: 5,
-            path_with_namespace: "a/b".into()
-        }]
+        vec![
+            Project {
+                id: 5,
+                path_with_namespace: "a/b".into(),
+                last_activity_at: Some("2024-08-08T13:24:13.543Z".into()),
+            },
+            Project {
+                id: 6,
+                path_with_namespace: "a/c".into(),
+                last_activity_at: None,
+            }
+        ]
     );
     assert_eq!(
         page.next.unwrap().as_str(),

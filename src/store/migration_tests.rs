@@ -43,6 +43,7 @@ pub(crate) const FIXTURES: &[Fixture] = &[
     fixture!("v7_exporting", 7),
     fixture!("v8_exporting", 8),
     fixture!("v9_exporting", 9),
+    fixture!("v10_exporting", 10),
 ];
 
 fn load(fixture: &Fixture) -> HostSql {
@@ -353,7 +354,11 @@ fn a_migrated_store_answers_the_queries_of_a_tick() {
                     &ListedPage {
                         position: open[0].position,
                         page: 2,
-                        projects: &[(10, "beta/project-10"), (12, "beta/project-12")],
+                        projects: &ListedProject::all_changed(&[
+                            (10, "beta/project-10"),
+                            (12, "beta/project-12"),
+                        ]),
+                        backups_from_run: 0,
                         next: Some((&next, 3)),
                         pages_total: Some(3),
                         total: Some(5),

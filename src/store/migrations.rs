@@ -15,7 +15,8 @@
 //! | 7 | ec006b5 | the counters' triggers; the digest `schema_version` in `meta` |
 //! | 8 | 6a83cee | the rate window in `meta` instead of the table `export_log` |
 //! | 9 | 614b4da | exports under way in `meta`; `projects_queued`; the manifest's walk; cancel; `listings.total`, `listings.relists`; `runs.settings` |
-//! | 10 | (this) | `restores`; the drills' columns of `last_backups` |
+//! | 10 | 7a0a5cd | `restores`; the drills' columns of `last_backups` |
+//! | 11 | (this) | changed-only runs: `runs.unchanged`, `projects.kept_key`, `projects.kept_ms`, `last_backups.requested_ms` |
 //!
 //! Stores from before the numbers have none: their version is read from `sqlite_master`
 //! ([`detect`]), by the columns their tables declare. Their `CREATE … IF NOT EXISTS` added new
@@ -260,6 +261,23 @@ pub(super) const STEPS: &[Step] = &[
     )",
             "CREATE INDEX IF NOT EXISTS restores_open ON restores (due_ms, id)
         WHERE state IN ('requested', 'importing', 'cleaning')",
+        ],
+    },
+    Step {
+        version: 11,
+        change: "changed-only runs",
+        statements: &[
+            "ALTER TABLE runs ADD COLUMN unchanged INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE projects ADD COLUMN kept_key TEXT",
+            "ALTER TABLE projects ADD COLUMN kept_ms INTEGER",
+            "ALTER TABLE last_backups ADD COLUMN requested_ms INTEGER",
+            // When each kept backup's export was asked for, where the run that made it still has
+            // its project's row; without it a project is exported again once (never taken as
+            // unchanged on a guess).
+            "UPDATE last_backups SET requested_ms = (
+                 SELECT exported_ms FROM projects
+                 WHERE projects.run_id = last_backups.run_id
+                     AND projects.project_id = last_backups.project_id)",
         ],
     },
 ];

@@ -21,10 +21,11 @@ pub(crate) mod migration_tests;
 #[cfg(test)]
 mod tests;
 
+pub use projects::StaleProject;
 pub use restores::{DrillFailure, Drills, NewRestore, RestoreRow, RestoreUpdate, RESTORES_KEPT};
 pub use rows::{
-    Backup, Claimable, ClaimedProject, Claims, Drill, ListedPage, ListingPass, ListingRow,
-    ManifestEntry, Outcome, Phase, ProjectState, RecordedPage, RestoreState, RunRow,
+    Backup, Claimable, ClaimedProject, Claims, Drill, ListedPage, ListedProject, ListingPass,
+    ListingRow, ManifestEntry, Outcome, Phase, ProjectState, RecordedPage, RestoreState, RunRow,
 };
 
 /// A value bound to, or read from, a query.

@@ -189,7 +189,7 @@ impl<S: Sql> Store<S> {
         limit: u64,
     ) -> Result<Vec<ManifestEntry>, StoreError> {
         self.rows(
-            "SELECT project_id, path, state, attempts, size, error FROM projects
+            "SELECT project_id, path, state, attempts, size, error, kept_key, kept_ms FROM projects
              WHERE run_id = ? AND project_id > ? ORDER BY project_id LIMIT ?",
             &[run_id.into(), after.into(), limit.into()],
         )?
@@ -198,7 +198,15 @@ impl<S: Sql> Store<S> {
             let outcome = match ProjectState::parse(&column(row, 2)?.as_text()?)? {
                 ProjectState::Verified => Outcome::Verified,
                 ProjectState::Failed => Outcome::Failed,
+                ProjectState::Unchanged => Outcome::Unchanged,
                 ProjectState::Pending => Outcome::Cancelled,
+            };
+            let kept = match (
+                column(row, 6)?.as_opt_text()?,
+                column(row, 7)?.as_opt_u64()?,
+            ) {
+                (Some(key), Some(at_ms)) => Some((key, at_ms)),
+                _ => None,
             };
             Ok(ManifestEntry {
                 project_id: column(row, 0)?.as_u64()?,
@@ -207,6 +215,7 @@ impl<S: Sql> Store<S> {
                 attempts: column(row, 3)?.as_u64()?,
                 size: column(row, 4)?.as_opt_u64()?,
                 error: column(row, 5)?.as_opt_text()?,
+                kept,
             })
         })
         .collect()
@@ -249,9 +258,11 @@ impl<S: Sql> Store<S> {
     /// Remembers a project's newest verified backup.
     pub fn record_backup(&self, backup: &Backup) -> Result<(), StoreError> {
         self.rows(
-            "INSERT INTO last_backups (project_id, path, key, run_id, at_ms, size) VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO last_backups (project_id, path, key, run_id, at_ms, size, requested_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (project_id) DO UPDATE SET path = excluded.path, key = excluded.key,
-                 run_id = excluded.run_id, at_ms = excluded.at_ms, size = excluded.size",
+                 run_id = excluded.run_id, at_ms = excluded.at_ms, size = excluded.size,
+                 requested_ms = excluded.requested_ms",
             &[
                 backup.project_id.into(),
                 backup.path.as_str().into(),
@@ -259,6 +270,7 @@ impl<S: Sql> Store<S> {
                 backup.run_id.into(),
                 backup.at_ms.into(),
                 backup.size.into(),
+                backup.requested_ms.into(),
             ],
         )?;
         Ok(())
@@ -267,7 +279,7 @@ impl<S: Sql> Store<S> {
     /// The newest verified backups, newest first.
     pub fn recent_backups(&self, limit: u64) -> Result<Vec<Backup>, StoreError> {
         self.rows(
-            "SELECT project_id, path, key, run_id, at_ms, size FROM last_backups ORDER BY at_ms DESC LIMIT ?",
+            "SELECT project_id, path, key, run_id, at_ms, size, requested_ms FROM last_backups ORDER BY at_ms DESC LIMIT ?",
             &[limit.into()],
         )?
         .iter()
@@ -281,17 +293,18 @@ impl<S: Sql> Store<S> {
         limit: u64,
     ) -> Result<Vec<(Backup, Option<Drill>)>, StoreError> {
         self.rows(
-            "SELECT project_id, path, key, run_id, at_ms, size, drill_key, drilled_ms, drill_error
+            "SELECT project_id, path, key, run_id, at_ms, size, requested_ms, drill_key, drilled_ms,
+                 drill_error
              FROM last_backups ORDER BY at_ms DESC LIMIT ?",
             &[limit.into()],
         )?
         .iter()
         .map(|row| {
-            let drill = match column(row, 7)?.as_opt_u64()? {
+            let drill = match column(row, 8)?.as_opt_u64()? {
                 Some(at_ms) => Some(Drill {
-                    key: column(row, 6)?.as_opt_text()?.unwrap_or_default(),
+                    key: column(row, 7)?.as_opt_text()?.unwrap_or_default(),
                     at_ms,
-                    error: column(row, 8)?.as_opt_text()?,
+                    error: column(row, 9)?.as_opt_text()?,
                 }),
                 None => None,
             };
@@ -315,7 +328,7 @@ impl<S: Sql> Store<S> {
     fn backups_where(&self, condition: &str, param: Value) -> Result<Option<Backup>, StoreError> {
         self.rows(
             &format!(
-                "SELECT project_id, path, key, run_id, at_ms, size FROM last_backups
+                "SELECT project_id, path, key, run_id, at_ms, size, requested_ms FROM last_backups
                  WHERE {condition} ORDER BY at_ms DESC LIMIT 1"
             ),
             &[param],
@@ -334,5 +347,66 @@ pub(super) fn read_backup(row: &Row) -> Result<Backup, StoreError> {
         run_id: column(row, 3)?.as_u64()?,
         at_ms: column(row, 4)?.as_u64()?,
         size: column(row, 5)?.as_u64()?,
+        requested_ms: column(row, 6)?.as_opt_u64()?,
     })
+}
+
+/// A project of a finished run whose newest verified backup is older than the freshness
+/// bound, or that has none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleProject {
+    pub project_id: u64,
+    pub path: String,
+    /// When its newest backup was verified (`None`: never).
+    pub backed_up_ms: Option<u64>,
+    /// The finished runs since that backup's run (or, never backed up, those it failed in
+    /// that the store still details) that did not back it up.
+    pub runs_failed: u64,
+    /// Why the run did not back it up.
+    pub error: Option<String>,
+}
+
+impl<S: Sql> Store<S> {
+    /// The projects of `run_id` (a finished run) that failed and whose newest backup was
+    /// verified before `before_ms` or never, oldest backup first, at most `limit`, and how
+    /// many there are. (A project the run backed up or found unchanged has a backup within its
+    /// full-export cycle, which the freshness bound is longer than.)
+    pub fn stale_projects(
+        &self,
+        run_id: u64,
+        before_ms: u64,
+        limit: u64,
+    ) -> Result<(Vec<StaleProject>, u64), StoreError> {
+        let rows = self.rows(
+            "SELECT p.project_id, p.path, b.at_ms, p.error,
+                 IIF(b.run_id IS NULL,
+                     (SELECT COUNT(*) FROM runs AS r JOIN projects AS q
+                          ON q.run_id = r.id AND q.project_id = p.project_id
+                      WHERE r.id <= p.run_id AND q.state = 'failed'),
+                     (SELECT COUNT(*) FROM runs AS r
+                      WHERE r.id > b.run_id AND r.id <= p.run_id AND r.phase = 'finished')),
+                 COUNT(*) OVER ()
+             FROM projects AS p LEFT JOIN last_backups AS b ON b.project_id = p.project_id
+             WHERE p.run_id = ? AND p.state = 'failed' AND (b.at_ms IS NULL OR b.at_ms < ?)
+             ORDER BY COALESCE(b.at_ms, 0), p.project_id LIMIT ?",
+            &[run_id.into(), before_ms.into(), limit.into()],
+        )?;
+        let total = match rows.first() {
+            Some(row) => column(row, 5)?.as_u64()?,
+            None => 0,
+        };
+        let stale = rows
+            .iter()
+            .map(|row| {
+                Ok(StaleProject {
+                    project_id: column(row, 0)?.as_u64()?,
+                    path: column(row, 1)?.as_text()?,
+                    backed_up_ms: column(row, 2)?.as_opt_u64()?,
+                    error: column(row, 3)?.as_opt_text()?,
+                    runs_failed: column(row, 4)?.as_u64()?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((stale, total))
+    }
 }

@@ -335,7 +335,7 @@ impl<S: Sql> Store<S> {
         let after = self.drill_tally()?.after;
         let next = |after: u64| -> Result<Option<Backup>, StoreError> {
             self.rows(
-                "SELECT project_id, path, key, run_id, at_ms, size FROM last_backups
+                "SELECT project_id, path, key, run_id, at_ms, size, requested_ms FROM last_backups
                  WHERE project_id > ? ORDER BY project_id LIMIT 1",
                 &[after.into()],
             )?

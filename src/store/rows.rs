@@ -67,6 +67,9 @@ stored_enum! {
         Verified = "verified",
         /// Final: no attempt left, or GitLab refuses this project.
         Failed = "failed",
+        /// Final, as listed (changed-only runs): not exported, its newest backup still holds it
+        /// (`projects.kept_key`).
+        Unchanged = "unchanged",
     }
 }
 
@@ -99,6 +102,8 @@ pub struct RunRow {
     pub exported: u64,
     pub verified: u64,
     pub failed: u64,
+    /// Projects not exported because their newest backup still holds them.
+    pub unchanged: u64,
     /// Why the run stopped early (preflight), if it did.
     pub error: Option<String>,
     pub manifest_parts: u64,
@@ -118,7 +123,8 @@ pub struct RunRow {
 impl RunRow {
     pub(super) const COLUMNS: &'static str =
         "id, started_ms, finished_ms, phase, listed, exported, verified, \
-         failed, error, manifest_parts, summary_key, manifest_after, cancelled_ms, settings";
+         failed, error, manifest_parts, summary_key, manifest_after, cancelled_ms, settings, \
+         unchanged";
 
     pub(super) fn read(row: &Row) -> Result<RunRow, StoreError> {
         Ok(RunRow {
@@ -136,7 +142,14 @@ impl RunRow {
             manifest_after: column(row, 11)?.as_u64()?,
             cancelled_ms: column(row, 12)?.as_opt_u64()?,
             settings: column(row, 13)?.as_opt_text()?,
+            unchanged: column(row, 14)?.as_u64()?,
         })
+    }
+
+    /// Listed projects without an outcome yet (in a cancelled run: those cancelled).
+    pub fn without_outcome(&self) -> u64 {
+        self.listed
+            .saturating_sub(self.verified + self.failed + self.unchanged)
     }
 }
 
@@ -155,7 +168,10 @@ pub struct ListedPage<'a> {
     pub position: u64,
     /// The page's number: the group's cursor moves only if it stands on this page.
     pub page: u64,
-    pub projects: &'a [(u64, &'a str)],
+    pub projects: &'a [ListedProject<'a>],
+    /// Only backups made by this run or later count as holding a project (the runs before it
+    /// put their backups elsewhere: another GitLab, bucket or prefix).
+    pub backups_from_run: u64,
     /// The next page and its number; `None`: the listing is complete.
     pub next: Option<(&'a str, u64)>,
     pub pages_total: Option<u64>,
@@ -163,11 +179,38 @@ pub struct ListedPage<'a> {
     pub total: Option<u64>,
 }
 
+/// A project as a listing page brings it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListedProject<'a> {
+    pub id: u64,
+    pub path: &'a str,
+    /// Changed-only runs: the project's newest backup still holds it if that backup's export
+    /// was asked for after this moment (`None`: it is exported).
+    pub held_if_requested_after_ms: Option<u64>,
+}
+
+impl<'a> ListedProject<'a> {
+    /// Projects listed as changed, each exported (tests).
+    #[cfg(test)]
+    pub fn all_changed(projects: &[(u64, &'a str)]) -> Vec<ListedProject<'a>> {
+        projects
+            .iter()
+            .map(|&(id, path)| ListedProject {
+                id,
+                path,
+                held_if_requested_after_ms: None,
+            })
+            .collect()
+    }
+}
+
 /// What recording a page did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordedPage {
     /// Projects new to the run.
     pub added: u64,
+    /// Of those, the ones unchanged since their newest backup.
+    pub unchanged: u64,
     /// The run as it now stands, if its count changed.
     pub run: Option<RunRow>,
     /// Where this pass over the group stands, if the page moved its cursor (a page read ahead,
@@ -215,6 +258,8 @@ impl ClaimedProject {
 pub enum Outcome {
     Verified,
     Failed,
+    /// Not exported: its newest backup (`ManifestEntry::kept`) still holds it.
+    Unchanged,
     /// The run was cancelled before the project had its outcome.
     Cancelled,
 }
@@ -224,6 +269,7 @@ impl Outcome {
         match self {
             Outcome::Verified => "verified",
             Outcome::Failed => "failed",
+            Outcome::Unchanged => "unchanged",
             Outcome::Cancelled => "cancelled",
         }
     }
@@ -238,6 +284,8 @@ pub struct ManifestEntry {
     pub attempts: u64,
     pub size: Option<u64>,
     pub error: Option<String>,
+    /// An unchanged project's newest backup: its key and when it was verified.
+    pub kept: Option<(String, u64)>,
 }
 
 /// A project's verified backup.
@@ -247,8 +295,11 @@ pub struct Backup {
     pub path: String,
     pub key: String,
     pub run_id: u64,
+    /// When it was verified.
     pub at_ms: u64,
     pub size: u64,
+    /// When its export was asked for (`None`: not known, for backups kept before version 11).
+    pub requested_ms: Option<u64>,
 }
 
 /// A backup's last restore drill: the key drilled, when, and why it failed (`None`: passed).

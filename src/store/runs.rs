@@ -17,6 +17,11 @@ impl<S: Sql> Store<S> {
             .transpose()
     }
 
+    /// The latest run that finished and listed projects.
+    pub fn latest_finished_run(&self) -> Result<Option<RunRow>, StoreError> {
+        self.run_where("phase = 'finished' AND listed > 0", &[])
+    }
+
     /// The run that has not finished, if any.
     pub fn active_run(&self) -> Result<Option<RunRow>, StoreError> {
         // Runs never overlap: only the newest can be going.
@@ -242,21 +247,37 @@ impl<S: Sql> Store<S> {
         run_id: u64,
         listed: &ListedPage<'_>,
     ) -> Result<RecordedPage, StoreError> {
-        // One statement for the page: its projects go in as one JSON array of [id, path].
-        let page = serde_json::to_string(listed.projects)
+        // One statement for the page: its projects go in as one JSON array of [id, path, the
+        // moment their backup must have been asked for after to hold them], compared with each
+        // project's last backup. An unchanged project is written once, with its outcome.
+        let page: Vec<(u64, &str, Option<u64>)> = listed
+            .projects
+            .iter()
+            .map(|p| (p.id, p.path, p.held_if_requested_after_ms))
+            .collect();
+        let page = serde_json::to_string(&page)
             .map_err(|e| StoreError(format!("encoding a page of projects: {e}")))?;
-        let added = self
-            .rows(
-                "INSERT INTO projects (run_id, project_id, path, state)
-                 SELECT ?, value ->> 0, value ->> 1, 'pending' FROM json_each(?) WHERE true
-                 ON CONFLICT DO NOTHING RETURNING project_id",
-                &[run_id.into(), page.into()],
-            )?
-            .len() as u64;
+        let added = self.rows(
+            "INSERT INTO projects (run_id, project_id, path, state, kept_key, kept_ms, size)
+             SELECT ?, value ->> 0, value ->> 1, IIF(held, 'unchanged', 'pending'),
+                 IIF(held, key, NULL), IIF(held, at_ms, NULL), IIF(held, size, NULL)
+             FROM (SELECT p.value, b.key, b.at_ms, b.size,
+                       COALESCE(b.requested_ms > p.value ->> 2 AND b.run_id >= ?, 0) AS held
+                   FROM json_each(?) AS p
+                   LEFT JOIN last_backups AS b ON b.project_id = p.value ->> 0)
+             WHERE true
+             ON CONFLICT DO NOTHING RETURNING state",
+            &[run_id.into(), listed.backups_from_run.into(), page.into()],
+        )?;
+        let unchanged = added
+            .iter()
+            .filter(|row| matches!(row.first(), Some(Value::Text(s)) if s == "unchanged"))
+            .count() as u64;
+        let added = added.len() as u64;
         let run = if added > 0 {
             Some(self.run_returned(
-                "UPDATE runs SET listed = listed + ? WHERE id = ?",
-                &[added.into(), run_id.into()],
+                "UPDATE runs SET listed = listed + ?, unchanged = unchanged + ? WHERE id = ?",
+                &[added.into(), unchanged.into(), run_id.into()],
             )?)
         } else {
             None
@@ -291,7 +312,12 @@ impl<S: Sql> Store<S> {
                 })
             })
             .transpose()?;
-        Ok(RecordedPage { added, run, cursor })
+        Ok(RecordedPage {
+            added,
+            unchanged,
+            run,
+            cursor,
+        })
     }
 
     /// Lists a group again from its first page (`first_url`), in a new pass: what its pages
@@ -328,12 +354,14 @@ impl<S: Sql> Store<S> {
         position: u64,
         projects: &[(u64, &str)],
     ) -> Result<u64, StoreError> {
+        let projects = super::ListedProject::all_changed(projects);
         self.record_page(
             run_id,
             &ListedPage {
                 position,
                 page: 1,
-                projects,
+                projects: &projects,
+                backups_from_run: 0,
                 next: None,
                 pages_total: Some(1),
                 total: Some(projects.len() as u64),

@@ -28,7 +28,8 @@ pub(super) const SCHEMA: &[&str] = &[
         summary_key TEXT,
         manifest_after INTEGER NOT NULL DEFAULT 0,
         cancelled_ms INTEGER,
-        settings TEXT
+        settings TEXT,
+        unchanged INTEGER NOT NULL DEFAULT 0
     )",
     // One row per configured group of a run: where its listing stands. `next_url` is the next
     // page to read (NULL: done), `page` its number, `pages_total` the page count GitLab gave
@@ -55,6 +56,8 @@ pub(super) const SCHEMA: &[&str] = &[
     // never tried (taken by id), else its next try (retry backoff, or behind the others).
     // `manifest_part` and `runs.manifest_waiting` are unused since version 9 (the manifest is
     // written by a walk of the run's projects at its end; dropping a column rewrites a table).
+    // An `unchanged` project (changed-only runs) is written once, as listed, with the key and
+    // date of the backup that still holds it (`kept_key`, `kept_ms`, and its `size`).
     "CREATE TABLE IF NOT EXISTS projects (
         run_id INTEGER NOT NULL,
         project_id INTEGER NOT NULL,
@@ -67,6 +70,8 @@ pub(super) const SCHEMA: &[&str] = &[
         error TEXT,
         manifest_part INTEGER,
         unanswered INTEGER NOT NULL DEFAULT 0,
+        kept_key TEXT,
+        kept_ms INTEGER,
         PRIMARY KEY (run_id, project_id)
     ) WITHOUT ROWID",
     // Pending projects to try again, by when: only projects whose attempt failed have an
@@ -77,7 +82,9 @@ pub(super) const SCHEMA: &[&str] = &[
     // backoff, the bucket's region, the last error. Values are integers or text.
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
     // Each project's last good backup, kept when old runs are pruned, and its last restore
-    // drill: the key drilled, when, and why it failed (NULL: passed).
+    // drill: the key drilled, when, and why it failed (NULL: passed). `at_ms`: when it was
+    // verified; `requested_ms`: when its export was asked for (what changed-only runs compare a
+    // project's activity with; NULL: unknown, exported again).
     "CREATE TABLE IF NOT EXISTS last_backups (
         project_id INTEGER PRIMARY KEY,
         path TEXT NOT NULL,
@@ -87,7 +94,8 @@ pub(super) const SCHEMA: &[&str] = &[
         size INTEGER NOT NULL,
         drill_key TEXT,
         drilled_ms INTEGER,
-        drill_error TEXT
+        drill_error TEXT,
+        requested_ms INTEGER
     )",
     "CREATE INDEX IF NOT EXISTS last_backups_by_time ON last_backups (at_ms)",
     // One row per restore asked for (`POST /restore`, or a restore drill: `drill` 1): what is imported from which backup
@@ -145,7 +153,7 @@ pub(super) const SCHEMA: &[&str] = &[
 /// ([`schema_digest`]): changing the statements without a new step fails
 /// `store::migration_tests`.
 #[cfg(test)]
-pub(super) const SCHEMA_DIGEST: (u64, &str) = (10, "5abc844cf8fff3dc");
+pub(super) const SCHEMA_DIGEST: (u64, &str) = (11, "acc68385ab8903be");
 
 /// The first 8 bytes of the SHA-256 of the statements, in hex (what stores before numbered
 /// versions kept as `schema_version`).

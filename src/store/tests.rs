@@ -81,7 +81,8 @@ fn a_pass_over_a_group_keeps_what_its_first_page_announced_and_a_relist_starts_a
                 &ListedPage {
                     position: 0,
                     page: number,
-                    projects,
+                    projects: &ListedProject::all_changed(projects),
+                    backups_from_run: 0,
                     next: Some((&next, number + 1)),
                     pages_total: Some(3),
                     total: Some(total),
@@ -168,11 +169,15 @@ impl Sql for &Counting<'_> {
     }
 }
 
-/// Takes a new store's tables back to version 8's: without the columns step 9 adds and the
-/// table step 10 adds.
+/// Takes a new store's tables back to version 8's: without the columns step 9 adds, the
+/// table step 10 adds and the columns of step 11.
 fn back_to_version_8(db: &HostSql) {
     db.0.execute_batch(
-        "DROP TABLE restores;
+        "ALTER TABLE runs DROP COLUMN unchanged;
+         ALTER TABLE projects DROP COLUMN kept_key;
+         ALTER TABLE projects DROP COLUMN kept_ms;
+         ALTER TABLE last_backups DROP COLUMN requested_ms;
+         DROP TABLE restores;
          ALTER TABLE last_backups DROP COLUMN drill_key;
          ALTER TABLE last_backups DROP COLUMN drilled_ms;
          ALTER TABLE last_backups DROP COLUMN drill_error;
@@ -526,6 +531,7 @@ fn last_backups_older_than_the_cutoff_are_forgotten_a_batch_at_a_time() {
                 run_id: 1,
                 at_ms: id * 100 * day,
                 size: 10,
+                requested_ms: None,
             })
             .unwrap();
     }
@@ -641,6 +647,7 @@ fn the_backups_are_drilled_in_turn_by_project_id_and_the_tally_counts_their_last
                 run_id: 1,
                 at_ms: 10,
                 size: 5,
+                requested_ms: None,
             })
             .unwrap();
     }
@@ -674,6 +681,7 @@ fn the_backups_are_drilled_in_turn_by_project_id_and_the_tally_counts_their_last
             run_id: 2,
             at_ms: 400,
             size: 6,
+            requested_ms: None,
         })
         .unwrap();
     assert_eq!(store.drills().unwrap().failed, 1);
@@ -689,4 +697,73 @@ fn the_backups_are_drilled_in_turn_by_project_id_and_the_tally_counts_their_last
         "the latest failure is kept"
     );
     assert!(!store.drill_going().unwrap());
+}
+
+#[test]
+fn a_page_of_unchanged_projects_costs_a_row_written_each_in_one_statement_against_their_backups() {
+    let db = HostSql::in_memory();
+    let store = Store::open(&db).unwrap();
+    let first = "https://gitlab.example.com/api/v4/groups/a/projects?page=1";
+    let earlier = store.start_run(0, &[("a".into(), first.into())]).unwrap();
+    let paths: Vec<String> = (1..=100).map(|id| format!("a/p{id}")).collect();
+    for id in 1..=100u64 {
+        store
+            .record_backup(&Backup {
+                project_id: id,
+                path: paths[id as usize - 1].clone(),
+                key: format!("a/p{id}/k.tar.gz"),
+                run_id: earlier.id,
+                at_ms: 2_000,
+                size: id,
+                // Project 100's backup is from before the store knew when exports were asked.
+                requested_ms: (id < 100).then_some(1_000),
+            })
+            .unwrap();
+    }
+    let run = store
+        .start_run(10_000, &[("a".into(), first.into())])
+        .unwrap();
+    // Held when the backup's request came after the given moment: all but project 1 (asked
+    // for after it) and project 100 (not known).
+    let projects: Vec<ListedProject<'_>> = (1..=100u64)
+        .map(|id| ListedProject {
+            id,
+            path: &paths[id as usize - 1],
+            held_if_requested_after_ms: Some(if id == 1 { 1_000 } else { 999 }),
+        })
+        .collect();
+    let listed = |backups_from_run: u64| ListedPage {
+        position: 0,
+        page: 1,
+        projects: &projects,
+        backups_from_run,
+        next: None,
+        pages_total: Some(1),
+        total: Some(100),
+    };
+    let rows_before = (&db).rows_written();
+    let recorded = store.record_page(run.id, &listed(earlier.id)).unwrap();
+    // 100 project rows, the run's counters and the listing's cursor: no index entry, no
+    // trigger.
+    assert_eq!((&db).rows_written() - rows_before, 102);
+    assert_eq!((recorded.added, recorded.unchanged), (100, 98));
+    let run = recorded.run.unwrap();
+    assert_eq!(
+        (run.listed, run.unchanged, run.without_outcome()),
+        (100, 98, 2)
+    );
+    let entries = store.manifest_entries(run.id, 0, 100).unwrap();
+    assert_eq!(entries[0].outcome, Outcome::Cancelled, "pending, not held");
+    assert_eq!(entries[99].kept, None);
+    assert_eq!(entries[1].outcome, Outcome::Unchanged);
+    assert_eq!(
+        (entries[1].kept.clone(), entries[1].size),
+        (Some(("a/p2/k.tar.gz".to_owned(), 2_000)), Some(2))
+    );
+    // Backups from before the run that moved them elsewhere hold nothing.
+    let later = store
+        .start_run(20_000, &[("a".into(), first.into())])
+        .unwrap();
+    let recorded = store.record_page(later.id, &listed(run.id)).unwrap();
+    assert_eq!((recorded.added, recorded.unchanged), (100, 0));
 }

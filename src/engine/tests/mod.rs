@@ -32,13 +32,15 @@
 //! backoff, refusals, unanswered exports), `verify.rs` (proof of landing, retries, timeouts),
 //! `restarts.rs` (a worker killed mid-tick), `restores.rs` (`POST /restore` admitted, imports
 //! sent within GitLab's limit and followed to their end, the archive URL's capability),
-//! `pruning.rs` (old runs), `settings.rs` (settings pinned per run, the bucket's region learned
+//! `changed.rs` (changed-only runs: unchanged projects held by their backup, the full-export
+//! cycle, freshness), `pruning.rs` (old runs), `settings.rs` (settings pinned per run, the bucket's region learned
 //! again), `upgrades.rs` (a run left in the middle by every earlier schema, completed after its
 //! store is migrated), and `properties.rs` (the property tests).
 
 mod sim;
 
 mod allowance;
+mod changed;
 mod exports;
 mod listing;
 mod preflight;

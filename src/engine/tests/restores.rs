@@ -96,6 +96,7 @@ impl Bench {
                     run_id: 1,
                     at_ms,
                     size: 4_096,
+                    requested_ms: None,
                 })
                 .unwrap();
         }

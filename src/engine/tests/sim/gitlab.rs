@@ -22,6 +22,9 @@ pub(crate) struct SimProject {
     group: usize,
     shared_with: Vec<usize>,
     pub(crate) archived: bool,
+    /// `last_activity_at`, when the listing carries it (most tests leave it out, so that every
+    /// project counts as changed).
+    pub(crate) last_activity_ms: Option<u64>,
 }
 
 /// An export request as GitLab saw it.
@@ -225,6 +228,7 @@ impl SimGitLab {
                     group,
                     shared_with: Vec::new(),
                     archived: false,
+                    last_activity_ms: None,
                 });
                 id
             })
@@ -233,6 +237,18 @@ impl SimGitLab {
 
     pub(crate) fn project_mut(&mut self, id: u64) -> &mut SimProject {
         self.projects.iter_mut().find(|p| p.id == id).unwrap()
+    }
+
+    /// An event in the project at `now_ms` (a push, a comment): like GitLab, `last_activity_at`
+    /// moves only when it is an hour old or more (`Event::RESET_PROJECT_ACTIVITY_INTERVAL`).
+    pub(crate) fn activity(&mut self, id: u64, now_ms: u64) {
+        let project = self.project_mut(id);
+        if project
+            .last_activity_ms
+            .is_none_or(|at| at + 3_600_000 <= now_ms)
+        {
+            project.last_activity_ms = Some(now_ms);
+        }
     }
 
     pub(crate) fn path_of(&self, id: u64) -> &str {
@@ -412,7 +428,7 @@ impl SimGitLab {
                     .map(|p| {
                         let name = p.path_with_namespace.rsplit('/').next().unwrap();
                         let namespace = &self.groups[p.group];
-                        json!({
+                        let mut project = json!({
                             "id": p.id,
                             "description": null,
                             "name": name,
@@ -425,7 +441,11 @@ impl SimGitLab {
                             "topics": [],
                             "web_url": format!("{}{}", GITLAB_URL, p.path_with_namespace),
                             "namespace": {"id": namespace.id, "full_path": namespace.full_path, "kind": "group"},
-                        })
+                        });
+                        if let Some(at) = p.last_activity_ms {
+                            project["last_activity_at"] = json!(crate::time::rfc3339(at));
+                        }
+                        project
                     })
                     .collect();
                 let mut answer = json_answer(200, serde_json::Value::Array(body));
