@@ -117,6 +117,9 @@ struct Metered {
     tick_statements: RefCell<Vec<(u64, String)>>,
     /// The schema's indexes, by table.
     indexes: HashMap<String, Vec<Index>>,
+    /// Rows written (index entries counted) by kind of statement: its verb and table, such as
+    /// `DELETE projects`.
+    written_by_kind: RefCell<HashMap<String, u64>>,
 }
 
 /// A tick's costliest statements, with `BENCH_PROFILE` (CPU ns, statement).
@@ -130,6 +133,7 @@ impl Metered {
             profile: std::env::var_os("BENCH_PROFILE").map(|_| RefCell::default()),
             tick_statements: RefCell::default(),
             indexes: HashMap::new(),
+            written_by_kind: RefCell::default(),
         }
     }
 
@@ -371,9 +375,21 @@ impl Sql for &Metered {
         usage.metering_ns += metering_ns;
         usage.statements += 1;
         usage.rows_returned += rows.len() as u64;
-        if let Some((rows_written, with_indexes)) = written {
+        if let (Some((rows_written, with_indexes)), Some(table)) = (written, table) {
             usage.rows_written += rows_written;
             usage.rows_written_with_indexes += with_indexes;
+            if with_indexes > 0 {
+                let verb = query
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_uppercase();
+                *self
+                    .written_by_kind
+                    .borrow_mut()
+                    .entry(format!("{verb} {table}"))
+                    .or_default() += with_indexes;
+            }
         }
         Ok(rows)
     }
@@ -460,6 +476,9 @@ struct World {
     exports: HashMap<u64, u64>,
     /// When each GitLab request arrived, in order.
     gitlab_requests: Vec<u64>,
+    /// The projects' activity (the week's simulation); `None`: every project's
+    /// `last_activity_at` is 2024-01-01T00:00:00Z.
+    activity: Option<Activity>,
 }
 
 fn json_answer(
@@ -474,8 +493,9 @@ fn json_answer(
     }
 }
 
-/// A project as GitLab's `simple=true` representation shows it.
-fn simple_project(id: u64) -> serde_json::Value {
+/// A project as GitLab's `simple=true` representation shows it, its `last_activity_at` as
+/// given (RFC 3339).
+fn simple_project(id: u64, last_activity_at: &str) -> serde_json::Value {
     let subgroup = (id - 1) / PER_SUBGROUP + 1;
     let path = format!("project-{id}");
     let full = format!("bench/team-{subgroup}/{path}");
@@ -497,7 +517,7 @@ fn simple_project(id: u64) -> serde_json::Value {
         "forks_count": 0,
         "avatar_url": null,
         "star_count": 3,
-        "last_activity_at": "2024-01-01T00:00:00.000Z",
+        "last_activity_at": last_activity_at,
         "namespace": {
             "id": 1000 + subgroup,
             "name": format!("team-{subgroup}"),
@@ -518,6 +538,7 @@ impl World {
             durations,
             exports: HashMap::new(),
             gitlab_requests: Vec::new(),
+            activity: None,
         }
     }
 
@@ -595,6 +616,9 @@ impl World {
             });
         }
         self.gitlab_requests.push(now_ms);
+        if let Some(activity) = &mut self.activity {
+            activity.advance(now_ms);
+        }
         let segments: Vec<&str> = url.path_segments().map(|s| s.collect()).unwrap_or_default();
         match (request.method, segments.as_slice()) {
             (Method::Get, ["api", "v4", "user"]) => Ok(json_answer(
@@ -647,7 +671,15 @@ impl World {
         let pages = self.projects.div_ceil(PER_PAGE).max(1);
         let first = (page - 1) * PER_PAGE + 1;
         let last = (page * PER_PAGE).min(self.projects);
-        let body: Vec<serde_json::Value> = (first..=last).map(simple_project).collect();
+        let body: Vec<serde_json::Value> = (first..=last)
+            .map(|id| {
+                let at = match &self.activity {
+                    Some(activity) => gitlab_backup::time::rfc3339(activity.shown(id)),
+                    None => "2024-01-01T00:00:00.000Z".to_owned(),
+                };
+                simple_project(id, &at)
+            })
+            .collect();
         let link_to = |n: u64| {
             let mut link = url.clone();
             let pairs: Vec<(String, String)> = url
@@ -1027,6 +1059,10 @@ fn main() {
             realistic_durations(&sizes);
             return;
         }
+        Ok("week") => {
+            week_section(&week_sizes(), week_days());
+            return;
+        }
         _ => vec![false, true],
     };
     for &cold in &modes {
@@ -1056,6 +1092,27 @@ fn main() {
             ms(heaviest)
         );
     }
+    week_section(&week_sizes(), week_days());
+}
+
+/// `BENCH_WEEK_SIZES` (default 100, 10,000, 30,000 and 100,000 projects).
+fn week_sizes() -> Vec<u64> {
+    std::env::var("BENCH_WEEK_SIZES")
+        .ok()
+        .map(|s| {
+            s.split(',')
+                .map(|n| n.trim().parse().expect("BENCH_WEEK_SIZES: numbers"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![100, 10_000, 30_000, 100_000])
+}
+
+/// `BENCH_WEEK_DAYS` (default 7).
+fn week_days() -> u64 {
+    std::env::var("BENCH_WEEK_DAYS")
+        .ok()
+        .map(|d| d.parse().expect("BENCH_WEEK_DAYS: a number of days"))
+        .unwrap_or(WEEK_DAYS)
 }
 
 /// The free plan's table, for an object that stays in memory between ticks (`cold == false`:
@@ -1201,6 +1258,576 @@ fn realistic_durations(sizes: &[u64]) {
             println!(
                 "  ticks without a subrequest {idle}; alarms by timer {:?}; alarms set again for the time already pending {}",
                 run.alarms_for, run.alarms_pending_again
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A week of daily changed-only runs.
+
+const DAY: u64 = 24 * HOUR;
+/// Simulated days of the week's section.
+const WEEK_DAYS: u64 = 7;
+/// `FULL_BACKUP_EVERY_DAYS` and `CHANGED_OVERLAP_MINUTES` of the week's runs (the defaults).
+const FULL_EVERY_DAYS: u64 = 7;
+const OVERLAP_MINUTES: u64 = 120;
+/// The share of projects with activity each simulated day.
+const CHANGED_PER_DAY: f64 = 0.05;
+const CHANGES_SEED: u64 = 0xAC71_0E55;
+/// GitLab moves a project's `last_activity_at` at most once an hour
+/// (`Event::RESET_PROJECT_ACTIVITY_INTERVAL`): an event within the hour after the shown time
+/// leaves it.
+const ACTIVITY_RESOLUTION_MS: u64 = HOUR;
+/// The Durable Object's daily allowances on the free plan.
+const DO_ROWS_PER_DAY: u64 = 100_000;
+const DO_REQUESTS_PER_DAY: u64 = 100_000;
+
+/// The projects' activity over the simulated days, as it happens and as GitLab shows it.
+///
+/// Each day a seeded 5 % of the projects have activity: a burst of one to three events (a
+/// push, then perhaps a comment or a merge within the next 45 min each), starting at a seeded
+/// moment of the day. GitLab's `last_activity_at` moves to an event's time only if it shows a
+/// time more than an hour older, as GitLab does; a later event of the burst is then not shown.
+struct Activity {
+    /// What `last_activity_at` shows, by project id − 1.
+    shown: Vec<u64>,
+    /// Every event of the simulation by time: (at, project id).
+    events: Vec<(u64, u64)>,
+    /// Events up to here have happened.
+    next: usize,
+}
+
+impl Activity {
+    fn new(projects: u64, days: u64) -> Activity {
+        // Before the simulation, every project was last active more than a month ago (older
+        // than any backup, so none is changed at the start).
+        let shown = (1..=projects)
+            .map(|id| T0 - 30 * DAY - (id % 1440) * MINUTE)
+            .collect();
+        let mut events = Vec::new();
+        for day in 0..days {
+            for id in 1..=projects {
+                let draw = splitmix64(CHANGES_SEED ^ (day << 40) ^ id.wrapping_mul(0x9E37_79B9));
+                if unit(draw) > CHANGED_PER_DAY {
+                    continue;
+                }
+                let mut at = T0 + day * DAY + (unit(splitmix64(draw)) * DAY as f64) as u64;
+                let burst = 1 + splitmix64(draw ^ 1) % 3;
+                for k in 0..burst {
+                    if k > 0 {
+                        at += (unit(splitmix64(draw ^ (k + 1))) * (45 * MINUTE) as f64) as u64;
+                    }
+                    events.push((at, id));
+                }
+            }
+        }
+        events.sort_unstable();
+        Activity {
+            shown,
+            events,
+            next: 0,
+        }
+    }
+
+    /// Lets the events up to `now_ms` happen.
+    fn advance(&mut self, now_ms: u64) {
+        while let Some(&(at, id)) = self.events.get(self.next) {
+            if at > now_ms {
+                break;
+            }
+            let shown = &mut self.shown[(id - 1) as usize];
+            if at >= *shown + ACTIVITY_RESOLUTION_MS {
+                *shown = at;
+            }
+            self.next += 1;
+        }
+    }
+
+    fn shown(&self, id: u64) -> u64 {
+        self.shown[(id - 1) as usize]
+    }
+
+    /// Each project's events in order, by project id − 1.
+    fn by_project(&self, projects: u64) -> Vec<Vec<u64>> {
+        let mut by_project = vec![Vec::new(); projects as usize];
+        for &(at, id) in &self.events {
+            by_project[(id - 1) as usize].push(at);
+        }
+        by_project
+    }
+}
+
+fn week_config() -> Config {
+    let vars: HashMap<&str, String> = [
+        ("GITLAB_URL", "https://gitlab.example.com".to_owned()),
+        ("GITLAB_TOKEN", "glpat-benchmark".to_owned()),
+        ("GROUPS_TO_BACKUP", "bench".to_owned()),
+        ("AWS_S3_BUCKET", "backups".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "AKIDBENCHMARK".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "benchmark-secret".to_owned()),
+        ("AWS_REGION", "eu-west-1".to_owned()),
+        ("SUBREQUESTS_PER_INVOCATION", FREE.subrequests.to_string()),
+        ("CPU_MS_PER_INVOCATION", FREE.cpu_ms.to_string()),
+        // The free plan's daily allowances, as the worker keeps within them.
+        ("DO_ROWS_WRITTEN_PER_DAY", DO_ROWS_PER_DAY.to_string()),
+        ("DO_REQUESTS_PER_DAY", DO_REQUESTS_PER_DAY.to_string()),
+        ("BACKUP_INTERVAL_HOURS", "24".to_owned()),
+        ("INCREMENTAL", "true".to_owned()),
+        ("FULL_BACKUP_EVERY_DAYS", FULL_EVERY_DAYS.to_string()),
+        ("CHANGED_OVERLAP_MINUTES", OVERLAP_MINUTES.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    Config::from_lookup(|name| vars.get(name).cloned()).expect("the week's configuration")
+}
+
+/// When the steady state backed up project `id` last, before the simulation: on the latest day
+/// before it whose number modulo `FULL_EVERY_DAYS` is the id's (the day of its full export), at
+/// a moment of that day spread by id (exports go on all day).
+fn steady_backup_requested_ms(id: u64) -> u64 {
+    let yesterday = T0 / DAY - 1;
+    let since = (yesterday % FULL_EVERY_DAYS + FULL_EVERY_DAYS - id % FULL_EVERY_DAYS)
+        % FULL_EVERY_DAYS;
+    (yesterday - since) * DAY + splitmix64(id ^ CHANGES_SEED) % (20 * HOUR)
+}
+
+/// The steady state of a store that has run daily changed-only runs for a while: the two
+/// previous runs' rows (as [`prefill`] writes them, so they are pruned as the week goes), the
+/// previous run's settings (so its backups count as the new runs'), and every project's newest
+/// verified backup, written through the store's own statement, requested on the latest day of
+/// its full export (so one project in `FULL_EVERY_DAYS` is due each day).
+fn prefill_steady(metered: &Metered, config: &Config, projects: u64) {
+    prefill(&metered.db, projects);
+    let settings = gitlab_backup::config::RunSettings::of(config, None).to_json();
+    metered
+        .db
+        .0
+        .execute(
+            "UPDATE runs SET settings = ?1 WHERE id = 2",
+            rusqlite::params![settings],
+        )
+        .expect("the previous run's settings");
+    let store = Store::opened(metered);
+    metered.db.0.execute_batch("BEGIN").expect("begin");
+    for id in 1..=projects {
+        let path = format!("bench/team-{}/project-{id}", (id - 1) / PER_SUBGROUP + 1);
+        let requested = steady_backup_requested_ms(id);
+        let run_started = requested - requested % DAY;
+        store
+            .record_backup(&gitlab_backup::store::Backup {
+                project_id: id,
+                key: gitlab_backup::s3::object_key(
+                    &config.s3_prefix,
+                    &path,
+                    gitlab_backup::time::system_time(run_started),
+                ),
+                path,
+                run_id: 1,
+                at_ms: requested + export_duration_ms(id),
+                size: 524_288,
+            })
+            .expect("a backup");
+    }
+    metered.db.0.execute_batch("COMMIT").expect("commit");
+}
+
+/// What one simulated day cost and did.
+#[derive(Clone, Default)]
+struct WeekDay {
+    /// Exports GitLab accepted.
+    exports: u64,
+    /// Rows written, index entries and alarms counted (as Cloudflare bills them).
+    rows: u64,
+    /// Durable Object requests: every cron tick and alarm.
+    requests: u64,
+    /// Ticks the worker paused for a daily allowance, and when the first one was.
+    paused: u64,
+    paused_from: Option<u64>,
+    runs_started: u64,
+    runs_finished: u64,
+    listed: u64,
+    unchanged: u64,
+    verified: u64,
+}
+
+#[derive(Default)]
+struct WeekFigures {
+    projects: u64,
+    days: Vec<WeekDay>,
+    /// Host CPU of each tick (engine calls only) and the rows it wrote (with index entries and
+    /// its alarm).
+    tick_cpu_ns: Vec<u64>,
+    tick_rows: Vec<u64>,
+    /// The oldest any project's newest backup got (from that backup's export request).
+    oldest_backup_ms: u64,
+    /// Events of the projects, and how long until a backup asked for after each was verified.
+    changes: u64,
+    delays_ms: Vec<u64>,
+    /// Events with no backup after them at the end, and the longest wait of those.
+    waiting: u64,
+    longest_waiting_ms: u64,
+    /// Rows written by kind of statement over the week (`DELETE projects`: pruned runs).
+    written_by_kind: HashMap<String, u64>,
+    /// Rows written by the ticks that listed pages, and the projects they listed.
+    listing_rows: u64,
+    listing_projects: u64,
+    /// Host seconds the simulation took.
+    wall_s: f64,
+}
+
+/// `days` simulated days of a `projects`-project instance on the free plan, through the real
+/// engine: ticks by cron each minute and by the alarm, realistic export durations, the daily
+/// allowances kept, the store starting in the steady state of daily changed-only runs.
+fn week(projects: u64, days: u64) -> WeekFigures {
+    let wall = std::time::Instant::now();
+    let config = week_config();
+    let mut metered = Metered::new();
+    Store::open(&metered).expect("schema");
+    metered.learn_indexes();
+    prefill_steady(&metered, &config, projects);
+    let mut world = World::new(projects, Durations::Realistic);
+    let activity = Activity::new(projects, days);
+    let events = activity.by_project(projects);
+    world.activity = Some(activity);
+    // Per project: the export request of its newest verified backup, and how many of its events
+    // a verified backup came after.
+    let mut newest: Vec<u64> = (1..=projects).map(steady_backup_requested_ms).collect();
+    let mut covered = vec![0usize; projects as usize];
+    let mut figures = WeekFigures {
+        projects,
+        days: vec![WeekDay::default(); days as usize],
+        ..WeekFigures::default()
+    };
+    let end = T0 + days * DAY;
+    let mut now = T0;
+    let mut next_cron = T0;
+    let mut alarm: Option<u64> = None;
+    metered.take();
+    metered.written_by_kind.borrow_mut().clear();
+    loop {
+        if alarm.is_some_and(|a| a < next_cron) {
+            now = now.max(alarm.take().expect("alarm"));
+        } else {
+            now = now.max(next_cron);
+            next_cron += MINUTE;
+        }
+        if now >= end {
+            break;
+        }
+        let day = ((now - T0) / DAY) as usize;
+        figures.days[day].requests += 1;
+        let mut cpu = 0;
+        let started = thread_cpu_ns();
+        let store = Store::opened(&metered);
+        let begin = Tick::begin(&store, &config, now, Start::IfDue).expect("begin");
+        cpu += thread_cpu_ns() - started;
+        let mut tick = match begin {
+            Begin::Tick(tick) => tick,
+            Begin::Idle => {
+                let usage = metered.take();
+                figures.days[day].rows += usage.rows_written_with_indexes;
+                continue;
+            }
+            Begin::Paused(_) => {
+                let usage = metered.take();
+                figures.days[day].rows += usage.rows_written_with_indexes;
+                figures.days[day].paused += 1;
+                figures.days[day].paused_from.get_or_insert(now);
+                continue;
+            }
+            Begin::AlreadyRunning(_) => unreachable!("IfDue resumes"),
+        };
+        loop {
+            let started = thread_cpu_ns();
+            let steps = tick.next_steps(now).expect("next_steps");
+            cpu += thread_cpu_ns() - started;
+            if steps.is_empty() {
+                break;
+            }
+            let answers: Vec<HttpResult> = steps
+                .iter()
+                .map(|step| world.answer(&step.request, now))
+                .collect();
+            now += LATENCY_MS;
+            let started = thread_cpu_ns();
+            for (step, answer) in steps.into_iter().zip(answers) {
+                tick.handle(step, answer, now).expect("handle");
+            }
+            cpu += thread_cpu_ns() - started;
+        }
+        let started = thread_cpu_ns();
+        let report = tick.finish(now).expect("finish");
+        cpu += thread_cpu_ns() - started;
+        let usage = metered.take();
+        let mut rows = usage.rows_written_with_indexes;
+        if let Some(at) = report.wake_at_ms {
+            alarm = Some(at);
+            rows += 1;
+        }
+        figures.tick_cpu_ns.push(cpu.saturating_sub(usage.metering_ns));
+        figures.tick_rows.push(rows);
+        let today = &mut figures.days[day];
+        today.rows += rows;
+        let mut listed = 0;
+        for event in &report.events {
+            match event {
+                Event::ExportRequested { .. } => today.exports += 1,
+                Event::RunStarted { .. } => today.runs_started += 1,
+                Event::RunFinished { .. } => today.runs_finished += 1,
+                Event::PageListed { projects, .. } => listed += *projects as u64,
+                Event::Verified { project_id, .. } => {
+                    today.verified += 1;
+                    let i = (*project_id - 1) as usize;
+                    let requested = world.exports.get(project_id).copied().unwrap_or(now);
+                    figures.oldest_backup_ms = figures.oldest_backup_ms.max(now - newest[i]);
+                    newest[i] = newest[i].max(requested);
+                    while let Some(&at) = events[i].get(covered[i]) {
+                        if at > requested {
+                            break;
+                        }
+                        figures.delays_ms.push(now - at);
+                        covered[i] += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        today.listed += listed;
+        if listed > 0 {
+            figures.listing_rows += rows;
+            figures.listing_projects += listed;
+        }
+    }
+    for (i, project_events) in events.iter().enumerate() {
+        figures.oldest_backup_ms = figures.oldest_backup_ms.max(end - newest[i]);
+        figures.changes += project_events.iter().filter(|&&at| at < end).count() as u64;
+        for &at in project_events[covered[i]..].iter().filter(|&&at| at < end) {
+            figures.waiting += 1;
+            figures.longest_waiting_ms = figures.longest_waiting_ms.max(end - at);
+        }
+    }
+    figures.written_by_kind = metered.written_by_kind.take();
+    figures.wall_s = wall.elapsed().as_secs_f64();
+    figures
+}
+
+fn days_text(ms: u64) -> String {
+    format!("{:.2} d", ms as f64 / DAY as f64)
+}
+
+fn hours_text(ms: u64) -> String {
+    format!("{:.1} h", ms as f64 / HOUR as f64)
+}
+
+/// The `q` quantile of `values` (sorted here).
+fn quantile(values: &mut [u64], q: f64) -> u64 {
+    values.sort_unstable();
+    match values.len() {
+        0 => 0,
+        n => values[((n as f64 * q) as usize).min(n - 1)],
+    }
+}
+
+/// Whether a week's daily runs kept up: no tick paused for an allowance, and every run but the
+/// last finished within the week.
+fn kept_up(w: &WeekFigures) -> bool {
+    let paused: u64 = w.days.iter().map(|d| d.paused).sum();
+    let started: u64 = w.days.iter().map(|d| d.runs_started).sum();
+    let finished: u64 = w.days.iter().map(|d| d.runs_finished).sum();
+    paused == 0 && finished + 1 >= started && started >= w.days.len() as u64
+}
+
+/// The week's section: daily changed-only runs of each size over `WEEK_DAYS` simulated days,
+/// printed day by day with ✓ or ✗ against the targets, and the largest instance the free plan's
+/// allowances carry, computed from the measured per-project costs.
+fn week_section(sizes: &[u64], days: u64) {
+    println!(
+        "\nA week of daily changed-only runs ({days} simulated days; free plan: {} subrequests and {} ms CPU per invocation, {DO_ROWS_PER_DAY} rows written and {DO_REQUESTS_PER_DAY} requests a day; BACKUP_INTERVAL_HOURS 24, FULL_BACKUP_EVERY_DAYS {FULL_EVERY_DAYS}, CHANGED_OVERLAP_MINUTES {OVERLAP_MINUTES}; realistic export durations; each day {:.0} % of the projects active, a burst of 1 to 3 events, GitLab's last_activity_at moving at most once an hour).",
+        FREE.subrequests,
+        FREE.cpu_ms,
+        CHANGED_PER_DAY * 100.0
+    );
+    println!(
+        "Start: the steady state, not an empty store: every project has a verified backup requested on the latest day of its full export (day mod {FULL_EVERY_DAYS} = id mod {FULL_EVERY_DAYS}) before the week, so 1 in {FULL_EVERY_DAYS} is due each day; the two previous daily runs' rows are in the store (pruned as the week goes). From an empty store, the first run exports every project: at 6 a minute, 100,000 projects take {:.1} days.",
+        100_000.0 / DAY_OF_EXPORTS as f64
+    );
+    let mut weeks = Vec::new();
+    for &projects in sizes {
+        let w = week(projects, days);
+        println!(
+            "\n{projects} projects ({:.0} s on this host):",
+            w.wall_s
+        );
+        println!("| day | runs started / finished | projects listed | exports (≤ {DAY_OF_EXPORTS}) | verified | DO rows written (≤ {DO_ROWS_PER_DAY}) | DO requests (≤ {DO_REQUESTS_PER_DAY}) | ticks paused (from) |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---|");
+        for (i, d) in w.days.iter().enumerate() {
+            println!(
+                "| {i} | {} / {} | {} | {} {} | {} | {} {} | {} {} | {} |",
+                d.runs_started,
+                d.runs_finished,
+                d.listed,
+                d.exports,
+                mark(d.exports <= DAY_OF_EXPORTS),
+                d.verified,
+                d.rows,
+                mark(d.rows <= DO_ROWS_PER_DAY),
+                d.requests,
+                mark(d.requests <= DO_REQUESTS_PER_DAY),
+                match d.paused_from {
+                    Some(at) => format!(
+                        "{} (from {})",
+                        d.paused,
+                        gitlab_backup::time::rfc3339(at)
+                    ),
+                    None => "0".to_owned(),
+                },
+            );
+        }
+        let limit = (FULL_EVERY_DAYS + 1) * DAY;
+        println!(
+            "- oldest newest backup any project reached (from its export request): {} {} (target ≤ FULL_BACKUP_EVERY_DAYS + 1 = {} d)",
+            days_text(w.oldest_backup_ms),
+            mark(w.oldest_backup_ms <= limit),
+            FULL_EVERY_DAYS + 1
+        );
+        let mut delays = w.delays_ms.clone();
+        let worst = delays.iter().copied().max().unwrap_or(0);
+        let late = delays.iter().filter(|&&d| d > DAY).count();
+        let overdue = w.waiting > 0 && w.longest_waiting_ms > DAY;
+        println!(
+            "- {} events of changes; from each to the verification of a backup requested after it: median {}, p99 {}, max {}, {late} over a day; {} still waiting at the end (longest {}) {} (target: every change in a verified backup within a day)",
+            w.changes,
+            hours_text(quantile(&mut delays, 0.5)),
+            hours_text(quantile(&mut delays, 0.99)),
+            hours_text(worst),
+            w.waiting,
+            hours_text(w.longest_waiting_ms),
+            mark(late == 0 && !overdue),
+        );
+        let per_listed = w.listing_rows as f64 / w.listing_projects.max(1) as f64;
+        let inserted = w
+            .written_by_kind
+            .get("INSERT projects")
+            .copied()
+            .unwrap_or(0);
+        let pruned = w
+            .written_by_kind
+            .get("DELETE projects")
+            .copied()
+            .unwrap_or(0);
+        println!(
+            "- rows written per listed project by the listing ticks: {per_listed:.2} (its own row: {:.2}; the rest its page's listing row, run counters, usage record and alarm) {} (target: an unchanged project ≤ 1 row a run); pruning deletes each project row once when its run is two runs old, a row written more each ({pruned} rows this week)",
+            inserted as f64 / w.listing_projects.max(1) as f64,
+            mark(per_listed <= 1.0),
+        );
+        let mut kinds: Vec<(&String, &u64)> = w.written_by_kind.iter().collect();
+        kinds.sort_by_key(|(_, rows)| std::cmp::Reverse(**rows));
+        println!(
+            "- rows written over the week by kind of statement: {}",
+            kinds
+                .iter()
+                .map(|(kind, rows)| format!("{kind} {rows}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        weeks.push(w);
+    }
+    let (Some(small), Some(large)) = (weeks.first(), weeks.last()) else {
+        return;
+    };
+    let p99 = |w: &WeekFigures| quantile(&mut w.tick_cpu_ns.clone(), 0.99);
+    let max_cpu = |w: &WeekFigures| w.tick_cpu_ns.iter().copied().max().unwrap_or(0);
+    let max_rows = |w: &WeekFigures| w.tick_rows.iter().copied().max().unwrap_or(0);
+    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+    let cpu = ratio(p99(large), p99(small));
+    let rows = ratio(max_rows(large), max_rows(small));
+    println!(
+        "\nPer tick over the week, {} ÷ {} projects: p99 tick CPU {} ÷ {} ms = {cpu:.2} {} (heaviest {} ÷ {} ms, one run, not the minimum of repeats); most rows written by a tick {} ÷ {} = {rows:.2} {} (target ≤ 1.5)",
+        large.projects,
+        small.projects,
+        ms(p99(large)),
+        ms(p99(small)),
+        mark(cpu <= 1.5),
+        ms(max_cpu(large)),
+        ms(max_cpu(small)),
+        max_rows(large),
+        max_rows(small),
+        mark(rows <= 1.5),
+    );
+    // Per day, cost = fixed + per project × projects, fitted to the sizes whose runs kept up.
+    let fitted: Vec<&WeekFigures> = weeks
+        .iter()
+        .filter(|w| w.projects >= 1_000 && kept_up(w))
+        .collect();
+    if fitted.len() < 2 {
+        println!(
+            "the largest instance a free account carries daily: not computed (fewer than two sizes of 1,000 projects or more kept up)"
+        );
+        return;
+    }
+    let per_day = |w: &WeekFigures, f: &dyn Fn(&WeekDay) -> u64| {
+        w.days.iter().map(f).sum::<u64>() as f64 / w.days.len() as f64
+    };
+    let fit = |f: &dyn Fn(&WeekDay) -> u64| {
+        let n = fitted.len() as f64;
+        let xs: Vec<f64> = fitted.iter().map(|w| w.projects as f64).collect();
+        let ys: Vec<f64> = fitted.iter().map(|w| per_day(w, f)).collect();
+        let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+        let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+        let sxx: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+        let slope = sxy / sxx;
+        (my - slope * mx, slope)
+    };
+    let allowances: [(&str, u64, (f64, f64)); 3] = [
+        ("exports", DAY_OF_EXPORTS, fit(&|d| d.exports)),
+        ("DO rows written", DO_ROWS_PER_DAY, fit(&|d| d.rows)),
+        ("DO requests", DO_REQUESTS_PER_DAY, fit(&|d| d.requests)),
+    ];
+    let carried: Vec<(&str, u64, f64, f64, u64)> = allowances
+        .iter()
+        .map(|&(name, limit, (fixed, per))| {
+            let most = if per > 0.0 {
+                ((limit as f64 - fixed) / per).max(0.0) as u64
+            } else {
+                u64::MAX
+            };
+            (name, limit, fixed, per, most)
+        })
+        .collect();
+    let binding = carried
+        .iter()
+        .min_by_key(|c| c.4)
+        .expect("three allowances");
+    println!(
+        "the largest instance a free account carries daily at {:.0} % change: {} projects, computed (not simulated) from the per-project costs a day measured at {} projects (a fixed part plus one per project, fitted): {}; {} runs out first",
+        CHANGED_PER_DAY * 100.0,
+        binding.4,
+        fitted
+            .iter()
+            .map(|w| w.projects.to_string())
+            .collect::<Vec<_>>()
+            .join(" and "),
+        carried
+            .iter()
+            .map(|(name, limit, fixed, per, most)| format!(
+                "{name} {fixed:.0} + {per:.3} per project a day (≤ {limit}: up to {most} projects)"
+            ))
+            .collect::<Vec<_>>()
+            .join("; "),
+        binding.0,
+    );
+    for w in &weeks {
+        if !kept_up(w) {
+            let paused: u64 = w.days.iter().map(|d| d.paused).sum();
+            let exports: u64 = w.days.iter().map(|d| d.exports).sum();
+            println!(
+                "- {} projects did not keep up ✗: {paused} ticks paused for a daily allowance; {} exports a day on average (GitLab allows {DAY_OF_EXPORTS}), while {:.0} a day are due ({:.0} full exports, 1 in {FULL_EVERY_DAYS}, plus about {:.0} changed)",
+                w.projects,
+                exports / w.days.len() as u64,
+                w.projects as f64 * (1.0 / FULL_EVERY_DAYS as f64 + CHANGED_PER_DAY * (1.0 - 1.0 / FULL_EVERY_DAYS as f64)),
+                w.projects as f64 / FULL_EVERY_DAYS as f64,
+                w.projects as f64 * CHANGED_PER_DAY * (1.0 - 1.0 / FULL_EVERY_DAYS as f64),
             );
         }
     }
