@@ -5,7 +5,10 @@
 //! 2. `cargo bench --bench ticks` (the engine's per-tick cost at 100, 10,000 and 100,000
 //!    projects over the Durable Object's SQL, subrequests against the budget, rows written per
 //!    project; then, at realistic export durations, rows written with index entries and alarms,
-//!    Durable Object and GitLab requests per exported project, and GitLab's busiest minute);
+//!    Durable Object and GitLab requests per exported project, and GitLab's busiest minute; last,
+//!    a simulated week of daily changed-only runs at 100 to 100,000 projects: exports, rows
+//!    written and requests a day against the free plan, backup ages, the delay from a change to
+//!    its backup, and the largest instance the free plan carries);
 //! 3. a whole run end to end: `wrangler dev`, the GitLab stand-in at GitLab's real 6 exports per
 //!    minute and s3s-fs, the cron trigger fired once a minute as in production.
 
