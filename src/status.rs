@@ -507,7 +507,7 @@ fn stale<S: Sql>(
     };
     let after_days = config.stale_after.as_secs() / 86_400;
     let before_ms = now_ms.saturating_sub(crate::time::ms(config.stale_after));
-    let (projects, count) = if run.failed == 0 {
+    let (projects, count) = if run.failed == 0 && run.without_outcome() == 0 {
         (Vec::new(), 0)
     } else {
         store.stale_projects(run.id, before_ms, STALE_SHOWN)?
@@ -515,7 +515,9 @@ fn stale<S: Sql>(
     let projects = projects
         .into_iter()
         .map(|p| {
-            let error = p.error.unwrap_or_else(|| "no reason recorded".to_owned());
+            let error = p
+                .error
+                .unwrap_or_else(|| "the run was cancelled before it was backed up".to_owned());
             let runs = match p.runs_failed {
                 1 => "1 run".to_owned(),
                 n => format!("{n} runs"),

@@ -294,7 +294,9 @@ impl<S: Sql> Tick<'_, S> {
                     run_id: self.run.id,
                     at_ms: now_ms,
                     size,
-                    requested_ms: project.exported_ms,
+                    // Every attempt of the run uploads to the same key, and an earlier one may land
+                    // last: only the run's start is sure to precede the export GitLab snapshot.
+                    requested_ms: Some(self.run.started_ms),
                 })?;
                 self.report.events.push(Event::Verified {
                     run: self.run.id,

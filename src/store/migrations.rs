@@ -271,13 +271,11 @@ pub(super) const STEPS: &[Step] = &[
             "ALTER TABLE projects ADD COLUMN kept_key TEXT",
             "ALTER TABLE projects ADD COLUMN kept_ms INTEGER",
             "ALTER TABLE last_backups ADD COLUMN requested_ms INTEGER",
-            // When each kept backup's export was asked for, where the run that made it still has
-            // its project's row; without it a project is exported again once (never taken as
-            // unchanged on a guess).
+            // A moment before each kept backup's export was asked for: the start of the run that
+            // made it, where the store still has that run; without it a project is exported again
+            // once (never taken as unchanged on a guess).
             "UPDATE last_backups SET requested_ms = (
-                 SELECT exported_ms FROM projects
-                 WHERE projects.run_id = last_backups.run_id
-                     AND projects.project_id = last_backups.project_id)",
+                 SELECT started_ms FROM runs WHERE runs.id = last_backups.run_id)",
         ],
     },
 ];

@@ -367,8 +367,8 @@ pub struct StaleProject {
 }
 
 impl<S: Sql> Store<S> {
-    /// The projects of `run_id` (a finished run) that failed and whose newest backup was
-    /// verified before `before_ms` or never, oldest backup first, at most `limit`, and how
+    /// The projects of `run_id` (a finished run) that failed or were cancelled, and whose newest
+    /// backup was verified before `before_ms` or never, oldest backup first, at most `limit`, and how
     /// many there are. (A project the run backed up or found unchanged has a backup within its
     /// full-export cycle, which the freshness bound is longer than.)
     pub fn stale_projects(
@@ -377,22 +377,36 @@ impl<S: Sql> Store<S> {
         before_ms: u64,
         limit: u64,
     ) -> Result<(Vec<StaleProject>, u64), StoreError> {
+        // The page first, then its counts: the runs looked up for the shown projects only.
+        let stale = "FROM projects AS p LEFT JOIN last_backups AS b ON b.project_id = p.project_id
+             WHERE p.run_id = ? AND p.state IN ('failed', 'pending')
+                 AND (b.at_ms IS NULL OR b.at_ms < ?)";
         let rows = self.rows(
-            "SELECT p.project_id, p.path, b.at_ms, p.error,
-                 IIF(b.run_id IS NULL,
-                     (SELECT COUNT(*) FROM runs AS r JOIN projects AS q
-                          ON q.run_id = r.id AND q.project_id = p.project_id
-                      WHERE r.id <= p.run_id AND q.state = 'failed'),
-                     (SELECT COUNT(*) FROM runs AS r
-                      WHERE r.id > b.run_id AND r.id <= p.run_id AND r.phase = 'finished')),
-                 COUNT(*) OVER ()
-             FROM projects AS p LEFT JOIN last_backups AS b ON b.project_id = p.project_id
-             WHERE p.run_id = ? AND p.state = 'failed' AND (b.at_ms IS NULL OR b.at_ms < ?)
-             ORDER BY COALESCE(b.at_ms, 0), p.project_id LIMIT ?",
-            &[run_id.into(), before_ms.into(), limit.into()],
+            &format!(
+                "SELECT s.project_id, s.path, s.at_ms, s.error,
+                     IIF(s.run_id IS NULL,
+                         (SELECT COUNT(*) FROM runs AS r JOIN projects AS q
+                              ON q.run_id = r.id AND q.project_id = s.project_id
+                          WHERE r.id <= ? AND q.state IN ('failed', 'pending')),
+                         (SELECT COUNT(*) FROM runs AS r
+                          WHERE r.id > s.run_id AND r.id <= ? AND r.phase = 'finished'))
+                 FROM (SELECT p.project_id, p.path, b.at_ms, b.run_id, p.error {stale}
+                       ORDER BY COALESCE(b.at_ms, 0), p.project_id LIMIT ?) AS s"
+            ),
+            &[
+                run_id.into(),
+                run_id.into(),
+                run_id.into(),
+                before_ms.into(),
+                limit.into(),
+            ],
         )?;
-        let total = match rows.first() {
-            Some(row) => column(row, 5)?.as_u64()?,
+        let total = self.rows(
+            &format!("SELECT COUNT(*) {stale}"),
+            &[run_id.into(), before_ms.into()],
+        )?;
+        let total = match total.first() {
+            Some(row) => column(row, 0)?.as_u64()?,
             None => 0,
         };
         let stale = rows

@@ -298,7 +298,8 @@ pub struct Backup {
     /// When it was verified.
     pub at_ms: u64,
     pub size: u64,
-    /// When its export was asked for (`None`: not known, for backups kept before version 11).
+    /// A moment before its export was asked for: the start of the run that made it (`None`: not
+    /// known, for backups kept before version 11 whose run is gone).
     pub requested_ms: Option<u64>,
 }
 

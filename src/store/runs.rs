@@ -249,7 +249,8 @@ impl<S: Sql> Store<S> {
     ) -> Result<RecordedPage, StoreError> {
         // One statement for the page: its projects go in as one JSON array of [id, path, the
         // moment their backup must have been asked for after to hold them], compared with each
-        // project's last backup. An unchanged project is written once, with its outcome.
+        // project's last backup. An unchanged project is written once, with its outcome. A
+        // project renamed or moved since (no event in GitLab) is exported again under its path.
         let page: Vec<(u64, &str, Option<u64>)> = listed
             .projects
             .iter()
@@ -262,7 +263,8 @@ impl<S: Sql> Store<S> {
              SELECT ?, value ->> 0, value ->> 1, IIF(held, 'unchanged', 'pending'),
                  IIF(held, key, NULL), IIF(held, at_ms, NULL), IIF(held, size, NULL)
              FROM (SELECT p.value, b.key, b.at_ms, b.size,
-                       COALESCE(b.requested_ms > p.value ->> 2 AND b.run_id >= ?, 0) AS held
+                       COALESCE(b.requested_ms > p.value ->> 2 AND b.run_id >= ?
+                           AND b.path = p.value ->> 1, 0) AS held
                    FROM json_each(?) AS p
                    LEFT JOIN last_backups AS b ON b.project_id = p.value ->> 0)
              WHERE true

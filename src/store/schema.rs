@@ -83,8 +83,8 @@ pub(super) const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
     // Each project's last good backup, kept when old runs are pruned, and its last restore
     // drill: the key drilled, when, and why it failed (NULL: passed). `at_ms`: when it was
-    // verified; `requested_ms`: when its export was asked for (what changed-only runs compare a
-    // project's activity with; NULL: unknown, exported again).
+    // verified; `requested_ms`: a moment before its export was asked for, the start of its run (what
+    // changed-only runs compare a project's activity with; NULL: unknown, exported again).
     "CREATE TABLE IF NOT EXISTS last_backups (
         project_id INTEGER PRIMARY KEY,
         path TEXT NOT NULL,

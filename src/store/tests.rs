@@ -724,7 +724,7 @@ fn a_page_of_unchanged_projects_costs_a_row_written_each_in_one_statement_agains
         .start_run(10_000, &[("a".into(), first.into())])
         .unwrap();
     // Held when the backup's request came after the given moment: all but project 1 (asked
-    // for after it) and project 100 (not known).
+    // for after it), project 50 (moved) and project 100 (not known).
     let projects: Vec<ListedProject<'_>> = (1..=100u64)
         .map(|id| ListedProject {
             id,
