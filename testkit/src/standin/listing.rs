@@ -46,7 +46,9 @@ pub struct Listing {
 
 #[derive(Debug, Clone, Copy)]
 enum OrderBy {
-    /// `id`, and the timestamps, which increase with the id in every seed.
+    /// `id`, and the timestamps, which increase with the id in every seed (a `last_activity_at`
+    /// moved by [`ProjectChange::Activity`](super::ProjectChange::Activity) is still ordered by id:
+    /// the backup lists by id only).
     Id,
     Name,
     Path,

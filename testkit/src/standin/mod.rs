@@ -8,7 +8,7 @@
 //! (`DELETE /projects/:id`). [`Faults`] switch on GitLab misbehaviour; every export request, upload
 //! attempt, import request and deletion is recorded for assertions, also over HTTP at
 //! `/__standin/exports`, `/__standin/uploads`, `/__standin/imports` and `/__standin/deletions`. The world can change under a running backup ([`ProjectChange`]: a project
-//! deleted or renamed; [`Standin::set_token_revoked`]: the token revoked), GitLab can become unreachable and come back ([`Standin::pause`],
+//! deleted or renamed, or active again; [`Standin::set_token_revoked`]: the token revoked), GitLab can become unreachable and come back ([`Standin::pause`],
 //! [`Standin::resume`]), and an export request can be held at a chosen point ([`HoldExport`]) so
 //! that a test can kill the worker exactly there.
 //!
@@ -189,6 +189,10 @@ pub enum ProjectChange {
     /// The project keeps its id and group and gets this path (its last segment): found by id or
     /// by the new path only, and listed and described with it.
     Rename { id: u64, path: String },
+    /// An event happens in the project now (a push, a comment): as in GitLab, its
+    /// `last_activity_at` becomes now only when the value it holds is an hour old or older, and
+    /// stays as it is otherwise. No effect on a deleted or unknown project.
+    Activity(u64),
 }
 
 /// How long a held export request waits for [`Standin::release_held`] at most.

@@ -119,7 +119,7 @@ impl<'a> SimpleProjectJson<'a> {
             web_url: format!("{base}/{}", project.path_with_namespace),
             star_count: 0,
             forks_count: 0,
-            last_activity_at: &project.created_at,
+            last_activity_at: &project.last_activity_at,
             namespace: NamespaceJson {
                 id: group.id,
                 name: &group.name,

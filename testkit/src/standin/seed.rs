@@ -48,6 +48,9 @@ pub struct Project {
     pub shared_with: Vec<u64>,
     /// Synthetic ISO 8601 creation time, increasing with the id.
     pub created_at: String,
+    /// GitLab's `last_activity_at`: in the seed, the project's `created_at`; the stand-in's state
+    /// moves it when an event happens in the project ([`ProjectChange::Activity`](super::ProjectChange::Activity)).
+    pub last_activity_at: String,
     /// What the project holds, as `GET /projects/:id?statistics=true` reports it.
     pub statistics: Statistics,
 }
@@ -311,6 +314,7 @@ impl Seed {
             archived: false,
             shared_with: Vec::new(),
             created_at: synthetic_timestamp(id),
+            last_activity_at: synthetic_timestamp(id),
             statistics: Statistics::seeded(id),
         }
     }
@@ -378,6 +382,7 @@ impl Seed {
             archived,
             shared_with: Vec::new(),
             created_at: synthetic_timestamp(id),
+            last_activity_at: synthetic_timestamp(id),
             statistics: Statistics::seeded(id),
         });
     }

@@ -13,6 +13,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{OffsetDateTime, UtcOffset};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
@@ -199,6 +202,8 @@ struct Mutable {
     deleted: HashSet<u64>,
     /// Renamed projects, as they are now.
     renamed: HashMap<u64, Project>,
+    /// Project id → its `last_activity_at`, for the projects [`ProjectChange::Activity`] moved.
+    last_activity: HashMap<u64, String>,
     /// Set by [`Shared::set_token_revoked`]: the token no longer works.
     token_revoked: bool,
     /// Projects created after the seed (by imports), as they are now.
@@ -424,7 +429,7 @@ impl Shared {
     /// Seed projects as they are now: deleted ones left out, renamed ones with their new path.
     pub fn current_projects<'s>(&self, projects: Vec<&'s Project>) -> Vec<Cow<'s, Project>> {
         let state = self.lock();
-        if state.deleted.is_empty() && state.renamed.is_empty() {
+        if state.deleted.is_empty() && state.renamed.is_empty() && state.last_activity.is_empty() {
             return projects.into_iter().map(Cow::Borrowed).collect();
         }
         projects
@@ -787,19 +792,61 @@ impl Mutable {
                 renamed.path = path;
                 self.renamed.insert(id, renamed);
             }
+            ProjectChange::Activity(id) => {
+                let Some(project) = seed
+                    .project(id)
+                    .or_else(|| self.created.iter().find(|project| project.id == id))
+                else {
+                    return;
+                };
+                let Some(current) = self.current(project) else {
+                    return;
+                };
+                if let Some(moved) =
+                    activity_after_event(&current.last_activity_at, OffsetDateTime::now_utc())
+                {
+                    self.last_activity.insert(id, moved);
+                }
+            }
         }
     }
 
-    /// A seed project as it is now.
+    /// A seed project (or one created by an import) as it is now.
     fn current<'s>(&self, project: &'s Project) -> Option<Cow<'s, Project>> {
         if self.deleted.contains(&project.id) {
             return None;
         }
-        Some(match self.renamed.get(&project.id) {
+        let mut current = match self.renamed.get(&project.id) {
             Some(renamed) => Cow::Owned(renamed.clone()),
             None => Cow::Borrowed(project),
-        })
+        };
+        if let Some(last_activity_at) = self.last_activity.get(&project.id) {
+            last_activity_at.clone_into(&mut current.to_mut().last_activity_at);
+        }
+        Some(current)
     }
+}
+
+/// GitLab's `RESET_PROJECT_ACTIVITY_INTERVAL`.
+const RESET_PROJECT_ACTIVITY_INTERVAL: time::Duration = time::Duration::HOUR;
+
+/// A project's `last_activity_at` after an event happens in it at `now`: `now` (RFC 3339 in UTC
+/// with milliseconds, as GitLab writes it: `2024-08-08T13:24:13.543Z`) when `current` is
+/// [`RESET_PROJECT_ACTIVITY_INTERVAL`] old or older, else `None` (unchanged). GitLab's
+/// `app/models/event.rb`: `after_create :update_project` calls `reset_project_activity`, which
+/// returns early on `recent_update?` (`project.last_activity_at > RESET_PROJECT_ACTIVITY_INTERVAL.ago`)
+/// and otherwise updates the project `where('last_activity_at <= ?', RESET_PROJECT_ACTIVITY_INTERVAL.ago)`
+/// to the event's `created_at`; hence the API docs' "can be out of date by up to one hour". A
+/// `current` that is no RFC 3339 time counts as old.
+pub fn activity_after_event(current: &str, now: OffsetDateTime) -> Option<String> {
+    let recent = OffsetDateTime::parse(current, &Rfc3339)
+        .is_ok_and(|at| at > now - RESET_PROJECT_ACTIVITY_INTERVAL);
+    if recent {
+        return None;
+    }
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    now.to_offset(UtcOffset::UTC).format(&format).ok()
 }
 
 /// Whether the `count`-th request is one the "every `every`-th request" fault hits.

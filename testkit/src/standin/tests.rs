@@ -1646,6 +1646,123 @@ async fn a_project_deleted_after_a_listing_page_shifts_the_pages_after_it() {
     );
 }
 
+/// Project id → `last_activity_at` in the simple listing of `team-0`.
+async fn listed_activity(standin: &Standin) -> BTreeMap<u64, String> {
+    let listing = get(
+        standin,
+        "/api/v4/groups/team-0/projects?simple=true&include_subgroups=true&per_page=100",
+    )
+    .await;
+    assert_eq!(listing.status, StatusCode::OK);
+    listing
+        .json
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|project| {
+            let id = project["id"].as_u64().expect("id");
+            let at = project["last_activity_at"].as_str().expect("a string");
+            (id, at.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn last_activity_at_is_created_at_until_an_event_moves_it_to_now_and_moves_again_only_after_an_hour(
+) {
+    let seed = Seed::generated(1, 4);
+    let created: BTreeMap<u64, String> = seed
+        .own_projects("team-0")
+        .iter()
+        .map(|project| (project.id, project.created_at.clone()))
+        .collect();
+    let ids: Vec<u64> = created.keys().copied().collect();
+    let (active, deleted) = (ids[1], ids[2]);
+    let standin = start(seed, quick()).await;
+    assert_eq!(listed_activity(&standin).await, created, "a fresh project");
+
+    let before = time::OffsetDateTime::now_utc();
+    standin.apply(ProjectChange::Activity(active));
+    let after = time::OffsetDateTime::now_utc();
+    let listed = listed_activity(&standin).await;
+    let moved = listed[&active].clone();
+    // GitLab's form: milliseconds, in UTC.
+    assert_eq!(moved.len(), "2024-08-08T13:24:13.543Z".len(), "{moved}");
+    assert!(
+        moved.ends_with('Z') && moved.as_bytes()[19] == b'.',
+        "{moved}"
+    );
+    let at = time::OffsetDateTime::parse(&moved, &time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339");
+    let millisecond = time::Duration::milliseconds(1);
+    assert!(before - millisecond <= at && at <= after, "{moved} is now");
+    for id in [ids[0], ids[2], ids[3]] {
+        assert_eq!(listed[&id], created[&id], "an untouched project");
+    }
+    let detail = get(&standin, &format!("/api/v4/projects/{active}")).await;
+    assert_eq!(detail.json["last_activity_at"], moved.as_str());
+    assert_eq!(detail.json["created_at"], created[&active].as_str());
+
+    // Within the hour a second event leaves it as it is.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    standin.apply(ProjectChange::Activity(active));
+    assert_eq!(listed_activity(&standin).await[&active], moved);
+
+    // A renamed project keeps it; an event in a deleted or unknown one changes nothing.
+    standin.apply(ProjectChange::Rename {
+        id: active,
+        path: "renamed".to_owned(),
+    });
+    let detail = get(&standin, &format!("/api/v4/projects/{active}")).await;
+    assert_eq!(detail.json["path"], "renamed");
+    assert_eq!(detail.json["last_activity_at"], moved.as_str());
+    standin.apply(ProjectChange::Delete(deleted));
+    standin.apply(ProjectChange::Activity(deleted));
+    standin.apply(ProjectChange::Activity(999_999));
+    let listed = listed_activity(&standin).await;
+    assert!(!listed.contains_key(&deleted));
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[&ids[0]], created[&ids[0]]);
+}
+
+#[test]
+fn an_event_moves_last_activity_at_only_when_it_is_an_hour_old_or_older() {
+    use super::state::activity_after_event;
+    use time::macros::datetime;
+    let now = datetime!(2024-08-08 13:24:13.543 UTC);
+    let moved = Some("2024-08-08T13:24:13.543Z".to_owned());
+    assert_eq!(activity_after_event("2024-01-01T00:16:41.000Z", now), moved);
+    assert_eq!(
+        activity_after_event("2024-08-08T12:24:13.543Z", now),
+        moved,
+        "exactly an hour"
+    );
+    assert_eq!(
+        activity_after_event("2024-08-08T12:24:13.544Z", now),
+        None,
+        "just within the hour"
+    );
+    assert_eq!(activity_after_event("2024-08-08T13:00:00.000Z", now), None);
+    assert_eq!(
+        activity_after_event("2024-08-08T15:24:13+02:00", now),
+        None,
+        "any offset"
+    );
+    assert_eq!(
+        activity_after_event("2024-08-08T11:24:13+00:00", now),
+        moved
+    );
+    assert_eq!(activity_after_event("not a time", now), moved);
+    assert_eq!(
+        activity_after_event(
+            "2024-01-01T00:00:00.000Z",
+            datetime!(2024-08-08 13:24:13 UTC)
+        ),
+        Some("2024-08-08T13:24:13.000Z".to_owned()),
+        "whole seconds keep their three digits"
+    );
+}
+
 #[tokio::test]
 async fn export_status_5xx_fault_answers_500_for_those_projects_and_their_exports_still_upload() {
     let receiver = Receiver::start().await;
